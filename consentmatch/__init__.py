@@ -1,0 +1,81 @@
+"""consentmatch: consent-based face matching. Only faces enrolled with a recorded consent.
+
+Importing is instant and side-effect free: the face models load on first use.
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from .consent import Consent
+from .errors import (
+    ConsentError,
+    ConsentMatchError,
+    EngineError,
+    FaceError,
+    FaceTooSmallError,
+    GalleryNotFoundError,
+    ImageError,
+    InvalidArgumentError,
+    ManifestError,
+    MultipleFacesError,
+    NoFaceError,
+    StorageError,
+    SubjectNotFoundError,
+)
+from .results import (
+    Box,
+    Candidate,
+    ConsentSummary,
+    Enrollment,
+    Erasure,
+    FaceMatch,
+    ImportReport,
+    MatchResult,
+    Rejection,
+    SubjectInfo,
+    Verification,
+)
+
+if TYPE_CHECKING:
+    from .gallery import Gallery
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # Gallery pulls in numpy, FAISS and Pillow: load them when it is first asked for.
+    if name == "Gallery":
+        from .gallery import Gallery
+
+        return Gallery
+    raise AttributeError(f"module 'consentmatch' has no attribute {name!r}")
+
+
+__all__ = [
+    "Box",
+    "Candidate",
+    "Consent",
+    "ConsentError",
+    "ConsentMatchError",
+    "ConsentSummary",
+    "EngineError",
+    "Enrollment",
+    "Erasure",
+    "FaceError",
+    "FaceMatch",
+    "FaceTooSmallError",
+    "Gallery",
+    "GalleryNotFoundError",
+    "ImageError",
+    "ImportReport",
+    "InvalidArgumentError",
+    "ManifestError",
+    "MatchResult",
+    "MultipleFacesError",
+    "NoFaceError",
+    "Rejection",
+    "StorageError",
+    "SubjectInfo",
+    "SubjectNotFoundError",
+    "Verification",
+    "__version__",
+]

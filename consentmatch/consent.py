@@ -1,0 +1,91 @@
+"""Consent records: the reference of a signed release, the purposes it covers, until when."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timezone
+
+from .errors import InvalidArgumentError
+
+__all__ = ["Consent", "parse_expiry", "utc"]
+
+_JURISDICTION = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")
+_PURPOSE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")
+
+
+def utc(moment: datetime | date) -> datetime:
+    """An aware UTC datetime; a bare date means 00:00 UTC that day, a naive datetime is taken as UTC."""
+    if not isinstance(moment, datetime):
+        return datetime.combine(moment, time(0), tzinfo=timezone.utc)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def parse_expiry(text: str) -> datetime:
+    """Parse `YYYY-MM-DD` (or a full ISO 8601 time); the consent ends at 00:00 UTC that day.
+
+    Raises:
+        InvalidArgumentError: not a date.
+    """
+    try:
+        return utc(datetime.fromisoformat(text.strip()))
+    except ValueError:
+        raise InvalidArgumentError(f"'{text}' is not a date: write it as YYYY-MM-DD.") from None
+
+
+def check_purpose(purpose: str) -> str:
+    """A purpose label as stored, or InvalidArgumentError naming the rule."""
+    label = purpose.strip()
+    if not _PURPOSE.match(label):
+        raise InvalidArgumentError(
+            f"'{purpose}' is not a purpose label: use letters, digits and . _ : / - (up to 64), "
+            "e.g. visitor-check-in."
+        )
+    return label
+
+
+@dataclass(frozen=True)
+class Consent:
+    """A recorded consent: the customer's reference to a signed release and what it allows.
+
+    Args:
+        reference: the customer's identifier of the signed release (form number, document id).
+        purposes: labels the consent covers, e.g. ``("visitor-check-in",)``; matching is only
+            ever done for one of them.
+        expires_at: when the consent ends (a date means 00:00 UTC that day); None: no end date.
+        jurisdiction: ISO 3166-1/-2 code of the subject's residence, e.g. ``US-IL``.
+    """
+
+    reference: str
+    purposes: tuple[str, ...]
+    expires_at: datetime | None = None
+    jurisdiction: str | None = None
+    granted_at: datetime | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        reference = self.reference.strip() if isinstance(self.reference, str) else ""
+        if not reference or len(reference) > 200:
+            raise InvalidArgumentError("A consent needs a reference (1-200 characters): the id of the signed release.")
+        raw: Iterable[str] = (self.purposes,) if isinstance(self.purposes, str) else self.purposes
+        purposes = tuple(dict.fromkeys(check_purpose(p) for p in raw))
+        if not purposes:
+            raise InvalidArgumentError(f"Consent '{reference}' names no purpose: give at least one, e.g. visitor-check-in.")
+        jurisdiction = self.jurisdiction.strip().upper() if self.jurisdiction else None
+        if jurisdiction and not _JURISDICTION.match(jurisdiction):
+            raise InvalidArgumentError(
+                f"'{self.jurisdiction}' is not an ISO 3166 code: write e.g. US-IL, US-CA or FR."
+            )
+        object.__setattr__(self, "reference", reference)
+        object.__setattr__(self, "purposes", purposes)
+        object.__setattr__(self, "jurisdiction", jurisdiction)
+        if self.expires_at is not None:
+            object.__setattr__(self, "expires_at", utc(self.expires_at))
+        if self.granted_at is not None:
+            object.__setattr__(self, "granted_at", utc(self.granted_at))
+
+    def is_active(self, now: datetime) -> bool:
+        """True until the expiry (if any)."""
+        return self.expires_at is None or now < self.expires_at

@@ -1,0 +1,97 @@
+"""The exception tree: every error consentmatch raises on purpose.
+
+    ConsentMatchError             base; str(error) is one line: what is wrong and how to fix it
+    ├── ImageError                the photo cannot be read: missing, unsupported, corrupt, too large
+    ├── FaceError                 the photo was read, but its faces do not fit the call
+    │   ├── NoFaceError
+    │   ├── MultipleFacesError
+    │   └── FaceTooSmallError
+    ├── ConsentError              no consent, or one that is expired or does not cover the purpose
+    ├── SubjectNotFoundError      the subject is not enrolled
+    ├── GalleryNotFoundError      reading a gallery file that does not exist
+    ├── ManifestError             an import manifest that cannot be read as a whole
+    ├── InvalidArgumentError      a bad value passed to the API (subject name, purpose, tolerance)
+    ├── StorageError              SQLite failed: locked, read-only, disk full, corrupt
+    └── EngineError               a native engine (dlib, FAISS) failed
+
+Native errors (sqlite3, dlib, FAISS, Pillow) are mapped into this tree where they are raised;
+callers never need to catch anything else.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConsentError",
+    "ConsentMatchError",
+    "EngineError",
+    "FaceError",
+    "FaceTooSmallError",
+    "GalleryNotFoundError",
+    "ImageError",
+    "InvalidArgumentError",
+    "ManifestError",
+    "MultipleFacesError",
+    "NoFaceError",
+    "StorageError",
+    "SubjectNotFoundError",
+]
+
+
+class ConsentMatchError(Exception):
+    """Base of every consentmatch error."""
+
+
+class ImageError(ConsentMatchError):
+    """The photo cannot be read: missing, unsupported, corrupt or too large."""
+
+    def __init__(self, message: str, photo: str | None = None) -> None:
+        super().__init__(message)
+        self.photo = photo
+
+
+class FaceError(ConsentMatchError):
+    """The photo was read, but the faces in it do not fit the call."""
+
+    def __init__(self, message: str, photo: str | None = None) -> None:
+        super().__init__(message)
+        self.photo = photo
+
+
+class NoFaceError(FaceError):
+    """No face was found where one was needed."""
+
+
+class MultipleFacesError(FaceError):
+    """More than one face was found where exactly one was needed."""
+
+
+class FaceTooSmallError(FaceError):
+    """The face is smaller than the minimum width for the call."""
+
+
+class ConsentError(ConsentMatchError):
+    """No consent, or one that is expired, revoked or does not cover the purpose."""
+
+
+class SubjectNotFoundError(ConsentMatchError):
+    """The subject is not enrolled in this gallery."""
+
+
+class GalleryNotFoundError(ConsentMatchError):
+    """A read was asked of a gallery file that does not exist."""
+
+
+class ManifestError(ConsentMatchError):
+    """The import manifest cannot be read as a whole (missing file or columns)."""
+
+
+class InvalidArgumentError(ConsentMatchError, ValueError):
+    """A value passed to the API is not acceptable."""
+
+
+class StorageError(ConsentMatchError):
+    """The gallery's SQLite file could not be read or written."""
+
+
+class EngineError(ConsentMatchError):
+    """A native engine (dlib, FAISS) failed."""

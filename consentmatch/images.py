@@ -1,0 +1,162 @@
+"""Safe photo decoding: the one path by which bytes become pixels.
+
+Every photo goes through `load_photo`: a format allow-list, our own size limits before any
+pixel is decoded, EXIF orientation applied (phone photos are stored sideways), and every mode
+Pillow can produce (RGBA, palette, grayscale, 16-bit) turned into 8-bit RGB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Register exactly the decoders of ALLOWED_FORMATS (Image.open's `formats` needs them loaded).
+from PIL import (  # noqa: F401  isort: skip
+    BmpImagePlugin,
+    GifImagePlugin,
+    JpegImagePlugin,
+    MpoImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    WebPImagePlugin,
+)
+
+from .errors import ImageError
+
+__all__ = ["ALLOWED_FORMATS", "MAX_DECODE_PIXELS", "MAX_FILE_BYTES", "Photo", "PhotoInput", "load_photo"]
+
+#: A photo given by path or as the encoded file's bytes.
+PhotoInput = Union[str, "os.PathLike[str]", bytes]
+
+#: Pillow format names we decode; anything else is refused before decoding. (Phone JPEGs with a
+#: preview frame open through JPEG as "MPO".)
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+#: Files larger than this are refused without being read.
+MAX_FILE_BYTES = 64 * 1024 * 1024
+#: Decoded pixels above this are refused; JPEGs are decoded at 1/2, 1/4 or 1/8 to fit instead.
+MAX_DECODE_PIXELS = 40_000_000
+
+_HINT = "use a JPEG, PNG or WebP photo"
+
+
+@dataclass(frozen=True)
+class Photo:
+    """A decoded, upright photo.
+
+    `scale` is how many pixels of the original one decoded pixel stands for (1.0 unless a huge
+    JPEG was decoded at reduced size), so boxes can be reported in the original's coordinates.
+    """
+
+    name: str
+    pixels: NDArray[np.uint8]
+    sha256: str
+    scale: float = 1.0
+
+
+def photo_name(photo: PhotoInput) -> str:
+    """How a photo is named in results and error messages."""
+    if isinstance(photo, bytes):
+        return "<bytes>"
+    return os.fspath(photo)
+
+
+def load_photo(photo: PhotoInput) -> Photo:
+    """Decode a photo to upright 8-bit RGB.
+
+    Raises:
+        ImageError: missing, unreadable, empty, unsupported, corrupt, multi-frame or too large.
+    """
+    name = photo_name(photo)
+    data = photo if isinstance(photo, bytes) else _read(Path(os.fspath(photo)), name)
+    if not data:
+        raise ImageError(f"'{name}' is empty (0 bytes): {_HINT}.", name)
+    try:
+        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
+            pixels, scale = _decode(image, name)
+    except UnidentifiedImageError:
+        raise ImageError(f"'{name}' is not a supported image: {_HINT}.", name) from None
+    except Image.DecompressionBombError:
+        raise ImageError(
+            f"'{name}' has too many pixels to decode safely: downscale it below "
+            f"{MAX_DECODE_PIXELS // 1_000_000} megapixels.",
+            name,
+        ) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        # Pillow reports truncated and corrupt data with these, in any of the codecs.
+        raise ImageError(f"'{name}' is truncated or corrupt ({exc}): re-export the photo.", name) from None
+    return Photo(name=name, pixels=pixels, sha256=hashlib.sha256(data).hexdigest(), scale=scale)
+
+
+def _read(path: Path, name: str) -> bytes:
+    try:
+        if path.is_dir():
+            raise ImageError(f"'{name}' is a directory, not a photo: name the photo files.", name)
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ImageError(
+                f"'{name}' is {size // (1024 * 1024)} MiB, over the {MAX_FILE_BYTES // (1024 * 1024)} MiB "
+                "limit: downscale or re-compress it.",
+                name,
+            )
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(f"'{name}' does not exist: check the path.", name) from None
+    except PermissionError:
+        raise ImageError(f"'{name}' cannot be read (permission denied): check its permissions.", name) from None
+    except OSError as exc:
+        raise ImageError(f"'{name}' cannot be read ({exc.strerror or exc}).", name) from None
+
+
+def _decode(image: Image.Image, name: str) -> tuple[NDArray[np.uint8], float]:
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1 and image.format != "MPO":  # MPO: a phone JPEG with a preview; frame 0 is the photo
+        raise ImageError(f"'{name}' has {frames} frames (animation or multi-page): export one still photo.", name)
+    width, height = image.size
+    scale = 1.0
+    if width * height > MAX_DECODE_PIXELS:
+        if image.format not in ("JPEG", "MPO"):
+            raise ImageError(
+                f"'{name}' is {width}x{height} pixels, over the {MAX_DECODE_PIXELS // 1_000_000} megapixel "
+                "limit: downscale it.",
+                name,
+            )
+        # JPEG decodes at 1/2, 1/4 or 1/8 for free: ask for the largest size under the limit.
+        reduce = 2
+        while (width // reduce) * (height // reduce) > MAX_DECODE_PIXELS and reduce < 8:
+            reduce *= 2
+        image.draft("RGB", (width // reduce, height // reduce))
+        if image.size[0] * image.size[1] > MAX_DECODE_PIXELS:
+            raise ImageError(f"'{name}' is {width}x{height} pixels, too large even at 1/8 size: downscale it.", name)
+        scale = width / image.size[0]
+    image.load()
+    try:
+        upright = ImageOps.exif_transpose(image)
+    except Exception:  # a broken EXIF block must not cost the photo; keep it as stored
+        upright = image
+    return _to_rgb(upright), scale
+
+
+def _to_rgb(image: Image.Image) -> NDArray[np.uint8]:
+    """8-bit RGB from any mode; transparency is composited on white, 16-bit is scaled, not clipped."""
+    if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        values = np.asarray(image).astype(np.float64)
+        top = values.max(initial=0.0)
+        if image.mode == "F":
+            gray = values / top * 255.0 if top > 0 else values
+        else:
+            gray = values / 257.0 if top > 255 else values  # 16-bit samples to 8-bit
+        plane = np.clip(gray, 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.stack([plane] * 3, axis=-1))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))

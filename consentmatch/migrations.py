@@ -1,0 +1,57 @@
+"""Numbered schema steps. Step N brings a gallery from `user_version` N-1 to N; never edit a shipped step.
+
+Templates are stored as BLOBs of 128 little-endian float32 (512 bytes). Times are fixed-width
+ISO 8601 UTC text, so SQL compares them as strings.
+"""
+
+from __future__ import annotations
+
+__all__ = ["APPLICATION_ID", "MIGRATIONS"]
+
+#: SQLite `application_id` marking a file as a consentmatch gallery ("CMAT").
+APPLICATION_ID = 0x434D4154
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: subjects, their consents and purposes, their templates; a generation counter.
+    """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    INSERT INTO meta (key, value) VALUES ('generation', '0');
+
+    CREATE TABLE subjects (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL
+    );
+
+    CREATE TABLE consents (
+        id INTEGER PRIMARY KEY,
+        subject_id INTEGER NOT NULL REFERENCES subjects(id) ON DELETE CASCADE,
+        reference TEXT NOT NULL UNIQUE,
+        granted_at TEXT NOT NULL,
+        expires_at TEXT,
+        jurisdiction TEXT
+    );
+    CREATE INDEX consents_subject ON consents(subject_id);
+
+    CREATE TABLE consent_purposes (
+        consent_id INTEGER NOT NULL REFERENCES consents(id) ON DELETE CASCADE,
+        purpose TEXT NOT NULL,
+        PRIMARY KEY (purpose, consent_id)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE templates (
+        id INTEGER PRIMARY KEY,
+        subject_id INTEGER NOT NULL REFERENCES subjects(id) ON DELETE CASCADE,
+        consent_id INTEGER NOT NULL REFERENCES consents(id) ON DELETE CASCADE,
+        embedding BLOB NOT NULL CHECK (length(embedding) = 512),
+        photo_sha256 TEXT NOT NULL,
+        box TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX templates_subject ON templates(subject_id);
+    CREATE INDEX templates_consent ON templates(consent_id);
+    """,
+)
