@@ -33,7 +33,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,  # never a traceback with locals (they could hold a probe)
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -106,7 +106,9 @@ def _date(moment: datetime | None) -> str:
 @app.command()
 def enroll(
     subject: Annotated[str, typer.Argument(help="The customer's name or id for the person.")],
-    photos: Annotated[list[Path], typer.Argument(help="Photos of this person, one face each.", show_default=False)],
+    photos: Annotated[
+        list[Path], typer.Argument(help="Photos of this person, one face each.", show_default=False)
+    ],
     gallery: GalleryOption,
     consent_ref: Annotated[
         Optional[str], typer.Option("--consent-ref", "-c", help="Reference of the person's signed consent (required).")
@@ -128,7 +130,7 @@ def enroll(
     Every photo must hold exactly one face, at least 80 px wide. Without --consent-ref the
     enrollment is refused.
 
-    [b]Example:[/b] consentmatch enroll alice alice1.jpg alice2.jpg -g visitors.db --consent-ref FORM-17 --purpose visitor-check-in --expires 2027-12-31 --jurisdiction US-IL
+    **Example:** `consentmatch enroll alice alice1.jpg alice2.jpg -g visitors.db --consent-ref FORM-17 --purpose visitor-check-in --expires 2027-12-31 --jurisdiction US-IL`
     """
     from .consent import Consent, parse_expiry
 
@@ -154,7 +156,9 @@ def enroll(
 
 @app.command("import")
 def import_(
-    manifest: Annotated[Path, typer.Argument(help="CSV: subject,photo,consent_ref,purposes,expires,jurisdiction.")],
+    manifest: Annotated[
+        Path, typer.Argument(help="CSV: subject,photo,consent_ref,purposes,expires,jurisdiction.")
+    ],
     gallery: GalleryOption,
     as_json: JsonOption = False,
 ) -> None:
@@ -164,7 +168,7 @@ def import_(
     ;-separated, photo paths absolute or relative to the manifest, expires and jurisdiction
     may be empty, and several rows may name one subject. Exit 1 if any row was rejected.
 
-    [b]Example:[/b] consentmatch import examples/consents.csv -g visitors.db
+    **Example:** `consentmatch import examples/consents.csv -g visitors.db`
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -205,7 +209,10 @@ def import_(
 
 @app.command()
 def match(
-    photos: Annotated[list[Path], typer.Argument(help="Probe photos; every face in each is matched.", show_default=False)],
+    photos: Annotated[
+        list[Path],
+        typer.Argument(help="Probe photos; every face in each is matched.", show_default=False),
+    ],
     gallery: GalleryOption,
     purpose: PurposeOption,
     tolerance: ToleranceOption = 0.6,
@@ -218,7 +225,7 @@ def match(
     top-k nearest subjects. No match is a result (exit 0); an unreadable photo is reported
     on stderr and gives exit 1 after the others are processed.
 
-    [b]Example:[/b] consentmatch match door1.jpg door2.jpg -g visitors.db --purpose visitor-check-in --json
+    **Example:** `consentmatch match door1.jpg door2.jpg -g visitors.db --purpose visitor-check-in --json`
     """
     from .consent import check_purpose
 
@@ -287,7 +294,7 @@ def verify(
     for the purpose, not enrolled, no face or several faces).
     Not authentication on its own: there is no liveness check.
 
-    [b]Example:[/b] consentmatch verify alice selfie.jpg -g customers.db --purpose transfer-check --json
+    **Example:** `consentmatch verify alice selfie.jpg -g customers.db --purpose transfer-check --json`
     """
     with _errors(), _gallery(gallery) as g:
         try:
@@ -322,9 +329,13 @@ def forget(
 ) -> None:
     """Erase a person: templates, consent records and index entries, at once and for good.
 
-    [b]Example:[/b] consentmatch forget alice -g visitors.db --yes
+    **Example:** `consentmatch forget alice -g visitors.db --yes`
     """
-    if not yes and not typer.confirm(f"Erase '{subject}' from {gallery} for good?", err=True):
+    try:
+        confirmed = yes or typer.confirm(f"Erase '{subject}' from {gallery} for good?", err=True)
+    except typer.Abort:  # no answer (stdin closed, Ctrl-C)
+        confirmed = False
+    if not confirmed:
         _fail("Nothing erased (not confirmed): pass --yes to erase without asking.")
     with _errors(), _gallery(gallery) as g:
         receipt = g.forget(subject)
@@ -341,7 +352,7 @@ def forget(
 def subjects(gallery: GalleryOption, as_json: JsonOption = False) -> None:
     """Who is enrolled: template count, active purposes, consents. Never the templates.
 
-    [b]Example:[/b] consentmatch subjects -g visitors.db --json
+    **Example:** `consentmatch subjects -g visitors.db --json`
     """
     with _errors(), _gallery(gallery) as g:
         listing = g.subjects()
@@ -375,7 +386,7 @@ def demo(
     Enrolls people with consent, shows an enrollment refused for lack of consent, matches
     probes, forgets someone and matches again. Nothing is kept.
 
-    [b]Example:[/b] consentmatch demo
+    **Example:** `consentmatch demo`
     """
     from .demo import run
 

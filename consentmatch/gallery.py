@@ -180,7 +180,7 @@ class Gallery:
             found = self._encoder.encode(decoded, min(PROBE_MIN_FACE_PX, min_face_px))
             faces.append((decoded.sha256, single_face(found, decoded.name, min_face_px)))
         with self._lock:
-            with self._store.write() as conn:
+            with self._store.write(create=True) as conn:
                 before = Store.generation(conn)
                 subject_id = Store.ensure_subject(conn, name, now)
                 consent_id = Store.record_consent(conn, subject_id, consent, now)

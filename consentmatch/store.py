@@ -145,10 +145,13 @@ class Store:
                 conn.execute("COMMIT")
 
     @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """One atomic write: everything inside commits together, or nothing does."""
+    def write(self, *, create: bool = False) -> Iterator[sqlite3.Connection]:
+        """One atomic write: everything inside commits together, or nothing does.
+
+        Only `create=True` (enrollment) may bring a missing gallery file into being.
+        """
         with self._lock, self._mapped():
-            conn = self._connect(create=True)
+            conn = self._connect(create=create)
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn

@@ -1,0 +1,99 @@
+"""Fixtures: a fake encoder for fast tests, and a real gallery built once from examples/."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from consentmatch import Consent, Gallery
+from consentmatch.encoder import DetectedFace
+from consentmatch.images import Photo
+from consentmatch.results import Box
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+DATA = Path(__file__).resolve().parent / "data"
+PURPOSE = "visitor-check-in"
+
+
+class FakeEncoder:
+    """Each solid non-black square is a face: red picks the person, green varies the photo.
+
+    Same red: distance about 0.2 (a match at 0.6); different red: about 1.4.
+    """
+
+    calls = 0
+
+    def encode(self, photo: Photo, min_face_px: int) -> list[DetectedFace]:
+        FakeEncoder.calls += 1
+        pixels = photo.pixels.reshape(-1, 3)
+        colours = [tuple(c) for c in np.unique(pixels, axis=0) if c.any()]
+        faces = []
+        for colour in colours:
+            ys, xs = np.nonzero(np.all(photo.pixels == colour, axis=-1))
+            box = Box(int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1, int(xs.min()))
+            faces.append(DetectedFace(box=box, encoding=fake_encoding(int(colour[0]), int(colour[1]))))
+        return sorted(faces, key=lambda f: (f.box.top, f.box.left))
+
+
+def fake_encoding(person: int, variant: int = 0) -> np.ndarray:
+    base = np.random.default_rng(person).normal(size=128)
+    noise = np.random.default_rng(10_000 + variant).normal(size=128)
+    vector = base / np.linalg.norm(base) + 0.15 * noise / np.linalg.norm(noise) * (variant > 0)
+    return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+
+def fake_photo(folder: Path, name: str, *faces: tuple[int, int], size: int = 100) -> Path:
+    """A PNG with one `size`-px square per (person, variant), side by side."""
+    image = np.zeros((size + 20, (size + 10) * max(1, len(faces)) + 10, 3), dtype=np.uint8)
+    for i, (person, variant) in enumerate(faces):
+        left = 10 + i * (size + 10)
+        image[10 : 10 + size, left : left + size] = (person, variant, 7)
+    path = folder / name
+    Image.fromarray(image).save(path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CONSENTMATCH_GALLERY", raising=False)
+
+
+@pytest.fixture
+def fake_gallery(tmp_path: Path) -> Iterator[Gallery]:
+    with Gallery(tmp_path / "fake.db", encoder=FakeEncoder()) as gallery:
+        yield gallery
+
+
+@pytest.fixture
+def consent() -> Consent:
+    return Consent("REF-1", [PURPOSE])
+
+
+@pytest.fixture(scope="session")
+def _real_gallery_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The examples' people enrolled once per session with the real models."""
+    path = tmp_path_factory.mktemp("real") / "people.db"
+    with Gallery(path) as gallery:
+        report = gallery.import_manifest(EXAMPLES / "consents.csv")
+    assert not report.rejected, report.rejected
+    return path
+
+
+@pytest.fixture
+def real_gallery_path(_real_gallery_file: Path, tmp_path: Path) -> Path:
+    """A private copy of the real gallery, free to change."""
+    path = tmp_path / "people.db"
+    shutil.copyfile(_real_gallery_file, path)
+    return path
+
+
+@pytest.fixture
+def real_gallery(real_gallery_path: Path) -> Iterator[Gallery]:
+    with Gallery(real_gallery_path) as gallery:
+        yield gallery

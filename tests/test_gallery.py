@@ -1,0 +1,205 @@
+"""The Gallery's rules, fast, with the fake encoder: consent, all-or-nothing, purpose, erasure."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from consentmatch import (
+    Consent,
+    ConsentError,
+    Gallery,
+    GalleryNotFoundError,
+    ImageError,
+    MultipleFacesError,
+    NoFaceError,
+    StorageError,
+    SubjectNotFoundError,
+)
+
+from .conftest import PURPOSE, FakeEncoder, fake_photo
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_enroll_then_match_and_verify(fake_gallery: Gallery, tmp_path: Path, consent: Consent) -> None:
+    enrolled = fake_gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], consent)
+    assert (enrolled.subject, enrolled.templates_added, enrolled.templates_total) == ("alice", 1, 1)
+    result = fake_gallery.match(fake_photo(tmp_path, "probe.png", (10, 3)), purpose=PURPOSE)
+    (face,) = result.faces
+    assert face.subject == "alice" and 0.1 < face.distance < 0.6  # type: ignore[operator]
+    assert fake_gallery.verify("alice", tmp_path / "probe.png", purpose=PURPOSE).match
+
+
+def test_enroll_refuses_without_consent(fake_gallery: Gallery, tmp_path: Path) -> None:
+    photo = fake_photo(tmp_path, "a.png", (10, 0))
+    with pytest.raises(ConsentError, match="needs a recorded consent"):
+        fake_gallery.enroll("alice", [photo], None)
+    assert not fake_gallery.path.exists()
+
+
+def test_enroll_refuses_expired_consent(fake_gallery: Gallery, tmp_path: Path) -> None:
+    expired = Consent("REF-1", [PURPOSE], expires_at=datetime(2020, 1, 1, tzinfo=timezone.utc))
+    with pytest.raises(ConsentError, match="expired on 2020-01-01"):
+        fake_gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], expired)
+
+
+def test_consent_reference_belongs_to_one_subject(fake_gallery: Gallery, tmp_path: Path, consent: Consent) -> None:
+    fake_gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], consent)
+    before = FakeEncoder.calls
+    with pytest.raises(ConsentError, match="already belongs to subject 'alice'"):
+        fake_gallery.enroll("bob", [fake_photo(tmp_path, "b.png", (20, 0))], consent)
+    assert FakeEncoder.calls == before  # refused before any face was processed
+
+
+def test_several_photos_enroll_all_or_nothing(fake_gallery: Gallery, tmp_path: Path, consent: Consent) -> None:
+    fake_gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], consent)
+    fake_gallery.close()
+    snapshot = _digest(fake_gallery.path)
+    good = fake_photo(tmp_path, "a2.png", (10, 1))
+    for bad, error in [
+        (fake_photo(tmp_path, "two.png", (10, 2), (20, 0)), MultipleFacesError),
+        (fake_photo(tmp_path, "none.png"), NoFaceError),
+        (tmp_path / "missing.jpg", ImageError),
+    ]:
+        with pytest.raises(error, match=bad.name):
+            fake_gallery.enroll("alice", [good, bad], consent)
+    fake_gallery.close()
+    assert _digest(fake_gallery.path) == snapshot
+    assert fake_gallery.subjects()[0].templates == 1
+
+
+def test_match_searches_only_the_purpose(fake_gallery: Gallery, tmp_path: Path) -> None:
+    fake_gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], Consent("R1", ["door"]))
+    fake_gallery.enroll("bob", [fake_photo(tmp_path, "b.png", (20, 0))], Consent("R2", ["payroll"]))
+    probe = fake_photo(tmp_path, "probe.png", (10, 1), (20, 1))
+    door = fake_gallery.match(probe, purpose="door")
+    assert [f.subject for f in door.faces] == ["alice", None]
+    assert {c.subject for f in door.faces for c in f.candidates} == {"alice"}
+    assert [f.subject for f in fake_gallery.match(probe, purpose="payroll").faces] == [None, "bob"]
+    assert all(not f.candidates for f in fake_gallery.match(probe, purpose="marketing").faces)
+
+
+def test_purpose_filter_is_exact_not_a_post_filter(fake_gallery: Gallery, tmp_path: Path) -> None:
+    # Twenty other-purpose subjects nearer to the probe than the true match must not hide it.
+    target = fake_photo(tmp_path, "t.png", (50, 0))
+    fake_gallery.enroll("target", [target], Consent("T", ["door"]))
+    for i in range(20):
+        fake_gallery.enroll(f"twin{i}", [fake_photo(tmp_path, f"w{i}.png", (50, 0))], Consent(f"W{i}", ["other"]))
+    (face,) = fake_gallery.match(target, purpose="door", top_k=1).faces
+    assert face.subject == "target"
+
+
+def test_top_k_lists_each_subject_once_at_its_nearest_template(fake_gallery: Gallery, tmp_path: Path) -> None:
+    photos = [fake_photo(tmp_path, f"a{v}.png", (10, v)) for v in range(1, 6)]
+    fake_gallery.enroll("alice", photos, Consent("R1", [PURPOSE]))
+    fake_gallery.enroll("bob", [fake_photo(tmp_path, "b.png", (20, 0))], Consent("R2", [PURPOSE]))
+    (face,) = fake_gallery.match(fake_photo(tmp_path, "p.png", (10, 3)), purpose=PURPOSE, top_k=2).faces
+    assert [c.subject for c in face.candidates] == ["alice", "bob"]
+    assert face.candidates[0].distance == pytest.approx(0.0, abs=1e-3)  # variant 3 is enrolled
+    assert face.candidates[1].distance > 1.0  # listed beyond the tolerance
+
+
+def test_forget_erases_for_good(fake_gallery: Gallery, tmp_path: Path, consent: Consent) -> None:
+    photo = fake_photo(tmp_path, "a.png", (10, 0))
+    fake_gallery.enroll("alice", [photo, fake_photo(tmp_path, "a2.png", (10, 1))], consent)
+    fake_gallery.match(photo, purpose=PURPOSE)  # index built
+    receipt = fake_gallery.forget("alice")
+    assert (receipt.templates_removed, receipt.index_entries_removed, receipt.consents_removed) == (2, 2, 1)
+    assert fake_gallery.match(photo, purpose=PURPOSE).faces[0].candidates == ()
+    assert fake_gallery.subjects() == []
+    with pytest.raises(SubjectNotFoundError):
+        fake_gallery.verify("alice", photo, purpose=PURPOSE)
+    with pytest.raises(SubjectNotFoundError):
+        fake_gallery.forget("alice")
+    with Gallery(fake_gallery.path, encoder=FakeEncoder()) as reopened:  # a fresh index from the store
+        assert reopened.match(photo, purpose=PURPOSE).faces[0].candidates == ()
+
+
+def test_other_gallery_instances_see_writes(tmp_path: Path, consent: Consent) -> None:
+    path = tmp_path / "shared.db"
+    photo = fake_photo(tmp_path, "a.png", (10, 0))
+    with Gallery(path, encoder=FakeEncoder()) as writer, Gallery(path, encoder=FakeEncoder()) as reader:
+        writer.enroll("alice", [photo], consent)
+        assert reader.match(photo, purpose=PURPOSE).faces[0].subject == "alice"
+        writer.forget("alice")
+        assert reader.match(photo, purpose=PURPOSE).faces[0].candidates == ()  # stale index rebuilt
+
+
+def test_consent_expiry_stops_matching(tmp_path: Path) -> None:
+    now = [datetime(2026, 1, 1, tzinfo=timezone.utc)]
+    photo = fake_photo(tmp_path, "a.png", (10, 0))
+    with Gallery(tmp_path / "g.db", encoder=FakeEncoder(), clock=lambda: now[0]) as gallery:
+        gallery.enroll("alice", [photo], Consent("R", [PURPOSE], expires_at=datetime(2026, 6, 1)))
+        assert gallery.match(photo, purpose=PURPOSE).faces[0].subject == "alice"
+        now[0] += timedelta(days=200)
+        assert gallery.match(photo, purpose=PURPOSE).faces[0].candidates == ()
+        assert gallery.subjects()[0].active_purposes == ()
+        with pytest.raises(ConsentError, match="no active consent"):
+            gallery.verify("alice", photo, purpose=PURPOSE)
+
+
+def test_reads_of_a_missing_gallery(tmp_path: Path) -> None:
+    gallery = Gallery(tmp_path / "nope.db", encoder=FakeEncoder())
+    with pytest.raises(GalleryNotFoundError, match="No gallery at"):
+        gallery.match(fake_photo(tmp_path, "a.png", (10, 0)), purpose=PURPOSE)
+    with pytest.raises(GalleryNotFoundError):
+        gallery.forget("alice")
+    assert gallery.subjects() == []
+    assert not (tmp_path / "nope.db").exists()
+
+
+def test_a_file_that_is_not_a_gallery(tmp_path: Path, consent: Consent) -> None:
+    junk = tmp_path / "notes.db"
+    junk.write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(StorageError, match="not a readable consentmatch gallery"):
+        Gallery(junk, encoder=FakeEncoder()).enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], consent)
+    assert junk.read_bytes() == b"this is not sqlite at all" * 100
+
+
+def test_templates_are_float32_blobs_and_never_pickled(fake_gallery: Gallery, tmp_path: Path, consent: Consent) -> None:
+    import sqlite3
+
+    fake_gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], consent)
+    fake_gallery.close()
+    conn = sqlite3.connect(fake_gallery.path)
+    (blob,) = conn.execute("SELECT embedding FROM templates").fetchone()
+    conn.close()
+    from .conftest import fake_encoding
+
+    assert len(blob) == 512
+    assert np.array_equal(np.frombuffer(blob, "<f4"), fake_encoding(10))
+
+
+def test_concurrent_searches_while_enrolling_and_forgetting(fake_gallery: Gallery, tmp_path: Path) -> None:
+    probe = fake_photo(tmp_path, "probe.png", (10, 1))
+    fake_gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], Consent("RA", [PURPOSE]))
+    photos = [fake_photo(tmp_path, f"p{i}.png", (100 + i, 0)) for i in range(10)]
+    errors: list[BaseException] = []
+
+    def search() -> None:
+        try:
+            for _ in range(30):
+                (face,) = fake_gallery.match(probe, purpose=PURPOSE).faces
+                assert face.subject == "alice"
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=search) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for i, photo in enumerate(photos):
+        fake_gallery.enroll(f"s{i}", [photo], Consent(f"R{i}", [PURPOSE]))
+        if i % 2:
+            fake_gallery.forget(f"s{i - 1}")
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(s.subject for s in fake_gallery.subjects()) == ["alice", "s1", "s3", "s5", "s7", "s9"]
