@@ -6,11 +6,15 @@ import csv
 import json
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from .errors import ConsentError, ManifestError
+
+if TYPE_CHECKING:
+    from .gallery import Gallery
 
 __all__ = ["find_examples", "run"]
 
@@ -62,10 +66,10 @@ def run(examples: Path | None, console: Console, *, as_json: bool = False) -> No
             say(f"   [yellow]refused:[/yellow] {exc}", step="refused", error=str(exc))
 
         say(f"\n[b]3. Match the probes[/b] for purpose '{PURPOSE}'", step="match")
-        _match_all(gallery, probes, expected, console, say, as_json)
+        _match_all(gallery, probes, expected, console, as_json)
 
         say("\n[b]4. Purpose-bound search[/b]: 'staff-access' covers only biden and obama", step="purpose")
-        _match_all(gallery, [folder / "probes" / "kit_with_rose.jpg"], {}, console, say, as_json, "staff-access")
+        _match_all(gallery, [folder / "probes" / "kit_with_rose.jpg"], {}, console, as_json, "staff-access")
 
         say("\n[b]5. Forget obama[/b]", step="forget")
         receipt = gallery.forget("obama")
@@ -78,11 +82,18 @@ def run(examples: Path | None, console: Console, *, as_json: bool = False) -> No
 
         say("\n[b]6. Match again[/b]: obama is no longer found", step="match-again")
         again = [p for p in probes if "obama" in p.name or p.name == "two_people.jpg"]
-        _match_all(gallery, again, {}, console, say, as_json)
+        _match_all(gallery, again, {}, console, as_json)
     say("\nDone: the throwaway gallery is deleted.", step="done")
 
 
-def _match_all(gallery, probes, expected, console, say, as_json, purpose=PURPOSE):  # type: ignore[no-untyped-def]
+def _match_all(
+    gallery: Gallery,
+    probes: list[Path],
+    expected: dict[str, list[str]],
+    console: Console,
+    as_json: bool,
+    purpose: str = PURPOSE,
+) -> None:
     table = Table("Probe", "Faces", "Found", "Nearest", "Expected")
     for probe in probes:
         result = gallery.match(probe, purpose=purpose)

@@ -65,7 +65,8 @@ class FaceIndex:
         k = max(1, min(k, len(self)))
         params = None
         if allowed is not None:
-            params = self._faiss.SearchParameters(sel=self._faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64)))
+            selector = self._faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+            params = self._faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]  # SWIG kwargs
         try:
             with self._lock:
                 squared, ids = self._index.search(queries, k, params=params)
