@@ -121,3 +121,24 @@ def test_verify_real_photos(real_gallery: Gallery) -> None:
     other = real_gallery.verify("biden", EXAMPLES / "probes" / "obama1.jpg", purpose=PURPOSE)
     assert same.match and same.distance < 0.6
     assert not other.match and other.distance > 0.6
+
+
+def test_an_80px_face_is_found_in_a_big_photo(real_gallery: Gallery) -> None:
+    # Detection runs on a reduced copy of big photos; a face of the enrollment minimum must survive.
+    probe = Image.open(EXAMPLES / "probes" / "obama1.jpg").convert("RGB")  # face ~385 px wide
+    factor = 84 / 385
+    small = probe.resize((round(probe.width * factor), round(probe.height * factor)))
+    canvas = Image.new("RGB", (4800, 3200), (120, 120, 120))
+    canvas.paste(small, (3000, 2000))
+    result = real_gallery.match(_jpeg_bytes(canvas), purpose=PURPOSE)
+    (face,) = result.faces
+    assert face.subject == "obama"
+    assert 3000 <= face.box.left and 60 <= face.box.width <= 120
+
+
+def test_detection_scale() -> None:
+    from consentmatch.encoder import detection_scale
+
+    assert detection_scale(320, 240, 40) == pytest.approx(1.6)  # small probes are upscaled
+    assert detection_scale(1600, 1200, 80) == pytest.approx(0.8)  # enrollment: 80 px faces still found
+    assert detection_scale(6000, 4000, 40) == pytest.approx(0.8)  # never so small that 80 px faces are lost
