@@ -9,6 +9,7 @@ boxes, so encodings are those face_recognition computes for the same boxes.
 from __future__ import annotations
 
 import importlib.util
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from .errors import EngineError
 from .images import Photo
 from .results import Box
 
-__all__ = ["DIMENSIONS", "DetectedFace", "DlibEncoder", "Encoder", "detection_scale"]
+__all__ = ["DIMENSIONS", "DetectedFace", "DlibEncoder", "Encoder", "default_encoder", "detection_scale"]
 
 DIMENSIONS = 128
 #: The smallest face dlib's HOG detector finds without upsampling, with a margin: measured
@@ -132,3 +133,22 @@ def _box(rect: Any, width: int, height: int, scale: float) -> Box:
     top, right = max(rect.top(), 0), min(rect.right(), width)
     bottom, left = min(rect.bottom(), height), max(rect.left(), 0)
     return Box(round(top * scale), round(right * scale), round(bottom * scale), round(left * scale))
+
+
+_shared: Encoder | None = None
+_shared_lock = threading.Lock()
+
+
+def default_encoder() -> Encoder:
+    """The process-wide encoder, so models load once per process, on first use.
+
+    `CONSENTMATCH_ENCODER=dlib` forces dlib (the reference backend).
+    """
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            choice = os.environ.get("CONSENTMATCH_ENCODER", "dlib").strip().lower()
+            if choice not in ("dlib", ""):
+                raise EngineError(f"CONSENTMATCH_ENCODER={choice!r} is not a backend: use dlib.")
+            _shared = DlibEncoder()
+        return _shared

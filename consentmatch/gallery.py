@@ -18,7 +18,8 @@ from types import TracebackType
 import numpy as np
 
 from .consent import Consent, check_purpose
-from .encoder import DetectedFace, DlibEncoder, Encoder
+from . import encoder as encoders
+from .encoder import DetectedFace, Encoder
 from .errors import (
     ConsentError,
     ConsentMatchError,
@@ -55,19 +56,6 @@ __all__ = ["Gallery"]
 
 Clock = Callable[[], datetime]
 Progress = Callable[[int, int], None]
-
-_shared_encoder: DlibEncoder | None = None
-_shared_lock = threading.Lock()
-
-
-def default_encoder() -> DlibEncoder:
-    """One dlib encoder per process: its models load once, on first use."""
-    global _shared_encoder
-    with _shared_lock:
-        if _shared_encoder is None:
-            _shared_encoder = DlibEncoder()
-        return _shared_encoder
-
 
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -108,7 +96,7 @@ class Gallery:
     ) -> None:
         self.path = Path(path)
         self._store = Store(self.path)
-        self._encoder: Encoder = encoder if encoder is not None else default_encoder()
+        self._encoder: Encoder = encoder if encoder is not None else encoders.default_encoder()
         self._clock = clock or _utcnow
         self._lock = threading.RLock()  # guards the index and caches; encoding runs outside it
         self._index: FaceIndex | None = None

@@ -37,7 +37,7 @@ def test_expected_subjects_are_found(real_gallery: Gallery, row: dict[str, str])
 def test_encodings_equal_face_recognition_for_the_same_box(real_gallery: Gallery) -> None:
     import face_recognition
 
-    from consentmatch.gallery import default_encoder
+    from consentmatch.encoder import default_encoder
 
     path = EXAMPLES / "people" / "obama" / "obama2.jpg"
     (ours,) = default_encoder().encode(load_photo(path), 80)
