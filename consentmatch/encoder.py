@@ -43,6 +43,10 @@ class DetectedFace:
 
     box: Box
     encoding: NDArray[np.float32]
+    #: dlib's 5 landmarks as (x, y) in the original's pixels: the outer and inner corners of the
+    #: eye on the photo's right, then of the eye on its left, then the base of the nose. None
+    #: from an encoder that gives none (quality checks then skip the pose).
+    landmarks: tuple[tuple[float, float], ...] | None = None
 
 
 class Encoder(Protocol):
@@ -123,8 +127,12 @@ class DlibEncoder:
             except RuntimeError as exc:
                 raise EngineError(f"dlib failed on '{photo.name}' ({exc}).") from None
         return [
-            DetectedFace(box=_box(rect, width, height, photo.scale), encoding=np.asarray(vec, dtype=np.float32))
-            for rect, vec in zip(rects, vectors)
+            DetectedFace(
+                box=_box(rect, width, height, photo.scale),
+                encoding=np.asarray(vec, dtype=np.float32),
+                landmarks=tuple((p.x * photo.scale, p.y * photo.scale) for p in shape.parts()),
+            )
+            for rect, shape, vec in zip(rects, shapes, vectors)
         ]
 
 
