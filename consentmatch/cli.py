@@ -24,8 +24,9 @@ from rich.table import Table
 from .errors import ConsentMatchError, InvalidArgumentError
 
 if TYPE_CHECKING:
+    from .consent import Consent
     from .gallery import Gallery
-    from .results import MatchResult
+    from .results import ConsentRecord, Erasure, MatchResult
 
 app = typer.Typer(
     name="consentmatch",
@@ -51,16 +52,33 @@ GalleryOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output: JSON (Lines for lists).")]
 PurposeOption = Annotated[
-    str, typer.Option("--purpose", "-p", help="Search only subjects whose active consent lists this purpose.")
+    Optional[str],
+    typer.Option(
+        "--purpose",
+        "-p",
+        help="Search only subjects whose active consent lists this purpose (required unless the policy's "
+        "require_purpose is false).",
+    ),
+]
+ActorOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--actor",
+        envvar="CONSENTMATCH_ACTOR",
+        help="Who is calling, for the audit trail (default: local:<OS user>).",
+        show_envvar=True,
+    ),
 ]
 ToleranceOption = Annotated[
-    float,
+    Optional[float],
     typer.Option(
         "--tolerance",
         "-t",
         min=0.0,
         max=2.0,
-        help="Largest Euclidean distance counted as the same person; lower is stricter.",
+        help="Largest Euclidean distance counted as the same person; lower is stricter. "
+        "Default: the gallery policy's (0.6).",
+        show_default=False,
     ),
 ]
 
@@ -86,10 +104,10 @@ def _errors() -> Iterator[None]:
         _fail(str(exc), 1)
 
 
-def _gallery(path: Path) -> Gallery:
+def _gallery(path: Path, actor: str | None = None) -> Gallery:
     from .gallery import Gallery
 
-    return Gallery(path)
+    return Gallery(path, actor=actor)
 
 
 def _json(data: Any) -> None:
@@ -98,6 +116,28 @@ def _json(data: Any) -> None:
 
 def _date(moment: datetime | None) -> str:
     return f"{moment:%Y-%m-%d}" if moment else "-"
+
+
+def _consent(
+    reference: str,
+    purposes: list[str] | None,
+    expires: str | None,
+    jurisdiction: str | None,
+    signer: str,
+    evidence: Path | None,
+    notice_version: str | None,
+) -> Consent:
+    from .consent import Consent, evidence_digest, parse_expiry
+
+    return Consent(
+        reference=reference,
+        purposes=tuple(purposes or ()),
+        expires_at=parse_expiry(expires) if expires else None,
+        jurisdiction=jurisdiction,
+        signer=signer,
+        evidence_sha256=evidence_digest(evidence) if evidence else None,
+        notice_version=notice_version,
+    )
 
 
 # -- enroll / import -------------------------------------------------------------------------
@@ -123,28 +163,33 @@ def enroll(
         Optional[str], typer.Option("--jurisdiction", help="ISO 3166 code of the person's residence, e.g. US-IL.")
     ] = None,
     min_face_px: Annotated[int, typer.Option("--min-face-px", min=1, help="Smallest face width accepted.")] = 80,
+    signer: Annotated[str, typer.Option("--signer", help="Who signed: subject or guardian.")] = "subject",
+    evidence: Annotated[
+        Optional[Path], typer.Option("--evidence", help="The signed release; only its SHA-256 is kept. Required in US-IL and US-TX.")
+    ] = None,
+    notice_version: Annotated[
+        Optional[str], typer.Option("--notice-version", help="Version of the written notice the person was shown.")
+    ] = None,
+    email: Annotated[
+        Optional[str], typer.Option("--email", help="The person's e-mail: checked against opt-outs, kept as a salted hash.")
+    ] = None,
+    actor: ActorOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Enroll a consenting person from one or more photos, all or nothing.
 
     Every photo must hold exactly one face, at least 80 px wide. Without --consent-ref the
-    enrollment is refused.
+    enrollment is refused. With --purpose the consent is recorded in the same step; without
+    it, --consent-ref names a consent already recorded with `consentmatch consent grant`.
 
     **Example:** `consentmatch enroll alice alice1.jpg alice2.jpg -g visitors.db --consent-ref FORM-17 --purpose visitor-check-in --expires 2027-12-31 --jurisdiction US-IL`
     """
-    from .consent import Consent, parse_expiry
-
     with _errors():
-        consent = None
-        if consent_ref is not None:
-            consent = Consent(
-                reference=consent_ref,
-                purposes=tuple(purpose or ()),
-                expires_at=parse_expiry(expires) if expires else None,
-                jurisdiction=jurisdiction,
-            )
-        with _gallery(gallery) as g:
-            result = g.enroll(subject, photos, consent, min_face_px=min_face_px)
+        consent: Consent | str | None = consent_ref
+        if consent_ref is not None and (purpose or expires or jurisdiction or evidence):
+            consent = _consent(consent_ref, purpose, expires, jurisdiction, signer, evidence, notice_version)
+        with _gallery(gallery, actor) as g:
+            result = g.enroll(subject, photos, consent, email=email, min_face_px=min_face_px)
     if as_json:
         _json(result.to_dict())
     else:
@@ -160,19 +205,21 @@ def import_(
         Path, typer.Argument(help="CSV: subject,photo,consent_ref,purposes,expires,jurisdiction.")
     ],
     gallery: GalleryOption,
+    actor: ActorOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Bulk enrollment from a manifest CSV; bad rows are reported and skipped.
 
     Columns: subject,photo,consent_ref,purposes,expires,jurisdiction. Purposes are
     ;-separated, photo paths absolute or relative to the manifest, expires and jurisdiction
-    may be empty, and several rows may name one subject. Exit 1 if any row was rejected.
+    may be empty, and several rows may name one subject. Optional columns: evidence (the
+    release file or its SHA-256), signer, notice_version, email. Exit 1 if any row was rejected.
 
     **Example:** `consentmatch import examples/consents.csv -g visitors.db`
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with _errors(), _gallery(gallery) as g:
+    with _errors(), _gallery(gallery, actor) as g:
         progress = Progress(
             TextColumn("enrolling"),
             BarColumn(),
@@ -215,8 +262,9 @@ def match(
     ],
     gallery: GalleryOption,
     purpose: PurposeOption,
-    tolerance: ToleranceOption = 0.6,
+    tolerance: ToleranceOption = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, max=1000, help="Nearest subjects listed per face.")] = 5,
+    actor: ActorOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """1:N: who is in each photo, among the people consented for the purpose.
@@ -230,10 +278,11 @@ def match(
     from .consent import check_purpose
 
     with _errors():
-        check_purpose(purpose)
+        if purpose is not None:
+            check_purpose(purpose)
     results: list[MatchResult] = []
     failed = False
-    with _errors(), _gallery(gallery) as g:
+    with _errors(), _gallery(gallery, actor) as g:
         for photo in photos:
             try:
                 result = g.match(photo, purpose=purpose, tolerance=tolerance, top_k=top_k)
@@ -285,7 +334,8 @@ def verify(
     photo: Annotated[Path, typer.Argument(help="A probe photo holding exactly one face.")],
     gallery: GalleryOption,
     purpose: PurposeOption,
-    tolerance: ToleranceOption = 0.6,
+    tolerance: ToleranceOption = None,
+    actor: ActorOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """1:1: is the one face in the photo this subject? (e.g. before a large transfer)
@@ -296,14 +346,14 @@ def verify(
 
     **Example:** `consentmatch verify alice selfie.jpg -g customers.db --purpose transfer-check --json`
     """
-    with _errors(), _gallery(gallery) as g:
+    with _errors(), _gallery(gallery, actor) as g:
         try:
             result = g.verify(subject, photo, purpose=purpose, tolerance=tolerance)
         except ConsentMatchError as exc:
             if as_json and not isinstance(exc, InvalidArgumentError):
                 _json(
                     {"subject": subject, "image": str(photo), "match": False, "distance": None,
-                     "tolerance": tolerance, "error": str(exc)}
+                     "tolerance": tolerance if tolerance is not None else _policy_tolerance(g), "error": str(exc)}
                 )
             raise
     if as_json:
@@ -317,6 +367,13 @@ def verify(
         )
 
 
+def _policy_tolerance(gallery: Gallery) -> float:
+    try:
+        return float(gallery.policy()["tolerance"])
+    except ConsentMatchError:
+        return 0.6
+
+
 # -- forget / subjects -----------------------------------------------------------------------
 
 
@@ -325,27 +382,29 @@ def forget(
     subject: Annotated[str, typer.Argument(help="The person to erase.")],
     gallery: GalleryOption,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    actor: ActorOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Erase a person: templates, consent records and index entries, at once and for good.
 
     **Example:** `consentmatch forget alice -g visitors.db --yes`
     """
-    try:
-        confirmed = yes or typer.confirm(f"Erase '{subject}' from {gallery} for good?", err=True)
-    except typer.Abort:  # no answer (stdin closed, Ctrl-C)
-        confirmed = False
-    if not confirmed:
-        _fail("Nothing erased (not confirmed): pass --yes to erase without asking.")
-    with _errors(), _gallery(gallery) as g:
+    _confirm(yes, f"Erase '{subject}' from {gallery} for good?")
+    with _errors(), _gallery(gallery, actor) as g:
         receipt = g.forget(subject)
     if as_json:
         _json(receipt.to_dict())
     else:
-        out.print(
-            f"Forgot '{receipt.subject}': {receipt.templates_removed} template(s) and {receipt.consents_removed} "
-            f"consent record(s) erased from the store, {receipt.index_entries_removed} from the index."
-        )
+        _print_erasure(receipt)
+
+
+def _print_erasure(receipt: Erasure) -> None:
+    check = "post-check passed: none of them can be found" if receipt.verified else "[red]POST-CHECK FAILED[/red]"
+    out.print(
+        f"Erased '{receipt.subject}' ({receipt.reason}): {receipt.templates_removed} template(s) and "
+        f"{receipt.consents_removed} consent record(s) from the store, {receipt.index_entries_removed} "
+        f"entries from the index; {check}."
+    )
 
 
 @app.command()
@@ -372,6 +431,339 @@ def subjects(gallery: GalleryOption, as_json: JsonOption = False) -> None:
         )
     out.print(table)
     out.print(f"{len(listing)} subject(s).")
+
+
+# -- consent records ------------------------------------------------------------------------
+
+consent_app = typer.Typer(
+    help="Consent records: grant before enrolling, show, revoke (erases the templates), list.",
+    no_args_is_help=True,
+)
+app.add_typer(consent_app, name="consent")
+
+
+@consent_app.command("grant")
+def consent_grant(
+    subject: Annotated[str, typer.Argument(help="The person the consent covers.")],
+    gallery: GalleryOption,
+    ref: Annotated[str, typer.Option("--ref", "--consent-ref", "-c", help="Reference of the signed release.")],
+    purpose: Annotated[list[str], typer.Option("--purpose", "-p", help="A purpose it covers; repeat for several.")],
+    expires: Annotated[Optional[str], typer.Option("--expires", help="End date, YYYY-MM-DD.")] = None,
+    jurisdiction: Annotated[Optional[str], typer.Option("--jurisdiction", help="ISO 3166 code, e.g. US-IL.")] = None,
+    signer: Annotated[str, typer.Option("--signer", help="subject or guardian.")] = "subject",
+    evidence: Annotated[
+        Optional[Path], typer.Option("--evidence", help="The signed release file; only its SHA-256 is kept.")
+    ] = None,
+    notice_version: Annotated[Optional[str], typer.Option("--notice-version", help="Notice shown to the person.")] = None,
+    email: Annotated[Optional[str], typer.Option("--email", help="Checked against opt-outs; kept as a salted hash.")] = None,
+    actor: ActorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Record a consent, before (or without) enrolling photos.
+
+    In US-IL (BIPA) and US-TX (CUBI) a written release is required: pass it with --evidence.
+
+    **Example:** `consentmatch consent grant alice -g visitors.db --ref FORM-17 --purpose visitor-check-in --jurisdiction US-IL --evidence form17.pdf --notice-version v3`
+    """
+    with _errors():
+        consent = _consent(ref, purpose, expires, jurisdiction, signer, evidence, notice_version)
+        with _gallery(gallery, actor) as g:
+            record = g.grant_consent(subject, consent, email=email)
+    _print_consents([record], as_json)
+
+
+@consent_app.command("show")
+def consent_show(
+    ref: Annotated[str, typer.Argument(help="The consent's reference.")],
+    gallery: GalleryOption,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one consent record.
+
+    **Example:** `consentmatch consent show FORM-17 -g visitors.db --json`
+    """
+    with _errors(), _gallery(gallery) as g:
+        record = g.consent(ref)
+    _print_consents([record], as_json)
+
+
+@consent_app.command("list")
+def consent_list(
+    gallery: GalleryOption,
+    subject: Annotated[Optional[str], typer.Option("--subject", "-s", help="Only this person's records.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List consent records, revoked ones included (kept as non-biometric tombstones).
+
+    **Example:** `consentmatch consent list -g visitors.db --subject alice`
+    """
+    with _errors(), _gallery(gallery) as g:
+        records = g.consents(subject)
+    _print_consents(records, as_json)
+
+
+@consent_app.command("revoke")
+def consent_revoke(
+    ref: Annotated[str, typer.Argument(help="The consent's reference.")],
+    gallery: GalleryOption,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    actor: ActorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Revoke a consent: the person's templates are erased at once; the record stays as a tombstone.
+
+    Idempotent: revoking twice erases nothing more.
+
+    **Example:** `consentmatch consent revoke FORM-17 -g visitors.db --yes`
+    """
+    _confirm(yes, f"Revoke consent '{ref}' and erase the person's templates?")
+    with _errors(), _gallery(gallery, actor) as g:
+        receipt = g.revoke_consent(ref)
+    if as_json:
+        _json(receipt.to_dict())
+    else:
+        _print_erasure(receipt)
+
+
+def _confirm(yes: bool, question: str) -> None:
+    try:
+        confirmed = yes or typer.confirm(question, err=True)
+    except typer.Abort:  # no answer (stdin closed, Ctrl-C)
+        confirmed = False
+    if not confirmed:
+        _fail("Nothing erased (not confirmed): pass --yes to erase without asking.")
+
+
+def _print_consents(records: list[ConsentRecord], as_json: bool) -> None:
+    if as_json:
+        for record in records:
+            _json(record.to_dict())
+        return
+    table = Table("Reference", "Subject", "Purposes", "Granted", "Expires", "Jurisdiction", "Signer", "Evidence", "State")
+    for r in records:
+        state = "revoked " + _date(r.revoked_at) if r.revoked_at else ("active" if r.active else "inactive")
+        table.add_row(
+            r.reference, r.subject, ", ".join(r.purposes), _date(r.granted_at), _date(r.expires_at),
+            r.jurisdiction or "-", r.signer, (r.evidence_sha256 or "-")[:12], state,
+        )
+    out.print(table)
+
+
+# -- policy, retention, opt-out --------------------------------------------------------------
+
+policy_app = typer.Typer(help="The gallery's policy: require_purpose, excluded_regions, tolerance.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("show")
+def policy_show(gallery: GalleryOption, as_json: JsonOption = False) -> None:
+    """Show the gallery's policy.
+
+    **Example:** `consentmatch policy show -g visitors.db`
+    """
+    with _errors(), _gallery(gallery) as g:
+        policy = g.policy()
+    _print_policy(policy, as_json)
+
+
+@policy_app.command("set")
+def policy_set(
+    key: Annotated[str, typer.Argument(help="require_purpose, excluded_regions or tolerance.")],
+    value: Annotated[str, typer.Argument(help="true/false; comma-separated ISO 3166 codes (\"\" for none); a number.")],
+    gallery: GalleryOption,
+    actor: ActorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Change one policy key (audited).
+
+    **Example:** `consentmatch policy set excluded_regions US-IL,US-TX -g visitors.db`
+    """
+    with _errors(), _gallery(gallery, actor) as g:
+        policy = g.set_policy(key, value)
+    _print_policy(policy, as_json)
+
+
+def _print_policy(policy: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        _json(policy)
+        return
+    for key, value in policy.items():
+        shown = ",".join(value) if isinstance(value, list) else str(value).lower() if isinstance(value, bool) else value
+        out.print(f"{key} = {shown if shown != '' else '(none)'}")
+
+
+@app.command()
+def retention(gallery: GalleryOption, as_json: JsonOption = False) -> None:
+    """When each person's templates must be destroyed, by jurisdiction (BIPA, CUBI, consent term).
+
+    Overdue people are never matched; `consentmatch purge` destroys their templates.
+
+    **Example:** `consentmatch retention -g visitors.db --json`
+    """
+    with _errors(), _gallery(gallery) as g:
+        entries = g.retention()
+    if as_json:
+        for entry in entries:
+            _json(entry.to_dict())
+        return
+    table = Table("Subject", "Templates", "Destroy by", "Rule", "State")
+    for e in entries:
+        table.add_row(e.subject, str(e.templates), _date(e.destroy_by), e.rule, "[red]overdue[/red]" if e.overdue else "ok")
+    out.print(table)
+
+
+@app.command()
+def purge(
+    gallery: GalleryOption,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    actor: ActorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Destroy the templates of everyone past their retention date.
+
+    **Example:** `consentmatch purge -g visitors.db --yes`
+    """
+    _confirm(yes, "Destroy the templates of everyone past their retention date?")
+    with _errors(), _gallery(gallery, actor) as g:
+        receipts = g.purge()
+    if as_json:
+        for receipt in receipts:
+            _json(receipt.to_dict())
+        return
+    for receipt in receipts:
+        _print_erasure(receipt)
+    out.print(f"Purged {len(receipts)} subject(s).")
+
+
+optout_app = typer.Typer(help="The do-not-enroll registry: subject references or e-mails (salted hashes).",
+                         no_args_is_help=True)
+app.add_typer(optout_app, name="optout")
+SubjectKey = Annotated[Optional[str], typer.Option("--subject", "-s", help="The customer's reference for the person.")]
+EmailKey = Annotated[Optional[str], typer.Option("--email", help="The person's e-mail (stored only as a salted hash).")]
+
+
+@optout_app.command("add")
+def optout_add(
+    gallery: GalleryOption,
+    subject: SubjectKey = None,
+    email: EmailKey = None,
+    actor: ActorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Put a person on the do-not-enroll list; anyone it names is erased at once.
+
+    **Example:** `consentmatch optout add --email jane@example.com -g visitors.db`
+    """
+    with _errors(), _gallery(gallery, actor) as g:
+        receipts = g.add_optout(subject=subject, email=email)
+    if as_json:
+        _json({"added": True, "erased": [r.to_dict() for r in receipts]})
+        return
+    out.print("Opt-out recorded.")
+    for receipt in receipts:
+        _print_erasure(receipt)
+
+
+@optout_app.command("remove")
+def optout_remove(
+    gallery: GalleryOption,
+    subject: SubjectKey = None,
+    email: EmailKey = None,
+    actor: ActorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Take an entry off the do-not-enroll list (only at the person's own request).
+
+    **Example:** `consentmatch optout remove --subject alice -g visitors.db`
+    """
+    with _errors(), _gallery(gallery, actor) as g:
+        removed = g.remove_optout(subject=subject, email=email)
+    if as_json:
+        _json({"removed": removed})
+    else:
+        out.print("Opt-out removed." if removed else "No such opt-out.")
+
+
+@optout_app.command("list")
+def optout_list(gallery: GalleryOption, as_json: JsonOption = False) -> None:
+    """List the do-not-enroll registry (e-mails appear as salted hashes).
+
+    **Example:** `consentmatch optout list -g visitors.db`
+    """
+    with _errors(), _gallery(gallery) as g:
+        entries = g.optouts()
+    if as_json:
+        for entry in entries:
+            _json(entry.to_dict())
+        return
+    table = Table("Kind", "Value", "Added")
+    for entry in entries:
+        table.add_row(entry.kind, entry.value, _date(entry.added_at))
+    out.print(table)
+
+
+# -- audit and subject access ----------------------------------------------------------------
+
+
+@app.command("audit")
+def audit_(
+    gallery: GalleryOption,
+    subject: Annotated[Optional[str], typer.Option("--subject", "-s", help="Only events naming this person.")] = None,
+    check: Annotated[bool, typer.Option("--verify", help="Walk the hash chain: exit 0 intact, 1 broken.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """The audit trail: who did what, when, for which purpose. Never an image or an embedding.
+
+    With --verify, walks the hash chain and names the first edited, deleted or inserted event.
+
+    **Example:** `consentmatch audit -g visitors.db --verify`
+    """
+    with _errors(), _gallery(gallery) as g:
+        if check:
+            result = g.verify_audit()
+        else:
+            events = g.audit(subject)
+    if check:
+        if as_json:
+            _json(result.to_dict())
+        elif result.intact:
+            out.print(f"Audit trail intact: {result.events} event(s), head {result.head}.")
+        if not result.intact:
+            _fail(f"Audit trail broken at event {result.broken_at}: {result.problem}.")
+        return
+    if as_json:
+        for event in events:
+            _json(event.to_dict())
+        return
+    table = Table("#", "When (UTC)", "Actor", "Action", "Subject", "Purpose", "Details")
+    for e in events:
+        details = ", ".join(f"{k}={v}" for k, v in e.details.items())
+        table.add_row(str(e.seq), f"{e.at:%Y-%m-%d %H:%M:%S}", e.actor, e.action, e.subject or "-", e.purpose or "-", details)
+    out.print(table)
+
+
+@app.command()
+def export(
+    subject: Annotated[str, typer.Argument(help="The person asking for their data.")],
+    gallery: GalleryOption,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the bundle here instead of stdout.")] = None,
+    actor: ActorOption = None,
+) -> None:
+    """A subject access bundle (JSON): consents, template metadata (no embeddings), retention, audit.
+
+    **Example:** `consentmatch export alice -g visitors.db -o alice-dsar.json`
+    """
+    with _errors(), _gallery(gallery, actor) as g:
+        bundle = g.export(subject)
+    text = json.dumps(bundle, indent=2, ensure_ascii=False)
+    if output is None:
+        print(text)
+        return
+    try:
+        output.write_text(text + "\n", encoding="utf-8")
+    except OSError as exc:
+        _fail(f"Cannot write '{output}' ({exc.strerror or exc}).")
+    out.print(f"Wrote {output}.")
 
 
 @app.command()

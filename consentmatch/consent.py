@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -9,7 +11,10 @@ from datetime import date, datetime, time, timezone
 
 from .errors import InvalidArgumentError
 
-__all__ = ["Consent", "parse_expiry", "utc"]
+__all__ = ["SIGNERS", "Consent", "evidence_digest", "parse_expiry", "utc"]
+
+#: Who signed the release: the person, or a parent/guardian (for minors, BIPA's "legally authorized representative").
+SIGNERS = ("subject", "guardian")
 
 _JURISDICTION = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")
 _PURPOSE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")
@@ -36,6 +41,22 @@ def parse_expiry(text: str) -> datetime:
         raise InvalidArgumentError(f"'{text}' is not a date: write it as YYYY-MM-DD.") from None
 
 
+def evidence_digest(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a signed release file; the file itself is never stored.
+
+    Raises:
+        InvalidArgumentError: the file cannot be read.
+    """
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise InvalidArgumentError(f"Evidence file '{os.fspath(path)}' cannot be read ({exc.strerror or exc}).") from None
+    return digest.hexdigest()
+
+
 def check_purpose(purpose: str) -> str:
     """A purpose label as stored, or InvalidArgumentError naming the rule."""
     label = purpose.strip()
@@ -56,7 +77,11 @@ class Consent:
         purposes: labels the consent covers, e.g. ``("visitor-check-in",)``; matching is only
             ever done for one of them.
         expires_at: when the consent ends (a date means 00:00 UTC that day); None: no end date.
-        jurisdiction: ISO 3166-1/-2 code of the subject's residence, e.g. ``US-IL``.
+        jurisdiction: ISO 3166-1/-2 code of the subject's residence, e.g. ``US-IL``; it decides
+            the retention rule and what the consent must hold (BIPA and CUBI: evidence).
+        signer: ``subject``, or ``guardian`` when a parent or legal representative signed.
+        evidence_sha256: SHA-256 of the signed release (`evidence_digest(path)`); the file is not stored.
+        notice_version: which version of the customer's written notice the person was shown.
     """
 
     reference: str
@@ -64,6 +89,9 @@ class Consent:
     expires_at: datetime | None = None
     jurisdiction: str | None = None
     granted_at: datetime | None = field(default=None, compare=False)
+    signer: str = "subject"
+    evidence_sha256: str | None = None
+    notice_version: str | None = None
 
     def __post_init__(self) -> None:
         reference = self.reference.strip() if isinstance(self.reference, str) else ""
@@ -78,6 +106,13 @@ class Consent:
             raise InvalidArgumentError(
                 f"'{self.jurisdiction}' is not an ISO 3166 code: write e.g. US-IL, US-CA or FR."
             )
+        if self.signer not in SIGNERS:
+            raise InvalidArgumentError(f"Signer {self.signer!r} is not one of {', '.join(SIGNERS)}.")
+        evidence = self.evidence_sha256.strip().lower() if self.evidence_sha256 else None
+        if evidence is not None and not re.fullmatch(r"[0-9a-f]{64}", evidence):
+            raise InvalidArgumentError("evidence_sha256 must be a SHA-256 hex digest: use evidence_digest(path).")
+        object.__setattr__(self, "evidence_sha256", evidence)
+        object.__setattr__(self, "notice_version", (self.notice_version or "").strip() or None)
         object.__setattr__(self, "reference", reference)
         object.__setattr__(self, "purposes", purposes)
         object.__setattr__(self, "jurisdiction", jurisdiction)

@@ -10,6 +10,7 @@
     ├── SubjectNotFoundError      the subject is not enrolled
     ├── GalleryNotFoundError      reading a gallery file that does not exist
     ├── ManifestError             an import manifest that cannot be read as a whole
+    ├── PolicyError               the gallery's policy forbids the call (e.g. a photo taken in an excluded region)
     ├── InvalidArgumentError      a bad value passed to the API (subject name, purpose, tolerance)
     ├── StorageError              SQLite failed: locked, read-only, disk full, corrupt
     └── EngineError               a native engine (dlib, FAISS) failed
@@ -32,6 +33,7 @@ __all__ = [
     "ManifestError",
     "MultipleFacesError",
     "NoFaceError",
+    "PolicyError",
     "StorageError",
     "SubjectNotFoundError",
 ]
@@ -83,6 +85,10 @@ class GalleryNotFoundError(ConsentMatchError):
 
 class ManifestError(ConsentMatchError):
     """The import manifest cannot be read as a whole (missing file or columns)."""
+
+
+class PolicyError(ConsentMatchError):
+    """The gallery's policy forbids the call."""
 
 
 class InvalidArgumentError(ConsentMatchError, ValueError):

@@ -1,12 +1,17 @@
-"""The `Gallery` facade: enroll, match, verify, forget, subjects. It composes the other modules.
+"""The `Gallery` facade: every verb of the SDK and the CLI. It composes the other modules.
 
 Data flows one way:
-  enroll: consent check -> decode -> detect -> quality -> encode -> store (one transaction) -> index
-  match:  decode -> detect -> encode -> index search among consented templates -> store lookup -> decide
+  enroll: consent check -> decode -> region check -> detect -> quality -> encode
+          -> store + audit (one transaction) -> index
+  match:  decode -> detect -> encode -> index search among consented templates
+          -> store lookup -> decide -> audit
 """
 
 from __future__ import annotations
 
+import getpass
+import hashlib
+import hmac
 import os
 import sqlite3
 import threading
@@ -14,39 +19,51 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
-from .consent import Consent, check_purpose
+from . import audit
 from . import encoder as encoders
+from .consent import Consent, check_purpose
 from .encoder import DetectedFace, Encoder
 from .errors import (
     ConsentError,
     ConsentMatchError,
     GalleryNotFoundError,
     InvalidArgumentError,
+    PolicyError,
     SubjectNotFoundError,
 )
-from .images import PhotoInput, load_photo, photo_name
+from .images import Photo, PhotoInput, load_photo, photo_name
 from .index import FaceIndex
 from .manifest import read_manifest
 from .policy import (
-    DEFAULT_TOLERANCE,
+    DEFAULT_POLICY,
     DEFAULT_TOP_K,
     ENROLL_MIN_FACE_PX,
+    EVIDENCE_REQUIRED,
     PROBE_MIN_FACE_PX,
     check_tolerance,
     check_top_k,
+    destroy_by,
+    parse_policy_value,
 )
 from .quality import single_face
 from .results import (
+    AuditCheck,
+    AuditEvent,
     Candidate,
+    ConsentRecord,
     Enrollment,
     Erasure,
     FaceMatch,
     ImportReport,
     MatchResult,
+    OptOut,
     Rejection,
+    RetentionEntry,
     SubjectInfo,
     Verification,
 )
@@ -57,32 +74,41 @@ __all__ = ["Gallery"]
 Clock = Callable[[], datetime]
 Progress = Callable[[int, int], None]
 
+
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _check_subject(subject: str) -> str:
-    name = subject.strip() if isinstance(subject, str) else ""
+def _default_actor() -> str:
+    try:
+        return f"local:{getpass.getuser()}"
+    except Exception:  # no user name in some containers
+        return "local:unknown"
+
+
+def _check_name(value: str, what: str) -> str:
+    name = value.strip() if isinstance(value, str) else ""
     if not name or len(name) > 200 or any(ord(ch) < 32 for ch in name):
-        raise InvalidArgumentError(
-            f"{subject!r} is not a subject name: use 1-200 printable characters, e.g. the customer's person id."
-        )
+        raise InvalidArgumentError(f"{value!r} is not a valid {what}: use 1-200 printable characters.")
     return name
 
 
 class Gallery:
     """A consent-gated face gallery in one SQLite file.
 
-    The file is created on the first enrollment; reading a missing one raises
+    The file is created on the first enrollment or consent; reading a missing one raises
     `GalleryNotFoundError`. Safe to share between threads; several processes may open one file.
+    Every call is recorded in the audit trail under an actor: the `actor` argument of the
+    call, else the gallery's, else ``local:<OS user>``.
 
     Args:
         path: the gallery file, e.g. ``visitors.db``.
         encoder: finds and encodes faces; defaults to dlib's models, loaded on first use.
-        clock: returns the current UTC time; consents expire by it (tests freeze it).
+        clock: returns the current UTC time; consents and retention run by it (tests freeze it).
+        actor: who is calling, for the audit trail, e.g. ``desk-3:jsmith``.
 
     Example:
-        >>> with Gallery("visitors.db") as gallery:
+        >>> with Gallery("visitors.db", actor="desk-3") as gallery:
         ...     gallery.enroll("alice", ["alice.jpg"], Consent("FORM-17", ["visitor-check-in"]))
         ...     result = gallery.match("door.jpg", purpose="visitor-check-in")
     """
@@ -93,14 +119,16 @@ class Gallery:
         *,
         encoder: Encoder | None = None,
         clock: Clock | None = None,
+        actor: str | None = None,
     ) -> None:
         self.path = Path(path)
         self._store = Store(self.path)
         self._encoder: Encoder = encoder if encoder is not None else encoders.default_encoder()
         self._clock = clock or _utcnow
+        self._actor = _check_name(actor, "actor") if actor else _default_actor()
         self._lock = threading.RLock()  # guards the index and caches; encoding runs outside it
         self._index: FaceIndex | None = None
-        self._searchable: dict[str, tuple[int, Searchable]] = {}
+        self._searchable: dict[str | None, tuple[int, Searchable]] = {}
 
     def __enter__(self) -> Gallery:
         return self
@@ -118,78 +146,154 @@ class Gallery:
     def _now(self) -> datetime:
         return self._clock().astimezone(timezone.utc)
 
+    def _who(self, actor: str | None) -> str:
+        return _check_name(actor, "actor") if actor else self._actor
+
+    # -- consent records -------------------------------------------------------------------
+
+    def grant_consent(
+        self, subject: str, consent: Consent, *, email: str | None = None, actor: str | None = None
+    ) -> ConsentRecord:
+        """Record a consent before (or without) enrolling photos.
+
+        Args:
+            subject: the person it covers.
+            consent: the record; in US-IL and US-TX it must carry `evidence_sha256`.
+            email: the person's e-mail, checked against the opt-out registry and kept only as a
+                salted hash, so a later e-mail opt-out finds them.
+
+        Raises:
+            ConsentError: expired, opted out, missing evidence, or a reference of another subject.
+        """
+        name = _check_name(subject, "subject name")
+        now = self._now()
+        self._check_consent(consent, now)
+        with self._lock:
+            with self._store.write(create=True) as conn:
+                before = Store.generation(conn)
+                self._record(conn, name, consent, email, now, self._who(actor))
+                (record,) = Store.consent_records(conn, now, reference=consent.reference)
+            self._synced(before)
+        return record
+
+    def consent(self, reference: str) -> ConsentRecord:
+        """One consent record by its reference.
+
+        Raises:
+            ConsentError: no consent has this reference.
+        """
+        with self._lock, self._store.read() as conn:
+            records = Store.consent_records(conn, self._now(), reference=reference)
+        if not records:
+            raise ConsentError(f"No consent has the reference '{reference}': check it with `consentmatch consent list`.")
+        return records[0]
+
+    def consents(self, subject: str | None = None) -> list[ConsentRecord]:
+        """Consent records, revoked ones included (as tombstones), of everyone or one subject."""
+        if not self._store.exists():
+            return []
+        with self._lock, self._store.read() as conn:
+            subject_id = self._subject_id(conn, _check_name(subject, "subject name")) if subject else None
+            return Store.consent_records(conn, self._now(), subject_id=subject_id)
+
+    def revoke_consent(self, reference: str, *, actor: str | None = None) -> Erasure:
+        """Revoke a consent: the subject's templates are erased at once; the record stays as a tombstone.
+
+        Idempotent: revoking again erases nothing more and says so in the receipt.
+
+        Raises:
+            ConsentError: no consent has this reference.
+        """
+        now = self._now()
+        with self._lock:
+            with self._store.write() as conn:
+                before = Store.generation(conn)
+                subject_id, already = Store.revoke(conn, reference, now)
+                name = self._subject_name(conn, subject_id)
+                ids, vectors = Store.subject_templates(conn, subject_id)
+                Store.delete_templates(conn, subject_id)
+                self._refresh_retention(conn, subject_id, now)
+                audit.append(conn, at=now, actor=self._who(actor), action="consent-revoke", subject=name,
+                             details={"consent": reference, "templates_removed": len(ids), "already_revoked": already})
+            return self._erased(before, name, ids, vectors, consents=0, reason="revoke")
+
     # -- enrollment ------------------------------------------------------------------------
 
     def enroll(
         self,
         subject: str,
         photos: Sequence[PhotoInput] | PhotoInput,
-        consent: Consent | None,
+        consent: Consent | str | None,
         *,
+        email: str | None = None,
         min_face_px: int = ENROLL_MIN_FACE_PX,
+        actor: str | None = None,
     ) -> Enrollment:
         """Enroll a consenting subject from one or more photos, all or nothing.
 
-        Each photo must hold exactly one face at least `min_face_px` wide. The consent is
-        recorded with the templates in one transaction; a later enrollment under the same
-        reference updates that record.
+        Each photo must hold exactly one face at least `min_face_px` wide, and must not have
+        been taken in a region the policy excludes (EXIF GPS). The consent and the templates
+        are stored in one transaction.
 
         Args:
             subject: the customer's name or id for the person.
             photos: paths (or encoded bytes) of photos of this person only.
-            consent: the recorded consent; None is refused.
-
-        Returns:
-            What was stored.
+            consent: a new `Consent` (recorded now, as `grant_consent`), or the reference of
+                an active consent already recorded for this subject; None is refused.
+            email: see `grant_consent`.
 
         Raises:
-            ConsentError: no consent, an expired one, or a reference owned by another subject.
-            ImageError, FaceError: a photo cannot be used; nothing is stored.
+            ConsentError: no consent, an inactive one, an opted-out subject, missing evidence.
+            PolicyError: a photo was taken in an excluded region.
+            ImageError, FaceError: a photo cannot be used. Nothing is stored on any error.
         """
-        name = _check_subject(subject)
+        name = _check_name(subject, "subject name")
         if consent is None:
             raise ConsentError(
                 f"Enrolling '{name}' needs a recorded consent: pass Consent(reference, purposes) "
                 "(CLI: --consent-ref REF --purpose P)."
             )
         now = self._now()
-        if not consent.is_active(now):
-            raise ConsentError(
-                f"Consent '{consent.reference}' expired on {consent.expires_at:%Y-%m-%d}: record a current consent first."
-            )
+        if isinstance(consent, Consent):
+            self._check_consent(consent, now)
         batch = [photos] if isinstance(photos, (str, bytes, os.PathLike)) else list(photos)
         if not batch:
             raise InvalidArgumentError(f"No photos given for '{name}': name at least one photo of the person.")
-        if self._store.exists():
-            self._check_reference(name, consent)  # before any biometric processing
-        faces: list[tuple[str, DetectedFace]] = []
-        for photo in batch:
-            decoded = load_photo(photo)
-            found = self._encoder.encode(decoded, min(PROBE_MIN_FACE_PX, min_face_px))
-            faces.append((decoded.sha256, single_face(found, decoded.name, min_face_px)))
+        excluded: list[str] = []
+        if self._store.exists():  # before any biometric processing: consent, opt-out, policy
+            with self._lock, self._store.read() as conn:
+                self._check_enrollable(conn, name, consent, email, now)
+                excluded = Store.policy(conn)["excluded_regions"]
+        elif isinstance(consent, str):
+            raise ConsentError(f"No consent has the reference '{consent}': record it first (`consentmatch consent grant`).")
+        faces = [self._enrollment_face(photo, min_face_px, excluded) for photo in batch]
         with self._lock:
             with self._store.write(create=True) as conn:
                 before = Store.generation(conn)
-                subject_id = Store.ensure_subject(conn, name, now)
-                consent_id = Store.record_consent(conn, subject_id, consent, now)
+                self._check_enrollable(conn, name, consent, email, now)  # again: the store may have changed
+                if isinstance(consent, Consent):
+                    subject_id, consent_id = self._record(conn, name, consent, email, now, self._who(actor))
+                    reference = consent.reference
+                else:
+                    subject_id, consent_id, reference = self._existing_consent(conn, name, consent, now)
                 ids = [Store.add_template(conn, subject_id, consent_id, f.encoding, sha, f.box, now) for sha, f in faces]
                 total = Store.template_count(conn, subject_id)
-            self._synced(before, lambda index: index.add(np.array(ids), np.stack([f.encoding for _, f in faces])))
+                self._refresh_retention(conn, subject_id, now)
+                audit.append(conn, at=now, actor=self._who(actor), action="enroll", subject=name,
+                             details={"consent": reference, "templates_added": len(ids), "templates_total": total})
+            vectors = np.stack([f.encoding for _, f in faces])
+            self._synced(before, lambda index: index.add(np.array(ids, dtype=np.int64), vectors))
         return Enrollment(
             subject=name,
             templates_added=len(ids),
             templates_total=total,
-            consent_reference=consent.reference,
+            consent_reference=reference,
             photos=tuple(photo_name(p) for p in batch),
         )
 
-    def _check_reference(self, name: str, consent: Consent) -> None:
-        with self._lock, self._store.read() as conn:
-            owner = Store.consent_owner(conn, consent.reference)
-        if owner is not None and owner != name:
-            raise reference_taken(consent.reference, owner)
-
-    def import_manifest(self, manifest: str | os.PathLike[str], *, progress: Progress | None = None) -> ImportReport:
+    def import_manifest(
+        self, manifest: str | os.PathLike[str], *, progress: Progress | None = None, actor: str | None = None
+    ) -> ImportReport:
         """Enroll every usable row of a manifest CSV; bad rows are reported and skipped.
 
         Columns: ``subject,photo,consent_ref,purposes,expires,jurisdiction`` (purposes
@@ -209,7 +313,7 @@ class Gallery:
             try:
                 if row.problem is not None:
                     raise InvalidArgumentError(row.problem)
-                enrolled.append(self.enroll(row.subject, [row.photo], row.consent))
+                enrolled.append(self.enroll(row.subject, [row.photo], row.consent, email=row.email, actor=actor))
             except ConsentMatchError as exc:
                 rejected.append(Rejection(row=row.line, subject=row.subject, photo=row.photo, reason=str(exc)))
             if progress is not None:
@@ -222,17 +326,19 @@ class Gallery:
         self,
         photo: PhotoInput,
         *,
-        purpose: str,
-        tolerance: float = DEFAULT_TOLERANCE,
+        purpose: str | None = None,
+        tolerance: float | None = None,
         top_k: int = DEFAULT_TOP_K,
+        actor: str | None = None,
     ) -> MatchResult:
         """1:N: who, among the subjects consented for `purpose`, is each face of the probe.
 
         Args:
             photo: the probe; every face in it is matched.
-            purpose: only subjects whose active consent lists it are searched.
-            tolerance: the largest Euclidean distance that counts as the same person.
-                Lower is stricter; 0.6 is dlib's typical best.
+            purpose: only subjects whose active consent lists it are searched. Required unless
+                the gallery's policy sets `require_purpose` to false (then: any active consent).
+            tolerance: the largest Euclidean distance that counts as the same person; lower is
+                stricter. Default: the gallery policy's (0.6, dlib's typical best).
             top_k: how many nearest subjects to list per face, each once.
 
         Returns:
@@ -240,14 +346,12 @@ class Gallery:
 
         Raises:
             ImageError: the probe cannot be read. GalleryNotFoundError: no gallery file.
+            InvalidArgumentError: no purpose where the policy requires one.
         """
-        label = check_purpose(purpose)
-        tolerance, top_k = check_tolerance(tolerance), check_top_k(top_k)
-        if not self._store.exists():
-            raise GalleryNotFoundError(f"No gallery at '{self.path}': enroll someone first, or check --gallery.")
+        top_k = check_top_k(top_k)
+        label, tolerance = self._search_terms(purpose, tolerance)
         decoded = load_photo(photo)
         faces = self._encoder.encode(decoded, PROBE_MIN_FACE_PX)
-        results: list[FaceMatch] = []
         with self._lock, self._store.read() as conn:
             generation = Store.generation(conn)
             index = self._current_index(conn, generation)
@@ -262,81 +366,242 @@ class Gallery:
                 names = Store.subject_names(conn, sorted({s for row in nearest for s, _ in row}))
             else:
                 nearest, names = [[] for _ in faces], {}
+        results = []
+        matched: dict[int, str] = {}
         for face, row in zip(faces, nearest):
             candidates = tuple(Candidate(names[s], d) for s, d in row)
-            best = candidates[0] if candidates and candidates[0].distance <= tolerance else None
+            within = bool(row) and row[0][1] <= tolerance
+            if within:
+                matched[row[0][0]] = names[row[0][0]]
             results.append(
                 FaceMatch(
                     box=face.box,
-                    subject=best.subject if best else None,
-                    distance=best.distance if best else None,
+                    subject=candidates[0].subject if within else None,
+                    distance=candidates[0].distance if within else None,
                     candidates=candidates,
                 )
             )
-        return MatchResult(image=decoded.name, faces=tuple(results), purpose=label, tolerance=tolerance)
+        self._record_search("match", label, actor, matched, {"faces": len(faces), "tolerance": tolerance, "top_k": top_k})
+        return MatchResult(image=decoded.name, faces=tuple(results), purpose=label or "", tolerance=tolerance)
 
     def verify(
         self,
         subject: str,
         photo: PhotoInput,
         *,
-        purpose: str,
-        tolerance: float = DEFAULT_TOLERANCE,
+        purpose: str | None = None,
+        tolerance: float | None = None,
+        actor: str | None = None,
     ) -> Verification:
         """1:1: is the one face in the probe this subject (e.g. before a large transfer)?
 
-        The distance is to the subject's nearest template, computed exactly.
+        The distance is to the subject's nearest template, computed exactly. Not
+        authentication on its own: there is no liveness check.
 
         Raises:
             SubjectNotFoundError: not enrolled. ConsentError: no active consent for `purpose`.
             ImageError, NoFaceError, MultipleFacesError: the probe must hold exactly one face.
         """
-        name = _check_subject(subject)
-        label = check_purpose(purpose)
-        tolerance = check_tolerance(tolerance)
+        name = _check_name(subject, "subject name")
+        label, tolerance = self._search_terms(purpose, tolerance)
         with self._lock, self._store.read() as conn:  # consent first: no biometric work without it
             subject_id = self._subject_id(conn, name)
-            if label not in Store.active_purposes(conn, subject_id, self._now()):
-                raise ConsentError(
-                    f"'{name}' has no active consent for purpose '{label}': record one that lists it, "
-                    "or use a purpose the subject consented to."
-                )
+            purposes = Store.active_purposes(conn, subject_id, self._now())
+        if (label and label not in purposes) or not purposes:
+            raise ConsentError(
+                f"'{name}' has no active consent for purpose '{label or 'any'}': record one that lists it, "
+                "or use a purpose the subject consented to."
+            )
         decoded = load_photo(photo)
         face = single_face(self._encoder.encode(decoded, PROBE_MIN_FACE_PX), decoded.name)
         with self._lock, self._store.read() as conn:
-            templates = Store.subject_templates(conn, self._subject_id(conn, name))
+            _, templates = Store.subject_templates(conn, self._subject_id(conn, name))
         if not len(templates):
             raise SubjectNotFoundError(f"'{name}' has no templates: enroll a photo of the person first.")
         distance = float(np.linalg.norm(templates - face.encoding, axis=1).min())
-        return Verification(
-            subject=name, image=decoded.name, match=distance <= tolerance, distance=distance, tolerance=tolerance, box=face.box
-        )
+        match = distance <= tolerance
+        self._record_search("verify", label, actor, {subject_id: name} if match else {},
+                            {"subject": name, "match": match, "tolerance": tolerance})
+        return Verification(subject=name, image=decoded.name, match=match, distance=distance, tolerance=tolerance,
+                            box=face.box)
 
-    # -- erasure and listing ---------------------------------------------------------------
+    # -- erasure and retention -------------------------------------------------------------
 
-    def forget(self, subject: str) -> Erasure:
+    def forget(self, subject: str, *, actor: str | None = None) -> Erasure:
         """Erase a subject: templates, consent records and index entries, at once and for good.
+
+        The audit trail keeps the (non-biometric) record that it happened.
 
         Raises:
             SubjectNotFoundError: the subject is not enrolled.
         """
-        name = _check_subject(subject)
-        removed_from_index = 0
+        name = _check_name(subject, "subject name")
+        now = self._now()
         with self._lock:
             with self._store.write() as conn:
                 before = Store.generation(conn)
-                ids, consents = Store.delete_subject(conn, self._subject_id(conn, name))
+                subject_id = self._subject_id(conn, name)
+                ids, vectors = Store.subject_templates(conn, subject_id)
+                _, consents = Store.delete_subject(conn, subject_id)
+                audit.append(conn, at=now, actor=self._who(actor), action="forget", subject=name,
+                             details={"templates_removed": len(ids), "consents_removed": consents})
+            return self._erased(before, name, ids, vectors, consents=consents, reason="forget")
 
-            def remove(index: FaceIndex) -> None:
-                nonlocal removed_from_index
-                removed_from_index = index.remove(ids)
+    def retention(self) -> list[RetentionEntry]:
+        """When each enrolled subject's templates must be destroyed, soonest first (no date last)."""
+        if not self._store.exists():
+            return []
+        now = self._now()
+        with self._lock, self._store.read() as conn:
+            rows = Store.retention(conn)
+        entries = [
+            RetentionEntry(subject=n, templates=c, destroy_by=d, rule=r, overdue=d is not None and d <= now)
+            for _, n, c, d, r in rows
+        ]
+        far = datetime.max.replace(tzinfo=timezone.utc)
+        return sorted(entries, key=lambda e: (e.destroy_by or far, e.subject))
 
-            self._synced(before, remove)
-            if self._index is not None and any(self._index.contains(int(i)) for i in ids):
-                raise AssertionError("erased templates remain in the index")  # never expected: a bug, loudly
-        return Erasure(
-            subject=name, templates_removed=len(ids), index_entries_removed=removed_from_index, consents_removed=consents
-        )
+    def purge(self, *, actor: str | None = None) -> list[Erasure]:
+        """Destroy the templates of every subject past their retention date.
+
+        Overdue subjects are never returned by `match` or `verify`, even before a purge.
+        """
+        if not self._store.exists():
+            return []
+        receipts = []
+        for entry in self.retention():
+            if not entry.overdue:
+                continue
+            now = self._now()
+            with self._lock:
+                with self._store.write() as conn:
+                    before = Store.generation(conn)
+                    subject_id = self._subject_id(conn, entry.subject)
+                    ids, vectors = Store.subject_templates(conn, subject_id)
+                    Store.delete_templates(conn, subject_id)
+                    audit.append(conn, at=now, actor=self._who(actor), action="purge", subject=entry.subject,
+                                 details={"templates_removed": len(ids), "rule": entry.rule,
+                                          "destroy_by": entry.destroy_by.isoformat() if entry.destroy_by else None})
+                receipts.append(self._erased(before, entry.subject, ids, vectors, consents=0, reason="purge"))
+        return receipts
+
+    # -- opt-out registry ------------------------------------------------------------------
+
+    def add_optout(
+        self, *, subject: str | None = None, email: str | None = None, actor: str | None = None
+    ) -> list[Erasure]:
+        """Put a subject reference or an e-mail on the do-not-enroll list; erase who it names.
+
+        The e-mail is kept only as a salted hash. Everyone it names has their consents
+        revoked and templates erased at once.
+
+        Returns:
+            One erasure receipt per subject erased (none when nobody was enrolled).
+        """
+        kind, value = self._optout_key(subject, email, create=True)
+        now = self._now()
+        receipts = []
+        with self._lock:
+            with self._store.write(create=True) as conn:
+                before = Store.generation(conn)
+                Store.add_optout(conn, kind, self._optout_value(conn, kind, value), now)
+                names = [value] if kind == "subject" else Store.subjects_with_email(conn, self._email_hash(conn, value))
+                audit.append(conn, at=now, actor=self._who(actor), action="optout-add",
+                             subject=value if kind == "subject" else None, details={"kind": kind, "erases": names})
+            self._synced(before)
+            for name in names:
+                with self._store.write() as conn:
+                    before = Store.generation(conn)
+                    subject_id = Store.subject_id(conn, name)
+                    if subject_id is None:
+                        continue
+                    Store.revoke_all(conn, subject_id, now)
+                    ids, vectors = Store.subject_templates(conn, subject_id)
+                    Store.delete_templates(conn, subject_id)
+                    self._refresh_retention(conn, subject_id, now)
+                receipts.append(self._erased(before, name, ids, vectors, consents=0, reason="optout"))
+        return receipts
+
+    def remove_optout(self, *, subject: str | None = None, email: str | None = None, actor: str | None = None) -> bool:
+        """Take an entry off the do-not-enroll list (only at the person's own request). False if absent."""
+        kind, value = self._optout_key(subject, email, create=False)
+        with self._lock, self._store.write() as conn:
+            removed = Store.remove_optout(conn, kind, self._optout_value(conn, kind, value))
+            audit.append(conn, at=self._now(), actor=self._who(actor), action="optout-remove",
+                         subject=value if kind == "subject" else None, details={"kind": kind, "removed": removed})
+        return removed
+
+    def optouts(self) -> list[OptOut]:
+        """The do-not-enroll list: subject references, and e-mails as salted hashes."""
+        if not self._store.exists():
+            return []
+        with self._lock, self._store.read() as conn:
+            return [OptOut(kind=k, value=v, added_at=a) for k, v, a in Store.optouts(conn)]
+
+    # -- policy, audit, subject access -----------------------------------------------------
+
+    def policy(self) -> dict[str, Any]:
+        """The gallery's policy: `require_purpose`, `excluded_regions`, `tolerance`."""
+        if not self._store.exists():
+            return dict(DEFAULT_POLICY)
+        with self._lock, self._store.read() as conn:
+            return Store.policy(conn)
+
+    def set_policy(self, key: str, value: Any, *, actor: str | None = None) -> dict[str, Any]:
+        """Change one policy key (audited); strings are parsed as the CLI gives them.
+
+        Raises:
+            InvalidArgumentError: unknown key or bad value.
+        """
+        parsed = parse_policy_value(key, value)
+        with self._lock:
+            with self._store.write(create=True) as conn:
+                before = Store.generation(conn)
+                old = Store.policy(conn)[key]
+                Store.set_policy(conn, key, parsed)
+                audit.append(conn, at=self._now(), actor=self._who(actor), action="policy-set",
+                             details={"key": key, "old": old, "new": parsed})
+                policy = Store.policy(conn)
+            self._synced(before)
+        return policy
+
+    def audit(self, subject: str | None = None) -> list[AuditEvent]:
+        """The audit trail, oldest first: all of it, or the events naming one subject."""
+        if not self._store.exists():
+            return []
+        with self._lock, self._store.read() as conn:
+            return audit.events(conn, subject)
+
+    def verify_audit(self) -> AuditCheck:
+        """Walk the hash chain: intact, or the first link that was edited, deleted or inserted."""
+        with self._lock, self._store.read() as conn:
+            return audit.verify(conn)
+
+    def export(self, subject: str, *, actor: str | None = None) -> dict[str, Any]:
+        """A subject access bundle: consents, template metadata (no embeddings), retention, audit events.
+
+        Raises:
+            SubjectNotFoundError: nothing is held about this subject.
+        """
+        name = _check_name(subject, "subject name")
+        now = self._now()
+        with self._lock, self._store.write() as conn:
+            subject_id = Store.subject_id(conn, name)
+            if subject_id is None and not audit.events(conn, name):
+                raise SubjectNotFoundError(f"Nothing is held about '{name}' in this gallery.")
+            audit.append(conn, at=now, actor=self._who(actor), action="export", subject=name)
+            retention = next((r for r in Store.retention(conn) if r[0] == subject_id), None)
+            return {
+                "subject": name,
+                "exported_at": now.isoformat(),
+                "gallery": str(self.path),
+                "consents": [c.to_dict() for c in Store.consent_records(conn, now, subject_id=subject_id)]
+                if subject_id is not None else [],
+                "templates": Store.template_rows(conn, subject_id) if subject_id is not None else [],
+                "retention": {"destroy_by": retention[3].isoformat() if retention and retention[3] else None,
+                              "rule": retention[4] if retention else None},
+                "audit": [e.to_dict() for e in audit.events(conn, name)],
+            }
 
     def subjects(self) -> list[SubjectInfo]:
         """Everyone enrolled, by name, with template count and consents (never templates)."""
@@ -354,11 +619,174 @@ class Gallery:
             raise SubjectNotFoundError(f"'{name}' is not enrolled in this gallery: check the name with `consentmatch subjects`.")
         return found
 
-    def _synced(self, before: int, change: Callable[[FaceIndex], None]) -> None:
-        """Apply a committed write to the in-memory index, or drop the index if it was already stale."""
+    @staticmethod
+    def _subject_name(conn: sqlite3.Connection, subject_id: int) -> str:
+        return Store.subject_names(conn, [subject_id])[subject_id]
+
+    def _check_consent(self, consent: Consent, now: datetime) -> None:
+        if not consent.is_active(now):
+            raise ConsentError(
+                f"Consent '{consent.reference}' expired on {consent.expires_at:%Y-%m-%d}: record a current consent first."
+            )
+        statute = EVIDENCE_REQUIRED.get(consent.jurisdiction or "")
+        if statute and not consent.evidence_sha256:
+            raise ConsentError(
+                f"Consent '{consent.reference}' ({consent.jurisdiction}) needs a written release under {statute}: "
+                "give its file as evidence (--evidence FILE; only its SHA-256 is kept)."
+            )
+
+    def _check_enrollable(
+        self, conn: sqlite3.Connection, name: str, consent: Consent | str, email: str | None, now: datetime
+    ) -> None:
+        if Store.is_opted_out(conn, name, self._email_hash(conn, email) if email else None):
+            raise ConsentError(
+                f"'{name}' is on the do-not-enroll list (opt-out): they may not be enrolled; "
+                "only their own request can remove the opt-out."
+            )
+        if isinstance(consent, str):
+            self._existing_consent(conn, name, consent, now)
+        else:
+            owner = Store.consent_owner(conn, consent.reference)
+            if owner is not None and owner != name:
+                raise reference_taken(consent.reference, owner)
+
+    def _existing_consent(self, conn: sqlite3.Connection, name: str, reference: str, now: datetime) -> tuple[int, int, str]:
+        records = Store.consent_records(conn, now, reference=reference)
+        if not records:
+            raise ConsentError(f"No consent has the reference '{reference}': record it first (`consentmatch consent grant`).")
+        if records[0].subject != name:
+            raise reference_taken(reference, records[0].subject)
+        if not records[0].active:
+            state = "was revoked" if records[0].revoked_at else "is not active (expired or past retention)"
+            raise ConsentError(f"Consent '{reference}' {state}: record a current consent first.")
+        subject_id = self._subject_id(conn, name)
+        (consent_id,) = conn.execute("SELECT id FROM consents WHERE reference = ?", (reference,)).fetchone()
+        return subject_id, int(consent_id), reference
+
+    def _record(
+        self, conn: sqlite3.Connection, name: str, consent: Consent, email: str | None, now: datetime, actor: str
+    ) -> tuple[int, int]:
+        """Record a consent (with opt-out check and audit); returns (subject id, consent id)."""
+        hashed = self._email_hash(conn, email) if email else None
+        if Store.is_opted_out(conn, name, hashed):
+            raise ConsentError(f"'{name}' is on the do-not-enroll list (opt-out): no consent can be recorded for them.")
+        subject_id = Store.ensure_subject(conn, name, now)
+        consent_id = Store.record_consent(conn, subject_id, consent, now, hashed)
+        self._refresh_retention(conn, subject_id, now)
+        audit.append(conn, at=now, actor=actor, action="consent-grant", subject=name, details={
+            "consent": consent.reference, "purposes": list(consent.purposes), "jurisdiction": consent.jurisdiction,
+            "expires_at": consent.expires_at.isoformat() if consent.expires_at else None, "signer": consent.signer,
+            "evidence_sha256": consent.evidence_sha256, "notice_version": consent.notice_version,
+        })
+        return subject_id, consent_id
+
+    @staticmethod
+    def _refresh_retention(conn: sqlite3.Connection, subject_id: int, now: datetime) -> None:
+        terms, enrolled, last = Store.retention_terms(conn, subject_id)
+        date, rule = destroy_by(terms, enrolled, last)
+        Store.set_retention(conn, subject_id, date, rule)
+
+    def _enrollment_face(self, photo: PhotoInput, min_face_px: int, excluded: Sequence[str]) -> tuple[str, DetectedFace]:
+        decoded = load_photo(photo)
+        self._check_region(decoded, excluded)
+        found = self._encoder.encode(decoded, min(PROBE_MIN_FACE_PX, min_face_px))
+        return decoded.sha256, single_face(found, decoded.name, min_face_px)
+
+    @staticmethod
+    def _check_region(photo: Photo, excluded: Sequence[str]) -> None:
+        if not excluded or photo.gps is None:
+            return
+        from .geo import region_codes
+
+        hit = next((code for code in region_codes(*photo.gps) if code in excluded), None)
+        if hit:
+            raise PolicyError(
+                f"'{photo.name}' was taken in {hit} (by its GPS metadata), a region this gallery's policy excludes: "
+                "use a photo taken elsewhere."
+            )
+
+    def _search_terms(self, purpose: str | None, tolerance: float | None) -> tuple[str | None, float]:
+        """The purpose and tolerance of a search, with the policy's rules and defaults."""
+        if not self._store.exists():
+            raise GalleryNotFoundError(f"No gallery at '{self.path}': enroll someone first, or check --gallery.")
+        with self._lock, self._store.read() as conn:
+            policy = Store.policy(conn)
+        if purpose is None and policy["require_purpose"]:
+            raise InvalidArgumentError(
+                "This gallery's policy requires a purpose for every search: pass purpose=... (CLI: --purpose P)."
+            )
+        label = check_purpose(purpose) if purpose is not None else None
+        return label, check_tolerance(policy["tolerance"] if tolerance is None else tolerance)
+
+    def _record_search(
+        self, action: str, purpose: str | None, actor: str | None, matched: dict[int, str], details: dict[str, Any]
+    ) -> None:
+        """Audit a match or verify; the subjects it returned count as an interaction (BIPA retention)."""
+        now = self._now()
+        with self._lock, self._store.write(bump=False) as conn:
+            for subject_id in matched:
+                Store.touch(conn, subject_id, now)
+                self._refresh_retention(conn, subject_id, now)
+            audit.append(conn, at=now, actor=self._who(actor), action=action, purpose=purpose,
+                         subject=next(iter(matched.values())) if len(matched) == 1 else None,
+                         details={**details, "subjects": sorted(matched.values())})
+
+    def _optout_key(self, subject: str | None, email: str | None, *, create: bool) -> tuple[str, str]:
+        if (subject is None) == (email is None):
+            raise InvalidArgumentError("Give exactly one of a subject or an e-mail (CLI: --subject S or --email E).")
+        if subject is not None:
+            return "subject", _check_name(subject, "subject name")
+        address = (email or "").strip().lower()
+        if "@" not in address or len(address) > 320:
+            raise InvalidArgumentError(f"{email!r} is not an e-mail address.")
+        if not create and not self._store.exists():
+            raise GalleryNotFoundError(f"No gallery at '{self.path}'.")
+        return "email", address
+
+    def _optout_value(self, conn: sqlite3.Connection, kind: str, value: str) -> str:
+        return self._email_hash(conn, value) if kind == "email" else value
+
+    @staticmethod
+    def _email_hash(conn: sqlite3.Connection, email: str) -> str:
+        """HMAC-SHA256 under the gallery's own random salt: comparable here, useless elsewhere."""
+        key = bytes.fromhex(Store.optout_salt(conn))
+        return hmac.new(key, email.strip().lower().encode(), hashlib.sha256).hexdigest()
+
+    def _erased(
+        self, before: int, name: str, ids: NDArray[np.int64], vectors: NDArray[np.float32], *, consents: int, reason: str
+    ) -> Erasure:
+        """After an erasure commits: drop the index entries, then check that nothing of them is found."""
+        removed = 0
+
+        def remove(index: FaceIndex) -> None:
+            nonlocal removed
+            removed = index.remove(ids)
+
+        self._synced(before, remove)
+        verified = True
+        if len(ids):
+            with self._store.read() as conn:
+                index = self._current_index(conn, Store.generation(conn))
+                (left,) = conn.execute(
+                    f"SELECT count(*) FROM templates WHERE id IN ({','.join('?' * len(ids))})", ids.tolist()
+                ).fetchone()
+            if len(index):
+                _, found = index.search(vectors, min(len(index), 10))
+                verified = not np.isin(found, ids).any()
+            verified = verified and left == 0 and not any(index.contains(int(i)) for i in ids)
+        return Erasure(subject=name, templates_removed=len(ids), index_entries_removed=removed,
+                       consents_removed=consents, reason=reason, verified=verified)
+
+    def _synced(self, before: int, change: Callable[[FaceIndex], None] | None = None) -> None:
+        """Apply a committed write to the in-memory index, or drop the index if it was already stale.
+
+        `before` is the store generation the write started from; `change` edits the index
+        (None: the write changed consents or policy, not templates).
+        """
         self._searchable.clear()
         if self._index is not None and self._index.generation == before:
-            change(self._index)
+            if change is not None:
+                change(self._index)
             self._index.generation = before + 1
         else:
             self._index = None
@@ -371,7 +799,7 @@ class Gallery:
             self._index = index
         return self._index
 
-    def _searchable_for(self, conn: sqlite3.Connection, purpose: str, generation: int) -> Searchable:
+    def _searchable_for(self, conn: sqlite3.Connection, purpose: str | None, generation: int) -> Searchable:
         now = self._now()
         cached = self._searchable.get(purpose)
         if cached is not None:
@@ -383,9 +811,7 @@ class Gallery:
         return searchable
 
 
-def _distinct(
-    owners: np.ndarray, distances: np.ndarray, ids: np.ndarray, top_k: int
-) -> list[tuple[int, float]]:
+def _distinct(owners: np.ndarray, distances: np.ndarray, ids: np.ndarray, top_k: int) -> list[tuple[int, float]]:
     """The first `top_k` distinct subjects of a nearest-first row, each at its nearest template."""
     seen: dict[int, float] = {}
     for owner, distance, template in zip(owners.tolist(), distances.tolist(), ids.tolist()):

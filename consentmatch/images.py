@@ -10,9 +10,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 from numpy.typing import NDArray
@@ -59,6 +59,8 @@ class Photo:
     pixels: NDArray[np.uint8]
     sha256: str
     scale: float = 1.0
+    #: (latitude, longitude) from EXIF GPS, for the region policy only; never stored or logged.
+    gps: tuple[float, float] | None = field(default=None, repr=False)
 
 
 def photo_name(photo: PhotoInput) -> str:
@@ -75,12 +77,15 @@ def load_photo(photo: PhotoInput) -> Photo:
         ImageError: missing, unreadable, empty, unsupported, corrupt, multi-frame or too large.
     """
     name = photo_name(photo)
+    if "://" in name[:12]:
+        raise ImageError(f"'{name}' is a URL: photos are never fetched from the web; use a file you or the subject supplied.", name)
     data = photo if isinstance(photo, bytes) else _read(Path(os.fspath(photo)), name)
     if not data:
         raise ImageError(f"'{name}' is empty (0 bytes): {_HINT}.", name)
     try:
         with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
             pixels, scale = _decode(image, name)
+            gps = _gps(image)
     except UnidentifiedImageError:
         raise ImageError(f"'{name}' is not a supported image: {_HINT}.", name) from None
     except Image.DecompressionBombError:
@@ -92,7 +97,7 @@ def load_photo(photo: PhotoInput) -> Photo:
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         # Pillow reports truncated and corrupt data with these, in any of the codecs.
         raise ImageError(f"'{name}' is truncated or corrupt ({exc}): re-export the photo.", name) from None
-    return Photo(name=name, pixels=pixels, sha256=hashlib.sha256(data).hexdigest(), scale=scale)
+    return Photo(name=name, pixels=pixels, sha256=hashlib.sha256(data).hexdigest(), scale=scale, gps=gps)
 
 
 def _read(path: Path, name: str) -> bytes:
@@ -142,6 +147,26 @@ def _decode(image: Image.Image, name: str) -> tuple[NDArray[np.uint8], float]:
     except Exception:  # a broken EXIF block must not cost the photo; keep it as stored
         upright = image
     return _to_rgb(upright), scale
+
+
+def _gps(image: Image.Image) -> tuple[float, float] | None:
+    """EXIF GPS as signed decimal degrees, or None when absent or malformed."""
+    try:
+        tags = image.getexif().get_ifd(0x8825)  # GPSInfo
+        if not tags or 2 not in tags or 4 not in tags:
+            return None
+
+        def degrees(value: Any, ref: Any, negative: str) -> float:
+            d, m, s = (float(part) for part in value)
+            sign = -1.0 if str(ref).strip().upper().startswith(negative) else 1.0
+            return sign * (d + m / 60 + s / 3600)
+
+        latitude, longitude = degrees(tags[2], tags.get(1, "N"), "S"), degrees(tags[4], tags.get(3, "E"), "W")
+    except Exception:  # EXIF is untrusted input: a malformed GPS block means no GPS
+        return None
+    if not (-90 <= latitude <= 90 and -180 <= longitude <= 180):
+        return None
+    return latitude, longitude
 
 
 def _to_rgb(image: Image.Image) -> NDArray[np.uint8]:

@@ -1,19 +1,25 @@
-"""The bulk-import manifest: a CSV of `subject,photo,consent_ref,purposes,expires,jurisdiction`."""
+"""The bulk-import manifest: a CSV of `subject,photo,consent_ref,purposes,expires,jurisdiction`.
+
+Optional columns: `evidence` (the signed release file, or its SHA-256), `signer`
+(subject|guardian), `notice_version`, `email` (checked against opt-outs, kept as a salted hash).
+"""
 
 from __future__ import annotations
 
 import csv
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .consent import Consent, parse_expiry
+from .consent import Consent, evidence_digest, parse_expiry
 from .errors import ConsentMatchError, ManifestError
 
 __all__ = ["COLUMNS", "REQUIRED_COLUMNS", "ManifestRow", "read_manifest"]
 
 COLUMNS = ("subject", "photo", "consent_ref", "purposes", "expires", "jurisdiction")
+OPTIONAL_COLUMNS = ("evidence", "signer", "notice_version", "email")
 REQUIRED_COLUMNS = ("subject", "photo", "consent_ref", "purposes")
 
 
@@ -26,6 +32,7 @@ class ManifestRow:
     photo: str
     consent: Consent | None
     problem: str | None = None
+    email: str | None = None
 
 
 def read_manifest(manifest: str | os.PathLike[str]) -> list[ManifestRow]:
@@ -69,7 +76,7 @@ def _rows(reader: csv.DictReader[str], folder: Path) -> Iterator[ManifestRow]:
         cells = {key: (value or "").strip() for key, value in record.items() if isinstance(key, str)}
         subject, photo = cells.get("subject", ""), cells.get("photo", "")
         if photo:
-            photo = str(Path(photo) if Path(photo).is_absolute() else folder / photo)
+            photo = _resolve(photo, folder)
         problem = None
         consent = None
         if not subject:
@@ -86,7 +93,25 @@ def _rows(reader: csv.DictReader[str], folder: Path) -> Iterator[ManifestRow]:
                     purposes=tuple(p for p in cells.get("purposes", "").split(";") if p.strip()),
                     expires_at=expires,
                     jurisdiction=cells.get("jurisdiction") or None,
+                    signer=cells.get("signer") or "subject",
+                    evidence_sha256=_evidence(cells.get("evidence", ""), folder),
+                    notice_version=cells.get("notice_version") or None,
                 )
             except ConsentMatchError as exc:
                 problem = str(exc)
-        yield ManifestRow(line=number, subject=subject, photo=photo, consent=consent, problem=problem)
+        yield ManifestRow(
+            line=number, subject=subject, photo=photo, consent=consent, problem=problem, email=cells.get("email") or None
+        )
+
+
+def _resolve(path: str, folder: Path) -> str:
+    return str(Path(path) if Path(path).is_absolute() else folder / path)
+
+
+def _evidence(cell: str, folder: Path) -> str | None:
+    """A release file (hashed here, never stored) or its SHA-256 as 64 hex digits."""
+    if not cell:
+        return None
+    if re.fullmatch(r"[0-9a-fA-F]{64}", cell):
+        return cell.lower()
+    return evidence_digest(_resolve(cell, folder))

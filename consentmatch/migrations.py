@@ -54,4 +54,50 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX templates_subject ON templates(subject_id);
     CREATE INDEX templates_consent ON templates(consent_id);
     """,
+    # 2: consent records as evidence (signer, release hash, notice, revocation, e-mail hash),
+    #    retention dates per subject, the gallery policy, the opt-out registry, the audit trail.
+    """
+    ALTER TABLE consents ADD COLUMN signer TEXT NOT NULL DEFAULT 'subject';
+    ALTER TABLE consents ADD COLUMN evidence_sha256 TEXT;
+    ALTER TABLE consents ADD COLUMN notice_version TEXT;
+    ALTER TABLE consents ADD COLUMN email_hash TEXT;
+    ALTER TABLE consents ADD COLUMN revoked_at TEXT;
+    CREATE INDEX consents_email ON consents(email_hash);
+
+    ALTER TABLE subjects ADD COLUMN last_interaction_at TEXT;
+    ALTER TABLE subjects ADD COLUMN destroy_by TEXT;
+    ALTER TABLE subjects ADD COLUMN destroy_rule TEXT;
+
+    CREATE TABLE policy (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+
+    CREATE TABLE optouts (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('subject', 'email')),
+        value TEXT NOT NULL,
+        added_at TEXT NOT NULL,
+        UNIQUE (kind, value)
+    );
+
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        subject TEXT,
+        purpose TEXT,
+        details TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE INDEX audit_subject ON audit(subject);
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+    INSERT INTO meta (key, value) VALUES ('audit_head', '0:' || hex(zeroblob(32)));
+    INSERT INTO meta (key, value) VALUES ('optout_salt', lower(hex(randomblob(16))));
+    """,
 )

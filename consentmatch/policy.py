@@ -1,18 +1,40 @@
-"""Decision defaults: tolerance, result sizes, face-size floors. One place to read and tune them."""
+"""Rules and defaults: tolerance, face sizes, the gallery policy keys, retention by jurisdiction.
+
+Retention (`destroy_by`) follows the statute of the subject's jurisdiction; the earliest date
+of the rules that apply wins:
+
+- US-IL, BIPA 740 ILCS 14/15(a): when the purpose is satisfied (the consent's end), or 3 years
+  after the subject's last interaction (enrollment, or a match or verify that returned them).
+- US-TX, CUBI Bus. & Com. Code 503.001(c)(3): 1 year after the purpose ends.
+- US-WA, RCW 19.375.020(4), GDPR Art. 5(1)(e) and everywhere else: the consent's term.
+- No jurisdiction recorded: the strictest of all of them.
+
+A subject is kept as long as one of their unrevoked consents justifies it.
+"""
 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
 
 from .errors import InvalidArgumentError
 
 __all__ = [
+    "DEFAULT_POLICY",
     "DEFAULT_TOLERANCE",
     "DEFAULT_TOP_K",
     "ENROLL_MIN_FACE_PX",
+    "EVIDENCE_REQUIRED",
     "PROBE_MIN_FACE_PX",
+    "ConsentTerm",
     "check_tolerance",
     "check_top_k",
+    "destroy_by",
+    "parse_policy_value",
 ]
 
 #: dlib's own threshold for its 128-d model: "Lower is more strict. 0.6 is typical best performance."
@@ -22,6 +44,19 @@ DEFAULT_TOP_K = 5
 ENROLL_MIN_FACE_PX = 80
 #: Probes are searched for faces down to this width (face_recognition's reach with upsample 1).
 PROBE_MIN_FACE_PX = 40
+
+#: Jurisdictions whose statute requires a written release: a consent there must carry evidence.
+EVIDENCE_REQUIRED = {"US-IL": "BIPA 740 ILCS 14/15(b)(3)", "US-TX": "CUBI 503.001(b)"}
+
+#: A gallery's policy keys and their defaults (`consentmatch policy show`).
+DEFAULT_POLICY: dict[str, Any] = {
+    "require_purpose": True,  # match/verify must name a purpose
+    "excluded_regions": [],  # ISO 3166 codes where enrollment photos may not have been taken
+    "tolerance": DEFAULT_TOLERANCE,  # the default tolerance of match and verify
+}
+
+_REGION = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")
+_YEAR = timedelta(days=365)
 
 
 def check_tolerance(tolerance: float) -> float:
@@ -36,3 +71,81 @@ def check_top_k(top_k: int) -> int:
     if not (isinstance(top_k, int) and 1 <= top_k <= 1000):
         raise InvalidArgumentError(f"top_k {top_k!r} is out of range: use 1 to 1000.")
     return top_k
+
+
+def parse_policy_value(key: str, value: Any) -> Any:
+    """A policy value checked and normalised; strings (from the CLI) are parsed.
+
+    Raises:
+        InvalidArgumentError: unknown key or bad value.
+    """
+    if key not in DEFAULT_POLICY:
+        raise InvalidArgumentError(f"'{key}' is not a policy key: use one of {', '.join(sorted(DEFAULT_POLICY))}.")
+    if key == "require_purpose":
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "yes", "on", "1"):
+            return True
+        if text in ("false", "no", "off", "0"):
+            return False
+        raise InvalidArgumentError(f"require_purpose takes true or false, not {value!r}.")
+    if key == "excluded_regions":
+        items = value.replace(";", ",").split(",") if isinstance(value, str) else list(value)
+        regions = sorted({str(item).strip().upper() for item in items if str(item).strip()})
+        bad = [r for r in regions if not _REGION.match(r)]
+        if bad:
+            raise InvalidArgumentError(f"{', '.join(bad)}: not ISO 3166 codes; write e.g. US-IL,US-TX or FR.")
+        return regions
+    try:
+        return check_tolerance(float(value))
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"tolerance takes a number such as 0.6, not {value!r}.") from None
+
+
+@dataclass(frozen=True)
+class ConsentTerm:
+    """What retention needs of one unrevoked consent."""
+
+    jurisdiction: str | None
+    expires_at: datetime | None
+
+
+def destroy_by(
+    terms: Sequence[ConsentTerm], enrolled_at: datetime, last_interaction: datetime | None
+) -> tuple[datetime | None, str]:
+    """When a subject's templates must be destroyed, and the rule that says so.
+
+    Returns (None, reason) when no rule sets a date (a consent without an end, outside BIPA).
+    With no unrevoked consent the date is the enrollment itself: nothing justifies keeping them.
+    """
+    if not terms:
+        return enrolled_at, "no unrevoked consent"
+    interaction = max(enrolled_at, last_interaction or enrolled_at)
+    # Each consent justifies keeping the templates until its own date; the latest one wins.
+    dates = [_consent_deadline(term, interaction) for term in terms]
+    if any(date is None for date, _ in dates):
+        return None, next(rule for date, rule in dates if date is None)
+    return max(((d, r) for d, r in dates if d is not None), key=lambda pair: pair[0])
+
+
+def _consent_deadline(term: ConsentTerm, interaction: datetime) -> tuple[datetime | None, str]:
+    code = term.jurisdiction or ""
+    bipa = (interaction + 3 * _YEAR, "BIPA 15(a): 3 years after the last interaction")
+    end = (term.expires_at, "end of the consented purpose") if term.expires_at else None
+    if code == "US-IL":
+        candidates = [bipa] + ([end] if end else [])
+    elif code == "US-TX":
+        if not term.expires_at:
+            return None, "CUBI 503.001(c)(3): purpose has no end date"
+        candidates = [(term.expires_at + _YEAR, "CUBI 503.001(c)(3): 1 year after the purpose ends")]
+    elif code:
+        if not end:
+            return None, f"{code}: consent has no end date"
+        candidates = [(end[0], f"{code}: end of the consent's term")]
+    else:  # no jurisdiction recorded: the strictest rule
+        candidates = [(bipa[0], "strictest (no jurisdiction): 3 years after the last interaction")]
+        if end:
+            candidates.append((end[0], "strictest (no jurisdiction): end of the consented purpose"))
+    date, rule = min(candidates, key=lambda pair: pair[0] or datetime.max)
+    return date, rule

@@ -12,13 +12,17 @@ from typing import Any
 __all__ = [
     "Box",
     "Candidate",
-    "ConsentSummary",
+    "AuditCheck",
+    "AuditEvent",
+    "ConsentRecord",
     "Enrollment",
     "Erasure",
     "FaceMatch",
     "ImportReport",
     "MatchResult",
+    "OptOut",
     "Rejection",
+    "RetentionEntry",
     "SubjectInfo",
     "Verification",
 ]
@@ -139,12 +143,18 @@ class Enrollment:
 
 @dataclass(frozen=True)
 class Erasure:
-    """A receipt for `forget`: what was removed from the store and from the index."""
+    """A receipt for an erasure (`forget`, consent revocation, opt-out, purge).
+
+    `verified` is the post-check: searching with the removed templates found none of them,
+    and the store holds none of their rows.
+    """
 
     subject: str
     templates_removed: int
     index_entries_removed: int
     consents_removed: int
+    reason: str = "forget"
+    verified: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -152,27 +162,42 @@ class Erasure:
             "templates_removed": self.templates_removed,
             "index_entries_removed": self.index_entries_removed,
             "consents_removed": self.consents_removed,
+            "reason": self.reason,
+            "verified": self.verified,
         }
 
 
 @dataclass(frozen=True)
-class ConsentSummary:
-    """A consent record as `subjects()` shows it; `active` is as of the call."""
+class ConsentRecord:
+    """A recorded consent, as evidence: who signed what, for which purposes, until when.
+
+    `active` is as of the call: not revoked and not expired.
+    """
 
     reference: str
+    subject: str
     purposes: tuple[str, ...]
     granted_at: datetime
     expires_at: datetime | None
     jurisdiction: str | None
     active: bool
+    signer: str = "subject"
+    evidence_sha256: str | None = None
+    notice_version: str | None = None
+    revoked_at: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "reference": self.reference,
+            "subject": self.subject,
             "purposes": list(self.purposes),
             "granted_at": _iso(self.granted_at),
             "expires_at": _iso(self.expires_at),
             "jurisdiction": self.jurisdiction,
+            "signer": self.signer,
+            "evidence_sha256": self.evidence_sha256,
+            "notice_version": self.notice_version,
+            "revoked_at": _iso(self.revoked_at),
             "active": self.active,
         }
 
@@ -184,7 +209,7 @@ class SubjectInfo:
     subject: str
     templates: int
     enrolled_at: datetime
-    consents: tuple[ConsentSummary, ...]
+    consents: tuple[ConsentRecord, ...]
 
     @property
     def active_purposes(self) -> tuple[str, ...]:
@@ -234,4 +259,84 @@ class ImportReport:
             "enrolled": len(self.enrolled),
             "subjects": list(self.subjects),
             "rejected": [r.to_dict() for r in self.rejected],
+        }
+
+
+@dataclass(frozen=True)
+class RetentionEntry:
+    """When a subject's templates must be destroyed, and which rule says so."""
+
+    subject: str
+    templates: int
+    destroy_by: datetime | None
+    rule: str
+    overdue: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "subject": self.subject,
+            "templates": self.templates,
+            "destroy_by": _iso(self.destroy_by),
+            "rule": self.rule,
+            "overdue": self.overdue,
+        }
+
+
+@dataclass(frozen=True)
+class OptOut:
+    """A do-not-enroll entry: a subject reference, or the salted hash of an e-mail address."""
+
+    kind: str
+    value: str
+    added_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "value": self.value, "added_at": _iso(self.added_at)}
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One link of the hash-chained audit trail. Never an image, an embedding or a location."""
+
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    subject: str | None
+    purpose: str | None
+    details: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "at": _iso(self.at),
+            "actor": self.actor,
+            "action": self.action,
+            "subject": self.subject,
+            "purpose": self.purpose,
+            "details": self.details,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+
+@dataclass(frozen=True)
+class AuditCheck:
+    """The result of walking the audit chain: intact, or the first broken link and why."""
+
+    intact: bool
+    events: int
+    head: str
+    broken_at: int | None = None
+    problem: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "intact": self.intact,
+            "events": self.events,
+            "head": self.head,
+            "broken_at": self.broken_at,
+            "problem": self.problem,
         }

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -23,7 +25,8 @@ from .consent import Consent
 from .encoder import DIMENSIONS
 from .errors import ConsentError, GalleryNotFoundError, StorageError
 from .migrations import APPLICATION_ID, MIGRATIONS
-from .results import Box, ConsentSummary, SubjectInfo
+from .policy import DEFAULT_POLICY, ConsentTerm
+from .results import Box, ConsentRecord, SubjectInfo
 
 __all__ = ["Searchable", "Store"]
 
@@ -101,14 +104,12 @@ class Store:
         if version > len(MIGRATIONS):
             raise StorageError(f"'{self.path}' was written by a newer consentmatch (schema {version}): upgrade consentmatch.")
         for number in range(version, len(MIGRATIONS)):
-            conn.execute("BEGIN IMMEDIATE")
+            # One transaction per step, inside the script: executescript would commit one we opened.
             try:
-                for statement in MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                conn.execute(f"PRAGMA user_version = {number + 1}")
-                conn.execute("COMMIT")
+                conn.executescript(
+                    f"BEGIN IMMEDIATE; {MIGRATIONS[number]}; PRAGMA application_id = {APPLICATION_ID}; "
+                    f"PRAGMA user_version = {number + 1}; COMMIT;"
+                )
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -145,17 +146,20 @@ class Store:
                 conn.execute("COMMIT")
 
     @contextmanager
-    def write(self, *, create: bool = False) -> Iterator[sqlite3.Connection]:
+    def write(self, *, create: bool = False, bump: bool = True) -> Iterator[sqlite3.Connection]:
         """One atomic write: everything inside commits together, or nothing does.
 
         Only `create=True` (enrollment) may bring a missing gallery file into being.
+        `bump=False` for writes that change no template or consent (audit events,
+        interactions), so in-memory indexes stay valid.
         """
         with self._lock, self._mapped():
             conn = self._connect(create=create)
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
-                conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+                if bump:
+                    conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:  # SQLite rolls back by itself on some errors (disk full)
@@ -188,27 +192,41 @@ class Store:
         return found
 
     @staticmethod
-    def record_consent(conn: sqlite3.Connection, subject_id: int, consent: Consent, now: datetime) -> int:
+    def record_consent(
+        conn: sqlite3.Connection, subject_id: int, consent: Consent, now: datetime, email_hash: str | None = None
+    ) -> int:
         """Insert the consent, or bring an existing record of the same reference up to date.
 
         Raises:
-            ConsentError: the reference already belongs to another subject.
+            ConsentError: the reference belongs to another subject, or was revoked.
         """
-        row = conn.execute("SELECT id, subject_id FROM consents WHERE reference = ?", (consent.reference,)).fetchone()
+        row = conn.execute(
+            "SELECT id, subject_id, revoked_at FROM consents WHERE reference = ?", (consent.reference,)
+        ).fetchone()
         expires = _ts(consent.expires_at) if consent.expires_at else None
+        fields = (expires, consent.jurisdiction, consent.signer, consent.evidence_sha256, consent.notice_version)
         if row is None:
             cursor = conn.execute(
-                "INSERT INTO consents (subject_id, reference, granted_at, expires_at, jurisdiction) VALUES (?, ?, ?, ?, ?)",
-                (subject_id, consent.reference, _ts(consent.granted_at or now), expires, consent.jurisdiction),
+                """INSERT INTO consents (subject_id, reference, granted_at, expires_at, jurisdiction, signer,
+                                         evidence_sha256, notice_version, email_hash)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                (subject_id, consent.reference, _ts(consent.granted_at or now), *fields, email_hash),
             )
             consent_id = int(cursor.lastrowid or 0)
         else:
             consent_id = int(row[0])
             if int(row[1]) != subject_id:
                 raise reference_taken(consent.reference, Store.consent_owner(conn, consent.reference) or "?")
+            if row[2] is not None:
+                raise ConsentError(
+                    f"Consent '{consent.reference}' was revoked: a new consent needs a new reference."
+                )
             conn.execute(
-                "UPDATE consents SET expires_at = ?, jurisdiction = ? WHERE id = ?",
-                (expires, consent.jurisdiction, consent_id),
+                """UPDATE consents SET expires_at = ?, jurisdiction = ?, signer = ?,
+                          evidence_sha256 = coalesce(?, evidence_sha256), notice_version = coalesce(?, notice_version),
+                          email_hash = coalesce(?, email_hash)
+                   WHERE id = ?""",
+                (*fields, email_hash, consent_id),
             )
             conn.execute("DELETE FROM consent_purposes WHERE consent_id = ?", (consent_id,))
         conn.executemany(
@@ -265,26 +283,33 @@ class Store:
         return ids, vectors.reshape(-1, DIMENSIONS)
 
     @staticmethod
-    def searchable(conn: sqlite3.Connection, purpose: str, now: datetime) -> Searchable:
-        """Templates of subjects with an active consent that lists `purpose`."""
-        moment = _ts(now)
-        active = """
-            SELECT c.subject_id, c.expires_at FROM consents c
-            JOIN consent_purposes p ON p.consent_id = c.id
-            WHERE p.purpose = ? AND (c.expires_at IS NULL OR c.expires_at > ?)
+    def searchable(conn: sqlite3.Connection, purpose: str | None, now: datetime) -> Searchable:
+        """Templates of subjects with an active consent for `purpose` (None: for any purpose).
+
+        Active: not revoked, not expired, and the subject not past its retention date.
         """
-        (until,) = conn.execute(f"SELECT min(expires_at) FROM ({active})", (purpose, moment)).fetchone()
+        moment = _ts(now)
+        active = f"""
+            SELECT c.subject_id, c.expires_at, s.destroy_by FROM consents c
+            JOIN subjects s ON s.id = c.subject_id
+            WHERE c.revoked_at IS NULL AND (c.expires_at IS NULL OR c.expires_at > :now)
+              AND (s.destroy_by IS NULL OR s.destroy_by > :now)
+              {"AND c.id IN (SELECT consent_id FROM consent_purposes WHERE purpose = :purpose)" if purpose else ""}
+        """
+        params = {"now": moment, "purpose": purpose}
+        (expiry, retention) = conn.execute(f"SELECT min(expires_at), min(destroy_by) FROM ({active})", params).fetchone()
         rows = conn.execute(
             f"SELECT id, subject_id FROM templates WHERE subject_id IN (SELECT subject_id FROM ({active})) ORDER BY id",
-            (purpose, moment),
+            params,
         ).fetchall()
         array = np.array(rows, dtype=np.int64).reshape(-1, 2)
         subject_ids = np.ascontiguousarray(array[:, 1])
+        bounds = [d for d in (_dt(expiry), _dt(retention)) if d is not None]
         return Searchable(
             template_ids=np.ascontiguousarray(array[:, 0]),
             subject_ids=subject_ids,
             max_per_subject=int(np.unique(subject_ids, return_counts=True)[1].max(initial=0)),
-            valid_until=_dt(until),
+            valid_until=min(bounds) if bounds else None,
         )
 
     @staticmethod
@@ -297,48 +322,201 @@ class Store:
     def active_purposes(conn: sqlite3.Connection, subject_id: int, now: datetime) -> set[str]:
         rows = conn.execute(
             """SELECT p.purpose FROM consents c JOIN consent_purposes p ON p.consent_id = c.id
-               WHERE c.subject_id = ? AND (c.expires_at IS NULL OR c.expires_at > ?)""",
-            (subject_id, _ts(now)),
+               JOIN subjects s ON s.id = c.subject_id
+               WHERE c.subject_id = ? AND c.revoked_at IS NULL AND (c.expires_at IS NULL OR c.expires_at > ?)
+                 AND (s.destroy_by IS NULL OR s.destroy_by > ?)""",
+            (subject_id, _ts(now), _ts(now)),
         )
         return {str(r[0]) for r in rows}
 
     @staticmethod
-    def subject_templates(conn: sqlite3.Connection, subject_id: int) -> NDArray[np.float32]:
-        rows = conn.execute("SELECT embedding FROM templates WHERE subject_id = ?", (subject_id,)).fetchall()
-        return np.frombuffer(b"".join(r[0] for r in rows), dtype=_EMBEDDING).astype(np.float32).reshape(-1, DIMENSIONS)
+    def subject_templates(conn: sqlite3.Connection, subject_id: int) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        rows = conn.execute("SELECT id, embedding FROM templates WHERE subject_id = ? ORDER BY id", (subject_id,)).fetchall()
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=_EMBEDDING).astype(np.float32)
+        return ids, vectors.reshape(-1, DIMENSIONS)
 
     @staticmethod
-    def subjects(conn: sqlite3.Connection, now: datetime) -> list[SubjectInfo]:
-        consents: dict[int, list[ConsentSummary]] = {}
+    def consent_records(
+        conn: sqlite3.Connection, now: datetime, *, subject_id: int | None = None, reference: str | None = None
+    ) -> list[ConsentRecord]:
+        """Consent records (revoked ones included, as tombstones), oldest first."""
+        where: list[str] = []
+        params: list[object] = []
+        if subject_id is not None:
+            where.append("c.subject_id = ?")
+            params.append(subject_id)
+        if reference is not None:
+            where.append("c.reference = ?")
+            params.append(reference)
         rows = conn.execute(
-            """SELECT c.subject_id, c.reference, c.granted_at, c.expires_at, c.jurisdiction,
-                      group_concat(p.purpose, char(10))
-               FROM consents c LEFT JOIN consent_purposes p ON p.consent_id = c.id
-               GROUP BY c.id ORDER BY c.id"""
+            f"""SELECT c.reference, s.name, c.granted_at, c.expires_at, c.jurisdiction, c.signer, c.evidence_sha256,
+                       c.notice_version, c.revoked_at, s.destroy_by,
+                       (SELECT group_concat(purpose, char(10)) FROM consent_purposes p WHERE p.consent_id = c.id)
+                FROM consents c JOIN subjects s ON s.id = c.subject_id
+                {"WHERE " + " AND ".join(where) if where else ""} ORDER BY c.id""",
+            params,
         )
-        for subject_id, reference, granted, expires, jurisdiction, purposes in rows:
-            expires_at = _dt(expires)
-            consents.setdefault(subject_id, []).append(
-                ConsentSummary(
-                    reference=reference,
+        records = []
+        for reference_, name, granted, expires, jurisdiction, signer, evidence, notice, revoked, destroy, purposes in rows:
+            expires_at, revoked_at, destroy_at = _dt(expires), _dt(revoked), _dt(destroy)
+            records.append(
+                ConsentRecord(
+                    reference=reference_,
+                    subject=name,
                     purposes=tuple(sorted(purposes.split("\n"))) if purposes else (),
                     granted_at=_dt(granted) or now,
                     expires_at=expires_at,
                     jurisdiction=jurisdiction,
-                    active=expires_at is None or now < expires_at,
+                    active=revoked_at is None
+                    and (expires_at is None or now < expires_at)
+                    and (destroy_at is None or now < destroy_at),
+                    signer=signer,
+                    evidence_sha256=evidence,
+                    notice_version=notice,
+                    revoked_at=revoked_at,
                 )
             )
+        return records
+
+    @staticmethod
+    def subjects(conn: sqlite3.Connection, now: datetime) -> list[SubjectInfo]:
+        consents: dict[str, list[ConsentRecord]] = {}
+        for record in Store.consent_records(conn, now):
+            consents.setdefault(record.subject, []).append(record)
         result = []
-        for subject_id, name, created, count in conn.execute(
-            """SELECT s.id, s.name, s.created_at, (SELECT count(*) FROM templates t WHERE t.subject_id = s.id)
+        for name, created, count in conn.execute(
+            """SELECT s.name, s.created_at, (SELECT count(*) FROM templates t WHERE t.subject_id = s.id)
                FROM subjects s ORDER BY s.name"""
         ):
             result.append(
-                SubjectInfo(
-                    subject=name,
-                    templates=int(count),
-                    enrolled_at=_dt(created) or now,
-                    consents=tuple(consents.get(subject_id, ())),
-                )
+                SubjectInfo(subject=name, templates=int(count), enrolled_at=_dt(created) or now,
+                            consents=tuple(consents.get(name, ())))
             )
         return result
+
+    # -- erasure, retention, policy, opt-outs ------------------------------------------------
+
+    @staticmethod
+    def delete_templates(conn: sqlite3.Connection, subject_id: int) -> NDArray[np.int64]:
+        """Delete a subject's templates only (consent records stay, as tombstones); returns their ids."""
+        ids = np.array(
+            [r[0] for r in conn.execute("SELECT id FROM templates WHERE subject_id = ?", (subject_id,))], dtype=np.int64
+        )
+        conn.execute("DELETE FROM templates WHERE subject_id = ?", (subject_id,))
+        return ids
+
+    @staticmethod
+    def revoke(conn: sqlite3.Connection, reference: str, now: datetime) -> tuple[int, bool]:
+        """Mark a consent revoked; returns (its subject id, whether it was already revoked).
+
+        Raises:
+            ConsentError: no consent has this reference.
+        """
+        row = conn.execute("SELECT subject_id, revoked_at FROM consents WHERE reference = ?", (reference,)).fetchone()
+        if row is None:
+            raise ConsentError(f"No consent has the reference '{reference}': check it with `consentmatch consent list`.")
+        if row[1] is None:
+            conn.execute("UPDATE consents SET revoked_at = ? WHERE reference = ?", (_ts(now), reference))
+        return int(row[0]), row[1] is not None
+
+    @staticmethod
+    def revoke_all(conn: sqlite3.Connection, subject_id: int, now: datetime) -> None:
+        conn.execute("UPDATE consents SET revoked_at = ? WHERE subject_id = ? AND revoked_at IS NULL", (_ts(now), subject_id))
+
+    @staticmethod
+    def retention_terms(conn: sqlite3.Connection, subject_id: int) -> tuple[list[ConsentTerm], datetime, datetime | None]:
+        terms = [
+            ConsentTerm(jurisdiction=j, expires_at=_dt(e))
+            for j, e in conn.execute(
+                "SELECT jurisdiction, expires_at FROM consents WHERE subject_id = ? AND revoked_at IS NULL", (subject_id,)
+            )
+        ]
+        created, last = conn.execute(
+            "SELECT created_at, last_interaction_at FROM subjects WHERE id = ?", (subject_id,)
+        ).fetchone()
+        return terms, _dt(created) or datetime.now(timezone.utc), _dt(last)
+
+    @staticmethod
+    def set_retention(conn: sqlite3.Connection, subject_id: int, date: datetime | None, rule: str) -> None:
+        conn.execute(
+            "UPDATE subjects SET destroy_by = ?, destroy_rule = ? WHERE id = ?",
+            (_ts(date) if date else None, rule, subject_id),
+        )
+
+    @staticmethod
+    def touch(conn: sqlite3.Connection, subject_id: int, now: datetime) -> None:
+        conn.execute("UPDATE subjects SET last_interaction_at = ? WHERE id = ?", (_ts(now), subject_id))
+
+    @staticmethod
+    def retention(conn: sqlite3.Connection) -> list[tuple[int, str, int, datetime | None, str]]:
+        """(subject id, name, templates, destroy_by, rule) of subjects that hold templates."""
+        rows = conn.execute(
+            """SELECT s.id, s.name, count(t.id), s.destroy_by, coalesce(s.destroy_rule, '')
+               FROM subjects s JOIN templates t ON t.subject_id = s.id GROUP BY s.id ORDER BY s.name"""
+        )
+        return [(int(i), str(n), int(c), _dt(d), str(r)) for i, n, c, d, r in rows]
+
+    @staticmethod
+    def template_rows(conn: sqlite3.Connection, subject_id: int) -> list[dict[str, Any]]:
+        """Template metadata for a subject access request: never the embedding."""
+        rows = conn.execute(
+            """SELECT t.id, t.created_at, t.photo_sha256, t.box, c.reference FROM templates t
+               JOIN consents c ON c.id = t.consent_id WHERE t.subject_id = ? ORDER BY t.id""",
+            (subject_id,),
+        )
+        return [
+            {"id": i, "created_at": created, "photo_sha256": sha, "box": json.loads(box), "consent_reference": ref}
+            for i, created, sha, box, ref in rows
+        ]
+
+    @staticmethod
+    def policy(conn: sqlite3.Connection) -> dict[str, Any]:
+        stored = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM policy")}
+        return {key: stored.get(key, default) for key, default in DEFAULT_POLICY.items()}
+
+    @staticmethod
+    def set_policy(conn: sqlite3.Connection, key: str, value: Any) -> None:
+        conn.execute(
+            "INSERT INTO policy (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, json.dumps(value)),
+        )
+
+    @staticmethod
+    def optout_salt(conn: sqlite3.Connection) -> str:
+        (salt,) = conn.execute("SELECT value FROM meta WHERE key = 'optout_salt'").fetchone()
+        return str(salt)
+
+    @staticmethod
+    def add_optout(conn: sqlite3.Connection, kind: str, value: str, now: datetime) -> bool:
+        """Returns False when the entry was already there."""
+        cursor = conn.execute(
+            "INSERT OR IGNORE INTO optouts (kind, value, added_at) VALUES (?, ?, ?)", (kind, value, _ts(now))
+        )
+        return cursor.rowcount > 0
+
+    @staticmethod
+    def remove_optout(conn: sqlite3.Connection, kind: str, value: str) -> bool:
+        return conn.execute("DELETE FROM optouts WHERE kind = ? AND value = ?", (kind, value)).rowcount > 0
+
+    @staticmethod
+    def optouts(conn: sqlite3.Connection) -> list[tuple[str, str, datetime]]:
+        rows = conn.execute("SELECT kind, value, added_at FROM optouts ORDER BY id")
+        return [(str(k), str(v), _dt(a) or datetime.now(timezone.utc)) for k, v, a in rows]
+
+    @staticmethod
+    def is_opted_out(conn: sqlite3.Connection, subject: str, email_hash: str | None) -> bool:
+        row = conn.execute(
+            "SELECT 1 FROM optouts WHERE (kind = 'subject' AND value = ?) OR (kind = 'email' AND value = ?)",
+            (subject, email_hash or ""),
+        ).fetchone()
+        return row is not None
+
+    @staticmethod
+    def subjects_with_email(conn: sqlite3.Connection, email_hash: str) -> list[str]:
+        rows = conn.execute(
+            """SELECT DISTINCT s.name FROM consents c JOIN subjects s ON s.id = c.subject_id
+               WHERE c.email_hash = ? ORDER BY s.name""",
+            (email_hash,),
+        )
+        return [str(r[0]) for r in rows]

@@ -98,7 +98,7 @@ def test_enroll_match_forget_cycle(fake_cli: None, tmp_path: Path) -> None:
     gallery = tmp_path / "g.db"
     photo = fake_photo(tmp_path, "a.png", (10, 0))
     result = run("enroll", "alice", photo, "-g", gallery, "--consent-ref", "R1", "--purpose", "door", "--purpose", "lobby",
-                 "--expires", "2099-01-01", "--jurisdiction", "US-IL", "--json")
+                 "--expires", "2099-01-01", "--jurisdiction", "US-CA", "--json")
     assert result.exit_code == 0, result.output
     assert _lines(result.stdout) == [
         {"subject": "alice", "templates_added": 1, "templates_total": 1, "consent_reference": "R1", "photos": [str(photo)]}
@@ -110,7 +110,8 @@ def test_enroll_match_forget_cycle(fake_cli: None, tmp_path: Path) -> None:
     assert refused.exit_code == 1 and "Nothing erased" in refused.stderr
     result = run("forget", "alice", "-g", gallery, "--yes", "--json")
     assert result.exit_code == 0
-    assert _lines(result.stdout)[0]["templates_removed"] == 1
+    receipt = _lines(result.stdout)[0]
+    assert receipt["templates_removed"] == 1 and receipt["verified"] is True
     (body,) = _lines(run("match", photo, "-g", gallery, "-p", "lobby", "--json").stdout)
     assert body["faces"][0]["subject"] is None and body["faces"][0]["candidates"] == []
 
@@ -135,7 +136,10 @@ def test_match_reports_each_bad_photo_and_processes_the_rest(fake_cli: None, tmp
     ("args", "code", "message"),
     [
         (["enroll", "bob", "{photo}"], 1, "needs a recorded consent"),
-        (["enroll", "bob", "{photo}", "-c", "R9"], 2, "names no purpose"),
+        (["enroll", "bob", "{photo}", "-c", "R9"], 1, "No consent has the reference 'R9'"),  # an existing record
+        (["enroll", "bob", "{photo}", "-c", "R9", "--expires", "2030-01-01"], 2, "names no purpose"),
+        (["enroll", "bob", "{photo}", "-c", "R9", "-p", "door", "--jurisdiction", "US-IL"], 1, "written release"),
+        (["match", "{photo}", "-p", "door", "--tolerance", "0"], 2, "out of range"),
         (["enroll", "bob", "{photo}", "-c", "R9", "-p", "door", "--expires", "soon"], 2, "not a date"),
         (["enroll", "bob", "{photo}", "-c", "R9", "-p", "door", "--jurisdiction", "Illinois"], 2, "ISO 3166"),
         (["enroll", "bob", "{two}", "-c", "R9", "-p", "door"], 1, "2 faces found in"),
