@@ -1,0 +1,419 @@
+"""The law's requirements as features: consent records, purpose, revocation, retention,
+geography, opt-out, audit and subject access. A frozen clock drives every date."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from consentmatch import (
+    Consent,
+    ConsentError,
+    Gallery,
+    InvalidArgumentError,
+    PolicyError,
+    SubjectNotFoundError,
+)
+from consentmatch.cli import app
+from consentmatch.consent import evidence_digest
+from consentmatch.policy import ConsentTerm, destroy_by
+
+from .conftest import FakeEncoder, fake_photo
+
+START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+YEAR = timedelta(days=365)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def gallery(tmp_path: Path, clock: Clock) -> Gallery:
+    return Gallery(tmp_path / "g.db", encoder=FakeEncoder(), clock=clock, actor="desk-1")
+
+
+@pytest.fixture
+def release(tmp_path: Path) -> Path:
+    path = tmp_path / "release.pdf"
+    path.write_bytes(b"%PDF signed written release")
+    return path
+
+
+def _subjects_found(gallery: Gallery, photo: Path, purpose: str | None = "door") -> list[str | None]:
+    return [f.subject for f in gallery.match(photo, purpose=purpose).faces]
+
+
+# -- consent records -----------------------------------------------------------------------
+
+
+def test_grant_then_enroll_by_reference(gallery: Gallery, tmp_path: Path) -> None:
+    record = gallery.grant_consent("alice", Consent("R1", ["door"], signer="guardian", notice_version="v3"))
+    assert (record.subject, record.signer, record.notice_version, record.active) == ("alice", "guardian", "v3", True)
+    assert gallery.subjects()[0].templates == 0
+    photo = fake_photo(tmp_path, "a.png", (10, 0))
+    assert gallery.enroll("alice", [photo], "R1").consent_reference == "R1"
+    assert _subjects_found(gallery, photo) == ["alice"]
+    with pytest.raises(ConsentError, match="No consent has the reference 'R2'"):
+        gallery.enroll("alice", [photo], "R2")
+    with pytest.raises(ConsentError, match="already belongs to subject 'alice'"):
+        gallery.enroll("bob", [fake_photo(tmp_path, "b.png", (20, 0))], "R1")
+
+
+def test_bipa_and_cubi_need_a_written_release(gallery: Gallery, release: Path) -> None:
+    for code in ("US-IL", "US-TX"):
+        with pytest.raises(ConsentError, match="needs a written release"):
+            gallery.grant_consent("alice", Consent(f"R-{code}", ["door"], jurisdiction=code))
+    digest = evidence_digest(release)
+    record = gallery.grant_consent("alice", Consent("R-IL", ["door"], jurisdiction="US-IL", evidence_sha256=digest))
+    assert record.evidence_sha256 == digest
+    gallery.close()
+    assert b"signed written release" not in gallery.path.read_bytes()  # the file itself is never stored
+    assert gallery.grant_consent("bob", Consent("R-CA", ["door"], jurisdiction="US-CA")).active  # no such rule
+
+
+def test_photos_are_never_taken_from_the_web(gallery: Gallery, consent: Consent) -> None:
+    from consentmatch import ImageError
+
+    with pytest.raises(ImageError, match="never fetched from the web"):
+        gallery.enroll("alice", ["https://example.com/alice.jpg"], consent)
+
+
+# -- purpose -------------------------------------------------------------------------------
+
+
+def test_purpose_is_required_unless_the_policy_says_otherwise(gallery: Gallery, tmp_path: Path) -> None:
+    photo = fake_photo(tmp_path, "a.png", (10, 0))
+    gallery.enroll("alice", [photo], Consent("R1", ["door"]))
+    with pytest.raises(InvalidArgumentError, match="requires a purpose"):
+        gallery.match(photo)
+    gallery.set_policy("require_purpose", "false")
+    assert _subjects_found(gallery, photo, purpose=None) == ["alice"]
+    assert gallery.policy()["require_purpose"] is False
+
+
+def test_policy_tolerance_is_the_default(gallery: Gallery, tmp_path: Path) -> None:
+    gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], Consent("R1", ["door"]))
+    probe = fake_photo(tmp_path, "p.png", (10, 5))  # ~0.2 from alice
+    assert _subjects_found(gallery, probe) == ["alice"]
+    gallery.set_policy("tolerance", "0.1")
+    assert _subjects_found(gallery, probe) == [None]
+    assert gallery.match(probe, purpose="door", tolerance=0.6).faces[0].subject == "alice"
+    with pytest.raises(InvalidArgumentError):
+        gallery.set_policy("tolerance", "7")
+    with pytest.raises(InvalidArgumentError, match="not a policy key"):
+        gallery.set_policy("colour", "blue")
+
+
+# -- revocation ----------------------------------------------------------------------------
+
+
+def test_revocation_erases_at_once_keeps_a_tombstone_and_is_idempotent(gallery: Gallery, tmp_path: Path) -> None:
+    photo = fake_photo(tmp_path, "a.png", (10, 0))
+    gallery.enroll("alice", [photo, fake_photo(tmp_path, "a2.png", (10, 1))], Consent("R1", ["door"]))
+    gallery.enroll("bob", [fake_photo(tmp_path, "b.png", (20, 0))], Consent("R2", ["door"]))
+    assert _subjects_found(gallery, photo) == ["alice"]
+    receipt = gallery.revoke_consent("R1")
+    assert (receipt.reason, receipt.templates_removed, receipt.index_entries_removed, receipt.verified) == (
+        "revoke", 2, 2, True)
+    assert [c.subject for c in gallery.match(photo, purpose="door").faces[0].candidates] == ["bob"]
+    (record,) = gallery.consents("alice")
+    assert record.revoked_at == START and not record.active
+    again = gallery.revoke_consent("R1")
+    assert again.templates_removed == 0 and again.verified
+    with pytest.raises(ConsentError, match="was revoked"):
+        gallery.enroll("alice", [photo], Consent("R1", ["door"]))
+    with pytest.raises(ConsentError, match="was revoked"):
+        gallery.enroll("alice", [photo], "R1")
+    gallery.enroll("alice", [photo], Consent("R1-b", ["door"]))  # a new consent, a new reference
+    with pytest.raises(ConsentError, match="No consent has the reference"):
+        gallery.revoke_consent("nope")
+
+
+# -- retention -----------------------------------------------------------------------------
+
+
+def test_retention_rules_by_jurisdiction() -> None:
+    enrolled, end = START, START + 2 * YEAR
+    assert destroy_by([ConsentTerm("US-IL", None)], enrolled, None) == (
+        START + 3 * YEAR, "BIPA 15(a): 3 years after the last interaction")
+    assert destroy_by([ConsentTerm("US-IL", end)], enrolled, None)[0] == end  # purpose end comes first
+    assert destroy_by([ConsentTerm("US-IL", START + 5 * YEAR)], enrolled, START + YEAR)[0] == START + 4 * YEAR
+    assert destroy_by([ConsentTerm("US-TX", end)], enrolled, None)[0] == end + YEAR
+    assert destroy_by([ConsentTerm("US-TX", None)], enrolled, None)[0] is None
+    assert destroy_by([ConsentTerm("FR", end)], enrolled, None)[0] == end
+    assert destroy_by([ConsentTerm("GB", None)], enrolled, None)[0] is None
+    assert destroy_by([ConsentTerm(None, START + 5 * YEAR)], enrolled, None)[0] == START + 3 * YEAR  # strictest
+    assert destroy_by([ConsentTerm(None, end)], enrolled, None)[0] == end
+    # the latest consent justifies keeping; no unrevoked consent: nothing does
+    assert destroy_by([ConsentTerm("FR", end), ConsentTerm("FR", end + YEAR)], enrolled, None)[0] == end + YEAR
+    assert destroy_by([], enrolled, None)[0] == enrolled
+
+
+def test_bipa_subject_is_overdue_three_years_after_last_interaction(
+    gallery: Gallery, clock: Clock, tmp_path: Path, release: Path
+) -> None:
+    photo = fake_photo(tmp_path, "a.png", (10, 0))
+    il = Consent("R1", ["door"], jurisdiction="US-IL", evidence_sha256=evidence_digest(release))
+    gallery.enroll("alice", [photo], il)
+    gallery.enroll("bob", [fake_photo(tmp_path, "b.png", (20, 0))], Consent("R2", ["door"], jurisdiction="FR",
+                                                                               expires_at=START + 10 * YEAR))
+    (alice, bob) = sorted(gallery.retention(), key=lambda e: e.subject)
+    assert alice.destroy_by == START + 3 * YEAR and not alice.overdue
+    clock.now = START + 2 * YEAR
+    assert _subjects_found(gallery, photo) == ["alice"]  # an interaction: the clock restarts
+    assert gallery.retention()[0].destroy_by == START + 5 * YEAR
+    clock.now = START + 5 * YEAR + timedelta(days=1)
+    assert gallery.retention()[0].overdue
+    assert gallery.match(photo, purpose="door").faces[0].candidates[0].subject == "bob"  # never alice, before purge
+    with pytest.raises(ConsentError):
+        gallery.verify("alice", photo, purpose="door")
+    receipts = gallery.purge()
+    assert [(r.subject, r.reason, r.templates_removed, r.verified) for r in receipts] == [("alice", "purge", 1, True)]
+    assert [e.subject for e in gallery.retention()] == ["bob"]
+    assert gallery.purge() == []
+
+
+def test_expired_consent_stops_matching_and_texas_keeps_a_year(gallery: Gallery, clock: Clock, tmp_path: Path,
+                                                              release: Path) -> None:
+    photo = fake_photo(tmp_path, "a.png", (10, 0))
+    gallery.enroll("alice", [photo], Consent("R1", ["door"], jurisdiction="US-TX", expires_at=START + YEAR,
+                                             evidence_sha256=evidence_digest(release)))
+    assert gallery.retention()[0].destroy_by == START + 2 * YEAR
+    clock.now = START + YEAR + timedelta(days=1)
+    assert gallery.match(photo, purpose="door").faces[0].candidates == ()  # expired: never searched
+    assert not gallery.retention()[0].overdue
+    clock.now = START + 2 * YEAR + timedelta(days=1)
+    assert gallery.retention()[0].overdue
+
+
+# -- geography -----------------------------------------------------------------------------
+
+
+def _photo_at(tmp_path: Path, name: str, latitude: float, longitude: float) -> Path:
+    def dms(value: float) -> tuple[float, float, float]:
+        value = abs(value)
+        degrees, minutes = int(value), int(value % 1 * 60)
+        return float(degrees), float(minutes), round((value - degrees - minutes / 60) * 3600, 4)
+
+    exif = Image.Exif()
+    exif[0x8825] = {1: "N" if latitude >= 0 else "S", 2: dms(latitude), 3: "E" if longitude >= 0 else "W",
+                    4: dms(longitude)}
+    path = fake_photo(tmp_path, name, (10, 0))
+    Image.open(path).save(path, exif=exif)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("place", "latitude", "longitude", "refused"),
+    [
+        ("chicago", 41.8781, -87.6298, True),
+        ("springfield-il", 39.7817, -89.6501, True),
+        ("los-angeles", 34.0522, -118.2437, False),
+        ("st-louis-mo", 38.6270, -90.1994, False),
+    ],
+)
+def test_photos_taken_in_an_excluded_region_are_refused(
+    gallery: Gallery, tmp_path: Path, place: str, latitude: float, longitude: float, refused: bool
+) -> None:
+    gallery.set_policy("excluded_regions", "US-IL, US-TX")
+    photo = _photo_at(tmp_path, f"{place}.png", latitude, longitude)
+    consent = Consent("R1", ["door"], jurisdiction="US-CA")
+    if refused:
+        with pytest.raises(PolicyError, match=rf"{place}.png' was taken in US-IL"):
+            gallery.enroll("alice", [photo], consent)
+        assert gallery.subjects() == []
+    else:
+        gallery.enroll("alice", [photo], consent)
+    gallery.close()
+    raw = gallery.path.read_bytes()
+    assert f"{latitude:.2f}".encode() not in raw and f"{abs(longitude):.2f}".encode() not in raw  # no GPS kept
+
+
+def test_photos_without_gps_and_galleries_without_the_policy_pass(gallery: Gallery, tmp_path: Path) -> None:
+    gallery.enroll("alice", [_photo_at(tmp_path, "chicago.png", 41.8781, -87.6298)], Consent("R1", ["door"]))
+    gallery.set_policy("excluded_regions", "US-IL")
+    gallery.enroll("bob", [fake_photo(tmp_path, "nogps.png", (20, 0))], Consent("R2", ["door"]))
+    with pytest.raises(InvalidArgumentError, match="not ISO 3166"):
+        gallery.set_policy("excluded_regions", "Illinois")
+
+
+# -- opt-out -------------------------------------------------------------------------------
+
+
+def test_subject_optout_erases_and_refuses(gallery: Gallery, tmp_path: Path) -> None:
+    photo = fake_photo(tmp_path, "a.png", (10, 0))
+    gallery.enroll("alice", [photo], Consent("R1", ["door"]))
+    (receipt,) = gallery.add_optout(subject="alice")
+    assert (receipt.reason, receipt.templates_removed, receipt.verified) == ("optout", 1, True)
+    assert gallery.match(photo, purpose="door").faces[0].candidates == ()
+    with pytest.raises(ConsentError, match="do-not-enroll"):
+        gallery.enroll("alice", [photo], Consent("R9", ["door"]))
+    with pytest.raises(ConsentError, match="do-not-enroll"):
+        gallery.grant_consent("alice", Consent("R9", ["door"]))
+    assert gallery.add_optout(subject="carol") == []  # before any enrollment: refused later
+    assert gallery.remove_optout(subject="alice")
+    gallery.enroll("alice", [photo], Consent("R9", ["door"]))
+
+
+def test_email_optout_is_a_salted_hash(gallery: Gallery, tmp_path: Path) -> None:
+    photo = fake_photo(tmp_path, "a.png", (10, 0))
+    gallery.enroll("alice", [photo], Consent("R1", ["door"]), email="Alice@Example.com")
+    (receipt,) = gallery.add_optout(email="alice@example.com ")
+    assert receipt.subject == "alice" and receipt.templates_removed == 1
+    (entry,) = gallery.optouts()
+    assert entry.kind == "email" and len(entry.value) == 64 and "example" not in entry.value
+    with pytest.raises(ConsentError, match="do-not-enroll"):
+        gallery.enroll("alicia", [photo], Consent("R2", ["door"]), email="ALICE@example.com")
+    gallery.close()
+    assert b"example.com" not in gallery.path.read_bytes()
+    with Gallery(tmp_path / "other.db", encoder=FakeEncoder()) as other:  # another gallery, another salt
+        other.add_optout(email="alice@example.com")
+        assert other.optouts()[0].value != entry.value
+
+
+# -- audit ---------------------------------------------------------------------------------
+
+
+def test_every_call_is_audited_with_its_actor_and_nothing_biometric(gallery: Gallery, tmp_path: Path) -> None:
+    photo = fake_photo(tmp_path, "a.png", (10, 0))
+    gallery.enroll("alice", [photo], Consent("R1", ["door"]))
+    gallery.match(photo, purpose="door", actor="guard-7")
+    gallery.verify("alice", photo, purpose="door")
+    gallery.set_policy("tolerance", 0.5)
+    gallery.export("alice")
+    gallery.revoke_consent("R1")
+    gallery.forget("alice")
+    events = gallery.audit()
+    assert [e.action for e in events] == [
+        "consent-grant", "enroll", "match", "verify", "policy-set", "export", "consent-revoke", "forget"]
+    assert [e.actor for e in events][:3] == ["desk-1", "desk-1", "guard-7"]
+    match = events[2]
+    assert match.purpose == "door" and match.details["faces"] == 1 and match.details["subjects"] == ["alice"]
+    assert [e.action for e in gallery.audit("alice")] == [e.action for e in events if e.action != "policy-set"]
+    for event in events:
+        text = json.dumps(event.details)
+        assert "embedding" not in text and "gps" not in text.lower() and len(text) < 600
+    check = gallery.verify_audit()
+    assert check.intact and check.events == 8 and check.head == events[-1].hash
+
+
+def _tamper(path: Path, *statements: str) -> None:
+    conn = sqlite3.connect(path)
+    conn.executescript("DROP TRIGGER audit_no_update; DROP TRIGGER audit_no_delete;" + ";".join(statements))
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    ("statements", "broken_at", "problem"),
+    [
+        (["UPDATE audit SET actor = 'someone-else' WHERE seq = 2"], 2, "was edited"),
+        (["DELETE FROM audit WHERE seq = 2"], 2, "missing"),
+        (["DELETE FROM audit WHERE seq = 4"], 4, "events deleted"),
+        (["UPDATE audit SET seq = seq + 1 WHERE seq >= 3 AND seq = (SELECT max(seq) FROM audit)",
+          "UPDATE audit SET seq = seq + 1 WHERE seq = 3",
+          "INSERT INTO audit VALUES (3, '2026-01-01T00:00:00.000000+00:00', 'x', 'match', NULL, 'door', '{}', "
+          "(SELECT hash FROM audit WHERE seq = 2), 'forged')"], 3, "was edited"),
+    ],
+    ids=["edited", "deleted-middle", "deleted-last", "inserted"],
+)
+def test_audit_verify_names_the_first_broken_link(
+    gallery: Gallery, tmp_path: Path, statements: list[str], broken_at: int, problem: str
+) -> None:
+    photo = fake_photo(tmp_path, "a.png", (10, 0))
+    gallery.enroll("alice", [photo], Consent("R1", ["door"]))
+    gallery.match(photo, purpose="door")
+    gallery.match(photo, purpose="door")
+    gallery.close()
+    conn = sqlite3.connect(gallery.path)
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("DELETE FROM audit")
+    conn.close()
+    _tamper(gallery.path, *statements)
+    check = gallery.verify_audit()
+    assert not check.intact and check.broken_at == broken_at and problem in (check.problem or "")
+    result = CliRunner().invoke(app, ["audit", "--verify", "-g", str(gallery.path)])
+    assert result.exit_code == 1 and f"broken at event {broken_at}" in result.stderr
+
+
+# -- subject access ------------------------------------------------------------------------
+
+
+def test_export_bundle_has_no_embeddings(gallery: Gallery, tmp_path: Path) -> None:
+    gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], Consent("R1", ["door"], jurisdiction="GB",
+                                                                              expires_at=START + YEAR))
+    bundle = gallery.export("alice")
+    assert [c["reference"] for c in bundle["consents"]] == ["R1"]
+    (template,) = bundle["templates"]
+    assert set(template) == {"id", "created_at", "photo_sha256", "box", "consent_reference"}
+    assert bundle["retention"]["destroy_by"] == (START + YEAR).isoformat()
+    assert [e["action"] for e in bundle["audit"]] == ["consent-grant", "enroll", "export"]
+    assert len(json.dumps(bundle)) < 5000  # 128 floats would not fit
+    with pytest.raises(SubjectNotFoundError):
+        gallery.export("nobody")
+
+
+# -- the CLI -------------------------------------------------------------------------------
+
+
+def test_compliance_commands(tmp_path: Path, release: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("consentmatch.encoder.default_encoder", lambda: FakeEncoder())
+    env = {"CONSENTMATCH_GALLERY": str(tmp_path / "g.db"), "CONSENTMATCH_ACTOR": "ops:jane"}
+    runner = CliRunner()
+
+    def run(*args: object, code: int = 0) -> str:
+        result = runner.invoke(app, [str(a) for a in args], env=env)
+        assert result.exit_code == code, result.output
+        return result.stdout
+
+    photo = fake_photo(tmp_path, "a.png", (10, 0))
+    run("consent", "grant", "alice", "--ref", "R1", "-p", "door", "--jurisdiction", "US-IL", code=1)
+    out = run("consent", "grant", "alice", "--ref", "R1", "-p", "door", "--jurisdiction", "US-IL",
+              "--evidence", release, "--notice-version", "v3", "--json")
+    assert json.loads(out)["evidence_sha256"] == evidence_digest(release)
+    run("enroll", "alice", photo, "--consent-ref", "R1")
+    assert json.loads(run("consent", "show", "R1", "--json"))["active"] is True
+    assert "R1" in run("consent", "list", "--subject", "alice")
+    assert json.loads(run("policy", "set", "excluded_regions", "US-TX", "--json"))["excluded_regions"] == ["US-TX"]
+    assert "excluded_regions = US-TX" in run("policy", "show")
+    (entry,) = [json.loads(line) for line in run("retention", "--json").splitlines()]
+    assert entry["subject"] == "alice" and entry["rule"].startswith("BIPA")
+    assert "Purged 0 subject(s)." in run("purge", "--yes")
+    receipt = json.loads(run("consent", "revoke", "R1", "--yes", "--json"))
+    assert receipt["templates_removed"] == 1 and receipt["verified"] is True
+    run("optout", "add", "--email", "bob@example.com")
+    assert json.loads(run("optout", "list", "--json"))["kind"] == "email"
+    run("optout", "add", code=2)  # neither --subject nor --email
+    events = [json.loads(line) for line in run("audit", "--json").splitlines()]
+    assert {e["actor"] for e in events} == {"ops:jane"}
+    assert "intact" in run("audit", "--verify")
+    run("export", "alice", "-o", tmp_path / "alice.json")
+    assert json.loads((tmp_path / "alice.json").read_text())["subject"] == "alice"
+    run("match", photo, code=2)  # policy requires a purpose
+
+
+def test_gps_block_that_is_malformed_is_ignored() -> None:
+    from consentmatch.images import load_photo
+
+    exif = Image.Exif()
+    exif[0x8825] = {1: "N", 2: (1.0, 0.0), 3: "E", 4: (200.0, 0.0, 0.0)}  # too few parts; out of range
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(buffer, "PNG", exif=exif)
+    assert load_photo(buffer.getvalue()).gps is None
