@@ -83,6 +83,16 @@ def run(examples: Path | None, console: Console, *, as_json: bool = False) -> No
         say("\n[b]6. Match again[/b]: obama is no longer found", step="match-again")
         again = [p for p in probes if "obama" in p.name or p.name == "two_people.jpg"]
         _match_all(gallery, again, {}, console, as_json)
+
+        events = gallery.audit()
+        check = gallery.verify_audit()
+        actions = ", ".join(sorted({e.action for e in events}))
+        say(
+            f"\n[b]7. The audit trail[/b]: {len(events)} events ({actions}); hash chain "
+            f"{'intact' if check.intact else 'BROKEN'}; no image, embedding or location in it",
+            step="audit",
+            **check.to_dict(),
+        )
     say("\nDone: the throwaway gallery is deleted.", step="done")
 
 
