@@ -32,6 +32,7 @@ ACTIONS = (
     "optout-remove",
     "policy-set",
     "export",
+    "key-rotate",
 )
 
 

@@ -766,6 +766,71 @@ def export(
     out.print(f"Wrote {output}.")
 
 
+# -- keys ------------------------------------------------------------------------------------
+
+key_app = typer.Typer(
+    help="Template encryption keys: where they are, rotation, a new key for CONSENTMATCH_KEY.", no_args_is_help=True
+)
+app.add_typer(key_app, name="key")
+
+
+@key_app.command("info")
+def key_info(gallery: GalleryOption, as_json: JsonOption = False) -> None:
+    """Where the gallery's keys are and how many subject data keys exist (never the keys).
+
+    **Example:** `consentmatch key info -g visitors.db`
+    """
+    with _errors(), _gallery(gallery) as g:
+        info = g.key_info()
+    if as_json:
+        _json(info.to_dict())
+    else:
+        out.print(f"gallery {info.gallery_id}: key from {info.key_source}; data keys in {info.key_dir} ({info.data_keys})")
+
+
+@key_app.command("rotate")
+def key_rotate(
+    gallery: GalleryOption,
+    new_key_file: Annotated[
+        Optional[Path], typer.Option("--new-key-file", help="Where to write the new key when CONSENTMATCH_KEY holds it.")
+    ] = None,
+    actor: ActorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Re-wrap every subject's data key under a new gallery key (audited).
+
+    A key file is replaced in place; a key in CONSENTMATCH_KEY needs --new-key-file to receive the new one.
+
+    **Example:** `consentmatch key rotate -g visitors.db`
+    """
+    import os
+
+    if os.environ.get("CONSENTMATCH_KEY") and new_key_file is None:
+        _fail("The gallery key comes from CONSENTMATCH_KEY: pass --new-key-file FILE to receive the new one.", 2)
+    with _errors(), _gallery(gallery, actor) as g:
+        info = g.rotate_key()
+    if info.new_key and new_key_file is not None:
+        from .keys import write_private
+
+        write_private(new_key_file, info.new_key.encode())
+    if as_json:
+        _json({**info.to_dict(), "new_key": None, "new_key_file": str(new_key_file) if new_key_file else None})
+    else:
+        where = f"; the new key is in {new_key_file}: put it in CONSENTMATCH_KEY" if new_key_file else ""
+        out.print(f"Rotated the gallery key: {info.data_keys} data key(s) re-wrapped{where}.")
+
+
+@key_app.command("generate")
+def key_generate() -> None:
+    """Print a new random gallery key (64 hex digits) for CONSENTMATCH_KEY or a key file.
+
+    **Example:** `export CONSENTMATCH_KEY=$(consentmatch key generate)`
+    """
+    from .keys import generate_key
+
+    print(generate_key())
+
+
 @app.command()
 def demo(
     examples: Annotated[
@@ -784,6 +849,198 @@ def demo(
 
     with _errors():
         run(examples, out, as_json=as_json)
+
+
+# -- evaluate / calibrate --------------------------------------------------------------------
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from .evaluate import Failure
+
+EvaluateToleranceOption = Annotated[
+    float,
+    typer.Option(
+        "--tolerance",
+        "-t",
+        min=0.0,
+        max=2.0,
+        help="The tolerance at which accuracy, FMR and FNMR (or FNIR and FPIR) are reported.",
+    ),
+]
+
+
+def _encoding_progress() -> tuple[Any, Callable[[int, int], None]]:
+    """A transient progress bar on stderr (only on a terminal), and the callback that advances it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    progress = Progress(
+        TextColumn("encoding"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
+    task = progress.add_task("encode", total=None)
+    return progress, lambda done, total: progress.update(task, completed=done, total=total)
+
+
+def _rate(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+@app.command()
+def evaluate(
+    pairs: Annotated[
+        Optional[Path],
+        typer.Argument(
+            metavar="PAIRS.csv", help="CSV of file_x,file_y,same (same: yes/no, true/false, 1/0).", show_default=False
+        ),
+    ] = None,
+    identities: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--identities",
+            help="Open-set 1:N instead: a folder per person. Half of each person's photos are enrolled, the "
+            "rest are probes; every third person (in name order) is never enrolled.",
+            show_default=False,
+        ),
+    ] = None,
+    tolerance: EvaluateToleranceOption = 0.6,
+    plot: Annotated[
+        Optional[Path],
+        typer.Option("--plot", help="Write the DET curve and the two distance histograms to this PNG.", show_default=False),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Measure accuracy on your own people: 1:1 pairs (FMR, FNMR, EER) or open-set 1:N.
+
+    With PAIRS.csv: every distinct photo is encoded once, and each pair of photos of the same
+    person (same=yes) or of different people (same=no) is compared. Reports accuracy, FMR and
+    FNMR at the tolerance, the EER, and FNMR at FMR 1e-2, 1e-3 and 1e-4 where there are enough
+    different-person pairs (at least 1/FMR). With --identities DIR: rank-1, FNIR and FPIR.
+    Photos without exactly one face are failures to enrol: listed on stderr and counted, not
+    fatal (exit 0). No gallery is read or written.
+
+    **Example:** `consentmatch evaluate pairs.csv --tolerance 0.6 --plot det.png --json`
+    """
+    if pairs is not None and identities is None:
+        _evaluate_pairs(pairs, tolerance, plot, as_json)
+    elif identities is not None and pairs is None:
+        if plot is not None:
+            _fail("--plot draws the curves of a pairs file: use it with PAIRS.csv, not --identities.", 2)
+        _evaluate_identities(identities, tolerance, as_json)
+    else:
+        _fail("Give PAIRS.csv or --identities DIR, exactly one: see consentmatch evaluate --help.", 2)
+
+
+def _evaluate_pairs(pairs: Path, tolerance: float, plot: Path | None, as_json: bool) -> None:
+    from . import evaluate as evaluation
+    from .policy import check_tolerance
+
+    progress, advance = _encoding_progress()
+    with _errors():
+        check_tolerance(tolerance)
+        with progress:
+            scores = evaluation.score_pairs(pairs, progress=advance)
+        result = evaluation.evaluate(scores, tolerance)
+        if plot is not None:
+            evaluation.plot(scores, result, plot)
+    _print_failures(result.failures)
+    if as_json:
+        _json(result.to_dict() | {"plot": str(plot) if plot else None})
+        return
+    table = Table("Measure", "Value", title=f"{result.pairs} pair(s) from {pairs}")
+    table.add_row("Pairs", f"{result.genuine_pairs} same person, {result.impostor_pairs} different people")
+    table.add_row("Tolerance", f"{result.tolerance:g}")
+    table.add_row("Accuracy", _rate(result.accuracy))
+    table.add_row("FMR", _rate(result.fmr))
+    table.add_row("FNMR", _rate(result.fnmr))
+    table.add_row("EER", f"{_rate(result.eer)} at tolerance {_rate(result.eer_tolerance, 3)}")
+    for target, fnmr in result.fnmr_at_fmr:
+        table.add_row(f"FNMR at FMR {target:g}", _rate(fnmr))
+    table.add_row("Failures to enrol", f"{len(result.failures)} ({result.photos} photo(s) encoded)")
+    out.print(table)
+    for note in result.notes:
+        out.print(f"note: {note}")
+    if plot is not None:
+        out.print(f"Plot written to {plot}.")
+
+
+def _evaluate_identities(folder: Path, tolerance: float, as_json: bool) -> None:
+    from .evaluate import evaluate_identities
+    from .policy import check_tolerance
+
+    progress, advance = _encoding_progress()
+    with _errors():
+        check_tolerance(tolerance)
+        with progress:
+            result = evaluate_identities(folder, tolerance, progress=advance)
+    _print_failures(result.failures)
+    if as_json:
+        _json(result.to_dict())
+        return
+    table = Table("Measure", "Value", title=f"Open-set 1:N on {folder}")
+    table.add_row("People", f"{result.people} ({result.enrolled_people} enrolled, {result.templates} template(s))")
+    table.add_row("Probes", f"{result.mated_probes} mated, {result.nonmated_probes} non-mated")
+    table.add_row("Tolerance", f"{result.tolerance:g}")
+    table.add_row("Rank-1", _rate(result.rank1))
+    table.add_row("FNIR", _rate(result.fnir))
+    table.add_row("FPIR", _rate(result.fpir))
+    table.add_row("Failures to enrol", str(len(result.failures)))
+    out.print(table)
+    for note in result.notes:
+        out.print(f"note: {note}")
+
+
+def _print_failures(failures: Sequence[Failure]) -> None:
+    for failure in failures:
+        where = f" (row {failure.row})" if failure.row is not None else ""
+        _error(f"{failure.photo or '-'}{where}: {failure.reason}")
+
+
+@app.command()
+def calibrate(
+    pairs: Annotated[
+        Path,
+        typer.Argument(metavar="PAIRS.csv", help="CSV of file_x,file_y,same: your own people, many different-person pairs."),
+    ],
+    target_fmr: Annotated[
+        float,
+        typer.Option("--target-fmr", help="The false-match rate to meet, e.g. 0.001 (one in a thousand).", show_default=False),
+    ],
+    as_json: JsonOption = False,
+) -> None:
+    """Choose the tolerance that meets a target false-match rate on your own people.
+
+    Prints the largest tolerance (in steps of 0.001) whose FMR on the pairs is at most the
+    target, with the FMR and FNMR it gives. Warns on stderr when there are fewer than
+    3/target different-person pairs: the data cannot then support the target.
+
+    **Example:** `consentmatch calibrate pairs.csv --target-fmr 0.001 --json`
+    """
+    from . import evaluate as evaluation
+
+    progress, advance = _encoding_progress()
+    with _errors():
+        evaluation.check_target_fmr(target_fmr)
+        with progress:
+            scores = evaluation.score_pairs(pairs, progress=advance)
+        result = evaluation.calibrate(scores, target_fmr)
+    _print_failures(result.failures)
+    if result.warning:
+        print(f"warning: {result.warning}", file=sys.stderr, flush=True)
+    if as_json:
+        _json(result.to_dict())
+        return
+    out.print(
+        f"Tolerance {result.tolerance:.3f}: FMR {result.fmr:.4f} (target {result.target_fmr:g}), "
+        f"FNMR {_rate(result.fnmr)}, on {result.genuine_pairs} same-person and {result.impostor_pairs} "
+        "different-person pair(s)."
+    )
 
 
 def main() -> None:

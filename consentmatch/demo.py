@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import secrets
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,7 +45,9 @@ def run(examples: Path | None, console: Console, *, as_json: bool = False) -> No
         else:
             console.print(text)
 
-    with tempfile.TemporaryDirectory(prefix="consentmatch-demo-") as tmp, Gallery(Path(tmp) / "demo.db") as gallery:
+    with tempfile.TemporaryDirectory(prefix="consentmatch-demo-") as tmp, Gallery(
+        Path(tmp) / "demo.db", key=secrets.token_bytes(32), key_dir=Path(tmp) / "keys", actor="demo"
+    ) as gallery:
         say(f"[b]1. Enroll with consent[/b] from {folder / 'consents.csv'} into a throwaway gallery", step="start")
         report = gallery.import_manifest(folder / "consents.csv")
         for info in gallery.subjects():

@@ -5,14 +5,16 @@
     ├── FaceError                 the photo was read, but its faces do not fit the call
     │   ├── NoFaceError
     │   ├── MultipleFacesError
-    │   └── FaceTooSmallError
+    │   ├── FaceTooSmallError
+    │   └── QualityError          below the quality bar (blurred, dark, turned, cut): `reasons` says why
     ├── ConsentError              no consent, or one that is expired or does not cover the purpose
     ├── SubjectNotFoundError      the subject is not enrolled
     ├── GalleryNotFoundError      reading a gallery file that does not exist
-    ├── ManifestError             an import manifest that cannot be read as a whole
+    ├── ManifestError             an import manifest or evaluation pairs file that cannot be read as a whole
     ├── PolicyError               the gallery's policy forbids the call (e.g. a photo taken in an excluded region)
     ├── InvalidArgumentError      a bad value passed to the API (subject name, purpose, tolerance)
     ├── StorageError              SQLite failed: locked, read-only, disk full, corrupt
+    ├── EncryptionKeyError        the gallery key or its data keys are missing or wrong
     └── EngineError               a native engine (dlib, FAISS) failed
 
 Native errors (sqlite3, dlib, FAISS, Pillow) are mapped into this tree where they are raised;
@@ -24,6 +26,7 @@ from __future__ import annotations
 __all__ = [
     "ConsentError",
     "ConsentMatchError",
+    "EncryptionKeyError",
     "EngineError",
     "FaceError",
     "FaceTooSmallError",
@@ -34,6 +37,7 @@ __all__ = [
     "MultipleFacesError",
     "NoFaceError",
     "PolicyError",
+    "QualityError",
     "StorageError",
     "SubjectNotFoundError",
 ]
@@ -71,6 +75,14 @@ class FaceTooSmallError(FaceError):
     """The face is smaller than the minimum width for the call."""
 
 
+class QualityError(FaceError):
+    """The face is below the quality bar; `reasons` lists why, as AWS Rekognition names them."""
+
+    def __init__(self, message: str, photo: str | None = None, reasons: tuple[str, ...] = ()) -> None:
+        super().__init__(message, photo)
+        self.reasons = reasons
+
+
 class ConsentError(ConsentMatchError):
     """No consent, or one that is expired, revoked or does not cover the purpose."""
 
@@ -84,7 +96,7 @@ class GalleryNotFoundError(ConsentMatchError):
 
 
 class ManifestError(ConsentMatchError):
-    """The import manifest cannot be read as a whole (missing file or columns)."""
+    """An import manifest or evaluation pairs file cannot be read as a whole (missing file or columns)."""
 
 
 class PolicyError(ConsentMatchError):
@@ -97,6 +109,10 @@ class InvalidArgumentError(ConsentMatchError, ValueError):
 
 class StorageError(ConsentMatchError):
     """The gallery's SQLite file could not be read or written."""
+
+
+class EncryptionKeyError(ConsentMatchError):
+    """The gallery key or its data keys are missing or do not fit."""
 
 
 class EngineError(ConsentMatchError):

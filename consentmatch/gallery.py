@@ -38,6 +38,7 @@ from .errors import (
 )
 from .images import Photo, PhotoInput, load_photo, photo_name
 from .index import FaceIndex
+from .keys import KeyRing, parse_key
 from .manifest import read_manifest
 from .policy import (
     DEFAULT_POLICY,
@@ -60,6 +61,7 @@ from .results import (
     Erasure,
     FaceMatch,
     ImportReport,
+    KeyInfo,
     MatchResult,
     OptOut,
     Rejection,
@@ -106,6 +108,9 @@ class Gallery:
         encoder: finds and encodes faces; defaults to dlib's models, loaded on first use.
         clock: returns the current UTC time; consents and retention run by it (tests freeze it).
         actor: who is calling, for the audit trail, e.g. ``desk-3:jsmith``.
+        key: the gallery key (32 bytes or 64 hex digits); None: CONSENTMATCH_KEY, the file
+            CONSENTMATCH_KEY_FILE, or a key file created with the gallery (see keys.py).
+        key_dir: where the key files live; None: CONSENTMATCH_KEY_DIR or the user data folder.
 
     Example:
         >>> with Gallery("visitors.db", actor="desk-3") as gallery:
@@ -120,9 +125,11 @@ class Gallery:
         encoder: Encoder | None = None,
         clock: Clock | None = None,
         actor: str | None = None,
+        key: bytes | str | None = None,
+        key_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.path = Path(path)
-        self._store = Store(self.path)
+        self._store = Store(self.path, KeyRing(key, key_dir))
         self._encoder: Encoder = encoder if encoder is not None else encoders.default_encoder()
         self._clock = clock or _utcnow
         self._actor = _check_name(actor, "actor") if actor else _default_actor()
@@ -210,12 +217,12 @@ class Gallery:
                 before = Store.generation(conn)
                 subject_id, already = Store.revoke(conn, reference, now)
                 name = self._subject_name(conn, subject_id)
-                ids, vectors = Store.subject_templates(conn, subject_id)
-                Store.delete_templates(conn, subject_id)
+                ids, vectors = self._store.subject_templates(conn, subject_id)
+                key = Store.delete_templates(conn, subject_id)
                 self._refresh_retention(conn, subject_id, now)
                 audit.append(conn, at=now, actor=self._who(actor), action="consent-revoke", subject=name,
                              details={"consent": reference, "templates_removed": len(ids), "already_revoked": already})
-            return self._erased(before, name, ids, vectors, consents=0, reason="revoke")
+            return self._erased(before, name, ids, vectors, key, consents=0, reason="revoke")
 
     # -- enrollment ------------------------------------------------------------------------
 
@@ -276,7 +283,7 @@ class Gallery:
                     reference = consent.reference
                 else:
                     subject_id, consent_id, reference = self._existing_consent(conn, name, consent, now)
-                ids = [Store.add_template(conn, subject_id, consent_id, f.encoding, sha, f.box, now) for sha, f in faces]
+                ids = [self._store.add_template(conn, subject_id, consent_id, f.encoding, sha, f.box, now) for sha, f in faces]
                 total = Store.template_count(conn, subject_id)
                 self._refresh_retention(conn, subject_id, now)
                 audit.append(conn, at=now, actor=self._who(actor), action="enroll", subject=name,
@@ -415,7 +422,7 @@ class Gallery:
         decoded = load_photo(photo)
         face = single_face(self._encoder.encode(decoded, PROBE_MIN_FACE_PX), decoded.name)
         with self._lock, self._store.read() as conn:
-            _, templates = Store.subject_templates(conn, self._subject_id(conn, name))
+            _, templates = self._store.subject_templates(conn, self._subject_id(conn, name))
         if not len(templates):
             raise SubjectNotFoundError(f"'{name}' has no templates: enroll a photo of the person first.")
         distance = float(np.linalg.norm(templates - face.encoding, axis=1).min())
@@ -441,11 +448,12 @@ class Gallery:
             with self._store.write() as conn:
                 before = Store.generation(conn)
                 subject_id = self._subject_id(conn, name)
-                ids, vectors = Store.subject_templates(conn, subject_id)
+                ids, vectors = self._store.subject_templates(conn, subject_id)
+                key = Store.subject_key_id(conn, subject_id)
                 _, consents = Store.delete_subject(conn, subject_id)
                 audit.append(conn, at=now, actor=self._who(actor), action="forget", subject=name,
                              details={"templates_removed": len(ids), "consents_removed": consents})
-            return self._erased(before, name, ids, vectors, consents=consents, reason="forget")
+            return self._erased(before, name, ids, vectors, key, consents=consents, reason="forget")
 
     def retention(self) -> list[RetentionEntry]:
         """When each enrolled subject's templates must be destroyed, soonest first (no date last)."""
@@ -477,12 +485,12 @@ class Gallery:
                 with self._store.write() as conn:
                     before = Store.generation(conn)
                     subject_id = self._subject_id(conn, entry.subject)
-                    ids, vectors = Store.subject_templates(conn, subject_id)
-                    Store.delete_templates(conn, subject_id)
+                    ids, vectors = self._store.subject_templates(conn, subject_id)
+                    key = Store.delete_templates(conn, subject_id)
                     audit.append(conn, at=now, actor=self._who(actor), action="purge", subject=entry.subject,
                                  details={"templates_removed": len(ids), "rule": entry.rule,
                                           "destroy_by": entry.destroy_by.isoformat() if entry.destroy_by else None})
-                receipts.append(self._erased(before, entry.subject, ids, vectors, consents=0, reason="purge"))
+                receipts.append(self._erased(before, entry.subject, ids, vectors, key, consents=0, reason="purge"))
         return receipts
 
     # -- opt-out registry ------------------------------------------------------------------
@@ -516,10 +524,10 @@ class Gallery:
                     if subject_id is None:
                         continue
                     Store.revoke_all(conn, subject_id, now)
-                    ids, vectors = Store.subject_templates(conn, subject_id)
-                    Store.delete_templates(conn, subject_id)
+                    ids, vectors = self._store.subject_templates(conn, subject_id)
+                    key = Store.delete_templates(conn, subject_id)
                     self._refresh_retention(conn, subject_id, now)
-                receipts.append(self._erased(before, name, ids, vectors, consents=0, reason="optout"))
+                receipts.append(self._erased(before, name, ids, vectors, key, consents=0, reason="optout"))
         return receipts
 
     def remove_optout(self, *, subject: str | None = None, email: str | None = None, actor: str | None = None) -> bool:
@@ -602,6 +610,30 @@ class Gallery:
                               "rule": retention[4] if retention else None},
                 "audit": [e.to_dict() for e in audit.events(conn, name)],
             }
+
+    def key_info(self) -> KeyInfo:
+        """Where this gallery's keys are and how many subject data keys exist (never the keys)."""
+        with self._lock, self._store.read():
+            keys = self._store.keys
+            return KeyInfo(gallery_id=keys.gallery_id or "", key_source=keys.source, key_dir=str(keys.key_dir),
+                           data_keys=len(keys.key_ids()))
+
+    def rotate_key(self, *, new_key: bytes | str | None = None, actor: str | None = None) -> KeyInfo:
+        """Re-wrap every subject's data key under a new gallery key (audited).
+
+        A key file is replaced in place. A key held by the caller (the `key` argument or
+        CONSENTMATCH_KEY) is not stored anywhere: the new one is returned in `new_key`, to install.
+        """
+        fresh = parse_key(new_key, "new_key") if new_key is not None else None
+        with self._lock, self._store.write() as conn:
+            keys = self._store.keys
+            held = keys.key_file is None
+            key, check = keys.rotate(fresh)
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'key_check'", (check,))
+            audit.append(conn, at=self._now(), actor=self._who(actor), action="key-rotate",
+                         details={"data_keys": len(keys.key_ids()), "key_source": keys.source})
+            return KeyInfo(gallery_id=keys.gallery_id or "", key_source=keys.source, key_dir=str(keys.key_dir),
+                           data_keys=len(keys.key_ids()), new_key=key.hex() if held else None)
 
     def subjects(self) -> list[SubjectInfo]:
         """Everyone enrolled, by name, with template count and consents (never templates)."""
@@ -753,9 +785,19 @@ class Gallery:
         return hmac.new(key, email.strip().lower().encode(), hashlib.sha256).hexdigest()
 
     def _erased(
-        self, before: int, name: str, ids: NDArray[np.int64], vectors: NDArray[np.float32], *, consents: int, reason: str
+        self,
+        before: int,
+        name: str,
+        ids: NDArray[np.int64],
+        vectors: NDArray[np.float32],
+        key: str | None,
+        *,
+        consents: int,
+        reason: str,
     ) -> Erasure:
-        """After an erasure commits: drop the index entries, then check that nothing of them is found."""
+        """After an erasure commits: shred the subject's data key, drop the index entries, then
+        check that nothing of them is found."""
+        self._store.shred([key])
         removed = 0
 
         def remove(index: FaceIndex) -> None:
@@ -795,7 +837,7 @@ class Gallery:
         """The index for this store generation, rebuilt from the store when missing or stale."""
         if self._index is None or self._index.generation != generation:
             index = FaceIndex(generation)
-            index.add(*Store.all_templates(conn))
+            index.add(*self._store.all_templates(conn))
             self._index = index
         return self._index
 

@@ -1,7 +1,7 @@
 """Numbered schema steps. Step N brings a gallery from `user_version` N-1 to N; never edit a shipped step.
 
-Templates are stored as BLOBs of 128 little-endian float32 (512 bytes). Times are fixed-width
-ISO 8601 UTC text, so SQL compares them as strings.
+Templates are 128 little-endian float32 (512 bytes), sealed since step 3 (see keys.py). Times
+are fixed-width ISO 8601 UTC text, so SQL compares them as strings.
 """
 
 from __future__ import annotations
@@ -99,5 +99,27 @@ MIGRATIONS: tuple[str, ...] = (
         BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
     INSERT INTO meta (key, value) VALUES ('audit_head', '0:' || hex(zeroblob(32)));
     INSERT INTO meta (key, value) VALUES ('optout_salt', lower(hex(randomblob(16))));
+    """,
+    # 3: templates sealed with per-subject data keys (AES-256-GCM, keys outside the file): the
+    #    embedding column holds nonce + ciphertext + tag; ids never reused; a gallery id names
+    #    the gallery's key files. Plaintext rows of step 2 are sealed at the next open.
+    """
+    CREATE TABLE templates_sealed (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        subject_id INTEGER NOT NULL REFERENCES subjects(id) ON DELETE CASCADE,
+        consent_id INTEGER NOT NULL REFERENCES consents(id) ON DELETE CASCADE,
+        embedding BLOB NOT NULL,
+        photo_sha256 TEXT NOT NULL,
+        box TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    INSERT INTO templates_sealed (id, subject_id, consent_id, embedding, photo_sha256, box, created_at)
+        SELECT id, subject_id, consent_id, embedding, photo_sha256, box, created_at FROM templates;
+    DROP TABLE templates;
+    ALTER TABLE templates_sealed RENAME TO templates;
+    CREATE INDEX templates_subject ON templates(subject_id);
+    CREATE INDEX templates_consent ON templates(consent_id);
+    ALTER TABLE subjects ADD COLUMN key_id TEXT;
+    INSERT INTO meta (key, value) VALUES ('gallery_id', lower(hex(randomblob(16))));
     """,
 )

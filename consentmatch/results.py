@@ -5,7 +5,7 @@ Each has `to_dict()` giving the JSON shape of the CLI's `--json` output.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +19,7 @@ __all__ = [
     "Erasure",
     "FaceMatch",
     "ImportReport",
+    "KeyInfo",
     "MatchResult",
     "OptOut",
     "Rejection",
@@ -340,3 +341,18 @@ class AuditCheck:
             "broken_at": self.broken_at,
             "problem": self.problem,
         }
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """Where a gallery's keys are; after a rotation of a caller-held key, the new key to install."""
+
+    gallery_id: str
+    key_source: str
+    key_dir: str
+    data_keys: int
+    new_key: str | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gallery_id": self.gallery_id, "key_source": self.key_source, "key_dir": self.key_dir,
+                "data_keys": self.data_keys, "new_key": self.new_key}

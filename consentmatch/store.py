@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from .consent import Consent
 from .encoder import DIMENSIONS
 from .errors import ConsentError, GalleryNotFoundError, StorageError
+from .keys import KeyRing, aead, unseal_with
 from .migrations import APPLICATION_ID, MIGRATIONS
 from .policy import DEFAULT_POLICY, ConsentTerm
 from .results import Box, ConsentRecord, SubjectInfo
@@ -31,6 +32,7 @@ from .results import Box, ConsentRecord, SubjectInfo
 __all__ = ["Searchable", "Store"]
 
 _EMBEDDING = np.dtype("<f4")
+_PLAIN_BYTES = 512  # an unsealed template (schema 2 and older)
 
 
 def _ts(moment: datetime) -> str:
@@ -62,8 +64,9 @@ class Searchable:
 class Store:
     """The gallery's SQLite file. Opened lazily: reads of a missing file raise, the first write creates it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, keys: KeyRing | None = None) -> None:
         self.path = path
+        self.keys = keys or KeyRing()
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.RLock()
 
@@ -88,12 +91,73 @@ class Store:
                 conn.execute("PRAGMA secure_delete = ON")  # erased templates are overwritten, not just unlinked
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = FULL")
+                conn.execute("PRAGMA temp_store = MEMORY")  # no sort or temp table ever spills to a file
                 self._migrate(conn)
+                self._open_keys(conn, create)
             except BaseException:
                 conn.close()
                 raise
         self._conn = conn
         return conn
+
+    def _open_keys(self, conn: sqlite3.Connection, create: bool) -> None:
+        """Open the gallery's keys; seal plaintext rows of older schemas; drop rows whose key was shredded."""
+        meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('gallery_id', 'key_check')").fetchall())
+        check = self.keys.open(str(meta["gallery_id"]), meta.get("key_check"), create=create or "key_check" not in meta)
+        plaintext = conn.execute(f"SELECT count(*) FROM templates WHERE length(embedding) = {_PLAIN_BYTES}").fetchone()[0]
+        known = self.keys.key_ids()
+        shredded = [
+            (int(i), str(k)) for i, k in conn.execute("SELECT id, key_id FROM subjects WHERE key_id IS NOT NULL")
+            if k not in known
+        ]
+        if check is None and not plaintext and not shredded:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if check is not None:
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('key_check', ?)", (check,))
+            for subject_id, _ in shredded:  # e.g. a backup restored after an erasure: those rows stay dead
+                conn.execute("DELETE FROM templates WHERE subject_id = ?", (subject_id,))
+                conn.execute("UPDATE subjects SET key_id = NULL WHERE id = ?", (subject_id,))
+            rows = conn.execute(
+                f"SELECT id, subject_id, embedding FROM templates WHERE length(embedding) = {_PLAIN_BYTES}"
+            ).fetchall()
+            for template_id, subject_id, blob in rows:
+                key_id = self._subject_key(conn, int(subject_id))
+                conn.execute("UPDATE templates SET embedding = ? WHERE id = ?",
+                             (self.keys.seal_template(key_id, bytes(blob)), template_id))
+            if shredded or rows:
+                conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if rows:
+            self.checkpoint()
+
+    def _subject_key(self, conn: sqlite3.Connection, subject_id: int) -> str:
+        """The subject's data key id, created with its first template."""
+        (key_id,) = conn.execute("SELECT key_id FROM subjects WHERE id = ?", (subject_id,)).fetchone()
+        if key_id is None or self.keys.data_key(str(key_id)) is None:
+            key_id = self.keys.new_subject_key()
+            conn.execute("UPDATE subjects SET key_id = ? WHERE id = ?", (key_id, subject_id))
+        return str(key_id)
+
+    def shred(self, key_ids: Sequence[str | None]) -> None:
+        """Destroy erased subjects' data keys and flush the WAL: no copy of their templates stays readable."""
+        self.keys.shred([k for k in key_ids if k])
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        with self._lock, self._mapped():
+            if self._conn is not None:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    @staticmethod
+    def subject_key_id(conn: sqlite3.Connection, subject_id: int) -> str | None:
+        row = conn.execute("SELECT key_id FROM subjects WHERE id = ?", (subject_id,)).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         (app_id,) = conn.execute("PRAGMA application_id").fetchone()
@@ -171,6 +235,7 @@ class Store:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            self.keys.close()
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -243,8 +308,8 @@ class Store:
         ).fetchone()
         return None if row is None else str(row[0])
 
-    @staticmethod
     def add_template(
+        self,
         conn: sqlite3.Connection,
         subject_id: int,
         consent_id: int,
@@ -253,7 +318,8 @@ class Store:
         box: Box,
         now: datetime,
     ) -> int:
-        blob = np.ascontiguousarray(embedding, dtype=_EMBEDDING).tobytes()
+        plain = np.ascontiguousarray(embedding, dtype=_EMBEDDING).tobytes()
+        blob = self.keys.seal_template(self._subject_key(conn, subject_id), plain)
         cursor = conn.execute(
             "INSERT INTO templates (subject_id, consent_id, embedding, photo_sha256, box, created_at) VALUES (?, ?, ?, ?, ?, ?)",
             (subject_id, consent_id, blob, photo_sha256, json.dumps(box.to_list()), _ts(now)),
@@ -275,12 +341,32 @@ class Store:
         conn.execute("DELETE FROM subjects WHERE id = ?", (subject_id,))
         return ids, int(consents)
 
-    @staticmethod
-    def all_templates(conn: sqlite3.Connection) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-        rows = conn.execute("SELECT id, embedding FROM templates ORDER BY id").fetchall()
-        ids = np.array([r[0] for r in rows], dtype=np.int64)
-        vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=_EMBEDDING).astype(np.float32)
-        return ids, vectors.reshape(-1, DIMENSIONS)
+    def all_templates(self, conn: sqlite3.Connection) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """Every readable template, decrypted in memory (never written anywhere in plaintext)."""
+        return self._unsealed(conn.execute(
+            "SELECT t.id, s.key_id, t.embedding FROM templates t JOIN subjects s ON s.id = t.subject_id ORDER BY t.id"
+        ))
+
+    def _unsealed(self, rows: Iterable[tuple[int, str | None, bytes]]) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """Decrypt (id, key id, sealed) rows; rows whose key is shredded or does not fit are left out."""
+        ciphers: dict[str, Any] = {}
+        ids: list[int] = []
+        plain: list[bytes] = []
+        for template_id, key_id, blob in rows:
+            if key_id is None:
+                continue
+            cipher = ciphers.get(key_id)
+            if cipher is None:
+                dek = self.keys.data_key(key_id)
+                if dek is None:
+                    continue
+                cipher = ciphers[key_id] = aead(dek)
+            data = unseal_with(cipher, bytes(blob), key_id.encode())
+            if data is not None:
+                ids.append(int(template_id))
+                plain.append(data)
+        vectors = np.frombuffer(b"".join(plain), dtype=_EMBEDDING).astype(np.float32)
+        return np.array(ids, dtype=np.int64), vectors.reshape(-1, DIMENSIONS)
 
     @staticmethod
     def searchable(conn: sqlite3.Connection, purpose: str | None, now: datetime) -> Searchable:
@@ -329,12 +415,12 @@ class Store:
         )
         return {str(r[0]) for r in rows}
 
-    @staticmethod
-    def subject_templates(conn: sqlite3.Connection, subject_id: int) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-        rows = conn.execute("SELECT id, embedding FROM templates WHERE subject_id = ? ORDER BY id", (subject_id,)).fetchall()
-        ids = np.array([r[0] for r in rows], dtype=np.int64)
-        vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype=_EMBEDDING).astype(np.float32)
-        return ids, vectors.reshape(-1, DIMENSIONS)
+    def subject_templates(self, conn: sqlite3.Connection, subject_id: int) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        return self._unsealed(conn.execute(
+            """SELECT t.id, s.key_id, t.embedding FROM templates t JOIN subjects s ON s.id = t.subject_id
+               WHERE t.subject_id = ? ORDER BY t.id""",
+            (subject_id,),
+        ))
 
     @staticmethod
     def consent_records(
@@ -398,13 +484,15 @@ class Store:
     # -- erasure, retention, policy, opt-outs ------------------------------------------------
 
     @staticmethod
-    def delete_templates(conn: sqlite3.Connection, subject_id: int) -> NDArray[np.int64]:
-        """Delete a subject's templates only (consent records stay, as tombstones); returns their ids."""
-        ids = np.array(
-            [r[0] for r in conn.execute("SELECT id FROM templates WHERE subject_id = ?", (subject_id,))], dtype=np.int64
-        )
+    def delete_templates(conn: sqlite3.Connection, subject_id: int) -> str | None:
+        """Delete a subject's templates only (consent records stay, as tombstones).
+
+        Returns the data key id to shred once this commits; the subject gets a new key if re-enrolled.
+        """
+        key_id = Store.subject_key_id(conn, subject_id)
         conn.execute("DELETE FROM templates WHERE subject_id = ?", (subject_id,))
-        return ids
+        conn.execute("UPDATE subjects SET key_id = NULL WHERE id = ?", (subject_id,))
+        return key_id
 
     @staticmethod
     def revoke(conn: sqlite3.Connection, reference: str, now: datetime) -> tuple[int, bool]:

@@ -59,6 +59,20 @@ def fake_photo(folder: Path, name: str, *faces: tuple[int, int], size: int = 100
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _key_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Gallery keys for the whole session in a temporary folder (subprocesses inherit it)."""
+    import os
+
+    saved = {name: os.environ.pop(name, None) for name in ("CONSENTMATCH_KEY", "CONSENTMATCH_KEY_FILE")}
+    folder = tmp_path_factory.mktemp("keys")
+    os.environ["CONSENTMATCH_KEY_DIR"] = str(folder)
+    yield folder
+    for name, value in saved.items():
+        if value is not None:
+            os.environ[name] = value
+
+
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CONSENTMATCH_GALLERY", raising=False)

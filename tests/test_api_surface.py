@@ -13,10 +13,10 @@ from consentmatch.cli import app
 
 def test_public_names_are_pinned() -> None:
     assert sorted(consentmatch.__all__) == sorted([
-        "AuditCheck", "AuditEvent", "Box", "Candidate", "Consent", "ConsentError", "ConsentMatchError", "ConsentRecord", "EngineError",
+        "AuditCheck", "AuditEvent", "Box", "Candidate", "Consent", "ConsentError", "ConsentMatchError", "ConsentRecord", "EncryptionKeyError", "EngineError",
         "Enrollment", "Erasure", "FaceError", "FaceMatch", "FaceTooSmallError", "Gallery", "GalleryNotFoundError",
-        "ImageError", "ImportReport", "InvalidArgumentError", "ManifestError", "MatchResult", "MultipleFacesError",
-        "NoFaceError", "OptOut", "PolicyError", "Rejection", "RetentionEntry", "StorageError", "SubjectInfo", "SubjectNotFoundError", "Verification", "__version__",
+        "ImageError", "ImportReport", "KeyInfo", "InvalidArgumentError", "ManifestError", "MatchResult", "MultipleFacesError",
+        "NoFaceError", "QualityError", "OptOut", "PolicyError", "Rejection", "RetentionEntry", "StorageError", "SubjectInfo", "SubjectNotFoundError", "Verification", "__version__",
     ])
     for name in consentmatch.__all__:
         assert getattr(consentmatch, name) is not None
@@ -35,8 +35,9 @@ VERBS = {
     "consent grant": "grant_consent", "consent show": "consent", "consent list": "consents",
     "consent revoke": "revoke_consent", "policy show": "policy", "policy set": "set_policy",
     "optout add": "add_optout", "optout remove": "remove_optout", "optout list": "optouts",
+    "key info": "key_info", "key rotate": "rotate_key",
 }
-NOT_GALLERY_VERBS = {"demo", "evaluate", "calibrate"}  # the CLI's own tools, beside the mirror
+NOT_GALLERY_VERBS = {"demo", "evaluate", "calibrate", "key generate"}  # the CLI's own tools, beside the mirror
 
 
 def _commands() -> set[str]:

@@ -164,20 +164,6 @@ def test_a_file_that_is_not_a_gallery(tmp_path: Path, consent: Consent) -> None:
     assert junk.read_bytes() == b"this is not sqlite at all" * 100
 
 
-def test_templates_are_float32_blobs_and_never_pickled(fake_gallery: Gallery, tmp_path: Path, consent: Consent) -> None:
-    import sqlite3
-
-    fake_gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], consent)
-    fake_gallery.close()
-    conn = sqlite3.connect(fake_gallery.path)
-    (blob,) = conn.execute("SELECT embedding FROM templates").fetchone()
-    conn.close()
-    from .conftest import fake_encoding
-
-    assert len(blob) == 512
-    assert np.array_equal(np.frombuffer(blob, "<f4"), fake_encoding(10))
-
-
 def test_concurrent_searches_while_enrolling_and_forgetting(fake_gallery: Gallery, tmp_path: Path) -> None:
     probe = fake_photo(tmp_path, "probe.png", (10, 1))
     fake_gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], Consent("RA", [PURPOSE]))

@@ -1,0 +1,295 @@
+"""Template encryption: a gallery key outside the gallery, and one data key per subject.
+
+Layout (all outside the gallery file):
+    gallery key (KEK)  CONSENTMATCH_KEY (64 hex digits), else the file CONSENTMATCH_KEY_FILE,
+                       else <key dir>/<gallery id>.key, created with the gallery (mode 0600)
+    data keys (DEKs)   <key dir>/<gallery id>.deks, an SQLite file of per-subject keys, each
+                       wrapped (AES-256-GCM) by the gallery key
+    key dir            CONSENTMATCH_KEY_DIR, else $XDG_DATA_HOME/consentmatch/keys
+                       (~/.local/share/consentmatch/keys)
+
+Each template is sealed with its subject's data key (AES-256-GCM, a random 96-bit nonce, the
+subject's key id as associated data). Erasing a subject deletes its data key: a copy of the
+gallery file restored from before the erasure can no longer be decrypted for that subject
+(crypto-shredding).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sqlite3
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from .errors import EncryptionKeyError
+
+__all__ = ["KEY_BYTES", "KeyRing", "generate_key", "parse_key", "write_private"]
+
+KEY_BYTES = 32
+NONCE_BYTES = 12
+SEALED_TEMPLATE_BYTES = NONCE_BYTES + 512 + 16  # nonce + 128 float32 + GCM tag
+_CHECK = b"consentmatch gallery key check"
+
+
+def generate_key() -> str:
+    """A new random gallery key, as the 64 hex digits CONSENTMATCH_KEY takes."""
+    return secrets.token_hex(KEY_BYTES)
+
+
+def parse_key(text: str | bytes, source: str) -> bytes:
+    """32 raw bytes, or 64 hex digits (as text or bytes).
+
+    Raises:
+        EncryptionKeyError: neither.
+    """
+    raw = text.encode() if isinstance(text, str) else text
+    if len(raw) == KEY_BYTES:
+        return raw
+    try:
+        key = bytes.fromhex(raw.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        key = b""
+    if len(key) != KEY_BYTES:
+        raise EncryptionKeyError(f"The gallery key from {source} is not 64 hex digits: make one with `consentmatch key generate`.")
+    return key
+
+
+def default_key_dir() -> Path:
+    configured = os.environ.get("CONSENTMATCH_KEY_DIR")
+    if configured:
+        return Path(configured)
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "consentmatch" / "keys"
+
+
+def aead(key: bytes) -> Any:
+    """An AES-256-GCM cipher (cryptography's AESGCM), imported lazily so `import consentmatch` stays light."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(key)
+
+
+def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    return nonce + bytes(aead(key).encrypt(nonce, plaintext, aad))
+
+
+def unseal(key: bytes, sealed: bytes, aad: bytes) -> bytes | None:
+    """The plaintext, or None when the key or associated data do not fit (tampered or wrong key)."""
+    return unseal_with(aead(key), sealed, aad)
+
+
+def unseal_with(cipher: Any, sealed: bytes, aad: bytes) -> bytes | None:
+    from cryptography.exceptions import InvalidTag
+
+    try:
+        return bytes(cipher.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], aad))
+    except InvalidTag:
+        return None
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret file atomically (temp + fsync + rename), readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(handle, 0o600)
+        os.write(handle, data)
+        os.fsync(handle)
+        os.close(handle)
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
+
+
+class KeyRing:
+    """The gallery key and the per-subject data keys of one gallery.
+
+    Args:
+        key: the gallery key itself (32 bytes or 64 hex digits); None: from the environment
+            or the key file.
+        key_dir: where key files live; None: CONSENTMATCH_KEY_DIR or the user data folder.
+    """
+
+    def __init__(self, key: bytes | str | None = None, key_dir: str | os.PathLike[str] | None = None) -> None:
+        self._given = parse_key(key, "the `key` argument") if key is not None else None
+        self.key_dir = Path(key_dir) if key_dir is not None else default_key_dir()
+        self._lock = threading.RLock()
+        self._kek: bytes | None = None
+        self._deks: dict[str, bytes] = {}
+        self._conn: sqlite3.Connection | None = None
+        self.gallery_id: str | None = None
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def open(self, gallery_id: str, key_check: str | None, *, create: bool) -> str | None:
+        """Load the gallery key and the data-key store; returns a new key check when creating.
+
+        Raises:
+            EncryptionKeyError: the key or the data-key store is missing, or the key is wrong.
+        """
+        with self._lock:
+            if self._kek is not None and self.gallery_id == gallery_id:
+                return None
+            self.gallery_id = gallery_id
+            kek = self._load_kek(gallery_id, create=create and key_check is None)
+            deks = self.key_dir / f"{gallery_id}.deks"
+            if key_check is None:
+                if not create:
+                    raise EncryptionKeyError("This gallery has no key check: it was not created by consentmatch.")
+                check = seal(kek, _CHECK, gallery_id.encode()).hex()
+            else:
+                if unseal(kek, bytes.fromhex(key_check), gallery_id.encode()) != _CHECK:
+                    raise EncryptionKeyError(
+                        "The gallery key does not open this gallery: set CONSENTMATCH_KEY or CONSENTMATCH_KEY_FILE "
+                        "to the key it was created with."
+                    )
+                if not deks.exists():
+                    raise EncryptionKeyError(
+                        f"The data keys of this gallery are missing ({deks}): set CONSENTMATCH_KEY_DIR to the folder "
+                        "that holds them, or restore it from your key backup."
+                    )
+                check = None
+            self._kek = kek
+            self._open_deks(deks)
+            return check
+
+    def _load_kek(self, gallery_id: str, *, create: bool) -> bytes:
+        if self._given is not None:
+            return self._given
+        if os.environ.get("CONSENTMATCH_KEY"):
+            return parse_key(os.environ["CONSENTMATCH_KEY"], "CONSENTMATCH_KEY")
+        named = os.environ.get("CONSENTMATCH_KEY_FILE")
+        path = Path(named) if named else self.key_dir / f"{gallery_id}.key"
+        if path.exists():
+            try:
+                return parse_key(path.read_bytes(), str(path))
+            except OSError as exc:
+                raise EncryptionKeyError(f"The gallery key file '{path}' cannot be read ({exc.strerror or exc}).") from None
+        if create and not named:
+            key = secrets.token_bytes(KEY_BYTES)
+            write_private(path, key.hex().encode())
+            return key
+        raise EncryptionKeyError(
+            f"The gallery key was not found ({path}): set CONSENTMATCH_KEY or CONSENTMATCH_KEY_FILE, "
+            "or CONSENTMATCH_KEY_DIR to the folder that holds it."
+        )
+
+    def _open_deks(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+            os.chmod(path, 0o600)
+            conn.execute("PRAGMA secure_delete = ON")  # a shredded key is overwritten, not just unlinked
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("CREATE TABLE IF NOT EXISTS deks (key_id TEXT PRIMARY KEY, wrapped BLOB NOT NULL)")
+        except sqlite3.Error as exc:
+            raise EncryptionKeyError(f"The data-key store '{path}' cannot be opened ({exc}).") from None
+        self._conn = conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn, self._kek, self.gallery_id = None, None, None
+            self._deks.clear()
+
+    # -- data keys -------------------------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None or self._kek is None:
+            raise EncryptionKeyError("The gallery's keys are not open.")
+        return self._conn
+
+    def new_subject_key(self) -> str:
+        """Create and store a data key for a new subject; returns its id (committed at once)."""
+        with self._lock:
+            key_id = secrets.token_hex(16)
+            dek = secrets.token_bytes(KEY_BYTES)
+            assert self._kek is not None
+            self._db().execute("INSERT INTO deks (key_id, wrapped) VALUES (?, ?)", (key_id, seal(self._kek, dek, key_id.encode())))
+            self._deks[key_id] = dek
+            return key_id
+
+    def data_key(self, key_id: str) -> bytes | None:
+        """The subject's data key, or None once shredded."""
+        with self._lock:
+            if key_id not in self._deks:
+                row = self._db().execute("SELECT wrapped FROM deks WHERE key_id = ?", (key_id,)).fetchone()
+                if row is None:
+                    return None
+                assert self._kek is not None
+                dek = unseal(self._kek, bytes(row[0]), key_id.encode())
+                if dek is None:
+                    raise EncryptionKeyError(f"The data key {key_id[:8]}... does not open with this gallery key.")
+                self._deks[key_id] = dek
+            return self._deks[key_id]
+
+    def key_ids(self) -> set[str]:
+        with self._lock:
+            return {str(r[0]) for r in self._db().execute("SELECT key_id FROM deks")}
+
+    def shred(self, key_ids: list[str]) -> None:
+        """Destroy data keys for good: what they sealed can no longer be read, in any copy."""
+        with self._lock:
+            conn = self._db()
+            conn.executemany("DELETE FROM deks WHERE key_id = ?", [(k,) for k in key_ids])
+            for key_id in key_ids:
+                self._deks.pop(key_id, None)
+
+    def seal_template(self, key_id: str, plaintext: bytes) -> bytes:
+        dek = self.data_key(key_id)
+        if dek is None:
+            raise EncryptionKeyError("This subject's data key was shredded: the subject was erased.")
+        return seal(dek, plaintext, key_id.encode())
+
+    def rotate(self, new_key: bytes | None = None) -> tuple[bytes, str]:
+        """Re-wrap every data key under a new gallery key; returns (the new key, the new key check).
+
+        A key file (the default one or CONSENTMATCH_KEY_FILE) is replaced atomically; a key
+        given as an argument or in CONSENTMATCH_KEY is the caller's to replace.
+        """
+        with self._lock:
+            conn, old = self._db(), self._kek
+            assert old is not None and self.gallery_id is not None
+            fresh = new_key or secrets.token_bytes(KEY_BYTES)
+            rows = conn.execute("SELECT key_id, wrapped FROM deks").fetchall()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for key_id, wrapped in rows:
+                    dek = unseal(old, bytes(wrapped), str(key_id).encode())
+                    if dek is None:
+                        raise EncryptionKeyError(f"Data key {str(key_id)[:8]}... does not open: rotation stopped, nothing changed.")
+                    conn.execute("UPDATE deks SET wrapped = ? WHERE key_id = ?", (seal(fresh, dek, str(key_id).encode()), key_id))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            if self.key_file is not None:
+                write_private(self.key_file, fresh.hex().encode())
+            self._kek = fresh
+            return fresh, seal(fresh, _CHECK, self.gallery_id.encode()).hex()
+
+    @property
+    def source(self) -> str:
+        """Where the gallery key comes from: argument, CONSENTMATCH_KEY, or a key file."""
+        if self._given is not None:
+            return "argument"
+        if os.environ.get("CONSENTMATCH_KEY"):
+            return "CONSENTMATCH_KEY"
+        return f"key file {self.key_file}"
+
+    @property
+    def key_file(self) -> Path | None:
+        """The file holding the gallery key, when it is a file (named, or the default one)."""
+        if self._given is not None or os.environ.get("CONSENTMATCH_KEY"):
+            return None
+        named = os.environ.get("CONSENTMATCH_KEY_FILE")
+        if named:
+            return Path(named)
+        return self.key_dir / f"{self.gallery_id}.key" if self.gallery_id else None
