@@ -1,0 +1,150 @@
+"""Photos: our CLI against face_recognition's own CLI, whole processes, model loading included.
+
+The same job both ways: the known people (one folder of photos per person) and the unknown
+photos to name. face_recognition's CLI does it in one process that encodes every known photo
+again on each run (`face_recognition --cpus 2 KNOWN UNKNOWN`, its known folder holding one
+file per photo named after the person). Ours enrolls once (`consentmatch import`) and then
+matches (`consentmatch match`), so two figures: the first run's import + match, and match
+alone, which is what every later run costs. Runs alternate between the two tools; the ratios
+are of medians. Both tools' decisions (who is in each photo, tolerance 0.6) are checked
+against expected.csv.
+
+    uv run python benchmarks/photos.py [--known examples/people] [--unknown examples/probes] [--runs 5] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PURPOSE = "visitor-check-in"
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png"}  # what face_recognition's CLI reads
+
+
+def _tool(name: str) -> str:
+    """A console script of this environment (the venv that runs this file), else from PATH."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        raise SystemExit(f"'{name}' not found: run this with `uv run python benchmarks/photos.py`.")
+    return found
+
+
+def _timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    elapsed = time.perf_counter() - start
+    if done.returncode not in (0, 1):  # 1: some input was rejected or unreadable, still a result
+        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+    return elapsed, done.stdout
+
+
+def _peer_decisions(output: str) -> dict[str, list[str]]:
+    """face_recognition's lines `path,name` (one per known photo within the tolerance) -> names per photo."""
+    found: dict[str, set[str]] = {}
+    for line in output.splitlines():
+        path, _, name = line.rpartition(",")
+        names = found.setdefault(Path(path).name, set())
+        if name not in ("unknown_person", "no_persons_found"):
+            names.add(name.split("--")[0])
+    return {photo: sorted(names) for photo, names in found.items()}
+
+
+def _our_decisions(output: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for line in output.splitlines():
+        result = json.loads(line)
+        found[Path(result["image"]).name] = sorted({f["subject"] for f in result["faces"] if f["subject"]})
+    return found
+
+
+def _expected(path: Path) -> dict[str, list[str]]:
+    with path.open(newline="") as handle:
+        return {Path(row["file"]).name: sorted(set(row["subjects"].split())) for row in csv.DictReader(handle)}
+
+
+def run(known: Path, unknown: Path, expected: Path | None, runs: int, cpus: int) -> dict[str, Any]:
+    people = {p.name: sorted(f for f in p.iterdir() if f.suffix.lower() in PHOTO_SUFFIXES) for p in sorted(known.iterdir()) if p.is_dir()}
+    probes = sorted(f for f in unknown.iterdir() if f.suffix.lower() in PHOTO_SUFFIXES)
+    peer, ours = _tool("face_recognition"), _tool("consentmatch")
+    peer_s: list[float] = []
+    import_s: list[float] = []
+    match_s: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="consentmatch-photos-") as folder:
+        work = Path(folder)
+        flat_known = work / "known"  # face_recognition's layout: the file name is the person
+        flat_known.mkdir()
+        manifest = work / "manifest.csv"
+        with manifest.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["subject", "photo", "consent_ref", "purposes", "expires", "jurisdiction"])
+            for name, photos in people.items():
+                for number, photo in enumerate(photos, start=1):
+                    shutil.copyfile(photo, flat_known / f"{name}--{number}{photo.suffix.lower()}")
+                    writer.writerow([name, str(photo.resolve()), f"BENCH-{name}", PURPOSE, "", ""])
+        env = {**os.environ, "CONSENTMATCH_KEY_DIR": str(work / "keys"), "PYTHONWARNINGS": "ignore"}
+        env.pop("CONSENTMATCH_GALLERY", None)
+        peer_out = ours_out = ""
+        for number in range(runs):
+            gallery = work / f"gallery-{number}.db"
+            elapsed, peer_out = _timed([peer, "--cpus", str(cpus), str(flat_known), str(unknown)], env)
+            peer_s.append(elapsed)
+            elapsed, _ = _timed([ours, "import", str(manifest), "-g", str(gallery), "--json"], env)
+            import_s.append(elapsed)
+            elapsed, ours_out = _timed([ours, "match", *map(str, probes), "-g", str(gallery), "--purpose", PURPOSE, "--json"], env)
+            match_s.append(elapsed)
+
+    peer_found, ours_found = _peer_decisions(peer_out), _our_decisions(ours_out)
+    wanted = _expected(expected) if expected is not None else {}
+    names = [p.name for p in probes]
+    peer_total, import_total, match_total = (statistics.median(s) for s in (peer_s, import_s, match_s))
+    return {
+        "known_photos": sum(map(len, people.values())),
+        "unknown_photos": len(probes),
+        "runs": runs,
+        "face_recognition_s": round(peer_total, 2),
+        "consentmatch_import_s": round(import_total, 2),
+        "consentmatch_match_s": round(match_total, 2),
+        "ratio_import_and_match": round(peer_total / (import_total + match_total), 2),
+        "ratio_match": round(peer_total / match_total, 2),
+        "same_decisions": all(peer_found.get(n) == ours_found.get(n) for n in names),
+        "differences": {n: {"face_recognition": peer_found.get(n), "consentmatch": ours_found.get(n)}
+                        for n in names if peer_found.get(n) != ours_found.get(n)},
+        "face_recognition_as_expected": sum(peer_found.get(n) == wanted[n] for n in names if n in wanted),
+        "consentmatch_as_expected": sum(ours_found.get(n) == wanted[n] for n in names if n in wanted),
+        "expected_rows": sum(n in wanted for n in names),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--known", type=Path, default=ROOT / "examples" / "people", help="one folder of photos per person")
+    parser.add_argument("--unknown", type=Path, default=ROOT / "examples" / "probes", help="photos to name")
+    parser.add_argument("--expected", type=Path, default=ROOT / "examples" / "expected.csv", help="file,faces,subjects")
+    parser.add_argument("--runs", type=int, default=5, help="runs of each tool, alternating (default 5)")
+    parser.add_argument("--cpus", type=int, default=2, help="face_recognition's --cpus (default 2)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    expected = args.expected if args.expected.exists() else None
+    result = run(args.known, args.unknown, expected, args.runs, args.cpus)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        width = max(map(len, result))
+        for key, value in result.items():
+            print(f"{key:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    main()

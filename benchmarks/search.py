@@ -1,0 +1,253 @@
+"""1:N search at scale: the project's own store and index with N templates, timed per probe.
+
+Fills a real gallery file (consentmatch.store.Store, in a temporary folder) with N templates the
+way the gallery enrolls them, two per subject, every subject consented for `visitor-check-in`
+and every tenth also for `staff-access`. Then opens it as the gallery does (read every template,
+build the index) and times single-probe searches through the same FaceIndex, filtered by
+purpose as `Gallery.match` filters them. recall@1 is how often the index's nearest template is
+exact search's nearest; `face_distance` is face_recognition's linear scan over the same templates.
+
+Templates are synthetic unless --data names an (N, 128) float32 .npy: the statistics of dlib
+encodings (a shared mean of norm ~1.3, distances between people ~0.8). Probes are a second
+"photo" of a stored person (the stored row plus noise of norm 0.3-0.5, where dlib puts most
+same-person pairs) unless --probes names a .npy.
+
+    uv run python benchmarks/search.py --size 1000000 --queries 200 --json
+    uv run python benchmarks/search.py --size 1000000 --exact --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from consentmatch.consent import Consent
+from consentmatch.encoder import DIMENSIONS
+from consentmatch.index import FaceIndex
+from consentmatch.results import Box
+from consentmatch.store import Store
+
+PURPOSE, SUBSET_PURPOSE = "visitor-check-in", "staff-access"
+PER_SUBJECT = 2  # templates per subject, as with two enrollment photos
+SUBSET_EVERY = 10  # every tenth subject also consented for SUBSET_PURPOSE
+TOP_K = 5  # Gallery.match's default
+
+
+def synthetic_templates(size: int, seed: int = 0) -> NDArray[np.float32]:
+    """Rows shaped like dlib encodings: a common mean plus a spread with a decaying spectrum."""
+    rng = np.random.default_rng(seed)
+    mean = rng.standard_normal(DIMENSIONS)
+    mean *= 1.31 / np.linalg.norm(mean)  # dlib encodings have norm ~1.4, mostly a shared mean
+    basis, _ = np.linalg.qr(rng.standard_normal((DIMENSIONS, DIMENSIONS)))
+    scale = np.arange(1, DIMENSIONS + 1) ** -0.5
+    spread = (basis * (0.6 * scale / np.linalg.norm(scale))).T.astype(np.float32)  # people ~0.8 apart
+    rows = np.empty((size, DIMENSIONS), dtype=np.float32)
+    for start in range(0, size, 100_000):
+        block = rng.standard_normal((min(100_000, size - start), DIMENSIONS), dtype=np.float32)
+        rows[start : start + len(block)] = block @ spread + mean.astype(np.float32)
+    return rows
+
+
+def second_photos(rows: NDArray[np.float32], count: int, seed: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """Noisy copies of `count` random rows (distance 0.3-0.5: a second photo of the same person)."""
+    rng = np.random.default_rng(seed)
+    sources = rng.choice(len(rows), size=min(count, len(rows)), replace=False)
+    noise = rng.standard_normal((len(sources), DIMENSIONS))
+    noise *= rng.uniform(0.3, 0.5, (len(sources), 1)) / np.linalg.norm(noise, axis=1, keepdims=True)
+    return (rows[sources] + noise).astype(np.float32), sources
+
+
+def fill_store(path: Path, rows: NDArray[np.float32]) -> None:
+    """Enroll every row with Store's own statements, as Gallery.enroll does, in 50k-row transactions."""
+    store = Store(path)
+    now = datetime.now(timezone.utc)
+    box = Box(40, 200, 200, 40)
+    subject_id = consent_id = 0
+    try:
+        for start in range(0, len(rows), 50_000):
+            with store.write(create=True) as conn:
+                for row in range(start, min(len(rows), start + 50_000)):
+                    person = row // PER_SUBJECT
+                    if row % PER_SUBJECT == 0:
+                        purposes = [PURPOSE, SUBSET_PURPOSE] if person % SUBSET_EVERY == 0 else [PURPOSE]
+                        subject_id = Store.ensure_subject(conn, f"person-{person:08d}", now)
+                        consent = Consent(f"FORM-{person:08d}", purposes)
+                        consent_id = Store.record_consent(conn, subject_id, consent, now)
+                    store.add_template(conn, subject_id, consent_id, rows[row], f"{row:064x}", box, now)
+    finally:
+        store.close()
+
+
+def _rss() -> int:
+    """Resident memory of this process in bytes (Linux), or 0 where unknown."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
+    except OSError:
+        return 0
+
+
+def _timed_searches(
+    index: FaceIndex, probes: NDArray[np.float32], k: int, allowed: NDArray[np.int64]
+) -> tuple[list[float], NDArray[np.int64]]:
+    for probe in probes[:5]:  # warm caches and the selector
+        index.search(probe[None], k, allowed)
+    times, found = [], []
+    for probe in probes:
+        start = time.perf_counter()
+        _, ids = index.search(probe[None], k, allowed)
+        times.append(time.perf_counter() - start)
+        found.append(ids[0])
+    return times, np.array(found)
+
+
+def _exact_nearest(rows: NDArray[np.float32], ids: NDArray[np.int64], probes: NDArray[np.float32]) -> NDArray[np.int64]:
+    import faiss
+
+    flat = faiss.IndexFlatL2(DIMENSIONS)
+    flat.add(rows)
+    _, nearest = flat.search(probes, 1)
+    return ids[nearest[:, 0]]
+
+
+def _face_distance_ms(rows: NDArray[np.float32], probes: NDArray[np.float32], budget_s: float = 10.0) -> list[float]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # face_recognition_models imports pkg_resources
+        import face_recognition
+
+    times: list[float] = []
+    for probe in probes:
+        start = time.perf_counter()
+        face_recognition.face_distance(rows, probe)
+        times.append((time.perf_counter() - start) * 1000)
+        if len(times) >= 3 and sum(times) > budget_s * 1000:
+            break
+    return times
+
+
+def run(size: int | None, queries: int, data: Path | None, probes_file: Path | None, exact: bool, nprobe: int | None) -> dict[str, Any]:
+    if data is not None:
+        source = np.load(data, mmap_mode="r")
+        size = len(source) if size is None else size
+        if source.ndim != 2 or source.shape[1] != DIMENSIONS or size > len(source):
+            raise SystemExit(f"{data}: need an (N, {DIMENSIONS}) array with at least {size} rows, got {source.shape}")
+        rows = np.ascontiguousarray(source[:size], dtype=np.float32)
+    else:
+        rows = synthetic_templates(size or 10_000)
+    size = len(rows)
+    if probes_file is not None:
+        probes = np.ascontiguousarray(np.load(probes_file)[:queries], dtype=np.float32).reshape(-1, DIMENSIONS)
+    else:
+        probes, _ = second_photos(rows, queries, seed=1)
+    ids = np.arange(1, size + 1, dtype=np.int64)  # a fresh store numbers rows 1..N in insertion order
+    subset_rows = np.flatnonzero((np.arange(size) // PER_SUBJECT) % SUBSET_EVERY == 0)
+    subset_probes, _ = second_photos(rows[subset_rows], queries, seed=2)
+
+    with tempfile.TemporaryDirectory(prefix="consentmatch-bench-") as folder:
+        path = Path(folder) / "gallery.db"
+        os.environ["CONSENTMATCH_KEY_DIR"] = str(Path(folder) / "keys")  # where a sealing store keeps its keys
+        start = time.perf_counter()
+        fill_store(path, rows)
+        fill_s = time.perf_counter() - start
+        store_bytes = sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())  # with any key files
+
+        # Open as Gallery._current_index does: every template from the store, then the index.
+        import faiss  # noqa: F401  # loaded before measuring: its ~35 MB of code are not per template
+
+        gc.collect()
+        before = _rss()
+        start = time.perf_counter()
+        store = Store(path)
+        with store.read() as conn:
+            generation = Store.generation(conn)
+            template_ids, vectors = store.all_templates(conn)
+            read_s = time.perf_counter() - start
+            index = FaceIndex(generation, exact=exact)
+            index.add(template_ids, vectors)
+        open_s = time.perf_counter() - start
+        if not np.array_equal(template_ids, ids):
+            raise SystemExit("the store did not number templates 1..N in insertion order")
+        del template_ids, vectors
+        gc.collect()
+        index_bytes = _rss() - before
+
+        start = time.perf_counter()
+        with store.read() as conn:  # what Gallery.match asks next: who may be searched for the purpose
+            searchable = Store.searchable(conn, PURPOSE, datetime.now(timezone.utc))
+            subset = Store.searchable(conn, SUBSET_PURPOSE, datetime.now(timezone.utc))
+        searchable_s = time.perf_counter() - start
+        store.close()
+
+    for allowed in (searchable.template_ids, subset.template_ids):
+        allowed.setflags(write=False)  # the gallery's Searchable arrays are fixed per generation
+    if nprobe is not None:
+        index.nprobe = nprobe
+    k = TOP_K * searchable.max_per_subject  # as Gallery.match asks, for top-k distinct subjects
+    times, found = _timed_searches(index, probes, k, searchable.template_ids)
+    exact_top1 = _exact_nearest(rows, ids, probes)
+    subset_times, subset_found = _timed_searches(index, subset_probes, k, subset.template_ids)
+    subset_exact = _exact_nearest(rows[subset_rows], ids[subset_rows], subset_probes)
+    outside = int(np.count_nonzero(~np.isin(subset_found[subset_found >= 0], subset.template_ids)))
+    baseline = _face_distance_ms(rows, probes)
+
+    p50 = float(np.percentile(times, 50) * 1000)
+    return {
+        "size": size,
+        "index": index.params.description,
+        "nlist": index.params.nlist,
+        "nprobe": index.params.nprobe,
+        "queries": len(probes),
+        "p50_ms": round(p50, 3),
+        "p99_ms": round(float(np.percentile(times, 99) * 1000), 3),
+        "recall_at_1": round(float(np.mean(found[:, 0] == exact_top1)), 4),
+        "filtered_share": round(len(subset.template_ids) / size, 4),
+        "filtered_p50_ms": round(float(np.percentile(subset_times, 50) * 1000), 3),
+        "filtered_recall_at_1": round(float(np.mean(subset_found[:, 0] == subset_exact)), 4),
+        "filtered_outside": outside,
+        "open_s": round(open_s, 3),
+        "read_s": round(read_s, 3),
+        "build_s": round(open_s - read_s, 3),
+        "searchable_s": round(searchable_s, 3),
+        "fill_s": round(fill_s, 1),
+        "store_bytes": store_bytes,
+        "index_bytes": index_bytes,
+        "bytes_per_template": round((store_bytes + index_bytes) / size, 1),
+        "face_distance_p50_ms": round(float(np.percentile(baseline, 50)), 3),
+        "face_distance_queries": len(baseline),
+        "speedup": round(float(np.percentile(baseline, 50)) / p50, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, help="templates in the gallery (default 10000, or every row of --data)")
+    parser.add_argument("--queries", type=int, default=200, help="probes to time (default 200)")
+    parser.add_argument("--data", type=Path, help="an (N, 128) float32 .npy of templates instead of synthetic ones")
+    parser.add_argument("--probes", type=Path, help="a (Q, 128) float32 .npy of probes instead of noisy copies")
+    parser.add_argument("--exact", action="store_true", help="exhaustive search whatever the size")
+    parser.add_argument("--nprobe", type=int, help="override the IVF lists scanned per query (for tuning)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    result = run(args.size, args.queries, args.data, args.probes, args.exact, args.nprobe)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        width = max(map(len, result))
+        for key, value in result.items():
+            print(f"{key:<{width}}  {value}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
