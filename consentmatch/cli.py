@@ -60,6 +60,18 @@ PurposeOption = Annotated[
         "require_purpose is false).",
     ),
 ]
+QualityOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--quality",
+        help="Quality bar for enrollment photos: off, low, medium or high (default: the gallery policy's, medium).",
+        show_default=False,
+    ),
+]
+DuplicateOption = Annotated[
+    bool,
+    typer.Option("--allow-duplicate", help="Enroll even when a face matches another enrolled subject (twins)."),
+]
 ActorOption = Annotated[
     Optional[str],
     typer.Option(
@@ -173,6 +185,8 @@ def enroll(
     email: Annotated[
         Optional[str], typer.Option("--email", help="The person's e-mail: checked against opt-outs, kept as a salted hash.")
     ] = None,
+    quality: QualityOption = None,
+    allow_duplicate: DuplicateOption = False,
     actor: ActorOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -189,7 +203,8 @@ def enroll(
         if consent_ref is not None and (purpose or expires or jurisdiction or evidence):
             consent = _consent(consent_ref, purpose, expires, jurisdiction, signer, evidence, notice_version)
         with _gallery(gallery, actor) as g:
-            result = g.enroll(subject, photos, consent, email=email, min_face_px=min_face_px)
+            result = g.enroll(subject, photos, consent, email=email, min_face_px=min_face_px, quality=quality,
+                              allow_duplicate=allow_duplicate)
     if as_json:
         _json(result.to_dict())
     else:
@@ -205,6 +220,8 @@ def import_(
         Path, typer.Argument(help="CSV: subject,photo,consent_ref,purposes,expires,jurisdiction.")
     ],
     gallery: GalleryOption,
+    quality: QualityOption = None,
+    allow_duplicate: DuplicateOption = False,
     actor: ActorOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -220,18 +237,23 @@ def import_(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     with _errors(), _gallery(gallery, actor) as g:
+        err = Console(stderr=True)
         progress = Progress(
             TextColumn("enrolling"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeRemainingColumn(),
-            console=Console(stderr=True),
+            console=err,
             transient=True,
+            disable=not err.is_terminal,  # scripts reading stderr get only the error lines
         )
         with progress:
             task = progress.add_task("import", total=None)
             report = g.import_manifest(
-                manifest, progress=lambda done, total: progress.update(task, completed=done, total=total)
+                manifest,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+                quality=quality,
+                allow_duplicate=allow_duplicate,
             )
     for rejection in report.rejected:
         _error(f"{rejection.photo or '-'} (row {rejection.row}): {rejection.reason}")
@@ -321,7 +343,7 @@ def _print_matches(results: list[MatchResult]) -> None:
                 result.image,
                 str(number),
                 ",".join(map(str, face.box.to_list())),
-                face.subject or "[dim]no match[/dim]",
+                face.subject or ("[yellow]ambiguous[/yellow]" if face.ambiguous else "[dim]no match[/dim]"),
                 f"{face.distance:.3f}" if face.distance is not None else "-",
                 nearest,
             )
@@ -1012,12 +1034,20 @@ def calibrate(
         float,
         typer.Option("--target-fmr", help="The false-match rate to meet, e.g. 0.001 (one in a thousand).", show_default=False),
     ],
+    gallery: Annotated[
+        Optional[Path],
+        typer.Option("--gallery", "-g", envvar="CONSENTMATCH_GALLERY", show_envvar=True,
+                     help="Store the tolerance in this gallery's policy (audited)."),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only print the tolerance; store nothing.")] = False,
+    actor: ActorOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Choose the tolerance that meets a target false-match rate on your own people.
 
     Prints the largest tolerance (in steps of 0.001) whose FMR on the pairs is at most the
-    target, with the FMR and FNMR it gives. Warns on stderr when there are fewer than
+    target, with the FMR and FNMR it gives, and stores it as the gallery policy's tolerance
+    (unless --dry-run or no gallery is named). Warns on stderr when there are fewer than
     3/target different-person pairs: the data cannot then support the target.
 
     **Example:** `consentmatch calibrate pairs.csv --target-fmr 0.001 --json`
@@ -1030,12 +1060,18 @@ def calibrate(
         with progress:
             scores = evaluation.score_pairs(pairs, progress=advance)
         result = evaluation.calibrate(scores, target_fmr)
+        stored = gallery is not None and not dry_run
+        if stored:
+            with _gallery(gallery, actor) as g:  # type: ignore[arg-type]
+                g.set_policy("tolerance", result.tolerance)
     _print_failures(result.failures)
     if result.warning:
         print(f"warning: {result.warning}", file=sys.stderr, flush=True)
     if as_json:
-        _json(result.to_dict())
+        _json({**result.to_dict(), "stored": stored, "gallery": str(gallery) if stored else None})
         return
+    if stored:
+        out.print(f"Stored tolerance {result.tolerance:.3f} in the policy of {gallery}.")
     out.print(
         f"Tolerance {result.tolerance:.3f}: FMR {result.fmr:.4f} (target {result.target_fmr:g}), "
         f"FNMR {_rate(result.fnmr)}, on {result.genuine_pairs} same-person and {result.impostor_pairs} "
@@ -1046,6 +1082,9 @@ def calibrate(
 def main() -> None:
     """Console entry point: usage errors exit 2, and nothing ever ends in a traceback."""
     warnings.filterwarnings("ignore", category=UserWarning, module="face_recognition_models")
+    # Pillow warns about corrupt EXIF and big images; the decoder already turns what matters into
+    # one-line errors, so the warnings would only add noise (with file paths) to stderr.
+    warnings.filterwarnings("ignore", module="PIL")
     try:
         app()
     except Exception as exc:  # a bug: say so in one line; the traceback only on request

@@ -41,17 +41,17 @@ from .index import FaceIndex
 from .keys import KeyRing, parse_key
 from .manifest import read_manifest
 from .policy import (
-    DEFAULT_POLICY,
     DEFAULT_TOP_K,
     ENROLL_MIN_FACE_PX,
     EVIDENCE_REQUIRED,
     PROBE_MIN_FACE_PX,
     check_tolerance,
     check_top_k,
+    default_policy,
     destroy_by,
     parse_policy_value,
 )
-from .quality import single_face
+from .quality import check_quality, single_face
 from .results import (
     AuditCheck,
     AuditEvent,
@@ -136,6 +136,7 @@ class Gallery:
         self._lock = threading.RLock()  # guards the index and caches; encoding runs outside it
         self._index: FaceIndex | None = None
         self._searchable: dict[str | None, tuple[int, Searchable]] = {}
+        self._policy: dict[str, Any] = default_policy()  # as read by the current search
 
     def __enter__(self) -> Gallery:
         return self
@@ -234,13 +235,16 @@ class Gallery:
         *,
         email: str | None = None,
         min_face_px: int = ENROLL_MIN_FACE_PX,
+        quality: str | None = None,
+        allow_duplicate: bool = False,
         actor: str | None = None,
     ) -> Enrollment:
         """Enroll a consenting subject from one or more photos, all or nothing.
 
-        Each photo must hold exactly one face at least `min_face_px` wide, and must not have
-        been taken in a region the policy excludes (EXIF GPS). The consent and the templates
-        are stored in one transaction.
+        Each photo must hold exactly one face at least `min_face_px` wide, pass the quality
+        bar, must not have been taken in a region the policy excludes (EXIF GPS), and must not
+        match another enrolled subject within the policy's `duplicate_tolerance`. The consent
+        and the templates are stored in one transaction.
 
         Args:
             subject: the customer's name or id for the person.
@@ -248,11 +252,14 @@ class Gallery:
             consent: a new `Consent` (recorded now, as `grant_consent`), or the reference of
                 an active consent already recorded for this subject; None is refused.
             email: see `grant_consent`.
+            quality: off, low, medium or high; None: the gallery policy's (medium by default).
+            allow_duplicate: enroll even when the face matches another subject (twins).
 
         Raises:
             ConsentError: no consent, an inactive one, an opted-out subject, missing evidence.
-            PolicyError: a photo was taken in an excluded region.
-            ImageError, FaceError: a photo cannot be used. Nothing is stored on any error.
+            PolicyError: a photo was taken in an excluded region, or shows an enrolled subject.
+            ImageError, FaceError (QualityError with its reasons): a photo cannot be used.
+            Nothing is stored on any error.
         """
         name = _check_name(subject, "subject name")
         if consent is None:
@@ -266,14 +273,17 @@ class Gallery:
         batch = [photos] if isinstance(photos, (str, bytes, os.PathLike)) else list(photos)
         if not batch:
             raise InvalidArgumentError(f"No photos given for '{name}': name at least one photo of the person.")
-        excluded: list[str] = []
+        policy = default_policy()
         if self._store.exists():  # before any biometric processing: consent, opt-out, policy
             with self._lock, self._store.read() as conn:
                 self._check_enrollable(conn, name, consent, email, now)
-                excluded = Store.policy(conn)["excluded_regions"]
+                policy = Store.policy(conn)
         elif isinstance(consent, str):
             raise ConsentError(f"No consent has the reference '{consent}': record it first (`consentmatch consent grant`).")
-        faces = [self._enrollment_face(photo, min_face_px, excluded) for photo in batch]
+        level = parse_policy_value("quality", quality) if quality is not None else policy["quality"]
+        faces = [self._enrollment_face(photo, min_face_px, policy["excluded_regions"], level) for photo in batch]
+        if not allow_duplicate:
+            self._check_duplicates(name, batch, [f for _, f in faces], policy["duplicate_tolerance"])
         with self._lock:
             with self._store.write(create=True) as conn:
                 before = Store.generation(conn)
@@ -299,7 +309,13 @@ class Gallery:
         )
 
     def import_manifest(
-        self, manifest: str | os.PathLike[str], *, progress: Progress | None = None, actor: str | None = None
+        self,
+        manifest: str | os.PathLike[str],
+        *,
+        progress: Progress | None = None,
+        quality: str | None = None,
+        allow_duplicate: bool = False,
+        actor: str | None = None,
     ) -> ImportReport:
         """Enroll every usable row of a manifest CSV; bad rows are reported and skipped.
 
@@ -309,6 +325,7 @@ class Gallery:
 
         Args:
             progress: called with (rows done, rows in all) after each row.
+            quality, allow_duplicate: as for `enroll`.
 
         Raises:
             ManifestError: the file cannot be read or lacks a required column (nothing enrolled).
@@ -320,7 +337,8 @@ class Gallery:
             try:
                 if row.problem is not None:
                     raise InvalidArgumentError(row.problem)
-                enrolled.append(self.enroll(row.subject, [row.photo], row.consent, email=row.email, actor=actor))
+                enrolled.append(self.enroll(row.subject, [row.photo], row.consent, email=row.email, quality=quality,
+                                            allow_duplicate=allow_duplicate, actor=actor))
             except ConsentMatchError as exc:
                 rejected.append(Rejection(row=row.line, subject=row.subject, photo=row.photo, reason=str(exc)))
             if progress is not None:
@@ -375,17 +393,21 @@ class Gallery:
                 nearest, names = [[] for _ in faces], {}
         results = []
         matched: dict[int, str] = {}
+        margin = float(self._policy["ambiguity_margin"])
         for face, row in zip(faces, nearest):
             candidates = tuple(Candidate(names[s], d) for s, d in row)
             within = bool(row) and row[0][1] <= tolerance
-            if within:
+            # Two subjects nearly as close: naming either would be a guess.
+            ambiguous = within and margin > 0 and len(row) > 1 and row[1][1] - row[0][1] < margin
+            if within and not ambiguous:
                 matched[row[0][0]] = names[row[0][0]]
             results.append(
                 FaceMatch(
                     box=face.box,
-                    subject=candidates[0].subject if within else None,
-                    distance=candidates[0].distance if within else None,
+                    subject=candidates[0].subject if within and not ambiguous else None,
+                    distance=candidates[0].distance if within and not ambiguous else None,
                     candidates=candidates,
+                    ambiguous=ambiguous,
                 )
             )
         self._record_search("match", label, actor, matched, {"faces": len(faces), "tolerance": tolerance, "top_k": top_k})
@@ -421,6 +443,8 @@ class Gallery:
             )
         decoded = load_photo(photo)
         face = single_face(self._encoder.encode(decoded, PROBE_MIN_FACE_PX), decoded.name)
+        if self._policy["quality"] != "off":
+            check_quality(decoded, face, level=self._policy["quality"], for_enrollment=False)
         with self._lock, self._store.read() as conn:
             _, templates = self._store.subject_templates(conn, self._subject_id(conn, name))
         if not len(templates):
@@ -551,7 +575,7 @@ class Gallery:
     def policy(self) -> dict[str, Any]:
         """The gallery's policy: `require_purpose`, `excluded_regions`, `tolerance`."""
         if not self._store.exists():
-            return dict(DEFAULT_POLICY)
+            return default_policy()
         with self._lock, self._store.read() as conn:
             return Store.policy(conn)
 
@@ -718,11 +742,44 @@ class Gallery:
         date, rule = destroy_by(terms, enrolled, last)
         Store.set_retention(conn, subject_id, date, rule)
 
-    def _enrollment_face(self, photo: PhotoInput, min_face_px: int, excluded: Sequence[str]) -> tuple[str, DetectedFace]:
+    def _enrollment_face(
+        self, photo: PhotoInput, min_face_px: int, excluded: Sequence[str], level: str
+    ) -> tuple[str, DetectedFace]:
         decoded = load_photo(photo)
         self._check_region(decoded, excluded)
         found = self._encoder.encode(decoded, min(PROBE_MIN_FACE_PX, min_face_px))
-        return decoded.sha256, single_face(found, decoded.name, min_face_px)
+        face = single_face(found, decoded.name, min_face_px)
+        if level != "off":
+            check_quality(decoded, face, level=level, for_enrollment=True, min_face_px=min_face_px)
+        return decoded.sha256, face
+
+    def _check_duplicates(self, name: str, photos: Sequence[PhotoInput], faces: Sequence[DetectedFace],
+                          tolerance: float) -> None:
+        """Refuse a face that is already enrolled under another subject: one person, one identity."""
+        if not self._store.exists():
+            return
+        with self._lock, self._store.read() as conn:
+            index = self._current_index(conn, Store.generation(conn))
+            if not len(index):
+                return
+            own = Store.subject_id(conn, name)
+            own_count = Store.template_count(conn, own) if own is not None else 0
+            # The nearest templates beyond the subject's own: k = own + 1 always reaches another subject's.
+            distances, ids = index.search(np.stack([f.encoding for f in faces]), own_count + 1)
+            for photo, row_distances, row_ids in zip(photos, distances, ids):
+                hits = [(float(d), int(t)) for d, t in zip(row_distances, row_ids) if t >= 0 and d <= tolerance]
+                owners = dict(conn.execute(
+                    f"SELECT t.id, s.name FROM templates t JOIN subjects s ON s.id = t.subject_id "
+                    f"WHERE t.id IN ({','.join('?' * len(hits))})", [t for _, t in hits],
+                ).fetchall()) if hits else {}
+                other = next(((d, owners[t]) for d, t in hits if owners.get(t, name) != name), None)
+                if other is not None:
+                    distance, other_name = other
+                    raise PolicyError(
+                        f"'{photo_name(photo)}' shows enrolled subject '{other_name}' (distance {distance:.2f} <= "
+                        f"{tolerance}): one person may not be enrolled under two names; pass allow_duplicate=True "
+                        "(--allow-duplicate) for twins or an intended duplicate."
+                    )
 
     @staticmethod
     def _check_region(photo: Photo, excluded: Sequence[str]) -> None:
@@ -742,7 +799,7 @@ class Gallery:
         if not self._store.exists():
             raise GalleryNotFoundError(f"No gallery at '{self.path}': enroll someone first, or check --gallery.")
         with self._lock, self._store.read() as conn:
-            policy = Store.policy(conn)
+            policy = self._policy = Store.policy(conn)
         if purpose is None and policy["require_purpose"]:
             raise InvalidArgumentError(
                 "This gallery's policy requires a purpose for every search: pass purpose=... (CLI: --purpose P)."

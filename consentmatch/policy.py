@@ -15,6 +15,7 @@ A subject is kept as long as one of their unrevoked consents justifies it.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ __all__ = [
     "PROBE_MIN_FACE_PX",
     "ConsentTerm",
     "check_tolerance",
+    "default_policy",
     "check_top_k",
     "destroy_by",
     "parse_policy_value",
@@ -48,12 +50,28 @@ PROBE_MIN_FACE_PX = 40
 #: Jurisdictions whose statute requires a written release: a consent there must carry evidence.
 EVIDENCE_REQUIRED = {"US-IL": "BIPA 740 ILCS 14/15(b)(3)", "US-TX": "CUBI 503.001(b)"}
 
+#: A new face within this distance of another subject's template is a duplicate enrollment.
+DEFAULT_DUPLICATE_TOLERANCE = 0.5
+QUALITY_SETTINGS = ("off", "low", "medium", "high")
+
 #: A gallery's policy keys and their defaults (`consentmatch policy show`).
 DEFAULT_POLICY: dict[str, Any] = {
     "require_purpose": True,  # match/verify must name a purpose
     "excluded_regions": [],  # ISO 3166 codes where enrollment photos may not have been taken
     "tolerance": DEFAULT_TOLERANCE,  # the default tolerance of match and verify
+    "ambiguity_margin": 0.0,  # two best subjects closer than this: "ambiguous", no identity (0: off)
+    "duplicate_tolerance": DEFAULT_DUPLICATE_TOLERANCE,  # enrollment refused if another subject is this near
+    "quality": "medium",  # the quality bar (off, low, medium, high); CONSENTMATCH_QUALITY sets the default
 }
+
+
+def default_policy() -> dict[str, Any]:
+    """The defaults, with CONSENTMATCH_QUALITY read at call time."""
+    policy = dict(DEFAULT_POLICY)
+    configured = os.environ.get("CONSENTMATCH_QUALITY", "").strip().lower()
+    if configured in QUALITY_SETTINGS:
+        policy["quality"] = configured
+    return policy
 
 _REGION = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")
 _YEAR = timedelta(days=365)
@@ -97,10 +115,20 @@ def parse_policy_value(key: str, value: Any) -> Any:
         if bad:
             raise InvalidArgumentError(f"{', '.join(bad)}: not ISO 3166 codes; write e.g. US-IL,US-TX or FR.")
         return regions
+    if key == "quality":
+        level = str(value).strip().lower()
+        if level not in QUALITY_SETTINGS:
+            raise InvalidArgumentError(f"quality takes one of {', '.join(QUALITY_SETTINGS)}, not {value!r}.")
+        return level
     try:
-        return check_tolerance(float(value))
+        number = float(value)
     except (TypeError, ValueError):
-        raise InvalidArgumentError(f"tolerance takes a number such as 0.6, not {value!r}.") from None
+        raise InvalidArgumentError(f"{key} takes a number such as 0.6, not {value!r}.") from None
+    if key == "ambiguity_margin":
+        if not (math.isfinite(number) and 0 <= number < 2):
+            raise InvalidArgumentError(f"ambiguity_margin takes a distance in [0, 2), e.g. 0.05 (0 turns it off), not {value!r}.")
+        return number
+    return check_tolerance(number)
 
 
 @dataclass(frozen=True)

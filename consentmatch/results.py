@@ -71,12 +71,15 @@ class FaceMatch:
 
     `subject` is the nearest candidate when it lies within the tolerance, else None;
     `candidates` are the top-k nearest subjects, each once, listed even beyond the tolerance.
+    `ambiguous`: the two nearest subjects are closer than the policy's ambiguity margin, so no
+    identity is given.
     """
 
     box: Box
     subject: str | None
     distance: float | None
     candidates: tuple[Candidate, ...]
+    ambiguous: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +87,7 @@ class FaceMatch:
             "subject": self.subject,
             "distance": None if self.distance is None else round(self.distance, 6),
             "candidates": [c.to_dict() for c in self.candidates],
+            "ambiguous": self.ambiguous,
         }
 
 

@@ -26,7 +26,7 @@ from .encoder import DIMENSIONS
 from .errors import ConsentError, GalleryNotFoundError, StorageError
 from .keys import KeyRing, aead, unseal_with
 from .migrations import APPLICATION_ID, MIGRATIONS
-from .policy import DEFAULT_POLICY, ConsentTerm
+from .policy import ConsentTerm, default_policy
 from .results import Box, ConsentRecord, SubjectInfo
 
 __all__ = ["Searchable", "Store"]
@@ -87,6 +87,7 @@ class Store:
         with self._mapped():
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
             try:
+                self._check_owner(conn)  # before any pragma that changes the file (WAL is persistent)
                 conn.execute("PRAGMA foreign_keys = ON")
                 conn.execute("PRAGMA secure_delete = ON")  # erased templates are overwritten, not just unlinked
                 conn.execute("PRAGMA journal_mode = WAL")
@@ -159,12 +160,14 @@ class Store:
         row = conn.execute("SELECT key_id FROM subjects WHERE id = ?", (subject_id,)).fetchone()
         return None if row is None or row[0] is None else str(row[0])
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
+    def _check_owner(self, conn: sqlite3.Connection) -> None:
         (app_id,) = conn.execute("PRAGMA application_id").fetchone()
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
         (tables,) = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         if app_id != APPLICATION_ID and (app_id != 0 or tables):
             raise StorageError(f"'{self.path}' is an SQLite file but not a consentmatch gallery: name another file.")
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
         if version > len(MIGRATIONS):
             raise StorageError(f"'{self.path}' was written by a newer consentmatch (schema {version}): upgrade consentmatch.")
         for number in range(version, len(MIGRATIONS)):
@@ -188,8 +191,8 @@ class Store:
             text = str(exc)
             if "locked" in text or "busy" in text:
                 advice = "another process holds the gallery; retry when it is done"
-            elif "readonly" in text:
-                advice = "the gallery file or its folder is read-only; check permissions"
+            elif "readonly" in text or "unable to open" in text:
+                advice = "the gallery file or its folder is read-only or missing; check that both exist and are writable"
             elif "disk" in text or "full" in text:
                 advice = "free disk space and retry; nothing was changed"
             else:
@@ -561,7 +564,7 @@ class Store:
     @staticmethod
     def policy(conn: sqlite3.Connection) -> dict[str, Any]:
         stored = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM policy")}
-        return {key: stored.get(key, default) for key, default in DEFAULT_POLICY.items()}
+        return {key: stored.get(key, default) for key, default in default_policy().items()}
 
     @staticmethod
     def set_policy(conn: sqlite3.Connection, key: str, value: Any) -> None:

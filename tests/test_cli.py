@@ -42,7 +42,7 @@ def test_match_json_contract_on_real_photos(real_gallery_path: Path) -> None:
     assert set(first) == {"image", "faces", "error"} and first["error"] is None
     assert first["image"] == str(probes[0])
     for face in first["faces"]:
-        assert set(face) == {"box", "subject", "distance", "candidates"}
+        assert set(face) == {"box", "subject", "distance", "candidates", "ambiguous"}  # issue 2's keys, extended
         assert len(face["box"]) == 4 and all(isinstance(v, int) for v in face["box"])
         assert len(face["candidates"]) == 2
         assert all(set(c) == {"subject", "distance"} for c in face["candidates"])

@@ -92,7 +92,8 @@ def test_purpose_filter_is_exact_not_a_post_filter(fake_gallery: Gallery, tmp_pa
     target = fake_photo(tmp_path, "t.png", (50, 0))
     fake_gallery.enroll("target", [target], Consent("T", ["door"]))
     for i in range(20):
-        fake_gallery.enroll(f"twin{i}", [fake_photo(tmp_path, f"w{i}.png", (50, 0))], Consent(f"W{i}", ["other"]))
+        fake_gallery.enroll(f"twin{i}", [fake_photo(tmp_path, f"w{i}.png", (50, 0))], Consent(f"W{i}", ["other"]),
+                            allow_duplicate=True)
     (face,) = fake_gallery.match(target, purpose="door", top_k=1).faces
     assert face.subject == "target"
 
