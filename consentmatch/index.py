@@ -85,7 +85,7 @@ class FaceIndex:
     def __init__(self, generation: int = -1, *, exact: bool = False) -> None:
         import faiss  # ~0.2 s: paid by the first search, not by `import consentmatch` or `--help`
 
-        self._faiss = faiss
+        self._faiss: Any = faiss  # SWIG bindings: its stubs miss much of the API
         self._lock = threading.RLock()  # mutations and searches take turns
         self._selectors: dict[int, tuple[weakref.ref[NDArray[np.int64]], Any, NDArray[np.uint8]]] = {}
         self.generation = generation
@@ -171,9 +171,9 @@ class FaceIndex:
             k = max(1, min(k, len(self)))
             selector, _bitmap = (None, None) if allowed is None else self._selector(allowed)
             if self.params.kind == "ivf":
-                params: Any = self._faiss.SearchParametersIVF(sel=selector, nprobe=self.params.nprobe)  # type: ignore[call-arg]
+                params: Any = self._faiss.SearchParametersIVF(sel=selector, nprobe=self.params.nprobe)
             else:
-                params = None if selector is None else self._faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
+                params = None if selector is None else self._faiss.SearchParameters(sel=selector)
             squared, ids = self._index.search(queries, k, params=params)
         distances = np.sqrt(np.maximum(squared, 0.0), dtype=np.float32)
         distances[ids < 0] = np.inf
@@ -196,10 +196,11 @@ class FaceIndex:
         if self.exact or len(ids) < EXACT_BELOW:
             index = faiss.IndexIDMap2(faiss.IndexFlatL2(DIMENSIONS))
             params = IndexParams(kind="flat", nlist=0, nprobe=0, trained_size=len(ids))
+            index.add_with_ids(vectors, ids)
         else:
             params = ivf_params(len(ids))
             index = self._ivf(params, vectors)
-        index.add_with_ids(vectors, ids)
+            self._fill(index, ids, vectors)
         self._index, self.params = index, params
 
     def _ivf(self, params: IndexParams, vectors: NDArray[np.float32]) -> Any:
@@ -222,8 +223,25 @@ class FaceIndex:
             coarse, DIMENSIONS, params.nlist, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_L2, False
         )
         index.train(sample)  # the lists are set already: this only readies the float16 codes
-        index.set_direct_map_type(faiss.DirectMap.Hashtable)  # id -> list: exact, in-place removal
         return index
+
+    def _fill(self, index: Any, ids: NDArray[np.int64], vectors: NDArray[np.float32]) -> None:
+        """Put every template in its list at once, then map ids to lists.
+
+        Appending one by one (`add_with_ids`) grows each list by doubling, which left ~495
+        bytes a template at 1M instead of ~420.
+        """
+        swig_ptr = self._faiss.swig_ptr
+        numbers = index.quantizer.assign(vectors, 1).reshape(-1)
+        order = np.argsort(numbers, kind="stable")
+        ids, codes = np.ascontiguousarray(ids[order]), index.sq.compute_codes(vectors[order])
+        counts = np.bincount(numbers, minlength=index.nlist)
+        ends = np.cumsum(counts)
+        for number in np.flatnonzero(counts):
+            start, end = int(ends[number] - counts[number]), int(ends[number])
+            index.invlists.add_entries(int(number), end - start, swig_ptr(ids[start:end]), swig_ptr(codes[start:end]))
+        index.ntotal = len(ids)
+        index.set_direct_map_type(self._faiss.DirectMap.Hashtable)  # id -> (list, offset): exact, in-place removal
 
     def _contents(self) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
         """Every (id, vector) held, to rebuild from (IVF vectors come back as their float16 values)."""
