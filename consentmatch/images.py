@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -94,9 +95,14 @@ def load_photo(photo: PhotoInput) -> Photo:
             f"{MAX_DECODE_PIXELS // 1_000_000} megapixels.",
             name,
         ) from None
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        # Pillow reports truncated and corrupt data with these, in any of the codecs.
-        raise ImageError(f"'{name}' is truncated or corrupt ({exc}): re-export the photo.", name) from None
+    except ImageError:
+        raise
+    except Exception as exc:
+        # Pillow reports truncated and corrupt data with OSError, ValueError, SyntaxError and
+        # EOFError, but hostile files also reach TypeError, IndexError and struct.error in its
+        # plugins (tests/test_fuzz.py): whatever the codec raises, the photo is unreadable.
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise ImageError(f"'{name}' is truncated or corrupt ({detail}): re-export the photo.", name) from None
     return Photo(name=name, pixels=pixels, sha256=hashlib.sha256(data).hexdigest(), scale=scale, gps=gps)
 
 
@@ -104,20 +110,34 @@ def _read(path: Path, name: str) -> bytes:
     try:
         if path.is_dir():
             raise ImageError(f"'{name}' is a directory, not a photo: name the photo files.", name)
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ImageError(
-                f"'{name}' is {size // (1024 * 1024)} MiB, over the {MAX_FILE_BYTES // (1024 * 1024)} MiB "
-                "limit: downscale or re-compress it.",
-                name,
-            )
-        return path.read_bytes()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer. The checks run on the opened
+        # file, so a path swapped after them cannot slip a device in.
+        handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with open(handle, "rb", closefd=True) as file:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode):  # /dev/zero never ends, a FIFO or socket blocks
+                raise ImageError(f"'{name}' is not a regular file (a device, pipe or socket): name a photo file.", name)
+            if info.st_size > MAX_FILE_BYTES:
+                raise ImageError(_too_big(name, info.st_size), name)
+            data = file.read(MAX_FILE_BYTES + 1)  # never more than the limit, even if the file grows
+        if len(data) > MAX_FILE_BYTES:
+            raise ImageError(_too_big(name, len(data)), name)
+        return data
+    except ValueError:  # a NUL in the path
+        raise ImageError(f"{name!r} is not a valid file name: check the path.", name) from None
     except FileNotFoundError:
         raise ImageError(f"'{name}' does not exist: check the path.", name) from None
     except PermissionError:
         raise ImageError(f"'{name}' cannot be read (permission denied): check its permissions.", name) from None
     except OSError as exc:
         raise ImageError(f"'{name}' cannot be read ({exc.strerror or exc}).", name) from None
+
+
+def _too_big(name: str, size: int) -> str:
+    return (
+        f"'{name}' is {size // (1024 * 1024)} MiB, over the {MAX_FILE_BYTES // (1024 * 1024)} MiB "
+        "limit: downscale or re-compress it."
+    )
 
 
 def _decode(image: Image.Image, name: str) -> tuple[NDArray[np.uint8], float]:

@@ -7,14 +7,17 @@ Optional columns: `evidence` (the signed release file, or its SHA-256), `signer`
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from .consent import Consent, evidence_digest, parse_expiry
-from .errors import ConsentMatchError, ManifestError
+from .errors import ConsentMatchError, InvalidArgumentError, ManifestError
 
 __all__ = ["COLUMNS", "REQUIRED_COLUMNS", "ManifestRow", "read_manifest"]
 
@@ -55,8 +58,13 @@ def read_manifest(manifest: str | os.PathLike[str]) -> list[ManifestRow]:
         raise ManifestError(f"Manifest '{path}' is not UTF-8 text: save it as CSV (UTF-8).") from None
     except OSError as exc:
         raise ManifestError(f"Manifest '{path}' cannot be read ({exc.strerror or exc}).") from None
-    reader = csv.DictReader(text.splitlines())
-    header = [name.strip().lower() for name in reader.fieldnames or []]
+    # The csv module's own line splitting: str.splitlines would also split on U+2028, \x1c...
+    # inside a cell, and turn one row into two (a name pasted from the web enrolls as two people).
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        header = [name.strip().lower() for name in reader.fieldnames or []]
+    except csv.Error as exc:
+        raise ManifestError(f"Manifest '{path}' has no valid CSV header ({exc}).") from None
     missing = [name for name in REQUIRED_COLUMNS if name not in header]
     if missing:
         raise ManifestError(
@@ -87,7 +95,7 @@ def _rows(reader: csv.DictReader[str], folder: Path) -> Iterator[ManifestRow]:
             problem = f"no consent_ref for '{subject}': enrolling needs the reference of a signed consent"
         else:
             try:
-                expires = parse_expiry(cells["expires"]) if cells.get("expires") else None
+                expires = _expiry(cells["expires"]) if cells.get("expires") else None
                 consent = Consent(
                     reference=cells["consent_ref"],
                     purposes=tuple(p for p in cells.get("purposes", "").split(";") if p.strip()),
@@ -98,10 +106,17 @@ def _rows(reader: csv.DictReader[str], folder: Path) -> Iterator[ManifestRow]:
                     notice_version=cells.get("notice_version") or None,
                 )
             except ConsentMatchError as exc:
-                problem = str(exc)
+                problem = " ".join(str(exc).splitlines())  # one line, even when a quoted cell spans several
         yield ManifestRow(
             line=number, subject=subject, photo=photo, consent=consent, problem=problem, email=cells.get("email") or None
         )
+
+
+def _expiry(cell: str) -> datetime:
+    try:
+        return parse_expiry(cell)
+    except OverflowError:  # a time zone pushing a date past the calendar's ends, e.g. 9999-12-31T23:00-05:00
+        raise InvalidArgumentError(f"'{cell}' is not a usable date: write it as YYYY-MM-DD.") from None
 
 
 def _resolve(path: str, folder: Path) -> str:
@@ -114,4 +129,13 @@ def _evidence(cell: str, folder: Path) -> str | None:
         return None
     if re.fullmatch(r"[0-9a-fA-F]{64}", cell):
         return cell.lower()
-    return evidence_digest(_resolve(cell, folder))
+    path = _resolve(cell, folder)
+    try:
+        info = os.stat(path)
+    except ValueError:  # a NUL in the name
+        raise InvalidArgumentError(f"Evidence {cell!r} is not a valid file name: name the signed release file.") from None
+    except OSError:
+        info = None  # evidence_digest says why it cannot be read
+    if info is not None and not stat.S_ISREG(info.st_mode):  # a device would be hashed forever, a FIFO block
+        raise InvalidArgumentError(f"Evidence '{cell}' is not a regular file: name the signed release file.")
+    return evidence_digest(path)
