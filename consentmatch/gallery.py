@@ -814,8 +814,8 @@ class Gallery:
         now = self._now()
         with self._lock, self._store.write(bump=False) as conn:
             for subject_id in matched:
-                Store.touch(conn, subject_id, now)
-                self._refresh_retention(conn, subject_id, now)
+                if Store.touch(conn, subject_id, now):  # another process may have erased them meanwhile
+                    self._refresh_retention(conn, subject_id, now)
             audit.append(conn, at=now, actor=self._who(actor), action=action, purpose=purpose,
                          subject=next(iter(matched.values())) if len(matched) == 1 else None,
                          details={**details, "subjects": sorted(matched.values())})

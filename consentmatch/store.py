@@ -44,6 +44,18 @@ def _dt(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
+def _statements(script: str) -> Iterator[str]:
+    """The complete SQL statements of a script (a trigger's inner `;` does not end one)."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            yield buffer.strip()
+            buffer = ""
+    if buffer.strip():
+        yield buffer.strip()
+
+
 def reference_taken(reference: str, owner: str) -> ConsentError:
     return ConsentError(
         f"Consent reference '{reference}' already belongs to subject '{owner}': "
@@ -167,16 +179,25 @@ class Store:
             raise StorageError(f"'{self.path}' is an SQLite file but not a consentmatch gallery: name another file.")
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version > len(MIGRATIONS):
-            raise StorageError(f"'{self.path}' was written by a newer consentmatch (schema {version}): upgrade consentmatch.")
-        for number in range(version, len(MIGRATIONS)):
-            # One transaction per step, inside the script: executescript would commit one we opened.
-            try:
-                conn.executescript(
-                    f"BEGIN IMMEDIATE; {MIGRATIONS[number]}; PRAGMA application_id = {APPLICATION_ID}; "
-                    f"PRAGMA user_version = {number + 1}; COMMIT;"
+        """Apply the missing steps, each in one transaction that also re-reads the version, so
+        two processes creating the same gallery at once cannot both run a step."""
+        while True:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version > len(MIGRATIONS):
+                raise StorageError(
+                    f"'{self.path}' was written by a newer consentmatch (schema {version}): upgrade consentmatch."
                 )
+            if version == len(MIGRATIONS):
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                (current,) = conn.execute("PRAGMA user_version").fetchone()
+                if current == version:
+                    for statement in _statements(MIGRATIONS[version]):
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                    conn.execute(f"PRAGMA user_version = {version + 1}")
+                conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -536,8 +557,10 @@ class Store:
         )
 
     @staticmethod
-    def touch(conn: sqlite3.Connection, subject_id: int, now: datetime) -> None:
-        conn.execute("UPDATE subjects SET last_interaction_at = ? WHERE id = ?", (_ts(now), subject_id))
+    def touch(conn: sqlite3.Connection, subject_id: int, now: datetime) -> bool:
+        """Record an interaction; False when the subject was erased meanwhile."""
+        cursor = conn.execute("UPDATE subjects SET last_interaction_at = ? WHERE id = ?", (_ts(now), subject_id))
+        return cursor.rowcount > 0
 
     @staticmethod
     def retention(conn: sqlite3.Connection) -> list[tuple[int, str, int, datetime | None, str]]:
