@@ -15,9 +15,9 @@
     ├── InvalidArgumentError      a bad value passed to the API (subject name, purpose, tolerance)
     ├── StorageError              SQLite failed: locked, read-only, disk full, corrupt
     ├── EncryptionKeyError        the gallery key or its data keys are missing or wrong
-    └── EngineError               a native engine (dlib, FAISS) failed
+    └── EngineError               a native engine (dlib, ONNX Runtime, FAISS) failed
 
-Native errors (sqlite3, dlib, FAISS, Pillow) are mapped into this tree where they are raised;
+Native errors (sqlite3, dlib, ONNX Runtime, FAISS, Pillow) are mapped into this tree where they are raised;
 callers never need to catch anything else.
 """
 
@@ -116,4 +116,4 @@ class EncryptionKeyError(ConsentMatchError):
 
 
 class EngineError(ConsentMatchError):
-    """A native engine (dlib, FAISS) failed."""
+    """A native engine (dlib, ONNX Runtime, FAISS) failed."""

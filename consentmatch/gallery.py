@@ -906,6 +906,7 @@ class Gallery:
             if cached_generation == generation and (searchable.valid_until is None or now < searchable.valid_until):
                 return searchable
         searchable = Store.searchable(conn, purpose, now)
+        searchable.template_ids.setflags(write=False)  # FaceIndex reuses its id bitmap while this array lives
         self._searchable[purpose] = (generation, searchable)
         return searchable
 

@@ -230,6 +230,18 @@ class KeyRing:
                 self._deks[key_id] = dek
             return self._deks[key_id]
 
+    def load_all(self) -> None:
+        """Unwrap every data key at once: one query and one gallery-key cipher, not one per subject."""
+        with self._lock:
+            assert self._kek is not None
+            cipher = aead(self._kek)
+            for key_id, wrapped in self._db().execute("SELECT key_id, wrapped FROM deks"):
+                if key_id not in self._deks:
+                    dek = unseal_with(cipher, bytes(wrapped), str(key_id).encode())
+                    if dek is None:
+                        raise EncryptionKeyError(f"The data key {str(key_id)[:8]}... does not open with this gallery key.")
+                    self._deks[str(key_id)] = dek
+
     def key_ids(self) -> set[str]:
         with self._lock:
             return {str(r[0]) for r in self._db().execute("SELECT key_id FROM deks")}

@@ -367,6 +367,7 @@ class Store:
 
     def all_templates(self, conn: sqlite3.Connection) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
         """Every readable template, decrypted in memory (never written anywhere in plaintext)."""
+        self.keys.load_all()
         return self._unsealed(conn.execute(
             "SELECT t.id, s.key_id, t.embedding FROM templates t JOIN subjects s ON s.id = t.subject_id ORDER BY t.id"
         ))

@@ -67,6 +67,7 @@ def _key_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     saved = {name: os.environ.pop(name, None) for name in ("CONSENTMATCH_KEY", "CONSENTMATCH_KEY_FILE")}
     folder = tmp_path_factory.mktemp("keys")
     os.environ["CONSENTMATCH_KEY_DIR"] = str(folder)
+    os.environ["CONSENTMATCH_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))  # the converted ONNX model
     # The fake encoder's flat squares fail every quality bar: galleries default to no bar here;
     # tests of the bar set it explicitly (tests/test_quality.py, test_gates.py).
     os.environ["CONSENTMATCH_QUALITY"] = "off"
