@@ -24,6 +24,7 @@ from . import encoder as encoders
 from .encoder import Encoder
 from .errors import FaceError, ImageError, InvalidArgumentError, ManifestError
 from .images import load_photo
+from .manifest import open_csv
 from .policy import DEFAULT_TOLERANCE, PROBE_MIN_FACE_PX, check_tolerance
 from .quality import single_face
 
@@ -239,25 +240,7 @@ def read_pairs(pairs_csv: str | os.PathLike[str]) -> tuple[list[Pair], list[Fail
         ManifestError: the file cannot be read or lacks a column.
     """
     path = Path(pairs_csv)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ManifestError(f"Pairs file '{path}' does not exist: check the path.") from None
-    except IsADirectoryError:
-        raise ManifestError(f"Pairs file '{path}' is a directory: name the CSV file.") from None
-    except UnicodeDecodeError:
-        raise ManifestError(f"Pairs file '{path}' is not UTF-8 text: save it as CSV (UTF-8).") from None
-    except OSError as exc:
-        raise ManifestError(f"Pairs file '{path}' cannot be read ({exc.strerror or exc}).") from None
-    reader = csv.DictReader(text.splitlines())
-    header = [name.strip().lower() for name in reader.fieldnames or []]
-    missing = [name for name in PAIR_COLUMNS if name not in header]
-    if missing:
-        raise ManifestError(
-            f"Pairs file '{path}' lacks the column(s) {', '.join(missing)}: its header must be "
-            f"{','.join(PAIR_COLUMNS)}."
-        )
-    reader.fieldnames = header
+    reader = open_csv(path, "Pairs file", PAIR_COLUMNS, ",".join(PAIR_COLUMNS))
     pairs: list[Pair] = []
     failures: list[Failure] = []
     try:

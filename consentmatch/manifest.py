@@ -11,7 +11,7 @@ import io
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +19,7 @@ from pathlib import Path
 from .consent import Consent, evidence_digest, parse_expiry
 from .errors import ConsentMatchError, InvalidArgumentError, ManifestError
 
-__all__ = ["COLUMNS", "REQUIRED_COLUMNS", "ManifestRow", "read_manifest"]
+__all__ = ["COLUMNS", "REQUIRED_COLUMNS", "ManifestRow", "open_csv", "read_manifest"]
 
 COLUMNS = ("subject", "photo", "consent_ref", "purposes", "expires", "jurisdiction")
 OPTIONAL_COLUMNS = ("evidence", "signer", "notice_version", "email")
@@ -38,6 +38,36 @@ class ManifestRow:
     email: str | None = None
 
 
+def open_csv(path: Path, kind: str, required: Sequence[str], header_hint: str) -> csv.DictReader[str]:
+    """A CSV reader over a whole UTF-8 file, its header lower-cased and checked for `required`.
+
+    Raises:
+        ManifestError: the file cannot be read, or lacks a required column (`kind` names it).
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ManifestError(f"{kind} '{path}' does not exist: check the path.") from None
+    except IsADirectoryError:
+        raise ManifestError(f"{kind} '{path}' is a directory: name the CSV file.") from None
+    except UnicodeDecodeError:
+        raise ManifestError(f"{kind} '{path}' is not UTF-8 text: save it as CSV (UTF-8).") from None
+    except OSError as exc:
+        raise ManifestError(f"{kind} '{path}' cannot be read ({exc.strerror or exc}).") from None
+    # The csv module's own line splitting: str.splitlines would also split on U+2028, \x1c...
+    # inside a cell, and turn one row into two (a name pasted from the web enrolls as two people).
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        header = [name.strip().lower() for name in reader.fieldnames or []]
+    except csv.Error as exc:
+        raise ManifestError(f"{kind} '{path}' has no valid CSV header ({exc}).") from None
+    missing = [name for name in required if name not in header]
+    if missing:
+        raise ManifestError(f"{kind} '{path}' lacks the column(s) {', '.join(missing)}: its header must be {header_hint}.")
+    reader.fieldnames = header
+    return reader
+
+
 def read_manifest(manifest: str | os.PathLike[str]) -> list[ManifestRow]:
     """Parse every row; rows that cannot be enrolled carry their problem instead of failing the file.
 
@@ -48,30 +78,8 @@ def read_manifest(manifest: str | os.PathLike[str]) -> list[ManifestRow]:
         ManifestError: the file cannot be read, or lacks a required column.
     """
     path = Path(manifest)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ManifestError(f"Manifest '{path}' does not exist: check the path.") from None
-    except IsADirectoryError:
-        raise ManifestError(f"Manifest '{path}' is a directory: name the CSV file.") from None
-    except UnicodeDecodeError:
-        raise ManifestError(f"Manifest '{path}' is not UTF-8 text: save it as CSV (UTF-8).") from None
-    except OSError as exc:
-        raise ManifestError(f"Manifest '{path}' cannot be read ({exc.strerror or exc}).") from None
-    # The csv module's own line splitting: str.splitlines would also split on U+2028, \x1c...
-    # inside a cell, and turn one row into two (a name pasted from the web enrolls as two people).
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    try:
-        header = [name.strip().lower() for name in reader.fieldnames or []]
-    except csv.Error as exc:
-        raise ManifestError(f"Manifest '{path}' has no valid CSV header ({exc}).") from None
-    missing = [name for name in REQUIRED_COLUMNS if name not in header]
-    if missing:
-        raise ManifestError(
-            f"Manifest '{path}' lacks the column(s) {', '.join(missing)}: its header must be "
-            f"{','.join(COLUMNS)} (expires and jurisdiction may be empty)."
-        )
-    reader.fieldnames = header
+    reader = open_csv(path, "Manifest", REQUIRED_COLUMNS,
+                      f"{','.join(COLUMNS)} (expires and jurisdiction may be empty)")
     try:
         return list(_rows(reader, path.parent))
     except csv.Error as exc:
