@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -384,4 +385,59 @@ def test_sigkill_during_key_rotation_leaves_a_gallery_that_opens(tmp_path: Path)
                 assert face.subject == "p7" and [s.templates for s in gallery.subjects()] == [2]
         except (ConsentMatchError, AssertionError) as exc:
             failures.append(f"trial {trial}: {type(exc).__name__}: {exc}")
+    assert not failures, f"[replay with CONSENTMATCH_CRASH_SEED={seed}]\n" + "\n".join(failures)
+
+
+#: Forgets the subjects named on the command line, one by one, until killed.
+ERASER = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from crashfake import FakeEncoder
+from consentmatch import Gallery
+
+with Gallery(sys.argv[2], encoder=FakeEncoder(), actor="eraser") as gallery:
+    gallery.subjects()
+    print("ready", flush=True)
+    for name in sys.argv[3:]:
+        gallery.forget(name)
+"""
+
+SHRED_TRIALS = 8
+
+
+@pytest.mark.xfail(
+    strict=False,  # the kill must land between the two steps: ~1 trial in 5, not every run
+    reason="library bug: Gallery.forget commits the erasure, then shreds the data key "
+    "(Store.shred after the transaction): a crash in between keeps the key, and a backup from "
+    "before the erasure still decrypts the erased subject",
+)
+def test_sigkill_during_forget_still_shreds_the_subject_in_old_backups(tmp_path: Path) -> None:
+    seed = int(os.environ.get("CONSENTMATCH_CRASH_SEED") or random.SystemRandom().randrange(1 << 31))
+    rng = random.Random(seed)
+    fake = _load_fake(tmp_path)
+    child = tmp_path / "eraser.py"
+    child.write_text(ERASER)
+    people = range(11, 41)  # ~0.5 s of forgets
+    failures = []
+    for trial in range(SHRED_TRIALS):
+        path, backup = tmp_path / f"shred-{trial}.db", tmp_path / f"backup-{trial}.db"
+        with Gallery(path, encoder=fake.FakeEncoder()) as gallery:
+            for person in people:
+                gallery.enroll(f"p{person}", [fake.photo_bytes(person, 0)], Consent(f"REF-p{person}", [DOOR]))
+        assert not Path(f"{path}-wal").exists()  # the clean close checkpointed everything into the file
+        shutil.copyfile(path, backup)  # last night's backup
+        process = subprocess.Popen([sys.executable, str(child), str(tmp_path), str(path), *[f"p{p}" for p in people]],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        ready = process.stdout.readline() if process.stdout else ""
+        time.sleep(rng.uniform(0.0, 0.5))
+        process.kill()
+        _, stderr = process.communicate(timeout=30)
+        assert ready == "ready\n", stderr
+        with Gallery(path, encoder=fake.FakeEncoder()) as gallery:
+            erased = {f"p{p}" for p in people} - {s.subject for s in gallery.subjects()}
+        with Gallery(backup, encoder=fake.FakeEncoder()) as restored:
+            probe, _ = fake.probe_bytes([(p, 0) for p in people])
+            found = {face.subject for face in restored.match(probe, purpose=DOOR).faces} & erased
+        if found:
+            failures.append(f"trial {trial}: the restored backup still matches erased {sorted(found)}")
     assert not failures, f"[replay with CONSENTMATCH_CRASH_SEED={seed}]\n" + "\n".join(failures)
