@@ -16,7 +16,6 @@ subject enrolled from 3 photos at once is seen with 0 or 3 templates, never 1 or
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
