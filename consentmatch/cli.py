@@ -827,18 +827,23 @@ def key_rotate(
     """
     import os
 
-    if os.environ.get("CONSENTMATCH_KEY") and new_key_file is None:
-        _fail("The gallery key comes from CONSENTMATCH_KEY: pass --new-key-file FILE to receive the new one.", 2)
-    with _errors(), _gallery(gallery, actor) as g:
-        info = g.rotate_key()
-    if info.new_key and new_key_file is not None:
-        from .keys import write_private
+    from .keys import generate_key, write_private
 
-        write_private(new_key_file, info.new_key.encode())
+    new_key = None
+    if os.environ.get("CONSENTMATCH_KEY"):
+        if new_key_file is None:
+            _fail("The gallery key comes from CONSENTMATCH_KEY: pass --new-key-file FILE to receive the new one.", 2)
+        new_key = generate_key()
+        try:
+            write_private(new_key_file, new_key.encode())  # stored before any data key is re-wrapped
+        except OSError as exc:
+            _fail(f"Cannot write '{new_key_file}' ({exc.strerror or exc}): nothing rotated.")
+    with _errors(), _gallery(gallery, actor) as g:
+        info = g.rotate_key(new_key=new_key)
     if as_json:
-        _json({**info.to_dict(), "new_key": None, "new_key_file": str(new_key_file) if new_key_file else None})
+        _json({**info.to_dict(), "new_key_file": str(new_key_file) if new_key else None})
     else:
-        where = f"; the new key is in {new_key_file}: put it in CONSENTMATCH_KEY" if new_key_file else ""
+        where = f"; the new key is in {new_key_file}: put it in CONSENTMATCH_KEY" if new_key else ""
         out.print(f"Rotated the gallery key: {info.data_keys} data key(s) re-wrapped{where}.")
 
 

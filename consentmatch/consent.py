@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timezone
@@ -37,7 +38,7 @@ def parse_expiry(text: str) -> datetime:
     """
     try:
         return utc(datetime.fromisoformat(text.strip()))
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: a time zone that pushes year 9999 over
         raise InvalidArgumentError(f"'{text}' is not a date: write it as YYYY-MM-DD.") from None
 
 
@@ -48,7 +49,11 @@ def evidence_digest(path: str | os.PathLike[str]) -> str:
         InvalidArgumentError: the file cannot be read.
     """
     digest = hashlib.sha256()
+    name = os.fspath(path)
     try:
+        # A signed release is a regular file: never block on a FIFO or read a device forever.
+        if "\0" in name or not stat.S_ISREG(os.stat(name).st_mode):
+            raise InvalidArgumentError(f"Evidence '{name}' is not a regular file: give the signed release's file.")
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)

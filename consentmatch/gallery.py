@@ -214,16 +214,16 @@ class Gallery:
         """
         now = self._now()
         with self._lock:
+            ids, vectors = self._shred_first(self.consent(reference).subject)
             with self._store.write() as conn:
                 before = Store.generation(conn)
                 subject_id, already = Store.revoke(conn, reference, now)
                 name = self._subject_name(conn, subject_id)
-                ids, vectors = self._store.subject_templates(conn, subject_id)
-                key = Store.delete_templates(conn, subject_id)
+                Store.delete_templates(conn, subject_id)
                 self._refresh_retention(conn, subject_id, now)
                 audit.append(conn, at=now, actor=self._who(actor), action="consent-revoke", subject=name,
                              details={"consent": reference, "templates_removed": len(ids), "already_revoked": already})
-            return self._erased(before, name, ids, vectors, key, consents=0, reason="revoke")
+            return self._erased(before, name, ids, vectors, consents=0, reason="revoke")
 
     # -- enrollment ------------------------------------------------------------------------
 
@@ -469,15 +469,14 @@ class Gallery:
         name = _check_name(subject, "subject name")
         now = self._now()
         with self._lock:
+            ids, vectors = self._shred_first(name)
             with self._store.write() as conn:
                 before = Store.generation(conn)
                 subject_id = self._subject_id(conn, name)
-                ids, vectors = self._store.subject_templates(conn, subject_id)
-                key = Store.subject_key_id(conn, subject_id)
                 _, consents = Store.delete_subject(conn, subject_id)
                 audit.append(conn, at=now, actor=self._who(actor), action="forget", subject=name,
                              details={"templates_removed": len(ids), "consents_removed": consents})
-            return self._erased(before, name, ids, vectors, key, consents=consents, reason="forget")
+            return self._erased(before, name, ids, vectors, consents=consents, reason="forget")
 
     def retention(self) -> list[RetentionEntry]:
         """When each enrolled subject's templates must be destroyed, soonest first (no date last)."""
@@ -506,15 +505,15 @@ class Gallery:
                 continue
             now = self._now()
             with self._lock:
+                ids, vectors = self._shred_first(entry.subject)
                 with self._store.write() as conn:
                     before = Store.generation(conn)
                     subject_id = self._subject_id(conn, entry.subject)
-                    ids, vectors = self._store.subject_templates(conn, subject_id)
-                    key = Store.delete_templates(conn, subject_id)
+                    Store.delete_templates(conn, subject_id)
                     audit.append(conn, at=now, actor=self._who(actor), action="purge", subject=entry.subject,
                                  details={"templates_removed": len(ids), "rule": entry.rule,
                                           "destroy_by": entry.destroy_by.isoformat() if entry.destroy_by else None})
-                receipts.append(self._erased(before, entry.subject, ids, vectors, key, consents=0, reason="purge"))
+                receipts.append(self._erased(before, entry.subject, ids, vectors, consents=0, reason="purge"))
         return receipts
 
     # -- opt-out registry ------------------------------------------------------------------
@@ -542,16 +541,17 @@ class Gallery:
                              subject=value if kind == "subject" else None, details={"kind": kind, "erases": names})
             self._synced(before)
             for name in names:
+                try:
+                    ids, vectors = self._shred_first(name)
+                except SubjectNotFoundError:
+                    continue
                 with self._store.write() as conn:
                     before = Store.generation(conn)
-                    subject_id = Store.subject_id(conn, name)
-                    if subject_id is None:
-                        continue
+                    subject_id = self._subject_id(conn, name)
                     Store.revoke_all(conn, subject_id, now)
-                    ids, vectors = self._store.subject_templates(conn, subject_id)
-                    key = Store.delete_templates(conn, subject_id)
+                    Store.delete_templates(conn, subject_id)
                     self._refresh_retention(conn, subject_id, now)
-                receipts.append(self._erased(before, name, ids, vectors, key, consents=0, reason="optout"))
+                receipts.append(self._erased(before, name, ids, vectors, consents=0, reason="optout"))
         return receipts
 
     def remove_optout(self, *, subject: str | None = None, email: str | None = None, actor: str | None = None) -> bool:
@@ -645,19 +645,21 @@ class Gallery:
     def rotate_key(self, *, new_key: bytes | str | None = None, actor: str | None = None) -> KeyInfo:
         """Re-wrap every subject's data key under a new gallery key (audited).
 
-        A key file is replaced in place. A key held by the caller (the `key` argument or
-        CONSENTMATCH_KEY) is not stored anywhere: the new one is returned in `new_key`, to install.
+        A key file is replaced in place, crash-safely. A key held by the caller (the `key`
+        argument or CONSENTMATCH_KEY) is replaced by `new_key`, which the caller must have
+        stored first (a rotation cut short would otherwise lose it).
+
+        Raises:
+            EncryptionKeyError: a caller-held key without `new_key`.
         """
         fresh = parse_key(new_key, "new_key") if new_key is not None else None
         with self._lock, self._store.write() as conn:
             keys = self._store.keys
-            held = keys.key_file is None
-            key, check = keys.rotate(fresh)
-            conn.execute("UPDATE meta SET value = ? WHERE key = 'key_check'", (check,))
+            keys.rotate(fresh)
             audit.append(conn, at=self._now(), actor=self._who(actor), action="key-rotate",
                          details={"data_keys": len(keys.key_ids()), "key_source": keys.source})
             return KeyInfo(gallery_id=keys.gallery_id or "", key_source=keys.source, key_dir=str(keys.key_dir),
-                           data_keys=len(keys.key_ids()), new_key=key.hex() if held else None)
+                           data_keys=len(keys.key_ids()))
 
     def subjects(self) -> list[SubjectInfo]:
         """Everyone enrolled, by name, with template count and consents (never templates)."""
@@ -841,20 +843,34 @@ class Gallery:
         key = bytes.fromhex(Store.optout_salt(conn))
         return hmac.new(key, email.strip().lower().encode(), hashlib.sha256).hexdigest()
 
+    def _shred_first(self, name: str) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """Before an erasure's transaction: read the templates (for the post-check), then destroy
+        the subject's data key, so that from here no crash and no old copy of the gallery can
+        make them readable again. Rows left by a crash are dropped at the next open.
+
+        Raises:
+            SubjectNotFoundError: nobody of that name.
+        """
+        with self._store.read() as conn:
+            subject_id = self._subject_id(conn, name)
+            ids, vectors = self._store.subject_templates(conn, subject_id)
+            key = Store.subject_key_id(conn, subject_id)
+        self._store.shred([key])
+        return ids, vectors
+
     def _erased(
         self,
         before: int,
         name: str,
         ids: NDArray[np.int64],
         vectors: NDArray[np.float32],
-        key: str | None,
         *,
         consents: int,
         reason: str,
     ) -> Erasure:
-        """After an erasure commits: shred the subject's data key, drop the index entries, then
-        check that nothing of them is found."""
-        self._store.shred([key])
+        """After an erasure commits: flush the WAL, drop the index entries, then check that
+        nothing of them is found."""
+        self._store.checkpoint()
         removed = 0
 
         def remove(index: FaceIndex) -> None:

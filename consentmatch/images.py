@@ -26,7 +26,6 @@ from PIL import (  # noqa: F401  isort: skip
     JpegImagePlugin,
     MpoImagePlugin,
     PngImagePlugin,
-    TiffImagePlugin,
     WebPImagePlugin,
 )
 
@@ -39,7 +38,7 @@ PhotoInput = Union[str, "os.PathLike[str]", bytes]
 
 #: Pillow format names we decode; anything else is refused before decoding. (Phone JPEGs with a
 #: preview frame open through JPEG as "MPO".)
-ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 #: Files larger than this are refused without being read.
 MAX_FILE_BYTES = 64 * 1024 * 1024
 #: Decoded pixels above this are refused; JPEGs are decoded at 1/2, 1/4 or 1/8 to fit instead.

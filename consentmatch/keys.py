@@ -91,8 +91,12 @@ def unseal_with(cipher: Any, sealed: bytes, aad: bytes) -> bytes | None:
         return None
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write a secret file atomically (temp + fsync + rename), readable by its owner only."""
+def write_private(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
+    """Write a secret file atomically (temp + fsync + rename), readable by its owner only.
+
+    `exclusive`: never replace an existing file (two processes creating one gallery at once
+    must agree on one key); returns False when the file was already there.
+    """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -100,7 +104,16 @@ def write_private(path: Path, data: bytes) -> None:
         os.write(handle, data)
         os.fsync(handle)
         os.close(handle)
-        os.replace(temp, path)
+        if exclusive:
+            try:
+                os.link(temp, path)  # atomic, and fails if another process got there first
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(temp)
+        else:
+            os.replace(temp, path)
+        return True
     except BaseException:
         if os.path.exists(temp):
             os.unlink(temp)
@@ -127,37 +140,60 @@ class KeyRing:
 
     # -- opening ---------------------------------------------------------------------------
 
-    def open(self, gallery_id: str, key_check: str | None, *, create: bool) -> str | None:
-        """Load the gallery key and the data-key store; returns a new key check when creating.
+    def open(self, gallery_id: str, *, created: bool, create: bool) -> bool:
+        """Load the gallery key and the data-key store; returns True when it creates them.
+
+        `created`: the gallery says its keys exist. The key check lives in the data-key store,
+        in the same transaction as every re-wrap, so a rotation cut short is finished here
+        from the `.next` key file it writes first.
 
         Raises:
             EncryptionKeyError: the key or the data-key store is missing, or the key is wrong.
         """
         with self._lock:
             if self._kek is not None and self.gallery_id == gallery_id:
-                return None
+                return False
             self.gallery_id = gallery_id
-            kek = self._load_kek(gallery_id, create=create and key_check is None)
             deks = self.key_dir / f"{gallery_id}.deks"
-            if key_check is None:
+            if not created:
                 if not create:
-                    raise EncryptionKeyError("This gallery has no key check: it was not created by consentmatch.")
-                check = seal(kek, _CHECK, gallery_id.encode()).hex()
-            else:
-                if unseal(kek, bytes.fromhex(key_check), gallery_id.encode()) != _CHECK:
-                    raise EncryptionKeyError(
-                        "The gallery key does not open this gallery: set CONSENTMATCH_KEY or CONSENTMATCH_KEY_FILE "
-                        "to the key it was created with."
-                    )
-                if not deks.exists():
-                    raise EncryptionKeyError(
-                        f"The data keys of this gallery are missing ({deks}): set CONSENTMATCH_KEY_DIR to the folder "
-                        "that holds them, or restore it from your key backup."
-                    )
-                check = None
-            self._kek = kek
+                    raise EncryptionKeyError("This gallery has no keys: it was not written by consentmatch.")
+                self._kek = self._load_kek(gallery_id, create=True)
+                self._open_deks(deks)
+                self._db().execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('check', ?)",
+                                   (seal(self._kek, _CHECK, gallery_id.encode()),))
+                return True
+            if not deks.exists():
+                raise EncryptionKeyError(
+                    f"The data keys of this gallery are missing ({deks}): set CONSENTMATCH_KEY_DIR to the folder "
+                    "that holds them, or restore it from your key backup."
+                )
             self._open_deks(deks)
-            return check
+            assert self._conn is not None
+            row = self._conn.execute("SELECT value FROM meta WHERE key = 'check'").fetchone()
+            kek = self._load_kek(gallery_id, create=False)
+            if row is None or unseal(kek, bytes(row[0]), gallery_id.encode()) != _CHECK:
+                kek = self._finish_rotation(kek, bytes(row[0]) if row else b"")
+            self._kek = kek
+            return False
+
+    def _finish_rotation(self, kek: bytes, check: bytes) -> bytes:
+        """The key file does not open the store: a rotation stopped after re-wrapping may have left
+        the new key in `<key file>.next`; adopt it. Otherwise the key is wrong."""
+        pending = self.key_file.with_name(self.key_file.name + ".next") if self.key_file else None
+        if pending is not None and pending.exists():
+            fresh = parse_key(pending.read_bytes(), str(pending))
+            if unseal(fresh, check, (self.gallery_id or "").encode()) == _CHECK:
+                assert self.key_file is not None
+                os.replace(pending, self.key_file)
+                return fresh
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        raise EncryptionKeyError(
+            "The gallery key does not open this gallery: set CONSENTMATCH_KEY or CONSENTMATCH_KEY_FILE "
+            "to the key it was created with."
+        )
 
     def _load_kek(self, gallery_id: str, *, create: bool) -> bytes:
         if self._given is not None:
@@ -173,8 +209,9 @@ class KeyRing:
                 raise EncryptionKeyError(f"The gallery key file '{path}' cannot be read ({exc.strerror or exc}).") from None
         if create and not named:
             key = secrets.token_bytes(KEY_BYTES)
-            write_private(path, key.hex().encode())
-            return key
+            if write_private(path, key.hex().encode(), exclusive=True):
+                return key
+            return parse_key(path.read_bytes(), str(path))  # another process created it first
         raise EncryptionKeyError(
             f"The gallery key was not found ({path}): set CONSENTMATCH_KEY or CONSENTMATCH_KEY_FILE, "
             "or CONSENTMATCH_KEY_DIR to the folder that holds it."
@@ -188,6 +225,7 @@ class KeyRing:
             conn.execute("PRAGMA secure_delete = ON")  # a shredded key is overwritten, not just unlinked
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("CREATE TABLE IF NOT EXISTS deks (key_id TEXT PRIMARY KEY, wrapped BLOB NOT NULL)")
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
         except sqlite3.Error as exc:
             raise EncryptionKeyError(f"The data-key store '{path}' cannot be opened ({exc}).") from None
         self._conn = conn
@@ -260,16 +298,28 @@ class KeyRing:
             raise EncryptionKeyError("This subject's data key was shredded: the subject was erased.")
         return seal(dek, plaintext, key_id.encode())
 
-    def rotate(self, new_key: bytes | None = None) -> tuple[bytes, str]:
-        """Re-wrap every data key under a new gallery key; returns (the new key, the new key check).
+    def rotate(self, new_key: bytes | None = None) -> bytes:
+        """Re-wrap every data key under a new gallery key; returns the new key.
 
-        A key file (the default one or CONSENTMATCH_KEY_FILE) is replaced atomically; a key
-        given as an argument or in CONSENTMATCH_KEY is the caller's to replace.
+        Crash-safe: a key file's successor is written first (`<key file>.next`), then the
+        re-wrapped keys and the new check commit together, then the successor replaces the
+        key file; `open` finishes a rotation cut short. A key held by the caller (argument or
+        CONSENTMATCH_KEY) must be given as `new_key`, stored by the caller beforehand.
+
+        Raises:
+            EncryptionKeyError: a caller-held key without `new_key`; a data key that does not open.
         """
         with self._lock:
             conn, old = self._db(), self._kek
             assert old is not None and self.gallery_id is not None
+            if self.key_file is None and new_key is None:
+                raise EncryptionKeyError(
+                    "The gallery key is held by the caller: store a new one first (generate_key()), then pass it as new_key."
+                )
             fresh = new_key or secrets.token_bytes(KEY_BYTES)
+            pending = self.key_file.with_name(self.key_file.name + ".next") if self.key_file else None
+            if pending is not None:
+                write_private(pending, fresh.hex().encode())
             rows = conn.execute("SELECT key_id, wrapped FROM deks").fetchall()
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -278,14 +328,19 @@ class KeyRing:
                     if dek is None:
                         raise EncryptionKeyError(f"Data key {str(key_id)[:8]}... does not open: rotation stopped, nothing changed.")
                     conn.execute("UPDATE deks SET wrapped = ? WHERE key_id = ?", (seal(fresh, dek, str(key_id).encode()), key_id))
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('check', ?)",
+                             (seal(fresh, _CHECK, self.gallery_id.encode()),))
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if pending is not None and pending.exists():
+                    pending.unlink()
                 raise
-            if self.key_file is not None:
-                write_private(self.key_file, fresh.hex().encode())
+            if pending is not None and self.key_file is not None:
+                os.replace(pending, self.key_file)
             self._kek = fresh
-            return fresh, seal(fresh, _CHECK, self.gallery_id.encode()).hex()
+            return fresh
 
     @property
     def source(self) -> str:

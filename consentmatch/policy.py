@@ -157,16 +157,24 @@ def destroy_by(
     return max(((d, r) for d, r in dates if d is not None), key=lambda pair: pair[0])
 
 
+def _later(moment: datetime, years: int) -> datetime:
+    """`years` after `moment`, saturating at the end of representable time (a consent to 9999)."""
+    try:
+        return moment + years * _YEAR
+    except OverflowError:
+        return datetime.max.replace(tzinfo=moment.tzinfo)
+
+
 def _consent_deadline(term: ConsentTerm, interaction: datetime) -> tuple[datetime | None, str]:
     code = term.jurisdiction or ""
-    bipa = (interaction + 3 * _YEAR, "BIPA 15(a): 3 years after the last interaction")
+    bipa = (_later(interaction, 3), "BIPA 15(a): 3 years after the last interaction")
     end = (term.expires_at, "end of the consented purpose") if term.expires_at else None
     if code == "US-IL":
         candidates = [bipa] + ([end] if end else [])
     elif code == "US-TX":
         if not term.expires_at:
             return None, "CUBI 503.001(c)(3): purpose has no end date"
-        candidates = [(term.expires_at + _YEAR, "CUBI 503.001(c)(3): 1 year after the purpose ends")]
+        candidates = [(_later(term.expires_at, 1), "CUBI 503.001(c)(3): 1 year after the purpose ends")]
     elif code:
         if not end:
             return None, f"{code}: consent has no end date"

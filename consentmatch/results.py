@@ -349,14 +349,13 @@ class AuditCheck:
 
 @dataclass(frozen=True)
 class KeyInfo:
-    """Where a gallery's keys are; after a rotation of a caller-held key, the new key to install."""
+    """Where a gallery's keys are (never the keys themselves)."""
 
     gallery_id: str
     key_source: str
     key_dir: str
     data_keys: int
-    new_key: str | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"gallery_id": self.gallery_id, "key_source": self.key_source, "key_dir": self.key_dir,
-                "data_keys": self.data_keys, "new_key": self.new_key}
+                "data_keys": self.data_keys}

@@ -115,8 +115,9 @@ class Store:
 
     def _open_keys(self, conn: sqlite3.Connection, create: bool) -> None:
         """Open the gallery's keys; seal plaintext rows of older schemas; drop rows whose key was shredded."""
-        meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('gallery_id', 'key_check')").fetchall())
-        check = self.keys.open(str(meta["gallery_id"]), meta.get("key_check"), create=create or "key_check" not in meta)
+        meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('gallery_id', 'keys')").fetchall())
+        created = self.keys.open(str(meta["gallery_id"]), created="keys" in meta, create=True)
+        check = "created" if created else None
         plaintext = conn.execute(f"SELECT count(*) FROM templates WHERE length(embedding) = {_PLAIN_BYTES}").fetchone()[0]
         known = self.keys.key_ids()
         shredded = [
@@ -128,7 +129,7 @@ class Store:
         conn.execute("BEGIN IMMEDIATE")
         try:
             if check is not None:
-                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('key_check', ?)", (check,))
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('keys', 'created')")
             for subject_id, _ in shredded:  # e.g. a backup restored after an erasure: those rows stay dead
                 conn.execute("DELETE FROM templates WHERE subject_id = ?", (subject_id,))
                 conn.execute("UPDATE subjects SET key_id = NULL WHERE id = ?", (subject_id,))
@@ -158,14 +159,15 @@ class Store:
         return str(key_id)
 
     def shred(self, key_ids: Sequence[str | None]) -> None:
-        """Destroy erased subjects' data keys and flush the WAL: no copy of their templates stays readable."""
+        """Destroy erased subjects' data keys: no copy of their templates stays readable."""
         self.keys.shred([k for k in key_ids if k])
-        self.checkpoint()
 
     def checkpoint(self) -> None:
+        """Copy the WAL into the database now. PASSIVE: an erasure never waits on readers; pages a
+        reader still holds stay in the WAL, sealed under a key that no longer exists."""
         with self._lock, self._mapped():
             if self._conn is not None:
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     @staticmethod
     def subject_key_id(conn: sqlite3.Connection, subject_id: int) -> str | None:
@@ -173,8 +175,10 @@ class Store:
         return None if row is None or row[0] is None else str(row[0])
 
     def _check_owner(self, conn: sqlite3.Connection) -> None:
-        (app_id,) = conn.execute("PRAGMA application_id").fetchone()
-        (tables,) = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        # One statement, one snapshot: another process may be creating this very gallery.
+        app_id, tables = conn.execute(
+            "SELECT (SELECT application_id FROM pragma_application_id()), (SELECT count(*) FROM sqlite_master)"
+        ).fetchone()
         if app_id != APPLICATION_ID and (app_id != 0 or tables):
             raise StorageError(f"'{self.path}' is an SQLite file but not a consentmatch gallery: name another file.")
 

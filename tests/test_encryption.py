@@ -54,7 +54,7 @@ def test_missing_or_wrong_key_is_a_clear_error(tmp_path: Path, monkeypatch: pyte
     path = tmp_path / "g.db"
     with _gallery(path, key_dir=tmp_path / "keys") as gallery:
         gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], Consent("R1", ["door"]))
-    with pytest.raises(EncryptionKeyError, match="gallery key was not found"):
+    with pytest.raises(EncryptionKeyError, match="data keys of this gallery are missing"):
         _gallery(path, key_dir=tmp_path / "elsewhere").subjects()
     with pytest.raises(EncryptionKeyError, match="does not open this gallery"):
         _gallery(path, key=generate_key(), key_dir=tmp_path / "keys").subjects()
@@ -113,7 +113,8 @@ def test_key_rotation(tmp_path: Path) -> None:
         gallery.enroll("alice", [photo], Consent("R1", ["door"]))
         old = next(keys.glob("*.key")).read_text()
         info = gallery.rotate_key()
-        assert info.data_keys == 1 and info.new_key is None  # the default key file was replaced
+        assert info.data_keys == 1  # the default key file was replaced
+    assert not list(keys.glob("*.next"))
     assert next(keys.glob("*.key")).read_text() != old
     with pytest.raises(EncryptionKeyError, match="does not open"):
         _gallery(path, key=old, key_dir=keys).subjects()
@@ -122,13 +123,14 @@ def test_key_rotation(tmp_path: Path) -> None:
         assert gallery.audit()[-2].action == "key-rotate"  # then the match
 
 
-def test_rotation_of_a_caller_held_key_returns_the_new_one(tmp_path: Path) -> None:
-    key = generate_key()
+def test_rotation_of_a_caller_held_key_takes_the_new_one(tmp_path: Path) -> None:
+    key, new = generate_key(), generate_key()
     photo = fake_photo(tmp_path, "a.png", (10, 0))
     with _gallery(tmp_path / "g.db", key=key, key_dir=tmp_path / "keys") as gallery:
         gallery.enroll("alice", [photo], Consent("R1", ["door"]))
-        new = gallery.rotate_key().new_key
-    assert new and new != key
+        with pytest.raises(EncryptionKeyError, match="store a new one first"):
+            gallery.rotate_key()  # a key only in memory would be lost by a crash
+        gallery.rotate_key(new_key=new)
     with _gallery(tmp_path / "g.db", key=new, key_dir=tmp_path / "keys") as gallery:
         assert gallery.match(photo, purpose="door").faces[0].subject == "alice"
 
@@ -171,7 +173,7 @@ def test_key_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     photo = fake_photo(tmp_path, "a.png", (10, 0))
     assert runner.invoke(app, ["enroll", "alice", str(photo), "-c", "R1", "-p", "door"], env=env).exit_code == 0
     info = json.loads(runner.invoke(app, ["key", "info", "--json"], env=env).stdout)
-    assert info["key_source"] == "CONSENTMATCH_KEY" and info["data_keys"] == 1 and info["new_key"] is None
+    assert info["key_source"] == "CONSENTMATCH_KEY" and info["data_keys"] == 1 and "new_key" not in info
     refused = runner.invoke(app, ["key", "rotate"], env=env)
     assert refused.exit_code == 2 and "--new-key-file" in refused.stderr
     result = runner.invoke(app, ["key", "rotate", "--new-key-file", str(tmp_path / "new.key")], env=env)
@@ -182,3 +184,27 @@ def test_key_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert runner.invoke(app, ["subjects"], env=env).exit_code == 1  # the old key no longer opens it
     ok = runner.invoke(app, ["match", str(photo), "-p", "door", "--json"], env={**env, "CONSENTMATCH_KEY": new})
     assert json.loads(ok.stdout)["faces"][0]["subject"] == "alice"
+
+
+def test_a_rotation_cut_short_is_finished_at_the_next_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from consentmatch import keys as keys_module
+
+    path, keys = tmp_path / "g.db", tmp_path / "keys"
+    photo = fake_photo(tmp_path, "a.png", (10, 0))
+    with _gallery(path, key_dir=keys) as gallery:
+        gallery.enroll("alice", [photo], Consent("R1", ["door"]))
+    real_replace = keys_module.os.replace
+
+    def crash_before_the_key_file_moves(source: str, target: str) -> None:
+        if str(source).endswith(".next"):
+            raise KeyboardInterrupt  # stands for a kill between the commit and the rename
+        real_replace(source, target)
+
+    monkeypatch.setattr(keys_module.os, "replace", crash_before_the_key_file_moves)
+    with pytest.raises(KeyboardInterrupt), _gallery(path, key_dir=keys) as gallery:
+        gallery.rotate_key()
+    monkeypatch.setattr(keys_module.os, "replace", real_replace)
+    assert list(keys.glob("*.next"))  # the new key waits beside the old one
+    with _gallery(path, key_dir=keys) as gallery:
+        assert gallery.match(photo, purpose="door").faces[0].subject == "alice"
+    assert not list(keys.glob("*.next"))
