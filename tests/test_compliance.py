@@ -417,3 +417,18 @@ def test_gps_block_that_is_malformed_is_ignored() -> None:
     buffer = io.BytesIO()
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(buffer, "PNG", exif=exif)
     assert load_photo(buffer.getvalue()).gps is None
+
+
+def test_far_dates_and_odd_evidence_are_clean_errors(gallery: Gallery, tmp_path: Path) -> None:
+    from consentmatch.consent import parse_expiry
+
+    with pytest.raises(InvalidArgumentError, match="not a date"):
+        parse_expiry("9999-12-31T23:00-05:00")  # past the end of representable time in UTC
+    far = Consent("R1", ["door"], jurisdiction="US-TX", expires_at=datetime(9999, 12, 31, tzinfo=timezone.utc),
+                  evidence_sha256="a" * 64)
+    gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], far)  # CUBI's +1 year saturates
+    assert gallery.retention()[0].destroy_by is not None
+    with pytest.raises(InvalidArgumentError, match="not a regular file"):
+        evidence_digest("/dev/zero")
+    with pytest.raises(InvalidArgumentError, match="not a regular file"):
+        evidence_digest(tmp_path)
