@@ -214,7 +214,7 @@ class Gallery:
         """
         now = self._now()
         with self._lock:
-            ids, vectors = self._shred_first(self.consent(reference).subject)
+            ids, vectors, key = self._erasure_snapshot(self.consent(reference).subject)
             with self._store.write() as conn:
                 before = Store.generation(conn)
                 subject_id, already = Store.revoke(conn, reference, now)
@@ -223,6 +223,7 @@ class Gallery:
                 self._refresh_retention(conn, subject_id, now)
                 audit.append(conn, at=now, actor=self._who(actor), action="consent-revoke", subject=name,
                              details={"consent": reference, "templates_removed": len(ids), "already_revoked": already})
+                self._store.shred([key])  # last, once the write has gone through: see _erasure_snapshot
             return self._erased(before, name, ids, vectors, consents=0, reason="revoke")
 
     # -- enrollment ------------------------------------------------------------------------
@@ -469,13 +470,14 @@ class Gallery:
         name = _check_name(subject, "subject name")
         now = self._now()
         with self._lock:
-            ids, vectors = self._shred_first(name)
+            ids, vectors, key = self._erasure_snapshot(name)
             with self._store.write() as conn:
                 before = Store.generation(conn)
                 subject_id = self._subject_id(conn, name)
                 _, consents = Store.delete_subject(conn, subject_id)
                 audit.append(conn, at=now, actor=self._who(actor), action="forget", subject=name,
                              details={"templates_removed": len(ids), "consents_removed": consents})
+                self._store.shred([key])
             return self._erased(before, name, ids, vectors, consents=consents, reason="forget")
 
     def retention(self) -> list[RetentionEntry]:
@@ -505,7 +507,7 @@ class Gallery:
                 continue
             now = self._now()
             with self._lock:
-                ids, vectors = self._shred_first(entry.subject)
+                ids, vectors, key = self._erasure_snapshot(entry.subject)
                 with self._store.write() as conn:
                     before = Store.generation(conn)
                     subject_id = self._subject_id(conn, entry.subject)
@@ -513,6 +515,7 @@ class Gallery:
                     audit.append(conn, at=now, actor=self._who(actor), action="purge", subject=entry.subject,
                                  details={"templates_removed": len(ids), "rule": entry.rule,
                                           "destroy_by": entry.destroy_by.isoformat() if entry.destroy_by else None})
+                    self._store.shred([key])
                 receipts.append(self._erased(before, entry.subject, ids, vectors, consents=0, reason="purge"))
         return receipts
 
@@ -542,7 +545,7 @@ class Gallery:
             self._synced(before)
             for name in names:
                 try:
-                    ids, vectors = self._shred_first(name)
+                    ids, vectors, key = self._erasure_snapshot(name)
                 except SubjectNotFoundError:
                     continue
                 with self._store.write() as conn:
@@ -551,6 +554,7 @@ class Gallery:
                     Store.revoke_all(conn, subject_id, now)
                     Store.delete_templates(conn, subject_id)
                     self._refresh_retention(conn, subject_id, now)
+                    self._store.shred([key])
                 receipts.append(self._erased(before, name, ids, vectors, consents=0, reason="optout"))
         return receipts
 
@@ -843,10 +847,14 @@ class Gallery:
         key = bytes.fromhex(Store.optout_salt(conn))
         return hmac.new(key, email.strip().lower().encode(), hashlib.sha256).hexdigest()
 
-    def _shred_first(self, name: str) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-        """Before an erasure's transaction: read the templates (for the post-check), then destroy
-        the subject's data key, so that from here no crash and no old copy of the gallery can
-        make them readable again. Rows left by a crash are dropped at the next open.
+    def _erasure_snapshot(self, name: str) -> tuple[NDArray[np.int64], NDArray[np.float32], str | None]:
+        """What an erasure removes: template ids and vectors (for the post-check) and the data key.
+
+        Each erasure then deletes the rows and, as the last step of that same write
+        transaction, destroys the data key: a write the gallery refuses (read-only, locked)
+        shreds nothing, and from the shred on, no crash and no old copy of the gallery can make
+        the templates readable again. Rows left by a crash between shred and commit are dropped
+        at the next open.
 
         Raises:
             SubjectNotFoundError: nobody of that name.
@@ -854,9 +862,7 @@ class Gallery:
         with self._store.read() as conn:
             subject_id = self._subject_id(conn, name)
             ids, vectors = self._store.subject_templates(conn, subject_id)
-            key = Store.subject_key_id(conn, subject_id)
-        self._store.shred([key])
-        return ids, vectors
+            return ids, vectors, Store.subject_key_id(conn, subject_id)
 
     def _erased(
         self,
