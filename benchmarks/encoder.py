@@ -14,7 +14,6 @@ Conversion time is measured once, into a temporary cache folder (what a first ru
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -28,6 +27,7 @@ from numpy.typing import NDArray
 from consentmatch.encoder import DlibEncoder, face_chips, model_dir
 from consentmatch.images import load_photo
 from consentmatch.onnx_encoder import OnnxEncoder, converted_model
+from _report import report  # benchmarks/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ("examples/people/*/*", "examples/probes/*", "tests/data/edge/*")
@@ -101,12 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         "convert_s": round(convert_s, 2),
         "cached_load_s": round(cached_s, 2),
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        width = max(map(len, result))
-        for key, value in result.items():
-            print(f"{key:<{width}}  {value}")
+    report(result, args.json)
 
 
 if __name__ == "__main__":

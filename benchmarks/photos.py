@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from _report import report  # benchmarks/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parent.parent
 PURPOSE = "visitor-check-in"
@@ -138,12 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     expected = args.expected if args.expected.exists() else None
     result = run(args.known, args.unknown, expected, args.runs, args.cpus)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        width = max(map(len, result))
-        for key, value in result.items():
-            print(f"{key:<{width}}  {value}")
+    report(result, args.json)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from consentmatch.encoder import DIMENSIONS
 from consentmatch.index import FaceIndex
 from consentmatch.results import Box
 from consentmatch.store import Store
+from _report import report  # benchmarks/ is on sys.path when a script runs
 
 PURPOSE, SUBSET_PURPOSE = "visitor-check-in", "staff-access"
 PER_SUBJECT = 2  # templates per subject, as with two enrollment photos
@@ -280,13 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     result = run(args.size, args.queries, args.data, args.probes, args.exact, args.nprobe, args.gallery)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        width = max(map(len, result))
-        for key, value in result.items():
-            print(f"{key:<{width}}  {value}")
-    sys.stdout.flush()
+    report(result, args.json)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -37,6 +37,8 @@ __all__ = [
     "face_chips",
     "model_dir",
 ]
+
+T = TypeVar("T")
 
 DIMENSIONS = 128
 #: The smallest face dlib's HOG detector finds without upsampling, with a margin: measured
@@ -108,25 +110,16 @@ class DlibEncoder:
     def _load(self) -> tuple[Any, Any]:
         """The detector and the landmark predictor."""
         if self._models is None:
-            import dlib
-
-            try:
-                self._models = (
-                    dlib.get_frontal_face_detector(),
-                    dlib.shape_predictor(str(model_dir() / "shape_predictor_5_face_landmarks.dat")),
-                )
-            except RuntimeError as exc:
-                raise EngineError(f"The face models could not be loaded ({exc}): reinstall consentmatch.") from None
+            self._models = _loaded(lambda dlib: (
+                dlib.get_frontal_face_detector(),
+                dlib.shape_predictor(str(model_dir() / "shape_predictor_5_face_landmarks.dat")),
+            ))
         return self._models
 
     def _load_net(self) -> Any:
+        """dlib's ResNet, loaded only when this backend encodes."""
         if self._net is None:
-            import dlib
-
-            try:
-                self._net = dlib.face_recognition_model_v1(str(model_dir() / RESNET_FILE))
-            except RuntimeError as exc:
-                raise EngineError(f"The face models could not be loaded ({exc}): reinstall consentmatch.") from None
+            self._net = _loaded(lambda dlib: dlib.face_recognition_model_v1(str(model_dir() / RESNET_FILE)))
         return self._net
 
     def encode(self, photo: Photo, min_face_px: int) -> list[DetectedFace]:
@@ -196,6 +189,16 @@ class DlibEncoder:
             except RuntimeError as exc:
                 raise EngineError(f"dlib failed to encode {len(chips)} face chips ({exc}).") from None
         return _rows(vectors)
+
+
+def _loaded(make: Callable[[Any], T]) -> T:
+    """`make(dlib)`, with dlib's load failures as EngineError."""
+    import dlib
+
+    try:
+        return make(dlib)
+    except RuntimeError as exc:
+        raise EngineError(f"The face models could not be loaded ({exc}): reinstall consentmatch.") from None
 
 
 def face_chips(photo: Photo, shapes: Any) -> NDArray[np.uint8]:

@@ -136,7 +136,6 @@ class Gallery:
         self._lock = threading.RLock()  # guards the index and caches; encoding runs outside it
         self._index: FaceIndex | None = None
         self._searchable: dict[str | None, tuple[int, Searchable]] = {}
-        self._policy: dict[str, Any] = default_policy()  # as read by the current search
 
     def __enter__(self) -> Gallery:
         return self
@@ -213,18 +212,17 @@ class Gallery:
             ConsentError: no consent has this reference.
         """
         now = self._now()
-        with self._lock:
-            ids, vectors, key = self._erasure_snapshot(self.consent(reference).subject)
-            with self._store.write() as conn:
-                before = Store.generation(conn)
-                subject_id, already = Store.revoke(conn, reference, now)
-                name = self._subject_name(conn, subject_id)
-                Store.delete_templates(conn, subject_id)
-                self._refresh_retention(conn, subject_id, now)
-                audit.append(conn, at=now, actor=self._who(actor), action="consent-revoke", subject=name,
-                             details={"consent": reference, "templates_removed": len(ids), "already_revoked": already})
-                self._store.shred([key])  # last, once the write has gone through: see _erasure_snapshot
-            return self._erased(before, name, ids, vectors, consents=0, reason="revoke")
+
+        def revoke(conn: sqlite3.Connection, subject_id: int, removed: int) -> int:
+            _, already = Store.revoke(conn, reference, now)
+            Store.delete_templates(conn, subject_id)
+            self._refresh_retention(conn, subject_id, now)
+            audit.append(conn, at=now, actor=self._who(actor), action="consent-revoke",
+                         subject=self._subject_name(conn, subject_id),
+                         details={"consent": reference, "templates_removed": removed, "already_revoked": already})
+            return 0
+
+        return self._erase(self.consent(reference).subject, "revoke", revoke)
 
     # -- enrollment ------------------------------------------------------------------------
 
@@ -375,7 +373,7 @@ class Gallery:
             InvalidArgumentError: no purpose where the policy requires one.
         """
         top_k = check_top_k(top_k)
-        label, tolerance = self._search_terms(purpose, tolerance)
+        label, tolerance, policy = self._search_terms(purpose, tolerance)
         decoded = load_photo(photo)
         faces = self._encoder.encode(decoded, PROBE_MIN_FACE_PX)
         with self._lock, self._store.read() as conn:
@@ -394,7 +392,7 @@ class Gallery:
                 nearest, names = [[] for _ in faces], {}
         results = []
         matched: dict[int, str] = {}
-        margin = float(self._policy["ambiguity_margin"])
+        margin = float(policy["ambiguity_margin"])
         for face, row in zip(faces, nearest):
             candidates = tuple(Candidate(names[s], d) for s, d in row)
             within = bool(row) and row[0][1] <= tolerance
@@ -433,7 +431,7 @@ class Gallery:
             ImageError, NoFaceError, MultipleFacesError: the probe must hold exactly one face.
         """
         name = _check_name(subject, "subject name")
-        label, tolerance = self._search_terms(purpose, tolerance)
+        label, tolerance, policy = self._search_terms(purpose, tolerance)
         with self._lock, self._store.read() as conn:  # consent first: no biometric work without it
             subject_id = self._subject_id(conn, name)
             purposes = Store.active_purposes(conn, subject_id, self._now())
@@ -444,8 +442,8 @@ class Gallery:
             )
         decoded = load_photo(photo)
         face = single_face(self._encoder.encode(decoded, PROBE_MIN_FACE_PX), decoded.name)
-        if self._policy["quality"] != "off":
-            check_quality(decoded, face, level=self._policy["quality"], for_enrollment=False)
+        if policy["quality"] != "off":
+            check_quality(decoded, face, level=policy["quality"], for_enrollment=False)
         with self._lock, self._store.read() as conn:
             _, templates = self._store.subject_templates(conn, self._subject_id(conn, name))
         if not len(templates):
@@ -469,16 +467,14 @@ class Gallery:
         """
         name = _check_name(subject, "subject name")
         now = self._now()
-        with self._lock:
-            ids, vectors, key = self._erasure_snapshot(name)
-            with self._store.write() as conn:
-                before = Store.generation(conn)
-                subject_id = self._subject_id(conn, name)
-                _, consents = Store.delete_subject(conn, subject_id)
-                audit.append(conn, at=now, actor=self._who(actor), action="forget", subject=name,
-                             details={"templates_removed": len(ids), "consents_removed": consents})
-                self._store.shred([key])
-            return self._erased(before, name, ids, vectors, consents=consents, reason="forget")
+
+        def forget(conn: sqlite3.Connection, subject_id: int, removed: int) -> int:
+            _, consents = Store.delete_subject(conn, subject_id)
+            audit.append(conn, at=now, actor=self._who(actor), action="forget", subject=name,
+                         details={"templates_removed": removed, "consents_removed": consents})
+            return consents
+
+        return self._erase(name, "forget", forget)
 
     def retention(self) -> list[RetentionEntry]:
         """When each enrolled subject's templates must be destroyed, soonest first (no date last)."""
@@ -505,18 +501,16 @@ class Gallery:
         for entry in self.retention():
             if not entry.overdue:
                 continue
-            now = self._now()
-            with self._lock:
-                ids, vectors, key = self._erasure_snapshot(entry.subject)
-                with self._store.write() as conn:
-                    before = Store.generation(conn)
-                    subject_id = self._subject_id(conn, entry.subject)
-                    Store.delete_templates(conn, subject_id)
-                    audit.append(conn, at=now, actor=self._who(actor), action="purge", subject=entry.subject,
-                                 details={"templates_removed": len(ids), "rule": entry.rule,
-                                          "destroy_by": entry.destroy_by.isoformat() if entry.destroy_by else None})
-                    self._store.shred([key])
-                receipts.append(self._erased(before, entry.subject, ids, vectors, consents=0, reason="purge"))
+            now, due = self._now(), entry
+
+            def purge(conn: sqlite3.Connection, subject_id: int, removed: int) -> int:
+                Store.delete_templates(conn, subject_id)
+                audit.append(conn, at=now, actor=self._who(actor), action="purge", subject=due.subject,
+                             details={"templates_removed": removed, "rule": due.rule,
+                                      "destroy_by": due.destroy_by.isoformat() if due.destroy_by else None})
+                return 0
+
+            receipts.append(self._erase(entry.subject, "purge", purge))
         return receipts
 
     # -- opt-out registry ------------------------------------------------------------------
@@ -543,19 +537,19 @@ class Gallery:
                 audit.append(conn, at=now, actor=self._who(actor), action="optout-add",
                              subject=value if kind == "subject" else None, details={"kind": kind, "erases": names})
             self._synced(before)
+
+
+            def opt_out(conn: sqlite3.Connection, subject_id: int, removed: int) -> int:
+                Store.revoke_all(conn, subject_id, now)
+                Store.delete_templates(conn, subject_id)
+                self._refresh_retention(conn, subject_id, now)
+                return 0
+
             for name in names:
                 try:
-                    ids, vectors, key = self._erasure_snapshot(name)
-                except SubjectNotFoundError:
+                    receipts.append(self._erase(name, "optout", opt_out))
+                except SubjectNotFoundError:  # named by the e-mail's consent, already forgotten
                     continue
-                with self._store.write() as conn:
-                    before = Store.generation(conn)
-                    subject_id = self._subject_id(conn, name)
-                    Store.revoke_all(conn, subject_id, now)
-                    Store.delete_templates(conn, subject_id)
-                    self._refresh_retention(conn, subject_id, now)
-                    self._store.shred([key])
-                receipts.append(self._erased(before, name, ids, vectors, consents=0, reason="optout"))
         return receipts
 
     def remove_optout(self, *, subject: str | None = None, email: str | None = None, actor: str | None = None) -> bool:
@@ -800,18 +794,20 @@ class Gallery:
                 "use a photo taken elsewhere."
             )
 
-    def _search_terms(self, purpose: str | None, tolerance: float | None) -> tuple[str | None, float]:
-        """The purpose and tolerance of a search, with the policy's rules and defaults."""
+    def _search_terms(
+        self, purpose: str | None, tolerance: float | None
+    ) -> tuple[str | None, float, dict[str, Any]]:
+        """The purpose and tolerance of a search, with the policy's rules and defaults; and the policy."""
         if not self._store.exists():
             raise GalleryNotFoundError(f"No gallery at '{self.path}': enroll someone first, or check --gallery.")
         with self._lock, self._store.read() as conn:
-            policy = self._policy = Store.policy(conn)
+            policy = Store.policy(conn)
         if purpose is None and policy["require_purpose"]:
             raise InvalidArgumentError(
                 "This gallery's policy requires a purpose for every search: pass purpose=... (CLI: --purpose P)."
             )
         label = check_purpose(purpose) if purpose is not None else None
-        return label, check_tolerance(policy["tolerance"] if tolerance is None else tolerance)
+        return label, check_tolerance(policy["tolerance"] if tolerance is None else tolerance), policy
 
     def _record_search(
         self, action: str, purpose: str | None, actor: str | None, matched: dict[int, str], details: dict[str, Any]
@@ -847,56 +843,56 @@ class Gallery:
         key = bytes.fromhex(Store.optout_salt(conn))
         return hmac.new(key, email.strip().lower().encode(), hashlib.sha256).hexdigest()
 
-    def _erasure_snapshot(self, name: str) -> tuple[NDArray[np.int64], NDArray[np.float32], str | None]:
-        """What an erasure removes: template ids and vectors (for the post-check) and the data key.
+    def _erase(
+        self, name: str, reason: str, change: Callable[[sqlite3.Connection, int, int], int]
+    ) -> Erasure:
+        """The one way templates are erased; `change(conn, subject_id, templates)` deletes the
+        rows and audits inside the erasure's transaction, returning the consents it removed.
 
-        Each erasure then deletes the rows and, as the last step of that same write
-        transaction, destroys the data key: a write the gallery refuses (read-only, locked)
-        shreds nothing, and from the shred on, no crash and no old copy of the gallery can make
-        the templates readable again. Rows left by a crash between shred and commit are dropped
-        at the next open.
+        Order: read the templates (for the post-check) -> delete rows -> destroy the subject's
+        data key as the last step of the same transaction -> commit -> WAL checkpoint -> index.
+        A write the gallery refuses (read-only, locked) shreds nothing; from the shred on, no
+        crash and no old copy of the gallery makes the templates readable again (rows left by
+        a crash between shred and commit are dropped at the next open).
 
         Raises:
             SubjectNotFoundError: nobody of that name.
         """
-        with self._store.read() as conn:
-            subject_id = self._subject_id(conn, name)
-            ids, vectors = self._store.subject_templates(conn, subject_id)
-            return ids, vectors, Store.subject_key_id(conn, subject_id)
-
-    def _erased(
-        self,
-        before: int,
-        name: str,
-        ids: NDArray[np.int64],
-        vectors: NDArray[np.float32],
-        *,
-        consents: int,
-        reason: str,
-    ) -> Erasure:
-        """After an erasure commits: flush the WAL, drop the index entries, then check that
-        nothing of them is found."""
-        self._store.checkpoint()
-        removed = 0
-
-        def remove(index: FaceIndex) -> None:
-            nonlocal removed
-            removed = index.remove(ids)
-
-        self._synced(before, remove)
-        verified = True
-        if len(ids):
+        with self._lock:
             with self._store.read() as conn:
-                index = self._current_index(conn, Store.generation(conn))
-                (left,) = conn.execute(
-                    f"SELECT count(*) FROM templates WHERE id IN ({','.join('?' * len(ids))})", ids.tolist()
-                ).fetchone()
-            if len(index):
-                _, found = index.search(vectors, min(len(index), 10))
-                verified = not np.isin(found, ids).any()
-            verified = verified and left == 0 and not any(index.contains(int(i)) for i in ids)
-        return Erasure(subject=name, templates_removed=len(ids), index_entries_removed=removed,
-                       consents_removed=consents, reason=reason, verified=verified)
+                subject_id = self._subject_id(conn, name)
+                ids, vectors = self._store.subject_templates(conn, subject_id)
+                key = Store.subject_key_id(conn, subject_id)
+            with self._store.write() as conn:
+                before = Store.generation(conn)
+                consents = change(conn, self._subject_id(conn, name), len(ids))
+                self._store.shred([key])
+            self._store.checkpoint()
+            removed = 0
+
+            def remove(index: FaceIndex) -> None:
+                nonlocal removed
+                removed = index.remove(ids)
+
+            self._synced(before, remove)
+            return Erasure(subject=name, templates_removed=len(ids), index_entries_removed=removed,
+                           consents_removed=consents, reason=reason, verified=self._post_check(ids, vectors))
+
+    def _post_check(self, ids: NDArray[np.int64], vectors: NDArray[np.float32]) -> bool:
+        """No row of the removed templates is left, and searching the live index with them finds
+        none of them. (Without a live index there is nothing to search: any index built later
+        comes from the store, which holds none of them.)"""
+        if not len(ids):
+            return True
+        with self._store.read() as conn:
+            (left,) = conn.execute(
+                f"SELECT count(*) FROM templates WHERE id IN ({','.join('?' * len(ids))})", ids.tolist()
+            ).fetchone()
+        index = self._index
+        if index is None or not len(index):
+            return bool(left == 0)
+        _, found = index.search(vectors, min(len(index), 10))
+        return bool(left == 0 and not np.isin(found, ids).any() and not any(index.contains(int(i)) for i in ids))
 
     def _synced(self, before: int, change: Callable[[FaceIndex], None] | None = None) -> None:
         """Apply a committed write to the in-memory index, or drop the index if it was already stale.

@@ -5,7 +5,7 @@ Each has `to_dict()` giving the JSON shape of the CLI's `--json` output.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 

@@ -117,18 +117,17 @@ class Store:
         """Open the gallery's keys; seal plaintext rows of older schemas; drop rows whose key was shredded."""
         meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('gallery_id', 'keys')").fetchall())
         created = self.keys.open(str(meta["gallery_id"]), created="keys" in meta, create=True)
-        check = "created" if created else None
         plaintext = conn.execute(f"SELECT count(*) FROM templates WHERE length(embedding) = {_PLAIN_BYTES}").fetchone()[0]
         known = self.keys.key_ids()
         shredded = [
             (int(i), str(k)) for i, k in conn.execute("SELECT id, key_id FROM subjects WHERE key_id IS NOT NULL")
             if k not in known
         ]
-        if check is None and not plaintext and not shredded:
+        if not created and not plaintext and not shredded:
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if check is not None:
+            if created:
                 conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('keys', 'created')")
             for subject_id, _ in shredded:  # e.g. a backup restored after an erasure: those rows stay dead
                 conn.execute("DELETE FROM templates WHERE subject_id = ?", (subject_id,))

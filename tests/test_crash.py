@@ -34,7 +34,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import pytest
 
 from consentmatch import Consent, ConsentMatchError, Gallery
 
