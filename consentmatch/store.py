@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ __all__ = ["Searchable", "Store"]
 
 _EMBEDDING = np.dtype("<f4")
 _PLAIN_BYTES = 512  # an unsealed template (schema 2 and older)
+_BUSY_TIMEOUT_S = 30.0  # how long a call waits for another process's write before StorageError
 
 
 def _ts(moment: datetime) -> str:
@@ -96,22 +98,36 @@ class Store:
             )
         if self.path.is_dir():
             raise StorageError(f"'{self.path}' is a directory: name a gallery file, e.g. {self.path / 'gallery.db'}.")
+        deadline = time.monotonic() + _BUSY_TIMEOUT_S
         with self._mapped():
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-            try:
-                self._check_owner(conn)  # before any pragma that changes the file (WAL is persistent)
-                conn.execute("PRAGMA foreign_keys = ON")
-                conn.execute("PRAGMA secure_delete = ON")  # erased templates are overwritten, not just unlinked
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA synchronous = FULL")
-                conn.execute("PRAGMA temp_store = MEMORY")  # no sort or temp table ever spills to a file
-                self._migrate(conn)
-                self._open_keys(conn, create)
-            except BaseException:
-                conn.close()
-                raise
+            while True:
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_S)
+                try:
+                    self._set_up(conn, create)
+                    break
+                except sqlite3.OperationalError as exc:
+                    conn.close()
+                    # Switching a new file to WAL, or WAL recovery, can report "locked" without
+                    # waiting for SQLite's busy timeout while another process creates the same
+                    # gallery: wait here instead, within the same budget.
+                    if not ("locked" in str(exc) or "busy" in str(exc)) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+                except BaseException:
+                    conn.close()
+                    raise
         self._conn = conn
         return conn
+
+    def _set_up(self, conn: sqlite3.Connection, create: bool) -> None:
+        self._check_owner(conn)  # before any pragma that changes the file (WAL is persistent)
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA secure_delete = ON")  # erased templates are overwritten, not just unlinked
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA temp_store = MEMORY")  # no sort or temp table ever spills to a file
+        self._migrate(conn)
+        self._open_keys(conn, create)
 
     def _open_keys(self, conn: sqlite3.Connection, create: bool) -> None:
         """Open the gallery's keys; seal plaintext rows of older schemas; drop rows whose key was shredded."""
