@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from . import audit
+from . import audit, snapshot
 from . import encoder as encoders
 from .consent import Consent, check_purpose
 from .encoder import DetectedFace, Encoder
@@ -136,6 +136,8 @@ class Gallery:
         self._lock = threading.RLock()  # guards the index and caches; encoding runs outside it
         self._index: FaceIndex | None = None
         self._searchable: dict[str | None, tuple[int, Searchable]] = {}
+        self._snapshot = snapshot.path_for(self.path)
+        self._saved_state: str | None = None  # the templates_state of the snapshot on disk, when known
 
     def __enter__(self) -> Gallery:
         return self
@@ -144,8 +146,9 @@ class Gallery:
         self.close()
 
     def close(self) -> None:
-        """Close the SQLite connection and drop the in-memory index."""
+        """Save a large index for the next open (`snapshot.py`), close the SQLite connection, drop the index."""
         with self._lock:
+            self._save_snapshot()
             self._store.close()
             self._index = None
             self._searchable.clear()
@@ -866,7 +869,10 @@ class Gallery:
             with self._store.write() as conn:
                 before = Store.generation(conn)
                 consents = change(conn, self._subject_id(conn, name), len(ids))
-                self._store.shred([key])
+                # Index snapshots hold the templates too: their keys go with the subject's, at once.
+                self._store.shred([key, *sorted(self._store.keys.index_key_ids())])
+            self._saved_state = None
+            snapshot.discard(self._snapshot)
             self._store.checkpoint()
             removed = 0
 
@@ -909,12 +915,36 @@ class Gallery:
             self._index = None
 
     def _current_index(self, conn: sqlite3.Connection, generation: int) -> FaceIndex:
-        """The index for this store generation, rebuilt from the store when missing or stale."""
+        """The index for this store generation: the live one, else the snapshot when it holds
+        exactly the store's templates, else rebuilt from the store."""
         if self._index is None or self._index.generation != generation:
-            index = FaceIndex(generation)
-            index.add(*self._store.all_templates(conn))
+            state = Store.templates_state(conn)
+            index = snapshot.load(self._snapshot, self._store.keys, self._store.keys.gallery_id or "", state, generation)
+            if index is None:
+                index = FaceIndex(generation)
+                index.add(*self._store.all_templates(conn))
+            else:
+                self._saved_state = state
             self._index = index
         return self._index
+
+    def _save_snapshot(self) -> None:
+        """Save the live index when it is large and the snapshot on disk is not of its templates.
+
+        Under the write lock, so no erasure runs between the check and the save. A snapshot
+        is a cache: one that cannot be written is skipped (the next open rebuilds).
+        """
+        index = self._index
+        if index is None or len(index) < snapshot.SNAPSHOT_FROM or not self._store.exists():
+            return
+        try:
+            with self._store.write(bump=False) as conn:
+                state = Store.templates_state(conn)
+                if Store.generation(conn) == index.generation and state != self._saved_state:
+                    snapshot.save(self._snapshot, index, self._store.keys, self._store.keys.gallery_id or "", state)
+                    self._saved_state = state
+        except (OSError, ConsentMatchError, sqlite3.Error):
+            pass
 
     def _searchable_for(self, conn: sqlite3.Connection, purpose: str | None, generation: int) -> Searchable:
         now = self._now()

@@ -102,6 +102,27 @@ class FaceIndex:
         index.add(ids, vectors)
         return index
 
+    def to_bytes(self) -> NDArray[np.uint8]:
+        """FAISS's own serialization of the index: ids, lists, float16 codes and the id map."""
+        with self._lock, _engine("serialize"):
+            return np.asarray(self._faiss.serialize_index(self._index), dtype=np.uint8)
+
+    @classmethod
+    def from_bytes(cls, data: NDArray[np.uint8], params: IndexParams, generation: int = -1) -> FaceIndex:
+        """The index `to_bytes` gave, with the parameters it was built with.
+
+        Raises:
+            EngineError: FAISS cannot read the bytes, or they hold another kind of index.
+        """
+        index = cls(generation)
+        with _engine("read"):
+            loaded = index._faiss.deserialize_index(np.ascontiguousarray(data, dtype=np.uint8))
+        expected = "IndexIVFScalarQuantizer" if params.kind == "ivf" else "IndexIDMap2"
+        if type(loaded).__name__ != expected or loaded.d != DIMENSIONS:
+            raise EngineError(f"FAISS read a {type(loaded).__name__}, not the {params.description} it was saved as.")
+        index._index, index.params = loaded, params
+        return index
+
     def __len__(self) -> int:
         return int(self._index.ntotal)
 

@@ -11,7 +11,8 @@ Layout (all outside the gallery file):
 Each template is sealed with its subject's data key (AES-256-GCM, a random 96-bit nonce, the
 subject's key id as associated data). Erasing a subject deletes its data key: a copy of the
 gallery file restored from before the erasure can no longer be decrypted for that subject
-(crypto-shredding).
+(crypto-shredding). The index snapshot (`snapshot.py`) has data keys of its own, ids starting
+with `index-`, which every erasure deletes with the subject's.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = ["KEY_BYTES", "KeyRing", "generate_key", "parse_key", "write_private"]
 KEY_BYTES = 32
 NONCE_BYTES = 12
 SEALED_TEMPLATE_BYTES = NONCE_BYTES + 512 + 16  # nonce + 128 float32 + GCM tag
+INDEX_KEY_PREFIX = "index-"  # data keys of index snapshots, not of subjects
 _CHECK = b"consentmatch gallery key check"
 
 
@@ -246,8 +248,15 @@ class KeyRing:
 
     def new_subject_key(self) -> str:
         """Create and store a data key for a new subject; returns its id (committed at once)."""
+        return self._new_key(secrets.token_hex(16))
+
+    def new_index_key(self) -> tuple[str, bytes]:
+        """Create and store a data key for an index snapshot; returns its id and the key."""
+        key_id = self._new_key(INDEX_KEY_PREFIX + secrets.token_hex(16))
+        return key_id, self._deks[key_id]
+
+    def _new_key(self, key_id: str) -> str:
         with self._lock:
-            key_id = secrets.token_hex(16)
             dek = secrets.token_bytes(KEY_BYTES)
             assert self._kek is not None
             self._db().execute("INSERT INTO deks (key_id, wrapped) VALUES (?, ?)", (key_id, seal(self._kek, dek, key_id.encode())))
@@ -281,14 +290,27 @@ class KeyRing:
                     self._deks[str(key_id)] = dek
 
     def key_ids(self) -> set[str]:
+        """The subjects' data key ids."""
         with self._lock:
-            return {str(r[0]) for r in self._db().execute("SELECT key_id FROM deks")}
+            return {str(r[0]) for r in self._db().execute("SELECT key_id FROM deks") if not str(r[0]).startswith(INDEX_KEY_PREFIX)}
+
+    def index_key_ids(self) -> set[str]:
+        """The index snapshots' data key ids (normally one, none after an erasure)."""
+        with self._lock:
+            return {str(r[0]) for r in self._db().execute("SELECT key_id FROM deks WHERE key_id LIKE ?", (INDEX_KEY_PREFIX + "%",))}
 
     def shred(self, key_ids: list[str]) -> None:
-        """Destroy data keys for good: what they sealed can no longer be read, in any copy."""
+        """Destroy data keys for good, all or none: what they sealed can no longer be read, in any copy."""
         with self._lock:
             conn = self._db()
-            conn.executemany("DELETE FROM deks WHERE key_id = ?", [(k,) for k in key_ids])
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany("DELETE FROM deks WHERE key_id = ?", [(k,) for k in key_ids])
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
             for key_id in key_ids:
                 self._deks.pop(key_id, None)
 

@@ -122,4 +122,16 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE subjects ADD COLUMN key_id TEXT;
     INSERT INTO meta (key, value) VALUES ('gallery_id', lower(hex(randomblob(16))));
     """,
+    # 4: a random stamp of the templates' state, new with every row added, changed or deleted
+    #    (cascades included), so an index snapshot (snapshot.py) is used only for the very
+    #    templates it was saved from; a counter could repeat after a backup is restored.
+    """
+    INSERT INTO meta (key, value) VALUES ('templates_state', lower(hex(randomblob(16))));
+    CREATE TRIGGER templates_state_insert AFTER INSERT ON templates
+        BEGIN UPDATE meta SET value = lower(hex(randomblob(16))) WHERE key = 'templates_state'; END;
+    CREATE TRIGGER templates_state_update AFTER UPDATE ON templates
+        BEGIN UPDATE meta SET value = lower(hex(randomblob(16))) WHERE key = 'templates_state'; END;
+    CREATE TRIGGER templates_state_delete AFTER DELETE ON templates
+        BEGIN UPDATE meta SET value = lower(hex(randomblob(16))) WHERE key = 'templates_state'; END;
+    """,
 )

@@ -288,6 +288,12 @@ class Store:
         return int(value)
 
     @staticmethod
+    def templates_state(conn: sqlite3.Connection) -> str:
+        """A random stamp, new with every template row added, changed or deleted (migration 4)."""
+        (value,) = conn.execute("SELECT value FROM meta WHERE key = 'templates_state'").fetchone()
+        return str(value)
+
+    @staticmethod
     def subject_id(conn: sqlite3.Connection, name: str) -> int | None:
         row = conn.execute("SELECT id FROM subjects WHERE name = ?", (name,)).fetchone()
         return None if row is None else int(row[0])

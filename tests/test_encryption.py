@@ -153,7 +153,7 @@ def test_plaintext_rows_of_schema_2_are_sealed_at_open(tmp_path: Path) -> None:
         assert gallery.match(fake_photo(tmp_path, "a.png", (10, 0)), purpose="door").faces[0].subject == "alice"
     raw = sqlite3.connect(path)
     assert raw.execute("SELECT length(embedding) FROM templates").fetchone() == (SEALED_TEMPLATE_BYTES,)
-    assert raw.execute("PRAGMA user_version").fetchone() == (3,)
+    assert raw.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
     raw.close()
     assert fake_encoding(10).astype("<f4").tobytes()[:64] not in path.read_bytes()
 
