@@ -866,6 +866,8 @@ class Gallery:
                 subject_id = self._subject_id(conn, name)
                 ids, vectors = self._store.subject_templates(conn, subject_id)
                 key = Store.subject_key_id(conn, subject_id)
+                if self._index is None:  # erase from the snapshot too, so close saves it current
+                    self._index = self._snapshot_index(conn, Store.generation(conn))
             with self._store.write() as conn:
                 before = Store.generation(conn)
                 consents = change(conn, self._subject_id(conn, name), len(ids))
@@ -918,15 +920,20 @@ class Gallery:
         """The index for this store generation: the live one, else the snapshot when it holds
         exactly the store's templates, else rebuilt from the store."""
         if self._index is None or self._index.generation != generation:
-            state = Store.templates_state(conn)
-            index = snapshot.load(self._snapshot, self._store.keys, self._store.keys.gallery_id or "", state, generation)
+            index = self._snapshot_index(conn, generation)
             if index is None:
                 index = FaceIndex(generation)
                 index.add(*self._store.all_templates(conn))
-            else:
-                self._saved_state = state
             self._index = index
         return self._index
+
+    def _snapshot_index(self, conn: sqlite3.Connection, generation: int) -> FaceIndex | None:
+        """The saved index, when it holds exactly the store's templates."""
+        state = Store.templates_state(conn)
+        index = snapshot.load(self._snapshot, self._store.keys, self._store.keys.gallery_id or "", state, generation)
+        if index is not None:
+            self._saved_state = state
+        return index
 
     def _save_snapshot(self) -> None:
         """Save the live index when it is large and the snapshot on disk is not of its templates.
