@@ -872,7 +872,7 @@ class Gallery:
                 before = Store.generation(conn)
                 consents = change(conn, self._subject_id(conn, name), len(ids))
                 # Index snapshots hold the templates too: their keys go with the subject's, at once.
-                self._store.shred([key, *sorted(self._store.keys.index_key_ids())])
+                self._store.shred(conn, [key, *sorted(self._store.keys.index_key_ids())])
             self._saved_state = None
             snapshot.discard(self._snapshot)
             self._store.checkpoint()

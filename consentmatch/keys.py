@@ -300,12 +300,17 @@ class KeyRing:
             return {str(r[0]) for r in self._db().execute("SELECT key_id FROM deks WHERE key_id LIKE ?", (INDEX_KEY_PREFIX + "%",))}
 
     def shred(self, key_ids: list[str]) -> None:
-        """Destroy data keys for good, all or none: what they sealed can no longer be read, in any copy."""
+        """Destroy data keys for good, all or none: what they sealed can no longer be read, in any copy.
+
+        Shredding a subject's key also renews the shred stamp (`shred_stamp`).
+        """
         with self._lock:
             conn = self._db()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.executemany("DELETE FROM deks WHERE key_id = ?", [(k,) for k in key_ids])
+                if any(not k.startswith(INDEX_KEY_PREFIX) for k in key_ids):
+                    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('shred_stamp', ?)", (secrets.token_hex(16),))
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -313,6 +318,17 @@ class KeyRing:
                 raise
             for key_id in key_ids:
                 self._deks.pop(key_id, None)
+
+    def shred_stamp(self) -> str:
+        """A random value renewed whenever a subject's key is shredded: a gallery that recorded the
+        current stamp holds no row of a shredded key, so its open need not look for one."""
+        with self._lock:
+            conn = self._db()
+            row = conn.execute("SELECT value FROM meta WHERE key = 'shred_stamp'").fetchone()
+            if row is None:  # a key store from before the stamp
+                conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('shred_stamp', ?)", (secrets.token_hex(16),))
+                row = conn.execute("SELECT value FROM meta WHERE key = 'shred_stamp'").fetchone()
+            return str(row[0])
 
     def seal_template(self, key_id: str, plaintext: bytes) -> bytes:
         dek = self.data_key(key_id)
