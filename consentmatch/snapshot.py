@@ -22,12 +22,13 @@ readable, even a copy of the file or its blocks left on disk (SECURITY.md).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import secrets
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -126,7 +127,7 @@ def discard(path: Path) -> None:
         path.unlink()
 
 
-def _header(source: BinaryIO) -> tuple[bytes, dict[str, Any]]:
+def _header(source: io.BufferedReader) -> tuple[bytes, dict[str, Any]]:
     start = source.read(len(MAGIC) + 4)
     if len(start) != len(MAGIC) + 4 or not start.startswith(MAGIC):
         raise ValueError("not an index snapshot")
@@ -137,21 +138,20 @@ def _header(source: BinaryIO) -> tuple[bytes, dict[str, Any]]:
     return start + raw, header
 
 
-def _decrypted(source: BinaryIO, key: bytes, nonce: bytes, prefix: bytes, size: int) -> NDArray[np.uint8] | None:
+def _decrypted(source: io.BufferedReader, key: bytes, nonce: bytes, prefix: bytes, size: int) -> NDArray[np.uint8] | None:
     """The body, decrypted into one buffer in steps; None unless the tag proves it whole and unaltered."""
     from cryptography.exceptions import InvalidTag
 
     decryptor = _cipher(key, nonce).decryptor()
     decryptor.authenticate_additional_data(prefix)
-    data = np.empty(size, dtype=np.uint8)
+    data = np.empty(size + 15, dtype=np.uint8)  # update_into wants a block's room beyond its input
+    out, chunk = memoryview(data.data), memoryview(bytearray(min(_CHUNK, max(size, 1))))
     done = 0
     while done < size:
-        chunk = source.read(min(_CHUNK, size - done))
-        if not chunk:
+        count = source.readinto(chunk[:min(len(chunk), size - done)])
+        if not count:
             return None
-        plain = decryptor.update(chunk)
-        data[done:done + len(plain)] = np.frombuffer(plain, dtype=np.uint8)
-        done += len(plain)
+        done += decryptor.update_into(chunk[:count], out[done:done + count + 15])
     tag = source.read(_TAG_BYTES + 1)
     if len(tag) != _TAG_BYTES:
         return None
@@ -159,7 +159,7 @@ def _decrypted(source: BinaryIO, key: bytes, nonce: bytes, prefix: bytes, size: 
         decryptor.finalize_with_tag(tag)
     except InvalidTag:
         return None
-    return data
+    return data[:size]
 
 
 def _cipher(key: bytes, nonce: bytes) -> Any:
