@@ -2,8 +2,10 @@
 
 Fills a real gallery file (consentmatch.store.Store, in a temporary folder) with N templates the
 way the gallery enrolls them, two per subject, every subject consented for `visitor-check-in`
-and every tenth also for `staff-access`. Then opens it as the gallery does (read every template,
-build the index) and times single-probe searches through the same FaceIndex, filtered by
+and every tenth also for `staff-access`. Then opens it as the gallery does: first without a
+snapshot (read every template, build the index: `rebuild_s`), saves the encrypted snapshot as
+`Gallery.close` does (`save_s`), and opens again from the snapshot in a fresh process (`open_s`,
+`open_rss_bytes`). Times single-probe searches through the same FaceIndex, filtered by
 purpose as `Gallery.match` filters them. recall@1 is how often the index's nearest template is
 exact search's nearest; `face_distance` is face_recognition's linear scan over the same templates.
 
@@ -33,6 +35,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from consentmatch import snapshot
 from consentmatch.consent import Consent
 from consentmatch.encoder import DIMENSIONS
 from consentmatch.index import FaceIndex
@@ -101,14 +104,6 @@ def fill_store(path: Path, rows: NDArray[np.float32]) -> None:
         store.close()
 
 
-def _rss() -> int:
-    """Resident memory of this process in bytes (Linux), or 0 where unknown."""
-    try:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
-    except OSError:
-        return 0
-
-
 def _index_memory(folder: Path, rows: NDArray[np.float32], ids: NDArray[np.int64], exact: bool) -> int:
     """The memory of the index alone: built again in a fresh process, whose heap holds nothing else."""
     np.save(folder / "rows.npy", rows)
@@ -123,6 +118,25 @@ def _index_memory(folder: Path, rows: NDArray[np.float32], ids: NDArray[np.int64
     command = [sys.executable, "-c", code, str(folder / "rows.npy"), str(folder / "ids.npy"), "1" if exact else "0"]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     return int(done.stdout.split()[-1])
+
+
+def _snapshot_open(path: Path) -> tuple[float, int, int]:
+    """Open the gallery from its snapshot in a fresh process, as Gallery._current_index does:
+    seconds from opening the store to the index ready, the memory that added, and the index size."""
+    code = (
+        "import sys, time; from pathlib import Path\n"
+        "from consentmatch import snapshot; from consentmatch.store import Store\n"
+        "import faiss, numpy, cryptography.hazmat.primitives.ciphers  # code, not per template\n"
+        "rss = lambda: int(Path('/proc/self/statm').read_text().split()[1]) * 4096\n"
+        "path = Path(sys.argv[1]); before = rss(); start = time.perf_counter(); store = Store(path)\n"
+        "with store.read() as conn:\n"
+        "    index = snapshot.load(snapshot.path_for(path), store.keys, store.keys.gallery_id or '',\n"
+        "                          Store.templates_state(conn), Store.generation(conn))\n"
+        "print(time.perf_counter() - start, rss() - before, -1 if index is None else len(index))"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    seconds, memory, count = done.stdout.split()[-3:]
+    return float(seconds), int(memory), int(count)
 
 
 def _timed_searches(
@@ -199,11 +213,10 @@ def run(
         fill_s = time.perf_counter() - start
         store_bytes = path.stat().st_size + sum(f.stat().st_size for f in keys.rglob("*") if f.is_file())
 
-        # Open as Gallery._current_index does: every template from the store, then the index.
+        # Open without a snapshot, as Gallery._current_index does then: every template, then the index.
         import faiss  # noqa: F401  # loaded before measuring: its ~35 MB of code are not per template
 
-        gc.collect()
-        before = _rss()
+        snapshot.discard(snapshot.path_for(path))
         start = time.perf_counter()
         store = Store(path)
         with store.read() as conn:
@@ -212,13 +225,22 @@ def run(
             read_s = time.perf_counter() - start
             index = FaceIndex(generation, exact=exact)
             index.add(template_ids, vectors)
-        open_s = time.perf_counter() - start
+        rebuild_s = time.perf_counter() - start
         if not np.array_equal(template_ids, ids):
             raise SystemExit(f"{path} does not hold these {size} templates as rows 1..N: name a new --gallery file")
         del template_ids, vectors
         gc.collect()
-        open_bytes = _rss() - before  # all the open gallery holds, allocator slack from reading included
         index_bytes = _index_memory(Path(folder), rows, ids, exact)
+
+        # Save the snapshot as Gallery.close does, then open from it.
+        start = time.perf_counter()
+        with store.write(bump=False) as conn:
+            snapshot.save(snapshot.path_for(path), index, store.keys, store.keys.gallery_id or "", Store.templates_state(conn))
+        save_s = time.perf_counter() - start
+        snapshot_bytes = snapshot.path_for(path).stat().st_size
+        open_s, open_bytes, loaded = _snapshot_open(path)
+        if loaded != size:
+            raise SystemExit(f"the snapshot of {path} did not open ({loaded})")
 
         start = time.perf_counter()
         with store.read() as conn:  # what Gallery.match asks next: who may be searched for the purpose
@@ -254,14 +276,19 @@ def run(
         "filtered_recall_at_1": round(float(np.mean(subset_found[:, 0] == subset_exact)), 4),
         "filtered_outside": outside,
         "open_s": round(open_s, 3),
+        "rebuild_s": round(rebuild_s, 3),
         "read_s": round(read_s, 3),
-        "build_s": round(open_s - read_s, 3),
+        "build_s": round(rebuild_s - read_s, 3),
+        "save_s": round(save_s, 3),
         "searchable_s": round(searchable_s, 3),
         "fill_s": round(fill_s, 1),
         "store_bytes": store_bytes,
         "index_bytes": index_bytes,
+        "snapshot_bytes": snapshot_bytes,
         "open_rss_bytes": open_bytes,
         "bytes_per_template": round((store_bytes + index_bytes) / size, 1),
+        "memory_per_template": round(open_bytes / size, 1),
+        "disk_per_template": round((store_bytes + snapshot_bytes) / size, 1),
         "face_distance_p50_ms": round(float(np.percentile(baseline, 50)), 3),
         "face_distance_queries": len(baseline),
         "speedup": round(float(np.percentile(baseline, 50)) / p50, 1),

@@ -148,3 +148,4 @@ def test_search_benchmark_smoke() -> None:
     for key in ("size", "index", "p50_ms", "p99_ms", "recall_at_1", "open_s", "bytes_per_template", "face_distance_p50_ms"):
         assert key in result
     assert result["size"] == 2000 and result["recall_at_1"] == 1.0 and result["filtered_outside"] == 0
+    assert result["snapshot_bytes"] > 2000 * 128 * 4 and result["memory_per_template"] > 0  # opened from its snapshot
