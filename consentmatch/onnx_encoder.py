@@ -8,9 +8,7 @@ stay dlib's (`DlibEncoder`); only the descriptor step changes, on the same 150x1
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -19,27 +17,17 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import dlib_format as fmt
+from .cache import cache_dir, read_checked, write_checked
 from .encoder import DIMENSIONS, RESNET_FILE, DlibEncoder, face_chips, model_dir
 from .errors import EngineError
 from .images import Photo
 
-__all__ = ["CACHE_ENV", "OnnxEncoder", "cache_dir", "convert", "converted_model"]
+__all__ = ["OnnxEncoder", "convert", "converted_model"]
 
-#: Overrides the cache folder (tests point it at a temporary one).
-CACHE_ENV = "CONSENTMATCH_CACHE_DIR"
 #: Bumped whenever `convert` changes the graph it writes, so older cached graphs are not reused.
 CONVERTER_VERSION = 1
 INPUT = "chips"
 OUTPUT = "encodings"
-
-
-def cache_dir() -> Path:
-    """Where converted models are kept: $CONSENTMATCH_CACHE_DIR, else $XDG_CACHE_HOME/consentmatch, else ~/.cache/consentmatch."""
-    override = os.environ.get(CACHE_ENV)
-    if override:
-        return Path(override)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "consentmatch"
 
 
 def convert(network: fmt.Network) -> bytes:
@@ -173,41 +161,12 @@ def converted_model(folder: Path) -> bytes:
     except OSError as exc:
         raise EngineError(f"The face ResNet '{source}' cannot be read ({exc.strerror}): reinstall face_recognition_models.") from None
     target = folder / f"{source.stem}-{digest[:16]}-c{CONVERTER_VERSION}.onnx"
-    cached = _read_checked(target)
+    cached = read_checked(target)
     if cached is not None:
         return cached
     model = convert(fmt.read_network(source))
-    _write_checked(target, model)
+    write_checked(target, model)  # a folder that cannot be written: converted again next process
     return model
-
-
-def _checksum_file(target: Path) -> Path:
-    return target.with_name(target.name + ".sha256")
-
-
-def _read_checked(target: Path) -> bytes | None:
-    """The cached model if it is there and matches its checksum, else None."""
-    try:
-        model = target.read_bytes()
-        expected = _checksum_file(target).read_text(encoding="ascii").split()[0]
-    except (OSError, UnicodeDecodeError, IndexError):
-        return None
-    return model if hashlib.sha256(model).hexdigest() == expected else None
-
-
-def _write_checked(target: Path, model: bytes) -> None:
-    """Cache the model and its checksum (in `sha256sum -c` format); a cache that cannot be written is skipped."""
-    checksum = f"{hashlib.sha256(model).hexdigest()}  {target.name}\n".encode("ascii")
-    for path, data in ((target, model), (_checksum_file(target), checksum)):
-        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial.write_bytes(data)
-            os.replace(partial, path)  # atomic: a concurrent reader sees the old file or the new one
-        except OSError:
-            with contextlib.suppress(OSError):
-                partial.unlink(missing_ok=True)
-            return  # a read-only home still works, converting once per process
 
 
 class OnnxEncoder(DlibEncoder):

@@ -15,7 +15,8 @@ from consentmatch import onnx_encoder
 from consentmatch.dlib_format import Conv, Dense, read_network
 from consentmatch.encoder import RESNET_FILE, DlibEncoder, default_encoder, model_dir
 from consentmatch.images import load_photo
-from consentmatch.onnx_encoder import OnnxEncoder, cache_dir, converted_model
+from consentmatch.cache import cache_dir
+from consentmatch.onnx_encoder import OnnxEncoder, converted_model
 
 from .conftest import DATA, EXAMPLES
 
