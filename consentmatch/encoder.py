@@ -8,12 +8,16 @@ boxes, so encodings are those face_recognition computes for the same boxes.
 The last step, chip -> encoding, has two backends: dlib's ResNet itself (`DlibEncoder`, the
 reference) and the same network converted to ONNX (`onnx_encoder.OnnxEncoder`, ~20x faster,
 equal within 1e-4). `default_encoder` picks; `CONSENTMATCH_ENCODER=onnx|dlib` forces one.
+
+Encoders may be called from several threads at once, and photos are then detected in parallel
+(dlib releases the GIL while it scans); see `DlibEncoder` for what is shared and what is not.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from .cache import cache_dir, read_checked, write_checked
 from .errors import EngineError
 from .images import Photo
 from .results import Box
@@ -35,6 +40,7 @@ __all__ = [
     "default_encoder",
     "detection_scale",
     "face_chips",
+    "frontal_face_detector",
     "model_dir",
 ]
 
@@ -73,7 +79,10 @@ class Encoder(Protocol):
     """Finds faces and encodes them. `DlibEncoder` and `OnnxEncoder` are the real ones; tests may pass a fake."""
 
     def encode(self, photo: Photo, min_face_px: int) -> list[DetectedFace]:
-        """Every face found, looking down to `min_face_px` wide (original pixels); top-to-bottom order."""
+        """Every face found, looking down to `min_face_px` wide (original pixels); top-to-bottom order.
+
+        May be called from several threads at once (a gallery encodes several photos in parallel).
+        """
         ...
 
 
@@ -100,24 +109,43 @@ class DlibEncoder:
 
     The descriptor step is `_describe`; `OnnxEncoder` keeps the detection and landmarks and
     replaces only that step.
+
+    Safe to call from several threads, which then detect in parallel: each thread gets its own
+    detector (dlib's object detector keeps its scanning state in itself, so one must never scan
+    two photos at once), read from the cache in ~2 ms (`frontal_face_detector`). The landmark
+    predictor is shared: its call only reads the model. dlib's ResNet runs one call at a time,
+    under a lock: a dlib network keeps every layer's output in itself.
+
+    Args:
+        cache: the folder that keeps dlib's detector between processes; `cache_dir()` by default.
     """
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()  # dlib's objects are not documented as thread-safe
-        self._models: tuple[Any, Any] | None = None
+    def __init__(self, *, cache: Path | None = None) -> None:
+        self._cache = cache if cache is not None else cache_dir()
+        self._lock = threading.Lock()  # loading the models, and every call of dlib's ResNet
+        self._local = threading.local()  # this thread's own detector
+        self._predictor: Any = None
         self._net: Any = None
 
-    def _load(self) -> tuple[Any, Any]:
-        """The detector and the landmark predictor."""
-        if self._models is None:
-            self._models = _loaded(lambda dlib: (
-                dlib.get_frontal_face_detector(),
-                dlib.shape_predictor(str(model_dir() / "shape_predictor_5_face_landmarks.dat")),
-            ))
-        return self._models
+    def _detector(self) -> Any:
+        """This thread's HOG face detector, loaded on its first photo."""
+        detector = getattr(self._local, "detector", None)
+        if detector is None:
+            detector = self._local.detector = frontal_face_detector(self._cache)
+        return detector
+
+    def _landmarks(self) -> Any:
+        """dlib's 5-point landmark predictor, one for all threads."""
+        if self._predictor is None:
+            with self._lock:
+                if self._predictor is None:
+                    self._predictor = _loaded(
+                        lambda dlib: dlib.shape_predictor(str(model_dir() / "shape_predictor_5_face_landmarks.dat"))
+                    )
+        return self._predictor
 
     def _load_net(self) -> Any:
-        """dlib's ResNet, loaded only when this backend encodes."""
+        """dlib's ResNet, loaded only when this backend encodes. Call it under the lock."""
         if self._net is None:
             self._net = _loaded(lambda dlib: dlib.face_recognition_model_v1(str(model_dir() / RESNET_FILE)))
         return self._net
@@ -148,22 +176,21 @@ class DlibEncoder:
             small = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR))
         else:
             scale, small = 1.0, pixels
-        with self._lock:
-            detector, landmarks = self._load()
-            try:
-                found = detector(small, 0)
-                rects = [
-                    dlib.rectangle(
-                        round(r.left() / scale), round(r.top() / scale), round(r.right() / scale), round(r.bottom() / scale)
-                    )
-                    for r in found
-                ]
-                rects.sort(key=lambda r: (r.top(), r.left()))
-                shapes = dlib.full_object_detections()
-                for rect in rects:
-                    shapes.append(landmarks(pixels, rect))
-            except RuntimeError as exc:
-                raise EngineError(f"dlib failed on '{photo.name}' ({exc}).") from None
+        detector, landmarks = self._detector(), self._landmarks()
+        try:
+            found = detector(small, 0)
+            rects = [
+                dlib.rectangle(
+                    round(r.left() / scale), round(r.top() / scale), round(r.right() / scale), round(r.bottom() / scale)
+                )
+                for r in found
+            ]
+            rects.sort(key=lambda r: (r.top(), r.left()))
+            shapes = dlib.full_object_detections()
+            for rect in rects:
+                shapes.append(landmarks(pixels, rect))
+        except RuntimeError as exc:
+            raise EngineError(f"dlib failed on '{photo.name}' ({exc}).") from None
         return rects, shapes
 
     def _describe(self, photo: Photo, shapes: Any) -> NDArray[np.float32]:
@@ -199,6 +226,41 @@ def _loaded(make: Callable[[Any], T]) -> T:
         return make(dlib)
     except RuntimeError as exc:
         raise EngineError(f"The face models could not be loaded ({exc}): reinstall consentmatch.") from None
+
+
+_detector_file_lock = threading.Lock()
+
+
+def frontal_face_detector(folder: Path) -> Any:
+    """A new instance of dlib's HOG face detector, read from its file in `folder` when cached there.
+
+    `dlib.get_frontal_face_detector()` decodes the detector dlib embeds as a string, 0.4-0.75 s
+    on every call; reading back the file its `save` wrote takes ~2 ms and finds the same faces
+    (a test checks it on real photos). The file is named after dlib's version and checked like
+    the converted ResNet (`cache.py`): a damaged copy is rebuilt, not trusted. A folder that
+    cannot be written means decoding dlib's copy each time.
+
+    Raises:
+        EngineError: dlib cannot build its detector.
+    """
+    import dlib
+
+    target = folder / f"frontal_face_detector-dlib{dlib.__version__}.svm"
+    with _detector_file_lock:  # one thread builds a missing file; the others then read it
+        if read_checked(target) is not None:
+            try:
+                return dlib.fhog_object_detector(str(target))
+            except RuntimeError:
+                pass  # a file this dlib cannot read, though intact: rebuilt below
+        detector = _loaded(lambda dlib: dlib.get_frontal_face_detector())
+        try:
+            with tempfile.TemporaryDirectory(prefix="consentmatch-") as scratch:
+                saved = Path(scratch) / target.name  # dlib saves only to a path
+                detector.save(str(saved))
+                write_checked(target, saved.read_bytes())
+        except (OSError, RuntimeError):
+            pass  # nowhere to save it: the cache is skipped
+        return detector
 
 
 def face_chips(photo: Photo, shapes: Any) -> NDArray[np.uint8]:

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import dlib_format as fmt
-from .cache import cache_dir, read_checked, write_checked
+from .cache import read_checked, write_checked
 from .encoder import DIMENSIONS, RESNET_FILE, DlibEncoder, face_chips, model_dir
 from .errors import EngineError
 from .images import Photo
@@ -173,17 +173,17 @@ class OnnxEncoder(DlibEncoder):
     """dlib's detection and landmarks, then dlib's face ResNet converted to ONNX and run on ONNX Runtime.
 
     Encodings equal dlib's within 1e-4 (float rounding; measured ~5e-7). The model is converted
-    on first use, or read from the cache folder.
+    on first use, or read from the cache folder. Several threads may encode at once: ONNX
+    Runtime's `run` is thread-safe, so only loading the session takes a lock.
 
     Args:
-        cache: the folder for the converted model; `cache_dir()` by default.
+        cache: the folder for the converted model (and the face detector); `cache_dir()` by default.
         threads: ONNX Runtime's intra-op threads; by default one per physical core.
         fallback: when the model cannot be converted or loaded, encode with dlib instead of raising.
     """
 
     def __init__(self, *, cache: Path | None = None, threads: int | None = None, fallback: bool = False) -> None:
-        super().__init__()
-        self._cache = cache if cache is not None else cache_dir()
+        super().__init__(cache=cache)
         self._threads = threads
         self._fallback = fallback
         self._session: Any = None
