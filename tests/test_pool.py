@@ -1,0 +1,29 @@
+"""The thread pool that reads photos ahead of an in-order consumer."""
+
+from __future__ import annotations
+
+import threading
+
+from consentmatch.pool import in_order, photo_pool, workers
+
+
+def test_in_order_starts_a_bounded_number_ahead() -> None:
+    log: list[str] = []
+
+    def start(item: int) -> int:
+        log.append(f"start {item}")
+        return item * 10
+
+    for item, started in in_order(range(5), start, ahead=2):
+        log.append(f"take {item}:{started}")
+    assert log == ["start 0", "start 1", "start 2", "take 0:0", "start 3", "take 1:10", "start 4", "take 2:20",
+                   "take 3:30", "take 4:40"]
+
+
+def test_one_thread_per_cpu_never_more_than_the_photos() -> None:
+    assert workers(1) == 1 and workers(0) == 1
+    assert 1 <= workers(1000) <= 1000
+    with photo_pool(3) as (pool, ahead):
+        assert ahead == 2 * workers(3)
+        names = {pool.submit(lambda: threading.current_thread().name).result() for _ in range(6)}
+    assert all(name.startswith("consentmatch") for name in names)
