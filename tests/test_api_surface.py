@@ -59,3 +59,13 @@ def test_import_is_light_and_side_effect_free() -> None:
     code = "import sys, consentmatch; print(sorted(m for m in ('numpy', 'faiss', 'dlib', 'PIL') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_cli_help_loads_no_model_library() -> None:
+    code = (
+        "import sys; from consentmatch.cli import app\n"
+        "try: app(['--help'])\nexcept SystemExit: pass\n"
+        "print(sorted(m for m in ('numpy', 'faiss', 'dlib', 'PIL', 'onnxruntime', 'onnx') if m in sys.modules), file=sys.stderr)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stderr.strip() == "[]"
