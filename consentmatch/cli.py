@@ -292,8 +292,9 @@ def match(
     """1:N: who is in each photo, among the people consented for the purpose.
 
     Prints, for every face, its box, the best subject within the tolerance (or none) and the
-    top-k nearest subjects. No match is a result (exit 0); an unreadable photo is reported
-    on stderr and gives exit 1 after the others are processed.
+    top-k nearest subjects, photo by photo in the order given (several photos are read at once,
+    one per CPU). No match is a result (exit 0); an unreadable photo is reported on stderr and
+    gives exit 1 after the others are processed.
 
     **Example:** `consentmatch match door1.jpg door2.jpg -g visitors.db --purpose visitor-check-in --json`
     """
@@ -305,31 +306,18 @@ def match(
     results: list[MatchResult] = []
     failed = False
     with _errors(), _gallery(gallery, actor) as g:
-        for photo in photos:
-            try:
-                result = g.match(photo, purpose=purpose, tolerance=tolerance, top_k=top_k)
-            except ConsentMatchError as exc:
-                if not isinstance(exc, (_input_errors())):
-                    raise
+        for result in g.match_many(photos, purpose=purpose, tolerance=tolerance, top_k=top_k):
+            if result.error is not None:
                 failed = True
-                _error(str(exc))
-                if as_json:
-                    _json({"image": str(photo), "faces": [], "error": str(exc)})
-                continue
+                _error(result.error)
+            else:
+                results.append(result)
             if as_json:
                 _json(result.to_dict())
-            results.append(result)
     if not as_json:
         _print_matches(results)
     if failed:
         raise typer.Exit(1)
-
-
-def _input_errors() -> tuple[type[ConsentMatchError], ...]:
-    """Errors that belong to one input photo; the others stop the whole command."""
-    from .errors import FaceError, ImageError
-
-    return (ImageError, FaceError)
 
 
 def _print_matches(results: list[MatchResult]) -> None:

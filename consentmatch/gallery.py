@@ -5,6 +5,9 @@ Data flows one way:
           -> store + audit (one transaction) -> index
   match:  decode -> detect -> encode -> index search among consented templates
           -> store lookup -> decide -> audit
+
+Several photos (`match_many`, `import_manifest`): the photo work (decode, detect, encode,
+quality) runs on a thread pool, a few photos ahead; the store work stays in input order.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ import hmac
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from numpy.typing import NDArray
@@ -31,7 +35,9 @@ from .encoder import DetectedFace, Encoder
 from .errors import (
     ConsentError,
     ConsentMatchError,
+    FaceError,
     GalleryNotFoundError,
+    ImageError,
     InvalidArgumentError,
     PolicyError,
     SubjectNotFoundError,
@@ -39,7 +45,7 @@ from .errors import (
 from .images import Photo, PhotoInput, load_photo, photo_name
 from .index import FaceIndex
 from .keys import KeyRing, parse_key
-from .manifest import read_manifest
+from .manifest import ManifestRow, read_manifest
 from .policy import (
     DEFAULT_TOP_K,
     ENROLL_MIN_FACE_PX,
@@ -51,6 +57,7 @@ from .policy import (
     destroy_by,
     parse_policy_value,
 )
+from .pool import in_order, photo_pool
 from .quality import check_quality, single_face
 from .results import (
     AuditCheck,
@@ -263,6 +270,24 @@ class Gallery:
             ImageError, FaceError (QualityError with its reasons): a photo cannot be used.
             Nothing is stored on any error.
         """
+        admission = self._admit(subject, photos, consent, email=email, min_face_px=min_face_px, quality=quality)
+        return self._commit(admission, self._read_faces(admission), allow_duplicate=allow_duplicate, actor=actor)
+
+    def _admit(
+        self,
+        subject: str,
+        photos: Sequence[PhotoInput] | PhotoInput,
+        consent: Consent | str | None,
+        *,
+        email: str | None,
+        min_face_px: int,
+        quality: str | None,
+    ) -> _Admission:
+        """An enrollment's checks before any biometric processing: name, consent, opt-out, policy.
+
+        Reads the store, never a photo: a subject without a lawful basis is refused before
+        their photo is even decoded.
+        """
         name = _check_name(subject, "subject name")
         if consent is None:
             raise ConsentError(
@@ -276,16 +301,31 @@ class Gallery:
         if not batch:
             raise InvalidArgumentError(f"No photos given for '{name}': name at least one photo of the person.")
         policy = default_policy()
-        if self._store.exists():  # before any biometric processing: consent, opt-out, policy
+        if self._store.exists():
             with self._lock, self._store.read() as conn:
                 self._check_enrollable(conn, name, consent, email, now)
                 policy = Store.policy(conn)
         elif isinstance(consent, str):
             raise ConsentError(f"No consent has the reference '{consent}': record it first (`consentmatch consent grant`).")
         level = parse_policy_value("quality", quality) if quality is not None else policy["quality"]
-        faces = [self._enrollment_face(photo, min_face_px, policy["excluded_regions"], level) for photo in batch]
+        return _Admission(name, consent, email, tuple(batch), now, policy, level, min_face_px)
+
+    def _read_faces(self, admission: _Admission) -> list[tuple[str, DetectedFace]]:
+        """Each admitted photo's SHA-256 and its one face: decode, region, detect, quality, encode.
+
+        Reads no store and writes nothing, so it may run on any thread.
+        """
+        excluded = admission.policy["excluded_regions"]
+        return [self._enrollment_face(p, admission.min_face_px, excluded, admission.level) for p in admission.photos]
+
+    def _commit(
+        self, admission: _Admission, faces: Sequence[tuple[str, DetectedFace]], *, allow_duplicate: bool,
+        actor: str | None,
+    ) -> Enrollment:
+        """Store an admitted enrollment: the duplicate check, one write transaction, then the index."""
+        name, consent, email, now = admission.name, admission.consent, admission.email, admission.now
         if not allow_duplicate:
-            self._check_duplicates(name, batch, [f for _, f in faces], policy["duplicate_tolerance"])
+            self._check_duplicates(name, admission.photos, [f for _, f in faces], admission.policy["duplicate_tolerance"])
         with self._lock:
             with self._store.write(create=True) as conn:
                 before = Store.generation(conn)
@@ -307,7 +347,7 @@ class Gallery:
             templates_added=len(ids),
             templates_total=total,
             consent_reference=reference,
-            photos=tuple(photo_name(p) for p in batch),
+            photos=tuple(photo_name(p) for p in admission.photos),
         )
 
     def import_manifest(
@@ -325,6 +365,13 @@ class Gallery:
         `;`-separated; photo paths absolute or relative to the manifest). Each row enrolls on
         its own, so a bad row costs only itself.
 
+        The report is the one enrolling row by row gives: while a row is stored, the photos of
+        the next few are decoded and encoded on a thread pool (one thread per CPU), and every
+        step that earlier rows can change (the duplicate check, the store writes) runs in row
+        order. A row's consent and opt-out are checked before its photo is read; a row whose
+        consent check an earlier row still in progress could change (the same consent reference
+        for another subject) waits for it.
+
         Args:
             progress: called with (rows done, rows in all) after each row.
             quality, allow_duplicate: as for `enroll`.
@@ -335,16 +382,35 @@ class Gallery:
         rows = read_manifest(manifest)
         enrolled: list[Enrollment] = []
         rejected: list[Rejection] = []
-        for done, row in enumerate(rows, start=1):
+        unstored: dict[int, ManifestRow] = {}  # rows started ahead that may still enroll
+
+        def start(numbered: tuple[int, ManifestRow]) -> Callable[[], Enrollment]:
+            """Admit a row and start reading its photo; returns what finishes it at its turn."""
+            number, row = numbered
             try:
                 if row.problem is not None:
                     raise InvalidArgumentError(row.problem)
-                enrolled.append(self.enroll(row.subject, [row.photo], row.consent, email=row.email, quality=quality,
-                                            allow_duplicate=allow_duplicate, actor=actor))
-            except ConsentMatchError as exc:
-                rejected.append(Rejection(row=row.line, subject=row.subject, photo=row.photo, reason=str(exc)))
-            if progress is not None:
-                progress(done, len(rows))
+                if any(_may_claim(earlier, row) for earlier in unstored.values()):
+                    unstored[number] = row
+                    return lambda: self.enroll(row.subject, [row.photo], row.consent, email=row.email, quality=quality,
+                                               allow_duplicate=allow_duplicate, actor=actor)
+                admission = self._admit(row.subject, [row.photo], row.consent, email=row.email,
+                                        min_face_px=ENROLL_MIN_FACE_PX, quality=quality)
+            except Exception as exc:  # reported at the row's turn, as enrolling row by row would
+                return _raising(exc)
+            unstored[number] = row
+            faces = pool.submit(self._read_faces, admission)
+            return lambda: self._commit(admission, faces.result(), allow_duplicate=allow_duplicate, actor=actor)
+
+        with photo_pool(len(rows)) as (pool, ahead):
+            for done, ((number, row), finish) in enumerate(in_order(enumerate(rows), start, ahead), start=1):
+                try:
+                    enrolled.append(finish())
+                except ConsentMatchError as exc:
+                    rejected.append(Rejection(row=row.line, subject=row.subject, photo=row.photo, reason=str(exc)))
+                unstored.pop(number, None)
+                if progress is not None:
+                    progress(done, len(rows))
         return ImportReport(manifest=os.fspath(manifest), rows=len(rows), enrolled=tuple(enrolled), rejected=tuple(rejected))
 
     # -- search ----------------------------------------------------------------------------
@@ -377,8 +443,65 @@ class Gallery:
         """
         top_k = check_top_k(top_k)
         label, tolerance, policy = self._search_terms(purpose, tolerance)
+        return self._decide(*self._probe(photo), label, tolerance, policy, top_k, actor)
+
+    def match_many(
+        self,
+        photos: Sequence[PhotoInput] | PhotoInput,
+        *,
+        purpose: str | None = None,
+        tolerance: float | None = None,
+        top_k: int = DEFAULT_TOP_K,
+        actor: str | None = None,
+    ) -> Iterator[MatchResult]:
+        """1:N on several probes: `match` on each, several photos at once.
+
+        The photos are decoded, detected and encoded on a thread pool (one thread per CPU),
+        a few ahead; the searches, decisions and audit events follow in input order, so each
+        result is the one `match` gives.
+
+        Args:
+            photos: the probes; every face in each is matched.
+            purpose, tolerance, top_k: as for `match`; checked once, before any photo is read.
+
+        Returns:
+            An iterator of one `MatchResult` per photo, in input order, each as soon as it and
+            those before it are done. A photo that cannot be read (ImageError, FaceError) gives a
+            result with no faces and the reason in `error`, and the next photo follows.
+
+        Raises:
+            GalleryNotFoundError, InvalidArgumentError: as `match`, at the call. Any other error
+            (StorageError, EngineError) ends the iteration at its photo.
+        """
+        top_k = check_top_k(top_k)
+        label, tolerance, policy = self._search_terms(purpose, tolerance)
+        batch = [photos] if isinstance(photos, (str, bytes, os.PathLike)) else list(photos)
+        return self._matches(batch, label, tolerance, policy, top_k, actor)
+
+    def _matches(
+        self, photos: list[PhotoInput], label: str | None, tolerance: float, policy: dict[str, Any], top_k: int,
+        actor: str | None,
+    ) -> Iterator[MatchResult]:
+        with photo_pool(len(photos)) as (pool, ahead):
+            for photo, probed in in_order(photos, lambda p: pool.submit(self._probe, p), ahead):
+                try:
+                    name, faces = probed.result()
+                except (ImageError, FaceError) as exc:
+                    yield MatchResult(image=photo_name(photo), faces=(), purpose=label or "", tolerance=tolerance,
+                                      error=str(exc))
+                    continue
+                yield self._decide(name, faces, label, tolerance, policy, top_k, actor)
+
+    def _probe(self, photo: PhotoInput) -> tuple[str, list[DetectedFace]]:
+        """A probe's name and faces: the photo work of a match, safe on any thread."""
         decoded = load_photo(photo)
-        faces = self._encoder.encode(decoded, PROBE_MIN_FACE_PX)
+        return decoded.name, self._encoder.encode(decoded, PROBE_MIN_FACE_PX)
+
+    def _decide(
+        self, name: str, faces: list[DetectedFace], label: str | None, tolerance: float, policy: dict[str, Any],
+        top_k: int, actor: str | None,
+    ) -> MatchResult:
+        """Search the probe's faces among the consented templates, name them, and audit the search."""
         with self._lock, self._store.read() as conn:
             generation = Store.generation(conn)
             index = self._current_index(conn, generation)
@@ -413,7 +536,7 @@ class Gallery:
                 )
             )
         self._record_search("match", label, actor, matched, {"faces": len(faces), "tolerance": tolerance, "top_k": top_k})
-        return MatchResult(image=decoded.name, faces=tuple(results), purpose=label or "", tolerance=tolerance)
+        return MatchResult(image=name, faces=tuple(results), purpose=label or "", tolerance=tolerance)
 
     def verify(
         self,
@@ -964,6 +1087,35 @@ class Gallery:
         searchable.template_ids.setflags(write=False)  # FaceIndex reuses its id bitmap while this array lives
         self._searchable[purpose] = (generation, searchable)
         return searchable
+
+
+@dataclass(frozen=True)
+class _Admission:
+    """An enrollment past its consent, opt-out and policy checks, before any photo is read."""
+
+    name: str
+    consent: Consent | str
+    email: str | None
+    photos: tuple[PhotoInput, ...]
+    now: datetime
+    policy: dict[str, Any]
+    level: str
+    min_face_px: int
+
+
+def _may_claim(earlier: ManifestRow, row: ManifestRow) -> bool:
+    """Whether storing `earlier` can change `row`'s consent check: it claims the same reference for another subject."""
+    return (
+        earlier.consent is not None and row.consent is not None
+        and earlier.consent.reference == row.consent.reference and earlier.subject != row.subject
+    )
+
+
+def _raising(error: Exception) -> Callable[[], NoReturn]:
+    def finish() -> NoReturn:
+        raise error
+
+    return finish
 
 
 def _distinct(owners: np.ndarray, distances: np.ndarray, ids: np.ndarray, top_k: int) -> list[tuple[int, float]]:

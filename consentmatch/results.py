@@ -93,15 +93,20 @@ class FaceMatch:
 
 @dataclass(frozen=True)
 class MatchResult:
-    """The faces found in one probe photo, each with its match."""
+    """The faces found in one probe photo, each with its match.
+
+    `error` says why the photo could not be matched (`Gallery.match_many` goes on with the
+    next photo); `faces` is then empty. `Gallery.match` raises instead, so it is always None there.
+    """
 
     image: str
     faces: tuple[FaceMatch, ...]
     purpose: str
     tolerance: float
+    error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"image": self.image, "faces": [f.to_dict() for f in self.faces], "error": None}
+        return {"image": self.image, "faces": [f.to_dict() for f in self.faces], "error": self.error}
 
 
 @dataclass(frozen=True)

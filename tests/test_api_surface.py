@@ -52,7 +52,8 @@ def test_cli_mirrors_the_gallery_verbs() -> None:
     assert set(VERBS) <= commands
     assert commands - set(VERBS) <= NOT_GALLERY_VERBS
     public = {name for name, _ in inspect.getmembers(consentmatch.Gallery, inspect.isfunction) if not name.startswith("_")}
-    assert public - set(VERBS.values()) == {"close", "verify_audit"}  # audit --verify; close is the context manager's
+    # audit --verify; match PHOTO... calls match_many (match is its one-photo form); close is the context manager's
+    assert public - set(VERBS.values()) == {"close", "verify_audit", "match_many"}
 
 
 def test_import_is_light_and_side_effect_free() -> None:

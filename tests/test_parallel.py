@@ -1,0 +1,166 @@
+"""Several photos at once (`match_many`, `import_manifest`): the results of one photo at a time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from consentmatch import Consent, ConsentMatchError, Gallery, GalleryNotFoundError, InvalidArgumentError
+from consentmatch import gallery as gallery_module
+from consentmatch.images import Photo, PhotoInput
+from consentmatch.manifest import read_manifest
+from consentmatch.results import ImportReport
+
+from .conftest import EXAMPLES, PURPOSE, FakeEncoder, fake_photo
+
+HEADER = "subject,photo,consent_ref,purposes,expires,jurisdiction\n"
+
+
+# -- match_many --------------------------------------------------------------------------
+
+
+def test_match_many_on_real_photos_equals_match_one_at_a_time(real_gallery: Gallery, tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 garbage")
+    probes: list[Path] = sorted((EXAMPLES / "probes").glob("*"))
+    probes.insert(3, corrupt)
+    one_by_one = [real_gallery.match(p, purpose=PURPOSE) for p in probes if p != corrupt]
+    before = len(real_gallery.audit())
+
+    results = list(real_gallery.match_many(probes, purpose=PURPOSE))
+
+    assert [r.image for r in results] == [str(p) for p in probes]
+    failed = results.pop(3)
+    assert failed.faces == () and failed.error is not None and "corrupt.jpg" in failed.error
+    assert failed.to_dict() == {"image": str(corrupt), "faces": [], "error": failed.error}
+    for got, expected in zip(results, one_by_one):
+        assert got.error is None
+        assert [(f.box, f.subject, [c.subject for c in f.candidates]) for f in got.faces] == \
+               [(f.box, f.subject, [c.subject for c in f.candidates]) for f in expected.faces]
+        assert [c.distance for f in got.faces for c in f.candidates] == \
+               pytest.approx([c.distance for f in expected.faces for c in f.candidates], abs=1e-6)
+    searches = real_gallery.audit()[before:]  # one audit event per readable photo, in input order
+    assert [e.action for e in searches] == ["match"] * len(results)
+    assert [e.details["faces"] for e in searches] == [len(r.faces) for r in results]
+
+
+def test_match_many_keeps_input_order_on_many_photos(fake_gallery: Gallery, tmp_path: Path) -> None:
+    fake_gallery.enroll("alice", fake_photo(tmp_path, "alice.png", (10, 0)), Consent("R1", ["door"]))
+    photos: list[PhotoInput] = [fake_photo(tmp_path, f"p{i}.png", (10 if i % 2 else 20, i + 1)) for i in range(12)]
+    photos.insert(5, tmp_path / "missing.png")
+    photos.append(fake_photo(tmp_path, "alice-again.png", (10, 50)).read_bytes())
+    results = list(fake_gallery.match_many(photos, purpose="door"))
+    assert [r.image for r in results] == [*(str(p) for p in photos[:-1]), "<bytes>"]
+    assert [r.error is not None for r in results] == [i == 5 for i in range(len(photos))]
+    readable = [r for r in results if r.error is None]
+    assert [r.faces[0].subject for r in readable] == [None if i % 2 == 0 else "alice" for i in range(12)] + ["alice"]
+
+
+def test_match_many_checks_the_gallery_before_reading_any_photo(tmp_path: Path) -> None:
+    calls = FakeEncoder.calls
+    with Gallery(tmp_path / "none.db", encoder=FakeEncoder()) as gallery:
+        with pytest.raises(GalleryNotFoundError):
+            gallery.match_many([fake_photo(tmp_path, "a.png", (10, 0))], purpose="door")  # at the call, not when iterated
+    assert FakeEncoder.calls == calls
+
+
+# -- import_manifest ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def decoded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the photos the gallery decodes, in any thread."""
+    names: list[str] = []
+    original = gallery_module.load_photo
+
+    def spy(photo: PhotoInput) -> Photo:
+        names.append(Path(str(photo)).name)
+        return original(photo)
+
+    monkeypatch.setattr(gallery_module, "load_photo", spy)
+    return names
+
+
+def _rejections(report: ImportReport) -> list[tuple[int, str, str]]:
+    return [(r.row, r.subject, r.reason) for r in report.rejected]
+
+
+def test_import_refuses_the_later_of_two_rows_showing_one_face(fake_gallery: Gallery, tmp_path: Path) -> None:
+    for name, person in [("a", 10), ("c", 30), ("d", 40), ("e", 50)]:
+        fake_photo(tmp_path, f"{name}.png", (person, 0))
+    fake_photo(tmp_path, "b.png", (10, 1))  # alice's face again, another photo
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(HEADER + "alice,a.png,R1,door,,\nbob,b.png,R2,door,,\ncarol,c.png,R3,door,,\n"
+                                 "dave,d.png,R4,door,,\nerin,e.png,R5,door,,\n")
+    report = fake_gallery.import_manifest(manifest)
+    assert [e.subject for e in report.enrolled] == ["alice", "carol", "dave", "erin"]
+    ((row, subject, reason),) = _rejections(report)
+    assert (row, subject) == (3, "bob") and "shows enrolled subject 'alice'" in reason
+
+
+def test_import_never_decodes_an_opted_out_subjects_photo(fake_gallery: Gallery, tmp_path: Path,
+                                                          decoded: list[str]) -> None:
+    fake_gallery.add_optout(subject="mallory")
+    for name, person in [("a", 10), ("b", 20), ("c", 30)]:
+        fake_photo(tmp_path, f"{name}.png", (person, 0))
+    (tmp_path / "mallory.jpg").write_text("not a photo: decoding it would fail with an ImageError")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(HEADER + "alice,a.png,R1,door,,\nmallory,mallory.jpg,R9,door,,\nbob,b.png,R2,door,,\n"
+                                 "carol,c.png,R3,door,,\n")
+    report = fake_gallery.import_manifest(manifest)
+    ((row, subject, reason),) = _rejections(report)
+    assert (row, subject) == (3, "mallory") and "do-not-enroll list" in reason
+    assert sorted(decoded) == ["a.png", "b.png", "c.png"]
+
+
+def test_import_waits_for_an_earlier_row_claiming_the_same_reference(fake_gallery: Gallery, tmp_path: Path,
+                                                                   decoded: list[str]) -> None:
+    fake_photo(tmp_path, "a.png", (10, 0))
+    fake_photo(tmp_path, "c.png", (30, 0))
+    (tmp_path / "b.jpg").write_text("not a photo")
+    manifest = tmp_path / "m.csv"
+    # R1 goes to alice at row 2, so bob's R1 is refused before his photo is read (as row by row);
+    # carol's R3 is free because dave's row, which claimed it first, failed.
+    manifest.write_text(HEADER + "alice,a.png,R1,door,,\nbob,b.jpg,R1,door,,\ndave,missing.png,R3,door,,\n"
+                                 "carol,c.png,R3,door,,\n")
+    report = fake_gallery.import_manifest(manifest)
+    assert [e.subject for e in report.enrolled] == ["alice", "carol"]
+    assert [(row, subject) for row, subject, _ in _rejections(report)] == [(3, "bob"), (4, "dave")]
+    assert "already belongs to subject 'alice'" in report.rejected[0].reason
+    assert "does not exist" in report.rejected[1].reason
+    assert "b.jpg" not in decoded
+
+
+def test_import_reports_what_enrolling_row_by_row_reports(tmp_path: Path) -> None:
+    for name, person, variant in [("a1", 10, 0), ("a2", 10, 1), ("b", 20, 0), ("dup", 20, 2), ("c", 30, 0),
+                                  ("d", 40, 0), ("e", 50, 0)]:
+        fake_photo(tmp_path, f"{name}.png", (person, variant))
+    fake_photo(tmp_path, "two.png", (60, 0), (70, 0))
+    (tmp_path / "text.jpg").write_text("not a photo")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(HEADER + "\n".join([
+        "alice,a1.png,R1,door,,", "alice,a2.png,R1,door,,", "bob,b.png,R2,door,,", "frank,dup.png,R6,door,,",
+        "carol,two.png,R3,door,,", "mallory,text.jpg,R7,door,,", "dave,text.jpg,R4,door,,", "erin,c.png,R1,door,,",
+        "erin,e.png,R5,door,2001-01-01,", ",d.png,R8,door,,", "gina,d.png,R8,door,,", "gina,missing.png,R8,door,,",
+    ]) + "\n")
+    reports = []
+    for name, row_by_row in [("pipeline", False), ("serial", True)]:
+        with Gallery(tmp_path / f"{name}.db", encoder=FakeEncoder()) as gallery:
+            gallery.add_optout(subject="mallory")
+            if not row_by_row:
+                reports.append(gallery.import_manifest(manifest))
+                continue
+            enrolled, rejected = [], []
+            for row in read_manifest(manifest):
+                try:
+                    if row.problem:
+                        raise InvalidArgumentError(row.problem)
+                    enrolled.append(gallery.enroll(row.subject, [row.photo], row.consent))
+                except ConsentMatchError as exc:
+                    rejected.append((row.line, row.subject, str(exc)))
+            reports.append((enrolled, rejected))
+    (pipeline, (enrolled, rejected)) = reports
+    assert list(pipeline.enrolled) == enrolled
+    assert _rejections(pipeline) == rejected
+    assert [row for row, _, _ in rejected] == [5, 6, 7, 8, 9, 10, 11, 13]  # every kind of refusal is exercised
