@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -12,8 +9,6 @@ import pytest
 from numpy.typing import NDArray
 
 from consentmatch.index import EXACT_BELOW, FaceIndex
-
-from .conftest import ROOT
 
 SIZE = EXACT_BELOW + 2_000  # just into IVF
 
@@ -137,15 +132,3 @@ def test_nprobe_is_bounded_and_ignored_by_flat() -> None:
     ivf.nprobe, flat.nprobe = 10_000, 10_000
     assert (ivf.nprobe, flat.nprobe) == (ivf.params.nlist, 0)
     assert list(ivf.search(_second_photos(ROWS[:20]), 1)[1][:, 0]) == list(IDS[:20])
-
-
-def test_search_benchmark_smoke() -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "search.py"), "--size", "2000", "--queries", "20", "--json"],
-        capture_output=True, text=True, timeout=120, check=True,
-    )
-    result = json.loads(done.stdout)
-    for key in ("size", "index", "p50_ms", "p99_ms", "recall_at_1", "open_s", "bytes_per_template", "face_distance_p50_ms"):
-        assert key in result
-    assert result["size"] == 2000 and result["recall_at_1"] == 1.0 and result["filtered_outside"] == 0
-    assert result["snapshot_bytes"] > 2000 * 128 * 4 and result["memory_per_template"] > 0  # opened from its snapshot

@@ -1,0 +1,48 @@
+"""The benchmarks run, at a small size, as smoke tests: timed tests are not benchmarks (benchmarks/README.md)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from .conftest import EXAMPLES, ROOT
+
+
+def _run(script: str, *args: str, timeout: int = 240) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args, "--json"],
+        capture_output=True, text=True, timeout=timeout, check=True,
+    )
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def test_search_benchmark() -> None:
+    result = _run("search.py", "--size", "2000", "--queries", "20")
+    for key in ("size", "index", "p50_ms", "p99_ms", "recall_at_1", "open_s", "bytes_per_template", "face_distance_p50_ms"):
+        assert key in result
+    assert result["size"] == 2000 and result["recall_at_1"] == 1.0 and result["filtered_outside"] == 0
+    assert result["snapshot_bytes"] > 2000 * 128 * 4 and result["memory_per_template"] > 0  # opened from its snapshot
+
+
+def test_photos_benchmark_compares_decisions_with_the_peer(tmp_path: Path) -> None:
+    known, unknown = tmp_path / "known", tmp_path / "unknown"
+    for person in ("biden", "obama"):
+        shutil.copytree(EXAMPLES / "people" / person, known / person)
+    unknown.mkdir()
+    for probe in ("obama_small.jpg", "obama-240p.jpg"):
+        shutil.copyfile(EXAMPLES / "probes" / probe, unknown / probe)
+    result = _run("photos.py", "--known", str(known), "--unknown", str(unknown),
+                  "--expected", str(EXAMPLES / "expected.csv"), "--runs", "1")
+    assert result["unknown_photos"] == 2 and result["runs"] == 1
+    assert result["same_decisions"] is True and result["consentmatch_as_expected"] == result["expected_rows"] == 2
+    assert result["ratio_match"] > 0
+
+
+def test_encoder_benchmark() -> None:
+    result = _run("encoder.py", "--rounds", "1")
+    assert result["max_abs_diff"] < 1e-4 and result["faces"] > 0
