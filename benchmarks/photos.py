@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from consentmatch.policy import PROBE_MIN_FACE_PX
 from _report import report  # benchmarks/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,10 +81,11 @@ def _expected(path: Path) -> dict[str, list[str]]:
         return {Path(row["file"]).name: sorted(set(row["subjects"].split())) for row in csv.DictReader(handle)}
 
 
-def run(known: Path, unknown: Path, expected: Path | None, runs: int, cpus: int) -> dict[str, Any]:
+def run(known: Path, unknown: Path, expected: Path | None, runs: int, cpus: int, min_face_px: int | None = None) -> dict[str, Any]:
     people = {p.name: sorted(f for f in p.iterdir() if f.suffix.lower() in PHOTO_SUFFIXES) for p in sorted(known.iterdir()) if p.is_dir()}
     probes = sorted(f for f in unknown.iterdir() if f.suffix.lower() in PHOTO_SUFFIXES)
     peer, ours = _tool("face_recognition"), _tool("consentmatch")
+    reach = ["--min-face-px", str(min_face_px)] if min_face_px is not None else []
     peer_s: list[float] = []
     import_s: list[float] = []
     match_s: list[float] = []
@@ -113,7 +115,7 @@ def run(known: Path, unknown: Path, expected: Path | None, runs: int, cpus: int)
             peer_s.append(elapsed)
             elapsed, _ = _timed([ours, "import", str(manifest), "-g", str(gallery), "--json"], env)
             import_s.append(elapsed)
-            elapsed, ours_out = _timed([ours, "match", *map(str, probes), "-g", str(gallery), "--purpose", PURPOSE, "--json"], env)
+            elapsed, ours_out = _timed([ours, "match", *map(str, probes), "-g", str(gallery), "--purpose", PURPOSE, "--json", *reach], env)
             match_s.append(elapsed)
 
     peer_found, ours_found = _peer_decisions(peer_out), _our_decisions(ours_out)
@@ -124,6 +126,7 @@ def run(known: Path, unknown: Path, expected: Path | None, runs: int, cpus: int)
         "known_photos": sum(map(len, people.values())),
         "unknown_photos": len(probes),
         "runs": runs,
+        "min_face_px": min_face_px or PROBE_MIN_FACE_PX,
         "face_recognition_s": round(peer_total, 2),
         "consentmatch_import_s": round(import_total, 2),
         "consentmatch_match_s": round(match_total, 2),
@@ -145,10 +148,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--expected", type=Path, default=ROOT / "examples" / "expected.csv", help="file,faces,subjects")
     parser.add_argument("--runs", type=int, default=5, help="runs of each tool, alternating (default 5)")
     parser.add_argument("--cpus", type=int, default=2, help="face_recognition's --cpus (default 2)")
+    parser.add_argument("--min-face-px", type=int, help="our match's --min-face-px (default: 40, the peer's reach)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     expected = args.expected if args.expected.exists() else None
-    result = run(args.known, args.unknown, expected, args.runs, args.cpus)
+    result = run(args.known, args.unknown, expected, args.runs, args.cpus, args.min_face_px)
     report(result, args.json)
 
 

@@ -51,6 +51,7 @@ from .policy import (
     ENROLL_MIN_FACE_PX,
     EVIDENCE_REQUIRED,
     PROBE_MIN_FACE_PX,
+    check_min_face,
     check_tolerance,
     check_top_k,
     default_policy,
@@ -422,6 +423,7 @@ class Gallery:
         purpose: str | None = None,
         tolerance: float | None = None,
         top_k: int = DEFAULT_TOP_K,
+        min_face_px: int = PROBE_MIN_FACE_PX,
         actor: str | None = None,
     ) -> MatchResult:
         """1:N: who, among the subjects consented for `purpose`, is each face of the probe.
@@ -433,6 +435,10 @@ class Gallery:
             tolerance: the largest Euclidean distance that counts as the same person; lower is
                 stricter. Default: the gallery policy's (0.6, dlib's typical best).
             top_k: how many nearest subjects to list per face, each once.
+            min_face_px: the narrowest face looked for, in the photo's pixels. The default, 40,
+                is face_recognition's reach; a camera whose faces are always larger can say so
+                and be faster (detection runs on a copy scaled so this width reaches the
+                detector: 80 px halves the work on a large photo).
 
         Returns:
             A `MatchResult`; a face with no subject within the tolerance has `subject=None`.
@@ -441,9 +447,9 @@ class Gallery:
             ImageError: the probe cannot be read. GalleryNotFoundError: no gallery file.
             InvalidArgumentError: no purpose where the policy requires one.
         """
-        top_k = check_top_k(top_k)
+        top_k, min_face_px = check_top_k(top_k), check_min_face(min_face_px)
         label, tolerance, policy = self._search_terms(purpose, tolerance)
-        return self._decide(*self._probe(photo), label, tolerance, policy, top_k, actor)
+        return self._decide(*self._probe(photo, min_face_px), label, tolerance, policy, top_k, actor)
 
     def match_many(
         self,
@@ -452,6 +458,7 @@ class Gallery:
         purpose: str | None = None,
         tolerance: float | None = None,
         top_k: int = DEFAULT_TOP_K,
+        min_face_px: int = PROBE_MIN_FACE_PX,
         actor: str | None = None,
     ) -> Iterator[MatchResult]:
         """1:N on several probes: `match` on each, several photos at once.
@@ -462,7 +469,7 @@ class Gallery:
 
         Args:
             photos: the probes; every face in each is matched.
-            purpose, tolerance, top_k: as for `match`; checked once, before any photo is read.
+            purpose, tolerance, top_k, min_face_px: as for `match`; checked once, before any photo is read.
 
         Returns:
             An iterator of one `MatchResult` per photo, in input order, each as soon as it and
@@ -473,17 +480,17 @@ class Gallery:
             GalleryNotFoundError, InvalidArgumentError: as `match`, at the call. Any other error
             (StorageError, EngineError) ends the iteration at its photo.
         """
-        top_k = check_top_k(top_k)
+        top_k, min_face_px = check_top_k(top_k), check_min_face(min_face_px)
         label, tolerance, policy = self._search_terms(purpose, tolerance)
         batch = [photos] if isinstance(photos, (str, bytes, os.PathLike)) else list(photos)
-        return self._matches(batch, label, tolerance, policy, top_k, actor)
+        return self._matches(batch, label, tolerance, policy, top_k, min_face_px, actor)
 
     def _matches(
         self, photos: list[PhotoInput], label: str | None, tolerance: float, policy: dict[str, Any], top_k: int,
-        actor: str | None,
+        min_face_px: int, actor: str | None,
     ) -> Iterator[MatchResult]:
         with photo_pool(len(photos)) as (pool, ahead):
-            for photo, probed in in_order(photos, lambda p: pool.submit(self._probe, p), ahead):
+            for photo, probed in in_order(photos, lambda p: pool.submit(self._probe, p, min_face_px), ahead):
                 try:
                     name, faces = probed.result()
                 except (ImageError, FaceError) as exc:
@@ -492,10 +499,10 @@ class Gallery:
                     continue
                 yield self._decide(name, faces, label, tolerance, policy, top_k, actor)
 
-    def _probe(self, photo: PhotoInput) -> tuple[str, list[DetectedFace]]:
+    def _probe(self, photo: PhotoInput, min_face_px: int) -> tuple[str, list[DetectedFace]]:
         """A probe's name and faces: the photo work of a match, safe on any thread."""
         decoded = load_photo(photo)
-        return decoded.name, self._encoder.encode(decoded, PROBE_MIN_FACE_PX)
+        return decoded.name, self._encoder.encode(decoded, min_face_px)
 
     def _decide(
         self, name: str, faces: list[DetectedFace], label: str | None, tolerance: float, policy: dict[str, Any],
@@ -545,18 +552,19 @@ class Gallery:
         *,
         purpose: str | None = None,
         tolerance: float | None = None,
+        min_face_px: int = PROBE_MIN_FACE_PX,
         actor: str | None = None,
     ) -> Verification:
         """1:1: is the one face in the probe this subject (e.g. before a large transfer)?
 
         The distance is to the subject's nearest template, computed exactly. Not
-        authentication on its own: there is no liveness check.
+        authentication on its own: there is no liveness check. `min_face_px` as for `match`.
 
         Raises:
             SubjectNotFoundError: not enrolled. ConsentError: no active consent for `purpose`.
             ImageError, NoFaceError, MultipleFacesError: the probe must hold exactly one face.
         """
-        name = _check_name(subject, "subject name")
+        name, min_face_px = _check_name(subject, "subject name"), check_min_face(min_face_px)
         label, tolerance, policy = self._search_terms(purpose, tolerance)
         with self._lock, self._store.read() as conn:  # consent first: no biometric work without it
             subject_id = self._subject_id(conn, name)
@@ -567,7 +575,7 @@ class Gallery:
                 "or use a purpose the subject consented to."
             )
         decoded = load_photo(photo)
-        face = single_face(self._encoder.encode(decoded, PROBE_MIN_FACE_PX), decoded.name)
+        face = single_face(self._encoder.encode(decoded, min_face_px), decoded.name)
         if policy["quality"] != "off":
             check_quality(decoded, face, level=policy["quality"], for_enrollment=False)
         with self._lock, self._store.read() as conn:

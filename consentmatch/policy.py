@@ -32,6 +32,7 @@ __all__ = [
     "EVIDENCE_REQUIRED",
     "PROBE_MIN_FACE_PX",
     "ConsentTerm",
+    "check_min_face",
     "check_tolerance",
     "default_policy",
     "check_top_k",
@@ -89,6 +90,13 @@ def check_top_k(top_k: int) -> int:
     if not (isinstance(top_k, int) and 1 <= top_k <= 1000):
         raise InvalidArgumentError(f"top_k {top_k!r} is out of range: use 1 to 1000.")
     return top_k
+
+
+def check_min_face(min_face_px: int) -> int:
+    """Raises InvalidArgumentError unless 1 <= min_face_px <= 10000."""
+    if not (isinstance(min_face_px, int) and 1 <= min_face_px <= 10_000):
+        raise InvalidArgumentError(f"min_face_px {min_face_px!r} is out of range: use 1 to 10000 (pixels).")
+    return min_face_px
 
 
 def parse_policy_value(key: str, value: Any) -> Any:

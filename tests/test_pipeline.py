@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from consentmatch import Gallery
+from consentmatch import Gallery, InvalidArgumentError
 from consentmatch.images import load_photo
 
 from .conftest import DATA, EXAMPLES, PURPOSE
@@ -142,3 +142,15 @@ def test_detection_scale() -> None:
     assert detection_scale(320, 240, 40) == pytest.approx(1.6)  # small probes are upscaled
     assert detection_scale(1600, 1200, 80) == pytest.approx(0.8)  # enrollment: 80 px faces still found
     assert detection_scale(6000, 4000, 40) == pytest.approx(0.8)  # never so small that 80 px faces are lost
+
+
+def test_min_face_px_trades_reach_for_speed(real_gallery: Gallery) -> None:
+    probe = EXAMPLES / "probes" / "obama-240p.jpg"  # its face is ~60 px wide
+    (face,) = real_gallery.match(probe, purpose=PURPOSE).faces
+    assert face.subject == "obama" and face.box.width < 80
+    assert real_gallery.match(probe, purpose=PURPOSE, min_face_px=80).faces == ()
+    (wide,) = next(real_gallery.match_many([EXAMPLES / "probes" / "obama1.jpg"], purpose=PURPOSE, min_face_px=200)).faces
+    assert wide.subject == "obama"  # a ~385 px face is still found when only faces of 200 px and more are looked for
+    assert real_gallery.verify("obama", EXAMPLES / "probes" / "obama1.jpg", purpose=PURPOSE, min_face_px=200).match
+    with pytest.raises(InvalidArgumentError, match="min_face_px"):
+        real_gallery.match(probe, purpose=PURPOSE, min_face_px=0)
