@@ -76,6 +76,8 @@ def save(path: Path, index: FaceIndex, keys: KeyRing, gallery_id: str, templates
         "bytes": len(data),
     }, sort_keys=True).encode()
     prefix = MAGIC + len(header).to_bytes(4, "big") + header
+    for left in path.parent.glob(f".{path.name}.*"):  # a save killed midway (no save runs beside this one)
+        discard(left)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(handle, "wb") as out:

@@ -142,6 +142,15 @@ def test_each_save_shreds_the_previous_snapshot_key(tmp_path: Path) -> None:
         assert gallery.key_info().data_keys == 3  # subjects' keys only
 
 
+def test_a_save_killed_midway_leaves_nothing_for_long(tmp_path: Path) -> None:
+    path = _enrolled(tmp_path, 10, 20)
+    left = tmp_path / f".{snapshot.path_for(path).name}.k1ll3d"  # what mkstemp named it
+    left.write_bytes(b"half a snapshot")
+    with _gallery(path) as gallery:
+        gallery.enroll("person-30", [fake_photo(tmp_path, "p30.png", (30, 0))], Consent("R30", [PURPOSE]))
+    assert not left.exists() and snapshot.path_for(path).exists()
+
+
 def test_an_unwritable_folder_costs_the_snapshot_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _enrolled(tmp_path, 10, 20)
     snapshot.discard(snapshot.path_for(path))
