@@ -490,7 +490,9 @@ class Gallery:
         min_face_px: int, actor: str | None,
     ) -> Iterator[MatchResult]:
         with photo_pool(len(photos)) as (pool, ahead):
-            for photo, probed in in_order(photos, lambda p: pool.submit(self._probe, p, min_face_px), ahead):
+            for number, (photo, probed) in enumerate(in_order(photos, lambda p: pool.submit(self._probe, p, min_face_px), ahead)):
+                if number == 0:  # while the first photos are read: the index and who may be searched
+                    self._search_state(label)
                 try:
                     name, faces = probed.result()
                 except (ImageError, FaceError) as exc:
@@ -510,9 +512,7 @@ class Gallery:
     ) -> MatchResult:
         """Search the probe's faces among the consented templates, name them, and audit the search."""
         with self._lock, self._store.read() as conn:
-            generation = Store.generation(conn)
-            index = self._current_index(conn, generation)
-            searchable = self._searchable_for(conn, label, generation)
+            index, searchable = self._search_state(label, conn)
             if faces and len(searchable.template_ids):
                 k = min(len(searchable.template_ids), top_k * searchable.max_per_subject)
                 queries = np.stack([f.encoding for f in faces])
@@ -1083,6 +1083,15 @@ class Gallery:
                     self._saved_state = state
         except (OSError, ConsentMatchError, sqlite3.Error):
             pass
+
+    def _search_state(self, purpose: str | None, conn: sqlite3.Connection | None = None) -> tuple[FaceIndex, Searchable]:
+        """The current index and the templates searchable for `purpose`, loaded when stale (in a
+        snapshot of the store: `conn`, else a new one)."""
+        if conn is None:
+            with self._lock, self._store.read() as fresh:
+                return self._search_state(purpose, fresh)
+        generation = Store.generation(conn)
+        return self._current_index(conn, generation), self._searchable_for(conn, purpose, generation)
 
     def _searchable_for(self, conn: sqlite3.Connection, purpose: str | None, generation: int) -> Searchable:
         now = self._now()
