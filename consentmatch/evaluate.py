@@ -21,11 +21,12 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import encoder as encoders
-from .encoder import Encoder
+from .encoder import DetectedFace, Encoder
 from .errors import FaceError, ImageError, InvalidArgumentError, ManifestError
 from .images import load_photo
 from .manifest import open_csv
 from .policy import DEFAULT_TOLERANCE, PROBE_MIN_FACE_PX, check_tolerance
+from .pool import in_order, photo_pool
 from .quality import single_face
 
 __all__ = [
@@ -292,19 +293,25 @@ def score_pairs(
 def _encode(
     photos: Sequence[str], encoder: Encoder | None, progress: Progress | None
 ) -> tuple[dict[str, NDArray[np.float64]], list[Failure]]:
+    """Each photo's one face, encoded on a thread pool (pool.py), results taken in input order."""
     engine = encoder or encoders.default_encoder()
     encodings: dict[str, NDArray[np.float64]] = {}
     failures: list[Failure] = []
-    for done, photo in enumerate(photos, start=1):
-        try:
-            decoded = load_photo(photo)
-            face = single_face(engine.encode(decoded, PROBE_MIN_FACE_PX), decoded.name)
-        except (ImageError, FaceError) as exc:
-            failures.append(Failure(photo, str(exc)))
-        else:
-            encodings[photo] = face.encoding.astype(np.float64)
-        if progress:
-            progress(done, len(photos))
+
+    def one(photo: str) -> DetectedFace:
+        decoded = load_photo(photo)
+        return single_face(engine.encode(decoded, PROBE_MIN_FACE_PX), decoded.name)
+
+    with photo_pool(len(photos)) as (pool, ahead):
+        for done, (photo, future) in enumerate(in_order(photos, lambda p: pool.submit(one, p), ahead), start=1):
+            try:
+                face = future.result()
+            except (ImageError, FaceError) as exc:
+                failures.append(Failure(photo, str(exc)))
+            else:
+                encodings[photo] = face.encoding.astype(np.float64)
+            if progress:
+                progress(done, len(photos))
     return encodings, failures
 
 
