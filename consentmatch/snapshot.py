@@ -114,7 +114,10 @@ def load(path: Path, keys: KeyRing, gallery_id: str, templates_state: str, gener
             key = keys.data_key(key_id) if key_id.startswith(INDEX_KEY_PREFIX) else None
             if key is None:  # shredded by an erasure
                 return None
-            data = _decrypted(source, key, bytes.fromhex(header["nonce"]), prefix, int(header["bytes"]))
+            size = int(header["bytes"])
+            if size != os.fstat(source.fileno()).st_size - len(prefix) - _TAG_BYTES:  # before allocating it
+                return None
+            data = _decrypted(source, key, bytes.fromhex(header["nonce"]), prefix, size)
             if data is None:
                 return None
         params = IndexParams(**{name: header["params"][name] for name in ("kind", "nlist", "nprobe", "trained_size")})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -77,7 +78,7 @@ def test_a_snapshot_of_other_templates_is_not_used(tmp_path: Path, monkeypatch: 
     assert rebuilds == [1]
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "garbage", "other-gallery"])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "garbage", "other-gallery", "huge-size"])
 def test_a_damaged_or_foreign_snapshot_is_rebuilt_from_the_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
 ) -> None:
@@ -90,6 +91,14 @@ def test_a_damaged_or_foreign_snapshot_is_rebuilt_from_the_store(
         del data[len(data) // 2:]
     elif damage == "garbage":
         data = bytearray(b"not an index at all")
+    elif damage == "huge-size":  # a header claiming 1 PB must not be allocated before the tag is checked
+        header = _header(target)
+        raw = json.dumps(header, sort_keys=True).encode()
+        start = len(snapshot.MAGIC) + 4
+        assert bytes(data[start:start + len(raw)]) == raw
+        header["bytes"] = 10**15
+        bigger = json.dumps(header, sort_keys=True).encode()
+        data = bytearray(snapshot.MAGIC + len(bigger).to_bytes(4, "big") + bigger) + data[start + len(raw):]
     else:
         (tmp_path / "other").mkdir()
         data = bytearray(snapshot.path_for(_enrolled(tmp_path / "other", 10, 20)).read_bytes())
