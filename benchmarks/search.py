@@ -130,7 +130,7 @@ def _snapshot_open(path: Path) -> tuple[float, int, int]:
         "rss = lambda: int(Path('/proc/self/statm').read_text().split()[1]) * 4096\n"
         "path = Path(sys.argv[1]); before = rss(); start = time.perf_counter(); store = Store(path)\n"
         "with store.read() as conn:\n"
-        "    index = snapshot.load(snapshot.path_for(path), store.keys, store.keys.gallery_id or '',\n"
+        "    index = snapshot.load(snapshot.path_for(path), store.keys,\n"
         "                          Store.templates_state(conn), Store.generation(conn))\n"
         "print(time.perf_counter() - start, rss() - before, -1 if index is None else len(index))"
     )
@@ -235,7 +235,7 @@ def run(
         # Save the snapshot as Gallery.close does, then open from it.
         start = time.perf_counter()
         with store.write(bump=False) as conn:
-            snapshot.save(snapshot.path_for(path), index, store.keys, store.keys.gallery_id or "", Store.templates_state(conn))
+            snapshot.save(snapshot.path_for(path), index, store.keys, Store.templates_state(conn))
         save_s = time.perf_counter() - start
         snapshot_bytes = snapshot.path_for(path).stat().st_size
         open_s, open_bytes, loaded = _snapshot_open(path)

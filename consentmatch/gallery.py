@@ -1061,7 +1061,7 @@ class Gallery:
     def _snapshot_index(self, conn: sqlite3.Connection, generation: int) -> FaceIndex | None:
         """The saved index, when it holds exactly the store's templates."""
         state = Store.templates_state(conn)
-        index = snapshot.load(self._snapshot, self._store.keys, self._store.keys.gallery_id or "", state, generation)
+        index = snapshot.load(self._snapshot, self._store.keys, state, generation)
         if index is not None:
             self._saved_state = state
         return index
@@ -1079,7 +1079,7 @@ class Gallery:
             with self._store.write(bump=False) as conn:
                 state = Store.templates_state(conn)
                 if Store.generation(conn) == index.generation and state != self._saved_state:
-                    snapshot.save(self._snapshot, index, self._store.keys, self._store.keys.gallery_id or "", state)
+                    snapshot.save(self._snapshot, index, self._store.keys, state)
                     self._saved_state = state
         except (OSError, ConsentMatchError, sqlite3.Error):
             pass

@@ -53,7 +53,7 @@ def path_for(gallery: Path) -> Path:
     return gallery.with_name(gallery.name + ".index")
 
 
-def save(path: Path, index: FaceIndex, keys: KeyRing, gallery_id: str, templates_state: str) -> None:
+def save(path: Path, index: FaceIndex, keys: KeyRing, templates_state: str) -> None:
     """Write `index` as the snapshot of the templates stamped `templates_state`, under a new data key.
 
     The caller holds the gallery's write lock, so no erasure can shred keys in between: the
@@ -63,6 +63,7 @@ def save(path: Path, index: FaceIndex, keys: KeyRing, gallery_id: str, templates
         OSError: the file cannot be written (nothing is left behind; the old snapshot stays).
     """
     data = index.to_bytes()
+    gallery_id = keys.gallery_id or ""
     key_id, key = keys.new_index_key()
     nonce = secrets.token_bytes(NONCE_BYTES)
     header = json.dumps({
@@ -102,12 +103,12 @@ def save(path: Path, index: FaceIndex, keys: KeyRing, gallery_id: str, templates
     keys.shred(sorted(keys.index_key_ids() - {key_id}))
 
 
-def load(path: Path, keys: KeyRing, gallery_id: str, templates_state: str, generation: int) -> FaceIndex | None:
-    """The saved index when it is this gallery's, of exactly these templates, and intact; else None."""
+def load(path: Path, keys: KeyRing, templates_state: str, generation: int) -> FaceIndex | None:
+    """The saved index when it is this gallery's (that of `keys`), of exactly these templates, and intact; else None."""
     try:
         with path.open("rb") as source:
             prefix, header = _header(source)
-            if (header.get("format") != FORMAT or header.get("gallery_id") != gallery_id
+            if (header.get("format") != FORMAT or header.get("gallery_id") != keys.gallery_id
                     or header.get("templates_state") != templates_state):
                 return None
             key_id = str(header["key_id"])

@@ -122,11 +122,10 @@ def test_erasure_shreds_every_snapshot_key(tmp_path: Path, monkeypatch: pytest.M
         # Erased from the index read back from the snapshot too (no live index needed).
         assert receipt.verified and receipt.index_entries_removed == 1 and keys.index_key_ids() == set()
         with gallery._store.read() as conn:
-            gallery_id = keys.gallery_id or ""
             state = Store.templates_state(conn)
         old_state = _header_state(before)
         # The old snapshot holds person-10: with its key gone it opens for no state at all.
-        assert snapshot.load(before, keys, gallery_id, old_state, 0) is None
+        assert snapshot.load(before, keys, old_state, 0) is None
         assert not snapshot.path_for(path).exists() or _header_state(snapshot.path_for(path)) == state
     # At close the index is saved again, without the erased template, under a new key.
     assert _header_key(snapshot.path_for(path)) != _header_key(before)
