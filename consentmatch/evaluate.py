@@ -14,6 +14,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -302,7 +303,7 @@ def _encode(
         decoded = load_photo(photo)
         return single_face(engine.encode(decoded, PROBE_MIN_FACE_PX), decoded.name)
 
-    with photo_pool(len(photos)) as (pool, ahead):
+    with photo_pool(len(photos), partial(encoders.load_models, engine)) as (pool, ahead):
         for done, (photo, future) in enumerate(in_order(photos, lambda p: pool.submit(one, p), ahead), start=1):
             try:
                 face = future.result()

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NoReturn
@@ -403,7 +404,7 @@ class Gallery:
             faces = pool.submit(self._read_faces, admission)
             return lambda: self._commit(admission, faces.result(), allow_duplicate=allow_duplicate, actor=actor)
 
-        with photo_pool(len(rows)) as (pool, ahead):
+        with photo_pool(len(rows), partial(encoders.load_models, self._encoder)) as (pool, ahead):
             for done, ((number, row), finish) in enumerate(in_order(enumerate(rows), start, ahead), start=1):
                 try:
                     enrolled.append(finish())
@@ -489,7 +490,7 @@ class Gallery:
         self, photos: list[PhotoInput], label: str | None, tolerance: float, policy: dict[str, Any], top_k: int,
         min_face_px: int, actor: str | None,
     ) -> Iterator[MatchResult]:
-        with photo_pool(len(photos)) as (pool, ahead):
+        with photo_pool(len(photos), partial(encoders.load_models, self._encoder)) as (pool, ahead):
             for number, (photo, probed) in enumerate(in_order(photos, lambda p: pool.submit(self._probe, p, min_face_px), ahead)):
                 if number == 0:  # while the first photos are read: the index and who may be searched
                     self._search_state(label)

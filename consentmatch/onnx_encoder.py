@@ -207,6 +207,12 @@ class OnnxEncoder(DlibEncoder):
                 raise self._failed
             return self._session
 
+    def load_models(self) -> None:
+        """Load the landmark predictor and the ONNX session (or, falling back, dlib's network) now."""
+        self._landmarks()
+        if self._load_session() is None:
+            super().load_models()
+
     def _describe(self, photo: Photo, shapes: Any) -> NDArray[np.float32]:
         if self._load_session() is None:
             return super()._describe(photo, shapes)

@@ -30,16 +30,22 @@ def workers(jobs: int) -> int:
 
 
 @contextmanager
-def photo_pool(jobs: int) -> Iterator[tuple[ThreadPoolExecutor, int]]:
+def photo_pool(jobs: int, prepare: Callable[[], object] | None = None) -> Iterator[tuple[ThreadPoolExecutor, int]]:
     """A thread pool for `jobs` photos and how far ahead of the consumer to start them.
 
     Two photos per thread ahead keeps every thread busy while the consumer waits on the
     oldest, and bounds memory: results wait in order, not the whole batch. On exit, work not
     yet started is cancelled and running work is waited for.
+
+    `prepare` (loading the models every photo needs) is the pool's first task: one thread does
+    it while the others already decode and detect, instead of all of them waiting on it at
+    their first face. Its errors are dropped here; the photo that needs what failed raises them.
     """
     count = workers(jobs)
     pool = ThreadPoolExecutor(count, thread_name_prefix="consentmatch")
     try:
+        if prepare is not None:
+            pool.submit(prepare)
         yield pool, 2 * count
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -204,3 +204,19 @@ def test_batches_give_the_same_encodings_as_single_chips(fast: OnnxEncoder) -> N
     assert batched.shape == (5, 128)
     assert np.abs(batched - single).max() < 1e-5
     assert np.abs(batched - DlibEncoder().encode_chips(chips)).max() < 1e-4
+
+
+def test_load_models_loads_the_session_and_the_landmarks_before_any_face(cache: Path) -> None:
+    loaded = OnnxEncoder(cache=cache)
+    encoder_module.load_models(loaded)
+    assert loaded._session is not None and loaded._predictor is not None
+    encoder_module.load_models(object())  # type: ignore[arg-type]  # an encoder that cannot preload: nothing to do
+
+
+def test_a_preload_that_fails_still_fails_the_photo(fresh_default: None, broken_source: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONSENTMATCH_ENCODER", "onnx")
+    chosen = default_encoder()
+    with pytest.raises(EngineError):
+        encoder_module.load_models(chosen)
+    with pytest.raises(EngineError, match="set CONSENTMATCH_ENCODER=dlib"):
+        chosen.encode(load_photo(EXAMPLES / "probes" / "obama_small.jpg"), 40)

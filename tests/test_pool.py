@@ -27,3 +27,15 @@ def test_one_thread_per_cpu_never_more_than_the_photos() -> None:
         assert ahead == 2 * workers(3)
         names = {pool.submit(lambda: threading.current_thread().name).result() for _ in range(6)}
     assert all(name.startswith("consentmatch") for name in names)
+
+
+def test_prepare_runs_before_any_photo_and_its_error_is_left_to_the_photos() -> None:
+    log: list[str] = []
+
+    def prepare() -> None:
+        log.append("prepare")
+        raise RuntimeError("no models")  # dropped by the pool: a photo that needs them raises it
+
+    with photo_pool(1, prepare) as (pool, _):  # one thread: the order is the order of submission
+        assert pool.submit(lambda: log.append("photo") or "read").result() == "read"
+    assert log == ["prepare", "photo"]
