@@ -14,6 +14,13 @@ PYTHONDONTWRITEBYTECODE (which some sandboxes set, making every start compile al
 again), and one untimed warm-up run of each tool first writes the .pyc files and the
 consentmatch cache (the converted ResNet, dlib's detector file).
 
+Where the time goes, so the ratio can be read against what is possible: `photo_cpu_s` is the
+CPU our photo work takes (decode, detect, landmarks, encode: `Gallery.match`'s own calls) on the
+unknown photos, one thread, in this process, models loaded; `fixed_s` is a whole `consentmatch
+match` of two blank photos (start-up, gallery, index, models: all but the photo work). A perfect
+split of the photo work over `--cpus` cores would take `fixed_s + photo_cpu_s / cpus`:
+`ratio_match_ceiling` is the peer's time over that.
+
     uv run python benchmarks/photos.py [--known examples/people] [--unknown examples/probes] [--runs 5] [--json]
 """
 
@@ -31,6 +38,11 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
+
+from consentmatch.encoder import default_encoder, load_models
+from consentmatch.images import load_photo
 from consentmatch.policy import PROBE_MIN_FACE_PX
 from _report import report  # benchmarks/ is on sys.path when a script runs
 
@@ -81,6 +93,19 @@ def _expected(path: Path) -> dict[str, list[str]]:
         return {Path(row["file"]).name: sorted(set(row["subjects"].split())) for row in csv.DictReader(handle)}
 
 
+def _photo_cpu(probes: list[Path], min_face_px: int, rounds: int = 3) -> float:
+    """The median over rounds of the CPU seconds our match's photo work takes on `probes`, one at a time."""
+    encoder = default_encoder()
+    load_models(encoder)
+    spent = []
+    for _ in range(rounds):
+        start = time.process_time()
+        for probe in probes:
+            encoder.encode(load_photo(probe), min_face_px)
+        spent.append(time.process_time() - start)
+    return statistics.median(spent)
+
+
 def run(known: Path, unknown: Path, expected: Path | None, runs: int, cpus: int, min_face_px: int | None = None) -> dict[str, Any]:
     people = {p.name: sorted(f for f in p.iterdir() if f.suffix.lower() in PHOTO_SUFFIXES) for p in sorted(known.iterdir()) if p.is_dir()}
     probes = sorted(f for f in unknown.iterdir() if f.suffix.lower() in PHOTO_SUFFIXES)
@@ -89,6 +114,7 @@ def run(known: Path, unknown: Path, expected: Path | None, runs: int, cpus: int,
     peer_s: list[float] = []
     import_s: list[float] = []
     match_s: list[float] = []
+    fixed_s: list[float] = []
     with tempfile.TemporaryDirectory(prefix="consentmatch-photos-") as folder:
         work = Path(folder)
         flat_known = work / "known"  # face_recognition's layout: the file name is the person
@@ -104,6 +130,8 @@ def run(known: Path, unknown: Path, expected: Path | None, runs: int, cpus: int,
         env = {**os.environ, "CONSENTMATCH_KEY_DIR": str(work / "keys"), "PYTHONWARNINGS": "ignore"}
         for setting in ("CONSENTMATCH_GALLERY", "PYTHONDONTWRITEBYTECODE"):
             env.pop(setting, None)
+        blank = work / "blank.png"  # no face: a match of two (models loaded, as for several photos) without photo work
+        Image.new("RGB", (64, 64), "gray").save(blank)
         warm = work / "warm-up.db"  # untimed: writes the .pyc files and the model cache, as a first use would
         _timed([peer, "--cpus", str(cpus), str(flat_known), str(unknown)], env)
         _timed([ours, "import", str(manifest), "-g", str(warm), "--json"], env)
@@ -117,11 +145,14 @@ def run(known: Path, unknown: Path, expected: Path | None, runs: int, cpus: int,
             import_s.append(elapsed)
             elapsed, ours_out = _timed([ours, "match", *map(str, probes), "-g", str(gallery), "--purpose", PURPOSE, "--json", *reach], env)
             match_s.append(elapsed)
+            elapsed, _ = _timed([ours, "match", str(blank), str(blank), "-g", str(gallery), "--purpose", PURPOSE, "--json"], env)
+            fixed_s.append(elapsed)
 
     peer_found, ours_found = _peer_decisions(peer_out), _our_decisions(ours_out)
     wanted = _expected(expected) if expected is not None else {}
     names = [p.name for p in probes]
-    peer_total, import_total, match_total = (statistics.median(s) for s in (peer_s, import_s, match_s))
+    peer_total, import_total, match_total, fixed = (statistics.median(s) for s in (peer_s, import_s, match_s, fixed_s))
+    photo_cpu = _photo_cpu(probes, min_face_px or PROBE_MIN_FACE_PX)
     return {
         "known_photos": sum(map(len, people.values())),
         "unknown_photos": len(probes),
@@ -132,6 +163,9 @@ def run(known: Path, unknown: Path, expected: Path | None, runs: int, cpus: int,
         "consentmatch_match_s": round(match_total, 2),
         "ratio_import_and_match": round(peer_total / (import_total + match_total), 2),
         "ratio_match": round(peer_total / match_total, 2),
+        "fixed_s": round(fixed, 2),
+        "photo_cpu_s": round(photo_cpu, 2),
+        "ratio_match_ceiling": round(peer_total / (fixed + photo_cpu / cpus), 2),
         "same_decisions": all(peer_found.get(n) == ours_found.get(n) for n in names),
         "differences": {n: {"face_recognition": peer_found.get(n), "consentmatch": ours_found.get(n)}
                         for n in names if peer_found.get(n) != ours_found.get(n)},

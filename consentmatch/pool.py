@@ -37,14 +37,16 @@ def photo_pool(jobs: int, prepare: Callable[[], object] | None = None) -> Iterat
     oldest, and bounds memory: results wait in order, not the whole batch. On exit, work not
     yet started is cancelled and running work is waited for.
 
-    `prepare` (loading the models every photo needs) is the pool's first task: one thread does
-    it while the others already decode and detect, instead of all of them waiting on it at
-    their first face. Its errors are dropped here; the photo that needs what failed raises them.
+    `prepare` (loading the models every photo needs) is the pool's first task when there are
+    several threads: one does it while the others already decode and detect, instead of all of
+    them waiting on it at their first face. One thread has nothing to overlap it with, and a
+    photo without a face would wait for models it never uses, so it is skipped there. Its
+    errors are dropped here; the photo that needs what failed raises them.
     """
     count = workers(jobs)
     pool = ThreadPoolExecutor(count, thread_name_prefix="consentmatch")
     try:
-        if prepare is not None:
+        if prepare is not None and count > 1:
             pool.submit(prepare)
         yield pool, 2 * count
     finally:
