@@ -111,6 +111,7 @@ def run(known: Path, unknown: Path, expected: Path | None, runs: int, cpus: int,
     probes = sorted(f for f in unknown.iterdir() if f.suffix.lower() in PHOTO_SUFFIXES)
     peer, ours = _tool("face_recognition"), _tool("consentmatch")
     reach = ["--min-face-px", str(min_face_px)] if min_face_px is not None else []
+    reach_px = min_face_px or PROBE_MIN_FACE_PX
     peer_s: list[float] = []
     import_s: list[float] = []
     match_s: list[float] = []
@@ -152,12 +153,12 @@ def run(known: Path, unknown: Path, expected: Path | None, runs: int, cpus: int,
     wanted = _expected(expected) if expected is not None else {}
     names = [p.name for p in probes]
     peer_total, import_total, match_total, fixed = (statistics.median(s) for s in (peer_s, import_s, match_s, fixed_s))
-    photo_cpu = _photo_cpu(probes, min_face_px or PROBE_MIN_FACE_PX)
+    photo_cpu = _photo_cpu(probes, reach_px)
     return {
         "known_photos": sum(map(len, people.values())),
         "unknown_photos": len(probes),
         "runs": runs,
-        "min_face_px": min_face_px or PROBE_MIN_FACE_PX,
+        "min_face_px": reach_px,
         "face_recognition_s": round(peer_total, 2),
         "consentmatch_import_s": round(import_total, 2),
         "consentmatch_match_s": round(match_total, 2),

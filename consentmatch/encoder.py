@@ -146,7 +146,7 @@ class DlibEncoder:
         return self._predictor
 
     def load_models(self) -> None:
-        """Load the landmark predictor and the network now, not at the first face (`load_models`)."""
+        """Load the landmark predictor and the network now rather than at the first face."""
         self._landmarks()
         with self._lock:
             self._load_net()
@@ -296,7 +296,7 @@ def _box(rect: Any, width: int, height: int, scale: float) -> Box:
 def load_models(encoder: Encoder) -> None:
     """Load what `encoder` needs for its first face, when it can say (dlib's and ONNX's can).
 
-    A photo pool's first task (`pool.photo_pool`): ~0.3 s that one thread spends while the
+    A photo pool's first task (`pool.photo_pool`): ~0.5 s that one thread spends while the
     others detect, where it used to stall every thread at its first face.
     """
     load = getattr(encoder, "load_models", None)  # not part of `Encoder`: a custom one loads as it likes

@@ -29,7 +29,6 @@ def test_one_thread_per_cpu_never_more_than_the_photos() -> None:
     assert all(name.startswith("consentmatch") for name in names)
 
 
-
 def test_prepare_is_the_first_task_when_threads_can_overlap_it_and_its_error_is_left_to_the_photos() -> None:
     log: list[str] = []
 
