@@ -1,0 +1,115 @@
+"""Settings: the one place that reads the environment, declared once as a table.
+
+`Settings.from_env()` is called by the CLI entry (and by `Gallery` when it is given none);
+everything below takes a `Settings` value, so nothing else reads `os.environ` and a test can
+pass its own without patching the process environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SETTINGS", "Setting", "Settings", "KeySource", "key_source"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: the field it fills and what it is for (the README's table)."""
+
+    field: str
+    env: str
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("gallery", "CONSENTMATCH_GALLERY", "The gallery: an SQLite file path (the CLI's --gallery)."),
+    Setting("key", "CONSENTMATCH_KEY", "The gallery key itself, 64 hex digits (wins over the key file)."),
+    Setting("key_file", "CONSENTMATCH_KEY_FILE", "A file holding the gallery key (wins over the key folder)."),
+    Setting("key_dir", "CONSENTMATCH_KEY_DIR",
+            "Where key files and data-key stores live (default $XDG_DATA_HOME/consentmatch/keys)."),
+    Setting("cache_dir", "CONSENTMATCH_CACHE_DIR",
+            "Where converted models are cached (default $XDG_CACHE_HOME/consentmatch)."),
+    Setting("encoder", "CONSENTMATCH_ENCODER", "Force an encoder backend: onnx or dlib (default: the fastest that works)."),
+    Setting("quality", "CONSENTMATCH_QUALITY", "Default quality bar of new galleries: off, low, medium or high."),
+    Setting("actor", "CONSENTMATCH_ACTOR", "Who is calling, for the audit trail (the CLI's --actor)."),
+    Setting("debug", "CONSENTMATCH_DEBUG", "Set to 1 to show tracebacks of unexpected errors (CLI only)."),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the environment may set, read once. Empty strings count as unset."""
+
+    gallery: Path | None = None
+    key: str | None = None
+    key_file: Path | None = None
+    key_dir: Path | None = None
+    cache_dir: Path | None = None
+    encoder: str = ""
+    quality: str | None = None
+    actor: str | None = None
+    debug: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings of this process (or of `environ`), with the XDG defaults filled in."""
+        env = os.environ if environ is None else environ
+        raw = {s.field: env.get(s.env, "").strip() or None for s in SETTINGS}
+        home = Path.home
+        data = Path(env.get("XDG_DATA_HOME") or str(home() / ".local" / "share"))
+        cache = Path(env.get("XDG_CACHE_HOME") or str(home() / ".cache"))
+        return cls(
+            gallery=_path(raw["gallery"]),
+            key=raw["key"],
+            key_file=_path(raw["key_file"]),
+            key_dir=_path(raw["key_dir"]) or data / "consentmatch" / "keys",
+            cache_dir=_path(raw["cache_dir"]) or cache / "consentmatch",
+            encoder=(raw["encoder"] or "").lower(),
+            quality=(raw["quality"] or "").lower() or None,
+            actor=raw["actor"],
+            debug=raw["debug"] not in (None, "0", "false", "no"),
+        )
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (None leaves a field as it is)."""
+        names = {f.name for f in fields(self)}
+        return replace(self, **{k: v for k, v in changes.items() if k in names and v is not None})
+
+
+@dataclass(frozen=True)
+class KeySource:
+    """Where a gallery's key comes from: given, from CONSENTMATCH_KEY, or a file (named or default)."""
+
+    kind: str  # "argument", "CONSENTMATCH_KEY", "named file", "key file"
+    key: bytes | str | None = None
+    path: Path | None = None
+
+    @property
+    def held_by_caller(self) -> bool:
+        """True when no file holds the key: rotation needs the new key from the caller."""
+        return self.path is None
+
+    def describe(self) -> str:
+        return "argument" if self.kind == "argument" else self.kind if self.path is None else f"key file {self.path}"
+
+
+def key_source(settings: Settings, given: bytes | str | None, gallery_id: str | None) -> KeySource:
+    """The key precedence, in one place: the `key` argument, CONSENTMATCH_KEY, CONSENTMATCH_KEY_FILE,
+    then `<key dir>/<gallery id>.key` (None while the gallery id is unknown)."""
+    if given is not None:
+        return KeySource("argument", key=given)
+    if settings.key:
+        return KeySource("CONSENTMATCH_KEY", key=settings.key)
+    if settings.key_file is not None:
+        return KeySource("named file", path=settings.key_file)
+    key_dir = settings.key_dir or Settings.from_env().key_dir
+    assert key_dir is not None
+    return KeySource("key file", path=key_dir / f"{gallery_id}.key" if gallery_id else None)
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
