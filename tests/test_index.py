@@ -115,7 +115,10 @@ def test_flat_turns_ivf_and_ivf_retrains_when_outgrown() -> None:
     assert index.params.trained_size == SIZE  # not yet fourfold
     index.add(IDS[4 * SIZE - 1 : 4 * SIZE + 1], ROWS[4 * SIZE - 1 : 4 * SIZE + 1])
     assert index.params.trained_size == 4 * SIZE + 1 and index.params.nlist == 256 and len(index) == 4 * SIZE + 1
-    assert list(index.search(_second_photos(ROWS[:20]), 1)[1][:, 0]) == list(IDS[:20])
+    # Approximate search: k-means lists differ with the CPU's BLAS kernels, so ask for recall, not
+    # every row (a broken retrain scores far below this; 0.99 seen on 2 cores).
+    found = index.search(_second_photos(ROWS[:200]), 1)[1][:, 0]
+    assert np.mean(found == IDS[:200]) >= 0.95
     assert index.remove(IDS[20_000:]) == 4 * SIZE + 1 - 20_000
     assert (index.params.kind, index.params.trained_size) == ("ivf", 4 * SIZE + 1)  # not yet a quarter
     index.remove(IDS[11_000:])
