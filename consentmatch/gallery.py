@@ -78,7 +78,7 @@ from .results import (
     SubjectInfo,
     Verification,
 )
-from .store import Searchable, Store, reference_taken
+from .store import Searchable, Store, record_rotation, reference_taken, rotation_event
 
 __all__ = ["Gallery"]
 
@@ -786,11 +786,15 @@ class Gallery:
             EncryptionKeyError: a caller-held key without `new_key`.
         """
         fresh = parse_key(new_key, "new_key") if new_key is not None else None
-        with self._lock, self._store.write() as conn:
-            keys = self._store.keys
-            keys.rotate(fresh)
-            audit.append(conn, at=self._now(), actor=self._who(actor), action="key-rotate",
-                         details={"data_keys": len(keys.key_ids()), "key_source": keys.source})
+        with self._lock:
+            with self._store.write() as conn:
+                keys = self._store.keys
+                # The event is kept in the key store with the rotation until this transaction
+                # commits: a crash in between leaves it for the next open to record (Store._open_keys).
+                event = rotation_event(conn, self._now(), self._who(actor), len(keys.key_ids()), keys.source)
+                keys.rotate(fresh, record=event)
+                record_rotation(conn, event)
+            keys.rotation_recorded(event)
             return KeyInfo(gallery_id=keys.gallery_id or "", key_source=keys.source, key_dir=str(keys.key_dir),
                            data_keys=len(keys.key_ids()))
 
