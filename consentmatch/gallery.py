@@ -234,7 +234,13 @@ class Gallery:
                          details={"consent": reference, "templates_removed": removed, "already_revoked": already})
             return 0
 
-        return self._erase(self.consent(reference).subject, "revoke", revoke)
+        def owner(conn: sqlite3.Connection) -> int:
+            name = Store.consent_owner(conn, reference)
+            if name is None:
+                raise ConsentError(f"No consent has the reference '{reference}': check it with `consentmatch consent list`.")
+            return self._subject_id(conn, name)
+
+        return self._erase(owner, "revoke", revoke)
 
     # -- enrollment ------------------------------------------------------------------------
 
@@ -609,7 +615,7 @@ class Gallery:
                          details={"templates_removed": removed, "consents_removed": consents})
             return consents
 
-        return self._erase(name, "forget", forget)
+        return self._erase(lambda conn: self._subject_id(conn, name), "forget", forget)
 
     def retention(self) -> list[RetentionEntry]:
         """When each enrolled subject's templates must be destroyed, soonest first (no date last)."""
@@ -645,7 +651,7 @@ class Gallery:
                                       "destroy_by": due.destroy_by.isoformat() if due.destroy_by else None})
                 return 0
 
-            receipts.append(self._erase(entry.subject, "purge", purge))
+            receipts.append(self._erase(partial(self._subject_id, name=entry.subject), "purge", purge))
         return receipts
 
     # -- opt-out registry ------------------------------------------------------------------
@@ -682,7 +688,7 @@ class Gallery:
 
             for name in names:
                 try:
-                    receipts.append(self._erase(name, "optout", opt_out))
+                    receipts.append(self._erase(partial(self._subject_id, name=name), "optout", opt_out))
                 except SubjectNotFoundError:  # named by the e-mail's consent, already forgotten
                     continue
         return receipts
@@ -983,30 +989,35 @@ class Gallery:
         return hmac.new(key, email.strip().lower().encode(), hashlib.sha256).hexdigest()
 
     def _erase(
-        self, name: str, reason: str, change: Callable[[sqlite3.Connection, int, int], int]
+        self, find: Callable[[sqlite3.Connection], int], reason: str,
+        change: Callable[[sqlite3.Connection, int, int], int],
     ) -> Erasure:
-        """The one way templates are erased; `change(conn, subject_id, templates)` deletes the
-        rows and audits inside the erasure's transaction, returning the consents it removed.
+        """The one way templates are erased. `find(conn)` names the subject's id inside the
+        erasure's transaction; `change(conn, subject_id, templates)` deletes the rows and audits
+        there too, returning the consents it removed.
 
-        Order: read the templates (for the post-check) -> delete rows -> destroy the subject's
-        data key as the last step of the same transaction -> commit -> WAL checkpoint -> index.
-        A write the gallery refuses (read-only, locked) shreds nothing; from the shred on, no
-        crash and no old copy of the gallery makes the templates readable again (rows left by
-        a crash between shred and commit are dropped at the next open).
+        Order, in one write transaction: find the subject -> read its templates (for the
+        post-check) and data key id -> delete rows -> destroy that data key as the last step ->
+        commit; then the WAL checkpoint and the index. What is read, deleted and shredded is
+        one subject, by id: a forget and re-enrollment of the same name by another process
+        cannot slip between them. A write the gallery refuses (read-only, locked) shreds
+        nothing; from the shred on, no crash and no old copy of the gallery makes the templates
+        readable again (rows left by a crash between shred and commit are dropped at the next open).
 
         Raises:
-            SubjectNotFoundError: nobody of that name.
+            SubjectNotFoundError: nobody of that name (ConsentError: no consent of that reference).
         """
         with self._lock:
-            with self._store.read() as conn:
-                subject_id = self._subject_id(conn, name)
-                ids, vectors = self._store.subject_templates(conn, subject_id)
-                key = Store.subject_key_id(conn, subject_id)
-                if self._index is None:  # erase from the snapshot too, so close saves it current
+            if self._index is None:  # erase from the snapshot too, so close saves it current
+                with self._store.read() as conn:
                     self._index = self._snapshot_index(conn, Store.generation(conn))
             with self._store.write() as conn:
                 before = Store.generation(conn)
-                consents = change(conn, self._subject_id(conn, name), len(ids))
+                subject_id = find(conn)
+                name = self._subject_name(conn, subject_id)
+                ids, vectors = self._store.subject_templates(conn, subject_id)
+                key = Store.subject_key_id(conn, subject_id)
+                consents = change(conn, subject_id, len(ids))
                 # Index snapshots hold the templates too: their keys go with the subject's, at once.
                 self._store.shred(conn, [key, *sorted(self._store.keys.index_key_ids())])
             self._saved_state = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -189,3 +190,34 @@ def test_concurrent_searches_while_enrolling_and_forgetting(fake_gallery: Galler
         thread.join()
     assert errors == []
     assert sorted(s.subject for s in fake_gallery.subjects()) == ["alice", "s1", "s3", "s5", "s7", "s9"]
+
+
+def test_forget_racing_a_reenrollment_of_the_name_shreds_the_new_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from consentmatch.store import Store
+
+    path, keys = tmp_path / "g.db", tmp_path / "keys"
+    first_photo, second_photo = fake_photo(tmp_path, "a.png", (10, 0)), fake_photo(tmp_path, "a2.png", (10, 1))
+    with Gallery(path, encoder=FakeEncoder(), key_dir=keys) as first, Gallery(path, encoder=FakeEncoder(), key_dir=keys) as second:
+        first.enroll("alice", [first_photo], Consent("R1", [PURPOSE]))
+        real_write = Store.write
+        raced: list[bool] = []
+
+        def write(store: Store, **options: bool):  # type: ignore[no-untyped-def]
+            if store is first._store and not raced:  # just before the erasure's write: another process...
+                raced.append(True)
+                second.forget("alice")  # ...forgets alice and enrolls her again, under a new data key
+                second.enroll("alice", [second_photo], Consent("R2", [PURPOSE]))
+            return real_write(store, **options)
+
+        monkeypatch.setattr(Store, "write", write)
+        receipt = first.forget("alice")
+        monkeypatch.undo()
+        assert raced and receipt.verified and receipt.templates_removed == 1
+        assert second.subjects() == []
+    deks = sqlite3.connect(next(keys.glob("*.deks")))
+    try:  # every data key of alice is gone: no backup from before decrypts either enrollment
+        assert deks.execute("SELECT key_id FROM deks WHERE key_id NOT LIKE 'index-%'").fetchall() == []
+    finally:
+        deks.close()
