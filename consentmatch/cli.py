@@ -294,7 +294,10 @@ def match(
     gallery: GalleryOption,
     purpose: PurposeOption,
     tolerance: ToleranceOption = None,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, max=1000, help="Nearest subjects listed per face.")] = 5,
+    top_k: Annotated[int, typer.Option(
+        "--top-k", "-k", min=1, max=1000,
+        help="Nearest subjects listed per face, at most the policy's max_top_k (10 unless raised).",
+    )] = 5,
     min_face_px: MinFaceOption = PROBE_MIN_FACE_PX,
     actor: ActorOption = None,
     as_json: JsonOption = False,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import hmac
+import math
 import os
 import sqlite3
 import threading
@@ -53,6 +54,7 @@ from .policy import (
     EVIDENCE_REQUIRED,
     PROBE_MIN_FACE_PX,
     check_min_face,
+    check_policy_top_k,
     check_tolerance,
     check_top_k,
     default_policy,
@@ -441,7 +443,9 @@ class Gallery:
                 the gallery's policy sets `require_purpose` to false (then: any active consent).
             tolerance: the largest Euclidean distance that counts as the same person; lower is
                 stricter. Default: the gallery policy's (0.6, dlib's typical best).
-            top_k: how many nearest subjects to list per face, each once.
+            top_k: how many nearest subjects to list per face, each once; at most the policy's
+                `max_top_k` (10 by default). Distances beyond the tolerance are shown rounded
+                (up, to 2 decimals): a list of near misses is no fine measure of a face.
             min_face_px: the narrowest face looked for, in the photo's pixels. The default, 40,
                 is face_recognition's reach; a camera whose faces are always larger can say so
                 and be faster (detection runs on a copy scaled so this width reaches the
@@ -452,10 +456,11 @@ class Gallery:
 
         Raises:
             ImageError: the probe cannot be read. GalleryNotFoundError: no gallery file.
-            InvalidArgumentError: no purpose where the policy requires one.
+            InvalidArgumentError: no purpose where the policy requires one; top_k over `max_top_k`.
         """
         top_k, min_face_px = check_top_k(top_k), check_min_face(min_face_px)
         label, tolerance, policy = self._search_terms(purpose, tolerance)
+        top_k = check_policy_top_k(top_k, policy)
         return self._decide(*self._probe(photo, min_face_px), label, tolerance, policy, top_k, actor)
 
     def match_many(
@@ -489,6 +494,7 @@ class Gallery:
         """
         top_k, min_face_px = check_top_k(top_k), check_min_face(min_face_px)
         label, tolerance, policy = self._search_terms(purpose, tolerance)
+        top_k = check_policy_top_k(top_k, policy)
         batch = [photos] if isinstance(photos, (str, bytes, os.PathLike)) else list(photos)
         return self._matches(batch, label, tolerance, policy, top_k, min_face_px, actor)
 
@@ -534,7 +540,7 @@ class Gallery:
         matched: dict[int, str] = {}
         margin = float(policy["ambiguity_margin"])
         for face, row in zip(faces, nearest):
-            candidates = tuple(Candidate(names[s], d) for s, d in row)
+            candidates = tuple(Candidate(names[s], _shown(d, tolerance)) for s, d in row)
             within = bool(row) and row[0][1] <= tolerance
             # Two subjects nearly as close: naming either would be a guess.
             ambiguous = within and margin > 0 and len(row) > 1 and row[1][1] - row[0][1] < margin
@@ -564,8 +570,9 @@ class Gallery:
     ) -> Verification:
         """1:1: is the one face in the probe this subject (e.g. before a large transfer)?
 
-        The distance is to the subject's nearest template, computed exactly. Not
-        authentication on its own: there is no liveness check. `min_face_px` as for `match`.
+        The distance is to the subject's nearest template, computed exactly (beyond the
+        tolerance: rounded up to 2 decimals, as in `match`). Not authentication on its own:
+        there is no liveness check. `min_face_px` as for `match`.
 
         Raises:
             SubjectNotFoundError: not enrolled. ConsentError: no active consent for `purpose`.
@@ -593,8 +600,8 @@ class Gallery:
         match = distance <= tolerance
         self._record_search("verify", label, actor, {subject_id: name} if match else {},
                             {"subject": name, "match": match, "tolerance": tolerance})
-        return Verification(subject=name, image=decoded.name, match=match, distance=distance, tolerance=tolerance,
-                            box=face.box)
+        return Verification(subject=name, image=decoded.name, match=match, distance=_shown(distance, tolerance),
+                            tolerance=tolerance, box=face.box)
 
     # -- erasure and retention -------------------------------------------------------------
 
@@ -1149,6 +1156,14 @@ def _raising(error: Exception) -> Callable[[], NoReturn]:
         raise error
 
     return finish
+
+
+def _shown(distance: float, tolerance: float) -> float:
+    """A distance as results show it: exact within the tolerance; beyond it rounded up to 2
+    decimals, so near misses are no fine oracle to tune a forged face against (and stay beyond)."""
+    if distance <= tolerance:
+        return distance
+    return max(math.ceil(round(distance * 100, 6)) / 100, math.nextafter(tolerance, math.inf))
 
 
 def _distinct(owners: np.ndarray, distances: np.ndarray, ids: np.ndarray, top_k: int) -> list[tuple[int, float]]:

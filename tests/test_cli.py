@@ -147,6 +147,7 @@ def test_match_reports_each_bad_photo_and_processes_the_rest(fake_cli: None, tmp
         (["match", "{photo}"], 2, "Missing option"),
         (["match", "{photo}", "-p", "door", "--tolerance", "3"], 2, "Invalid value"),
         (["match", "{photo}", "-p", "bad purpose!"], 2, "not a purpose label"),
+        (["match", "{photo}", "-p", "door", "--top-k", "11"], 2, "over this gallery's limit of 10 (policy max_top_k)"),
         (["verify", "zed", "{photo}", "-p", "door"], 1, "'zed' is not enrolled"),
         (["verify", "alice", "{photo}", "-p", "payroll"], 1, "no active consent for purpose 'payroll'"),
         (["forget", "zed", "--yes"], 1, "'zed' is not enrolled"),

@@ -144,6 +144,7 @@ def test_import_and_batch_writer_while_readers_match(tmp_path: Path, fake: Modul
     imported, batched = range(100, 116), range(200, 212)
     with Gallery(gallery_path, encoder=fake.FakeEncoder()) as gallery:
         gallery.enroll("p1", [fake.photo_bytes(1, 0)], Consent("REF-p1", [PURPOSE]))
+        gallery.set_policy("max_top_k", 1000)  # the readers list every subject
     manifest = _manifest(tmp_path, fake, imported, 2, "import.csv")
     (tmp_path / "reader.py").write_text(READER)
     (tmp_path / "writer.py").write_text(BATCH_WRITER)
@@ -302,6 +303,7 @@ def test_threads_search_while_others_enroll_and_forget(tmp_path: Path, fake: Mod
     other = Gallery(path, encoder=fake.FakeEncoder(), actor="other")  # a second connection in this process
     for person in stable:
         main.enroll(f"p{person}", [fake.photo_bytes(person, v) for v in range(2)], Consent(f"REF-p{person}", [PURPOSE]))
+    main.set_policy("max_top_k", 1000)  # the searchers list every subject
     last = fake.VARIANTS - 1  # never enrolled: churn subjects are candidates, never the match (see the docstring)
     probe, corners = fake.probe_bytes([(p, v) for p in stable for v in range(2)] + [(p, last) for p in churn])
     forgotten: dict[str, float] = {}

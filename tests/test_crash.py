@@ -311,6 +311,7 @@ def test_sigkill_during_enroll_import_forget_never_corrupts_or_resurrects(tmp_pa
     gallery_path, marks_path = tmp_path / "crash.db", tmp_path / "marks.txt"
     kills_in_flight = 0
     with Gallery(gallery_path, encoder=fake.FakeEncoder(), actor="watcher") as watcher:
+        watcher.set_policy("max_top_k", 1000)  # _check_gallery lists every subject
         for trial in range(TRIALS):
             where = f"[trial {trial}; replay with CONSENTMATCH_CRASH_SEED={seed}]"
             process = subprocess.Popen(

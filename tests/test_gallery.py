@@ -8,6 +8,7 @@ import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from consentmatch import (
@@ -16,13 +17,14 @@ from consentmatch import (
     Gallery,
     GalleryNotFoundError,
     ImageError,
+    InvalidArgumentError,
     MultipleFacesError,
     NoFaceError,
     StorageError,
     SubjectNotFoundError,
 )
 
-from .conftest import PURPOSE, FakeEncoder, fake_photo
+from .conftest import PURPOSE, FakeEncoder, fake_encoding, fake_photo
 
 
 def _digest(path: Path) -> str:
@@ -221,3 +223,26 @@ def test_forget_racing_a_reenrollment_of_the_name_shreds_the_new_key(
         assert deks.execute("SELECT key_id FROM deks WHERE key_id NOT LIKE 'index-%'").fetchall() == []
     finally:
         deks.close()
+
+
+def test_top_k_is_capped_by_the_policy_and_far_distances_are_coarse(fake_gallery: Gallery, tmp_path: Path) -> None:
+    for person in range(1, 13):
+        fake_gallery.enroll(f"p{person}", [fake_photo(tmp_path, f"p{person}.png", (person * 10, 0))],
+                            Consent(f"R{person}", [PURPOSE]))
+    probe = fake_photo(tmp_path, "probe.png", (10, 3))
+    assert fake_gallery.policy()["max_top_k"] == 10
+    with pytest.raises(InvalidArgumentError, match=r"top_k 11 is over this gallery's limit of 10 \(policy max_top_k\)"):
+        fake_gallery.match(probe, purpose=PURPOSE, top_k=11)
+    with pytest.raises(InvalidArgumentError, match="max_top_k"):
+        list(fake_gallery.match_many([probe], purpose=PURPOSE, top_k=11))
+    (face,) = fake_gallery.match(probe, purpose=PURPOSE, top_k=10).faces
+    assert len(face.candidates) == 10
+    nearest, *far = face.candidates
+    exact = float(np.linalg.norm(fake_encoding(10, 0) - fake_encoding(10, 3)))
+    assert nearest.subject == "p1" and nearest.distance == pytest.approx(exact, abs=1e-6) and face.distance == nearest.distance
+    assert nearest.distance != round(nearest.distance, 2)  # within the tolerance: exact
+    assert all(c.distance > 0.6 and c.distance == round(c.distance, 2) for c in far)  # beyond it: 2 decimals
+    fake_gallery.set_policy("max_top_k", "12")
+    assert len(fake_gallery.match(probe, purpose=PURPOSE, top_k=12).faces[0].candidates) == 12
+    with pytest.raises(InvalidArgumentError, match="whole number from 1 to 1000"):
+        fake_gallery.set_policy("max_top_k", "0.5")
