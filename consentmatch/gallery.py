@@ -20,6 +20,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
@@ -41,6 +42,7 @@ from .errors import (
     GalleryNotFoundError,
     ImageError,
     InvalidArgumentError,
+    NoActiveEnrollmentError,
     PolicyError,
     SubjectNotFoundError,
 )
@@ -278,9 +280,19 @@ class Gallery:
             ConsentError: no consent, an inactive one, an opted-out subject, missing evidence.
             PolicyError: a photo was taken in an excluded region, or shows an enrolled subject.
             ImageError, FaceError (QualityError with its reasons): a photo cannot be used.
-            Nothing is stored on any error.
+            Nothing is stored on any error; a refusal (any of these) is recorded in the audit
+            trail of an existing gallery.
         """
-        admission = self._admit(subject, photos, consent, email=email, min_face_px=min_face_px, quality=quality)
+        name = _check_name(subject, "subject name")
+        with self._refusals("enroll", name, None, actor):
+            return self._enroll(name, photos, consent, email=email, min_face_px=min_face_px, quality=quality,
+                                allow_duplicate=allow_duplicate, actor=actor)
+
+    def _enroll(
+        self, name: str, photos: Sequence[PhotoInput] | PhotoInput, consent: Consent | str | None, *,
+        email: str | None, min_face_px: int, quality: str | None, allow_duplicate: bool, actor: str | None,
+    ) -> Enrollment:
+        admission = self._admit(name, photos, consent, email=email, min_face_px=min_face_px, quality=quality)
         return self._commit(admission, self._read_faces(admission), allow_duplicate=allow_duplicate, actor=actor)
 
     def _admit(
@@ -402,8 +414,9 @@ class Gallery:
                     raise InvalidArgumentError(row.problem)
                 if any(_may_claim(earlier, row) for earlier in unstored.values()):
                     unstored[number] = row
-                    return lambda: self.enroll(row.subject, [row.photo], row.consent, email=row.email, quality=quality,
-                                               allow_duplicate=allow_duplicate, actor=actor)
+                    return lambda: self._enroll(row.subject, [row.photo], row.consent, email=row.email,
+                                                min_face_px=ENROLL_MIN_FACE_PX, quality=quality,
+                                                allow_duplicate=allow_duplicate, actor=actor)
                 admission = self._admit(row.subject, [row.photo], row.consent, email=row.email,
                                         min_face_px=ENROLL_MIN_FACE_PX, quality=quality)
             except Exception as exc:  # reported at the row's turn, as enrolling row by row would
@@ -418,6 +431,7 @@ class Gallery:
                     enrolled.append(finish())
                 except ConsentMatchError as exc:
                     rejected.append(Rejection(row=row.line, subject=row.subject, photo=row.photo, reason=str(exc)))
+                    self._record_refusal("enroll", row.subject, None, actor, exc)
                 unstored.pop(number, None)
                 if progress is not None:
                     progress(done, len(rows))
@@ -455,13 +469,16 @@ class Gallery:
             A `MatchResult`; a face with no subject within the tolerance has `subject=None`.
 
         Raises:
-            ImageError: the probe cannot be read. GalleryNotFoundError: no gallery file.
+            ImageError: the probe cannot be read (recorded in the audit trail as a refused match).
+            GalleryNotFoundError: no gallery file.
             InvalidArgumentError: no purpose where the policy requires one; top_k over `max_top_k`.
         """
         top_k, min_face_px = check_top_k(top_k), check_min_face(min_face_px)
         label, tolerance, policy = self._search_terms(purpose, tolerance)
         top_k = check_policy_top_k(top_k, policy)
-        return self._decide(*self._probe(photo, min_face_px), label, tolerance, policy, top_k, actor)
+        with self._refusals("match", None, label, actor):
+            probed = self._probe(photo, min_face_px)
+        return self._decide(*probed, label, tolerance, policy, top_k, actor)
 
     def match_many(
         self,
@@ -509,6 +526,7 @@ class Gallery:
                 try:
                     name, faces = probed.result()
                 except (ImageError, FaceError) as exc:
+                    self._record_refusal("match", None, label, actor, exc)
                     yield MatchResult(image=photo_name(photo), faces=(), purpose=label or "", tolerance=tolerance,
                                       error=str(exc))
                     continue
@@ -574,34 +592,43 @@ class Gallery:
         tolerance: rounded up to 2 decimals, as in `match`). Not authentication on its own:
         there is no liveness check. `min_face_px` as for `match`.
 
+        A subject who is not enrolled, has no templates, or has no active consent for
+        `purpose` gets one and the same answer, so the call does not tell who is enrolled.
+        Every refusal is recorded in the audit trail under the subject named.
+
         Raises:
-            SubjectNotFoundError: not enrolled. ConsentError: no active consent for `purpose`.
+            NoActiveEnrollmentError: not enrolled, or no active consent for `purpose` (both a
+                ConsentError and a SubjectNotFoundError, as each case raised before).
             ImageError, NoFaceError, MultipleFacesError: the probe must hold exactly one face.
         """
         name, min_face_px = _check_name(subject, "subject name"), check_min_face(min_face_px)
         label, tolerance, policy = self._search_terms(purpose, tolerance)
-        with self._lock, self._store.read() as conn:  # consent first: no biometric work without it
-            subject_id = self._subject_id(conn, name)
-            purposes = Store.active_purposes(conn, subject_id, self._now())
-        if (label and label not in purposes) or not purposes:
-            raise ConsentError(
-                f"'{name}' has no active consent for purpose '{label or 'any'}': record one that lists it, "
-                "or use a purpose the subject consented to."
-            )
-        decoded = load_photo(photo)
-        face = single_face(self._encoder.encode(decoded, min_face_px), decoded.name)
-        if policy["quality"] != "off":
-            check_quality(decoded, face, level=policy["quality"], for_enrollment=False)
-        with self._lock, self._store.read() as conn:
-            _, templates = self._store.subject_templates(conn, self._subject_id(conn, name))
-        if not len(templates):
-            raise SubjectNotFoundError(f"'{name}' has no templates: enroll a photo of the person first.")
+        with self._refusals("verify", name, label, actor):
+            with self._lock, self._store.read() as conn:  # consent first: no biometric work without it
+                subject_id = Store.subject_id(conn, name)
+                if subject_id is not None and not self._enrolled_for(conn, subject_id, label):
+                    subject_id = None
+            if subject_id is None:
+                raise _not_enrolled(name, label)
+            decoded = load_photo(photo)
+            face = single_face(self._encoder.encode(decoded, min_face_px), decoded.name)
+            if policy["quality"] != "off":
+                check_quality(decoded, face, level=policy["quality"], for_enrollment=False)
+            with self._lock, self._store.read() as conn:  # by id: a namesake enrolled meanwhile is someone else
+                _, templates = self._store.subject_templates(conn, subject_id)
+            if not len(templates):
+                raise _not_enrolled(name, label)
         distance = float(np.linalg.norm(templates - face.encoding, axis=1).min())
         match = distance <= tolerance
         self._record_search("verify", label, actor, {subject_id: name} if match else {},
-                            {"subject": name, "match": match, "tolerance": tolerance})
+                            {"subject": name, "match": match, "tolerance": tolerance}, subject=name)
         return Verification(subject=name, image=decoded.name, match=match, distance=_shown(distance, tolerance),
                             tolerance=tolerance, box=face.box)
+
+    def _enrolled_for(self, conn: sqlite3.Connection, subject_id: int, label: str | None) -> bool:
+        """Whether the subject has templates and an active consent for the purpose (None: any)."""
+        purposes = Store.active_purposes(conn, subject_id, self._now())
+        return bool(label in purposes if label else purposes) and Store.template_count(conn, subject_id) > 0
 
     # -- erasure and retention -------------------------------------------------------------
 
@@ -941,7 +968,7 @@ class Gallery:
 
         hit = next((code for code in region_codes(*photo.gps) if code in excluded), None)
         if hit:
-            raise PolicyError(
+            raise _RegionError(
                 f"'{photo.name}' was taken in {hit} (by its GPS metadata), a region this gallery's policy excludes: "
                 "use a photo taken elsewhere."
             )
@@ -962,17 +989,48 @@ class Gallery:
         return label, check_tolerance(policy["tolerance"] if tolerance is None else tolerance), policy
 
     def _record_search(
-        self, action: str, purpose: str | None, actor: str | None, matched: dict[int, str], details: dict[str, Any]
+        self, action: str, purpose: str | None, actor: str | None, matched: dict[int, str], details: dict[str, Any],
+        *, subject: str | None = None,
     ) -> None:
-        """Audit a match or verify; the subjects it returned count as an interaction (BIPA retention)."""
+        """Audit a match or verify; the subjects it returned count as an interaction (BIPA retention).
+
+        `subject`: the one the call named (verify), recorded whether or not it matched.
+        """
         now = self._now()
         with self._lock, self._store.write(bump=False) as conn:
             for subject_id in matched:
                 if Store.touch(conn, subject_id, now):  # another process may have erased them meanwhile
                     self._refresh_retention(conn, subject_id, now)
             audit.append(conn, at=now, actor=self._who(actor), action=action, purpose=purpose,
-                         subject=next(iter(matched.values())) if len(matched) == 1 else None,
+                         subject=subject or (next(iter(matched.values())) if len(matched) == 1 else None),
                          details={**details, "subjects": sorted(matched.values())})
+
+    @contextmanager
+    def _refusals(self, action: str, subject: str | None, purpose: str | None, actor: str | None) -> Iterator[None]:
+        """Record the call in the audit trail when it is refused (`_record_refusal`), then let the error go on."""
+        try:
+            yield
+        except _REFUSALS as exc:
+            self._record_refusal(action, subject, purpose, actor, exc)
+            raise
+
+    def _record_refusal(
+        self, action: str, subject: str | None, purpose: str | None, actor: str | None, error: Exception
+    ) -> None:
+        """Audit a refused call: outcome "refused", the error's class and message (never a face or
+        a location), under the subject named. In its own transaction, never creating a gallery
+        file; a record that cannot be written never hides the refusal itself."""
+        if not isinstance(error, _REFUSALS) or not self._store.exists():
+            return
+        try:
+            name = _check_name(subject, "subject name") if subject is not None else None
+        except InvalidArgumentError:
+            name = None
+        kind = next(c.__name__ for c in type(error).__mro__ if not c.__name__.startswith("_"))
+        reason = _REGION_REASON if isinstance(error, _RegionError) else str(error)
+        with suppress(Exception), self._lock, self._store.write(bump=False) as conn:  # the refusal is what the caller must see
+            audit.append(conn, at=self._now(), actor=self._who(actor), action=action, subject=name, purpose=purpose,
+                         details={"outcome": "refused", "error": kind, "reason": reason})
 
     def _optout_key(self, subject: str | None, email: str | None, *, create: bool) -> tuple[str, str]:
         if (subject is None) == (email is None):
@@ -1127,6 +1185,24 @@ class Gallery:
         searchable.template_ids.setflags(write=False)  # FaceIndex reuses its id bitmap while this array lives
         self._searchable[purpose] = (generation, searchable)
         return searchable
+
+
+class _RegionError(PolicyError):
+    """A photo taken in an excluded region: audited without the region (the trail holds no location)."""
+
+
+_REGION_REASON = "a photo was taken in a region this gallery's policy excludes (by its GPS metadata)"
+
+#: Errors that refuse a call (recorded in the audit trail); usage and storage errors are not refusals.
+_REFUSALS = (ConsentError, SubjectNotFoundError, PolicyError, FaceError, ImageError)
+
+
+def _not_enrolled(name: str, purpose: str | None) -> NoActiveEnrollmentError:
+    """verify's one answer for a subject not enrolled, without templates, or without consent."""
+    return NoActiveEnrollmentError(
+        f"No active enrollment of '{name}' for purpose '{purpose or 'any'}': the subject is not enrolled, or has no "
+        "active consent that lists this purpose; check the name and the purpose."
+    )
 
 
 @dataclass(frozen=True)

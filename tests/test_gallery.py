@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import threading
 from datetime import datetime, timedelta, timezone
@@ -24,11 +23,7 @@ from consentmatch import (
     SubjectNotFoundError,
 )
 
-from .conftest import PURPOSE, FakeEncoder, fake_encoding, fake_photo
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+from .conftest import PURPOSE, FakeEncoder, fake_encoding, fake_photo, gallery_rows
 
 
 def test_enroll_then_match_and_verify(fake_gallery: Gallery, tmp_path: Path, consent: Consent) -> None:
@@ -64,7 +59,7 @@ def test_consent_reference_belongs_to_one_subject(fake_gallery: Gallery, tmp_pat
 def test_several_photos_enroll_all_or_nothing(fake_gallery: Gallery, tmp_path: Path, consent: Consent) -> None:
     fake_gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], consent)
     fake_gallery.close()
-    snapshot = _digest(fake_gallery.path)
+    tables = gallery_rows(fake_gallery.path)
     good = fake_photo(tmp_path, "a2.png", (10, 1))
     for bad, error in [
         (fake_photo(tmp_path, "two.png", (10, 2), (20, 0)), MultipleFacesError),
@@ -74,8 +69,10 @@ def test_several_photos_enroll_all_or_nothing(fake_gallery: Gallery, tmp_path: P
         with pytest.raises(error, match=bad.name):
             fake_gallery.enroll("alice", [good, bad], consent)
     fake_gallery.close()
-    assert _digest(fake_gallery.path) == snapshot
+    assert gallery_rows(fake_gallery.path) == tables  # nothing enrolled; each refusal is in the audit trail
     assert fake_gallery.subjects()[0].templates == 1
+    refused = [e.details["error"] for e in fake_gallery.audit() if e.details.get("outcome") == "refused"]
+    assert refused == ["MultipleFacesError", "NoFaceError", "ImageError"]
 
 
 def test_match_searches_only_the_purpose(fake_gallery: Gallery, tmp_path: Path) -> None:
