@@ -197,18 +197,24 @@ class KeyRing:
         """A write transaction of the data-key store, whose gallery key is made current first (`_sync`).
 
         Every wrap of a data key and every move of a key file happens inside one: the store's
-        lock orders them against rotations in every process.
+        lock orders them against rotations in every process. Inside a transaction the caller
+        opened on the store (a bulk load), a savepoint of it: the check is read in the same
+        transaction as the write either way.
         """
         conn = self._conn
         if conn is None:
             raise EncryptionKeyError("The gallery's keys are not open.")
-        conn.execute("BEGIN IMMEDIATE")
+        nested = conn.in_transaction
+        conn.execute("SAVEPOINT key_write" if nested else "BEGIN IMMEDIATE")
         try:
             self._sync(conn)
             yield conn
-            conn.execute("COMMIT")
+            conn.execute("RELEASE key_write" if nested else "COMMIT")
         except BaseException:
-            if conn.in_transaction:
+            if nested:
+                conn.execute("ROLLBACK TO key_write")
+                conn.execute("RELEASE key_write")
+            elif conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
 
