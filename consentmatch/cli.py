@@ -294,7 +294,10 @@ def match(
     gallery: GalleryOption,
     purpose: PurposeOption,
     tolerance: ToleranceOption = None,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, max=1000, help="Nearest subjects listed per face.")] = 5,
+    top_k: Annotated[int, typer.Option(
+        "--top-k", "-k", min=1, max=1000,
+        help="Nearest subjects listed per face, at most the policy's max_top_k (10 unless raised).",
+    )] = 5,
     min_face_px: MinFaceOption = PROBE_MIN_FACE_PX,
     actor: ActorOption = None,
     as_json: JsonOption = False,
@@ -361,8 +364,9 @@ def verify(
 ) -> None:
     """1:1: is the one face in the photo this subject? (e.g. before a large transfer)
 
-    Exit 0 with match true or false; exit 1 when the check could not be made (no consent
-    for the purpose, not enrolled, no face or several faces).
+    Exit 0 with match true or false; exit 1 when the check could not be made (no active
+    enrollment of the subject for the purpose, one answer whether or not they are enrolled;
+    no face or several faces). Refusals are recorded in the audit trail.
     Not authentication on its own: there is no liveness check.
 
     **Example:** `consentmatch verify alice selfie.jpg -g customers.db --purpose transfer-check --json`

@@ -9,6 +9,7 @@
     │   └── QualityError          below the quality bar (blurred, dark, turned, cut): `reasons` says why
     ├── ConsentError              no consent, or one that is expired or does not cover the purpose
     ├── SubjectNotFoundError      the subject is not enrolled
+    │   └── NoActiveEnrollmentError   verify: not enrolled or no consent for the purpose (also a ConsentError)
     ├── GalleryNotFoundError      reading a gallery file that does not exist
     ├── ManifestError             an import manifest or evaluation pairs file that cannot be read as a whole
     ├── PolicyError               the gallery's policy forbids the call (e.g. a photo taken in an excluded region)
@@ -35,6 +36,7 @@ __all__ = [
     "InvalidArgumentError",
     "ManifestError",
     "MultipleFacesError",
+    "NoActiveEnrollmentError",
     "NoFaceError",
     "PolicyError",
     "QualityError",
@@ -89,6 +91,11 @@ class ConsentError(ConsentMatchError):
 
 class SubjectNotFoundError(ConsentMatchError):
     """The subject is not enrolled in this gallery."""
+
+
+class NoActiveEnrollmentError(ConsentError, SubjectNotFoundError):
+    """verify's one answer for a subject not enrolled and for one without an active consent for
+    the purpose: telling them apart would tell whoever asks who is enrolled."""
 
 
 class GalleryNotFoundError(ConsentMatchError):

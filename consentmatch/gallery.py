@@ -15,10 +15,12 @@ from __future__ import annotations
 import getpass
 import hashlib
 import hmac
+import math
 import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
@@ -40,6 +42,7 @@ from .errors import (
     GalleryNotFoundError,
     ImageError,
     InvalidArgumentError,
+    NoActiveEnrollmentError,
     PolicyError,
     SubjectNotFoundError,
 )
@@ -53,6 +56,7 @@ from .policy import (
     EVIDENCE_REQUIRED,
     PROBE_MIN_FACE_PX,
     check_min_face,
+    check_policy_top_k,
     check_tolerance,
     check_top_k,
     default_policy,
@@ -78,7 +82,7 @@ from .results import (
     SubjectInfo,
     Verification,
 )
-from .store import Searchable, Store, reference_taken
+from .store import Searchable, Store, record_rotation, reference_taken, rotation_event
 
 __all__ = ["Gallery"]
 
@@ -234,7 +238,13 @@ class Gallery:
                          details={"consent": reference, "templates_removed": removed, "already_revoked": already})
             return 0
 
-        return self._erase(self.consent(reference).subject, "revoke", revoke)
+        def owner(conn: sqlite3.Connection) -> int:
+            name = Store.consent_owner(conn, reference)
+            if name is None:
+                raise ConsentError(f"No consent has the reference '{reference}': check it with `consentmatch consent list`.")
+            return self._subject_id(conn, name)
+
+        return self._erase(owner, "revoke", revoke)
 
     # -- enrollment ------------------------------------------------------------------------
 
@@ -270,9 +280,19 @@ class Gallery:
             ConsentError: no consent, an inactive one, an opted-out subject, missing evidence.
             PolicyError: a photo was taken in an excluded region, or shows an enrolled subject.
             ImageError, FaceError (QualityError with its reasons): a photo cannot be used.
-            Nothing is stored on any error.
+            Nothing is stored on any error; a refusal (any of these) is recorded in the audit
+            trail of an existing gallery.
         """
-        admission = self._admit(subject, photos, consent, email=email, min_face_px=min_face_px, quality=quality)
+        name = _check_name(subject, "subject name")
+        with self._refusals("enroll", name, None, actor):
+            return self._enroll(name, photos, consent, email=email, min_face_px=min_face_px, quality=quality,
+                                allow_duplicate=allow_duplicate, actor=actor)
+
+    def _enroll(
+        self, name: str, photos: Sequence[PhotoInput] | PhotoInput, consent: Consent | str | None, *,
+        email: str | None, min_face_px: int, quality: str | None, allow_duplicate: bool, actor: str | None,
+    ) -> Enrollment:
+        admission = self._admit(name, photos, consent, email=email, min_face_px=min_face_px, quality=quality)
         return self._commit(admission, self._read_faces(admission), allow_duplicate=allow_duplicate, actor=actor)
 
     def _admit(
@@ -394,8 +414,9 @@ class Gallery:
                     raise InvalidArgumentError(row.problem)
                 if any(_may_claim(earlier, row) for earlier in unstored.values()):
                     unstored[number] = row
-                    return lambda: self.enroll(row.subject, [row.photo], row.consent, email=row.email, quality=quality,
-                                               allow_duplicate=allow_duplicate, actor=actor)
+                    return lambda: self._enroll(row.subject, [row.photo], row.consent, email=row.email,
+                                                min_face_px=ENROLL_MIN_FACE_PX, quality=quality,
+                                                allow_duplicate=allow_duplicate, actor=actor)
                 admission = self._admit(row.subject, [row.photo], row.consent, email=row.email,
                                         min_face_px=ENROLL_MIN_FACE_PX, quality=quality)
             except Exception as exc:  # reported at the row's turn, as enrolling row by row would
@@ -410,6 +431,7 @@ class Gallery:
                     enrolled.append(finish())
                 except ConsentMatchError as exc:
                     rejected.append(Rejection(row=row.line, subject=row.subject, photo=row.photo, reason=str(exc)))
+                    self._record_refusal("enroll", row.subject, None, actor, exc)
                 unstored.pop(number, None)
                 if progress is not None:
                     progress(done, len(rows))
@@ -435,7 +457,9 @@ class Gallery:
                 the gallery's policy sets `require_purpose` to false (then: any active consent).
             tolerance: the largest Euclidean distance that counts as the same person; lower is
                 stricter. Default: the gallery policy's (0.6, dlib's typical best).
-            top_k: how many nearest subjects to list per face, each once.
+            top_k: how many nearest subjects to list per face, each once; at most the policy's
+                `max_top_k` (10 by default). Distances beyond the tolerance are shown rounded
+                (up, to 2 decimals): a list of near misses is no fine measure of a face.
             min_face_px: the narrowest face looked for, in the photo's pixels. The default, 40,
                 is face_recognition's reach; a camera whose faces are always larger can say so
                 and be faster (detection runs on a copy scaled so this width reaches the
@@ -445,12 +469,16 @@ class Gallery:
             A `MatchResult`; a face with no subject within the tolerance has `subject=None`.
 
         Raises:
-            ImageError: the probe cannot be read. GalleryNotFoundError: no gallery file.
-            InvalidArgumentError: no purpose where the policy requires one.
+            ImageError: the probe cannot be read (recorded in the audit trail as a refused match).
+            GalleryNotFoundError: no gallery file.
+            InvalidArgumentError: no purpose where the policy requires one; top_k over `max_top_k`.
         """
         top_k, min_face_px = check_top_k(top_k), check_min_face(min_face_px)
         label, tolerance, policy = self._search_terms(purpose, tolerance)
-        return self._decide(*self._probe(photo, min_face_px), label, tolerance, policy, top_k, actor)
+        top_k = check_policy_top_k(top_k, policy)
+        with self._refusals("match", None, label, actor):
+            probed = self._probe(photo, min_face_px)
+        return self._decide(*probed, label, tolerance, policy, top_k, actor)
 
     def match_many(
         self,
@@ -483,6 +511,7 @@ class Gallery:
         """
         top_k, min_face_px = check_top_k(top_k), check_min_face(min_face_px)
         label, tolerance, policy = self._search_terms(purpose, tolerance)
+        top_k = check_policy_top_k(top_k, policy)
         batch = [photos] if isinstance(photos, (str, bytes, os.PathLike)) else list(photos)
         return self._matches(batch, label, tolerance, policy, top_k, min_face_px, actor)
 
@@ -497,6 +526,7 @@ class Gallery:
                 try:
                     name, faces = probed.result()
                 except (ImageError, FaceError) as exc:
+                    self._record_refusal("match", None, label, actor, exc)
                     yield MatchResult(image=photo_name(photo), faces=(), purpose=label or "", tolerance=tolerance,
                                       error=str(exc))
                     continue
@@ -528,7 +558,7 @@ class Gallery:
         matched: dict[int, str] = {}
         margin = float(policy["ambiguity_margin"])
         for face, row in zip(faces, nearest):
-            candidates = tuple(Candidate(names[s], d) for s, d in row)
+            candidates = tuple(Candidate(names[s], _shown(d, tolerance)) for s, d in row)
             within = bool(row) and row[0][1] <= tolerance
             # Two subjects nearly as close: naming either would be a guess.
             ambiguous = within and margin > 0 and len(row) > 1 and row[1][1] - row[0][1] < margin
@@ -558,37 +588,47 @@ class Gallery:
     ) -> Verification:
         """1:1: is the one face in the probe this subject (e.g. before a large transfer)?
 
-        The distance is to the subject's nearest template, computed exactly. Not
-        authentication on its own: there is no liveness check. `min_face_px` as for `match`.
+        The distance is to the subject's nearest template, computed exactly (beyond the
+        tolerance: rounded up to 2 decimals, as in `match`). Not authentication on its own:
+        there is no liveness check. `min_face_px` as for `match`.
+
+        A subject who is not enrolled, has no templates, or has no active consent for
+        `purpose` gets one and the same answer, so the call does not tell who is enrolled.
+        Every refusal is recorded in the audit trail under the subject named.
 
         Raises:
-            SubjectNotFoundError: not enrolled. ConsentError: no active consent for `purpose`.
+            NoActiveEnrollmentError: not enrolled, or no active consent for `purpose` (both a
+                ConsentError and a SubjectNotFoundError, as each case raised before).
             ImageError, NoFaceError, MultipleFacesError: the probe must hold exactly one face.
         """
         name, min_face_px = _check_name(subject, "subject name"), check_min_face(min_face_px)
         label, tolerance, policy = self._search_terms(purpose, tolerance)
-        with self._lock, self._store.read() as conn:  # consent first: no biometric work without it
-            subject_id = self._subject_id(conn, name)
-            purposes = Store.active_purposes(conn, subject_id, self._now())
-        if (label and label not in purposes) or not purposes:
-            raise ConsentError(
-                f"'{name}' has no active consent for purpose '{label or 'any'}': record one that lists it, "
-                "or use a purpose the subject consented to."
-            )
-        decoded = load_photo(photo)
-        face = single_face(self._encoder.encode(decoded, min_face_px), decoded.name)
-        if policy["quality"] != "off":
-            check_quality(decoded, face, level=policy["quality"], for_enrollment=False)
-        with self._lock, self._store.read() as conn:
-            _, templates = self._store.subject_templates(conn, self._subject_id(conn, name))
-        if not len(templates):
-            raise SubjectNotFoundError(f"'{name}' has no templates: enroll a photo of the person first.")
+        with self._refusals("verify", name, label, actor):
+            with self._lock, self._store.read() as conn:  # consent first: no biometric work without it
+                subject_id = Store.subject_id(conn, name)
+                if subject_id is not None and not self._enrolled_for(conn, subject_id, label):
+                    subject_id = None
+            if subject_id is None:
+                raise _not_enrolled(name, label)
+            decoded = load_photo(photo)
+            face = single_face(self._encoder.encode(decoded, min_face_px), decoded.name)
+            if policy["quality"] != "off":
+                check_quality(decoded, face, level=policy["quality"], for_enrollment=False)
+            with self._lock, self._store.read() as conn:  # by id: a namesake enrolled meanwhile is someone else
+                _, templates = self._store.subject_templates(conn, subject_id)
+            if not len(templates):
+                raise _not_enrolled(name, label)
         distance = float(np.linalg.norm(templates - face.encoding, axis=1).min())
         match = distance <= tolerance
         self._record_search("verify", label, actor, {subject_id: name} if match else {},
-                            {"subject": name, "match": match, "tolerance": tolerance})
-        return Verification(subject=name, image=decoded.name, match=match, distance=distance, tolerance=tolerance,
-                            box=face.box)
+                            {"subject": name, "match": match, "tolerance": tolerance}, subject=name)
+        return Verification(subject=name, image=decoded.name, match=match, distance=_shown(distance, tolerance),
+                            tolerance=tolerance, box=face.box)
+
+    def _enrolled_for(self, conn: sqlite3.Connection, subject_id: int, label: str | None) -> bool:
+        """Whether the subject has templates and an active consent for the purpose (None: any)."""
+        purposes = Store.active_purposes(conn, subject_id, self._now())
+        return bool(label in purposes if label else purposes) and Store.template_count(conn, subject_id) > 0
 
     # -- erasure and retention -------------------------------------------------------------
 
@@ -609,7 +649,7 @@ class Gallery:
                          details={"templates_removed": removed, "consents_removed": consents})
             return consents
 
-        return self._erase(name, "forget", forget)
+        return self._erase(lambda conn: self._subject_id(conn, name), "forget", forget)
 
     def retention(self) -> list[RetentionEntry]:
         """When each enrolled subject's templates must be destroyed, soonest first (no date last)."""
@@ -645,7 +685,7 @@ class Gallery:
                                       "destroy_by": due.destroy_by.isoformat() if due.destroy_by else None})
                 return 0
 
-            receipts.append(self._erase(entry.subject, "purge", purge))
+            receipts.append(self._erase(partial(self._subject_id, name=entry.subject), "purge", purge))
         return receipts
 
     # -- opt-out registry ------------------------------------------------------------------
@@ -682,7 +722,7 @@ class Gallery:
 
             for name in names:
                 try:
-                    receipts.append(self._erase(name, "optout", opt_out))
+                    receipts.append(self._erase(partial(self._subject_id, name=name), "optout", opt_out))
                 except SubjectNotFoundError:  # named by the e-mail's consent, already forgotten
                     continue
         return receipts
@@ -786,11 +826,15 @@ class Gallery:
             EncryptionKeyError: a caller-held key without `new_key`.
         """
         fresh = parse_key(new_key, "new_key") if new_key is not None else None
-        with self._lock, self._store.write() as conn:
-            keys = self._store.keys
-            keys.rotate(fresh)
-            audit.append(conn, at=self._now(), actor=self._who(actor), action="key-rotate",
-                         details={"data_keys": len(keys.key_ids()), "key_source": keys.source})
+        with self._lock:
+            with self._store.write() as conn:
+                keys = self._store.keys
+                # The event is kept in the key store with the rotation until this transaction
+                # commits: a crash in between leaves it for the next open to record (Store._open_keys).
+                event = rotation_event(conn, self._now(), self._who(actor), len(keys.key_ids()), keys.source)
+                keys.rotate(fresh, record=event)
+                record_rotation(conn, event)
+            keys.rotation_recorded(event)
             return KeyInfo(gallery_id=keys.gallery_id or "", key_source=keys.source, key_dir=str(keys.key_dir),
                            data_keys=len(keys.key_ids()))
 
@@ -924,7 +968,7 @@ class Gallery:
 
         hit = next((code for code in region_codes(*photo.gps) if code in excluded), None)
         if hit:
-            raise PolicyError(
+            raise _RegionError(
                 f"'{photo.name}' was taken in {hit} (by its GPS metadata), a region this gallery's policy excludes: "
                 "use a photo taken elsewhere."
             )
@@ -945,17 +989,48 @@ class Gallery:
         return label, check_tolerance(policy["tolerance"] if tolerance is None else tolerance), policy
 
     def _record_search(
-        self, action: str, purpose: str | None, actor: str | None, matched: dict[int, str], details: dict[str, Any]
+        self, action: str, purpose: str | None, actor: str | None, matched: dict[int, str], details: dict[str, Any],
+        *, subject: str | None = None,
     ) -> None:
-        """Audit a match or verify; the subjects it returned count as an interaction (BIPA retention)."""
+        """Audit a match or verify; the subjects it returned count as an interaction (BIPA retention).
+
+        `subject`: the one the call named (verify), recorded whether or not it matched.
+        """
         now = self._now()
         with self._lock, self._store.write(bump=False) as conn:
             for subject_id in matched:
                 if Store.touch(conn, subject_id, now):  # another process may have erased them meanwhile
                     self._refresh_retention(conn, subject_id, now)
             audit.append(conn, at=now, actor=self._who(actor), action=action, purpose=purpose,
-                         subject=next(iter(matched.values())) if len(matched) == 1 else None,
+                         subject=subject or (next(iter(matched.values())) if len(matched) == 1 else None),
                          details={**details, "subjects": sorted(matched.values())})
+
+    @contextmanager
+    def _refusals(self, action: str, subject: str | None, purpose: str | None, actor: str | None) -> Iterator[None]:
+        """Record the call in the audit trail when it is refused (`_record_refusal`), then let the error go on."""
+        try:
+            yield
+        except _REFUSALS as exc:
+            self._record_refusal(action, subject, purpose, actor, exc)
+            raise
+
+    def _record_refusal(
+        self, action: str, subject: str | None, purpose: str | None, actor: str | None, error: Exception
+    ) -> None:
+        """Audit a refused call: outcome "refused", the error's class and message (never a face or
+        a location), under the subject named. In its own transaction, never creating a gallery
+        file; a record that cannot be written never hides the refusal itself."""
+        if not isinstance(error, _REFUSALS) or not self._store.exists():
+            return
+        try:
+            name = _check_name(subject, "subject name") if subject is not None else None
+        except InvalidArgumentError:
+            name = None
+        kind = next(c.__name__ for c in type(error).__mro__ if not c.__name__.startswith("_"))
+        reason = _REGION_REASON if isinstance(error, _RegionError) else str(error)
+        with suppress(Exception), self._lock, self._store.write(bump=False) as conn:  # the refusal is what the caller must see
+            audit.append(conn, at=self._now(), actor=self._who(actor), action=action, subject=name, purpose=purpose,
+                         details={"outcome": "refused", "error": kind, "reason": reason})
 
     def _optout_key(self, subject: str | None, email: str | None, *, create: bool) -> tuple[str, str]:
         if (subject is None) == (email is None):
@@ -979,30 +1054,35 @@ class Gallery:
         return hmac.new(key, email.strip().lower().encode(), hashlib.sha256).hexdigest()
 
     def _erase(
-        self, name: str, reason: str, change: Callable[[sqlite3.Connection, int, int], int]
+        self, find: Callable[[sqlite3.Connection], int], reason: str,
+        change: Callable[[sqlite3.Connection, int, int], int],
     ) -> Erasure:
-        """The one way templates are erased; `change(conn, subject_id, templates)` deletes the
-        rows and audits inside the erasure's transaction, returning the consents it removed.
+        """The one way templates are erased. `find(conn)` names the subject's id inside the
+        erasure's transaction; `change(conn, subject_id, templates)` deletes the rows and audits
+        there too, returning the consents it removed.
 
-        Order: read the templates (for the post-check) -> delete rows -> destroy the subject's
-        data key as the last step of the same transaction -> commit -> WAL checkpoint -> index.
-        A write the gallery refuses (read-only, locked) shreds nothing; from the shred on, no
-        crash and no old copy of the gallery makes the templates readable again (rows left by
-        a crash between shred and commit are dropped at the next open).
+        Order, in one write transaction: find the subject -> read its templates (for the
+        post-check) and data key id -> delete rows -> destroy that data key as the last step ->
+        commit; then the WAL checkpoint and the index. What is read, deleted and shredded is
+        one subject, by id: a forget and re-enrollment of the same name by another process
+        cannot slip between them. A write the gallery refuses (read-only, locked) shreds
+        nothing; from the shred on, no crash and no old copy of the gallery makes the templates
+        readable again (rows left by a crash between shred and commit are dropped at the next open).
 
         Raises:
-            SubjectNotFoundError: nobody of that name.
+            SubjectNotFoundError: nobody of that name (ConsentError: no consent of that reference).
         """
         with self._lock:
-            with self._store.read() as conn:
-                subject_id = self._subject_id(conn, name)
-                ids, vectors = self._store.subject_templates(conn, subject_id)
-                key = Store.subject_key_id(conn, subject_id)
-                if self._index is None:  # erase from the snapshot too, so close saves it current
+            if self._index is None:  # erase from the snapshot too, so close saves it current
+                with self._store.read() as conn:
                     self._index = self._snapshot_index(conn, Store.generation(conn))
             with self._store.write() as conn:
                 before = Store.generation(conn)
-                consents = change(conn, self._subject_id(conn, name), len(ids))
+                subject_id = find(conn)
+                name = self._subject_name(conn, subject_id)
+                ids, vectors = self._store.subject_templates(conn, subject_id)
+                key = Store.subject_key_id(conn, subject_id)
+                consents = change(conn, subject_id, len(ids))
                 # Index snapshots hold the templates too: their keys go with the subject's, at once.
                 self._store.shred(conn, [key, *sorted(self._store.keys.index_key_ids())])
             self._saved_state = None
@@ -1107,6 +1187,24 @@ class Gallery:
         return searchable
 
 
+class _RegionError(PolicyError):
+    """A photo taken in an excluded region: audited without the region (the trail holds no location)."""
+
+
+_REGION_REASON = "a photo was taken in a region this gallery's policy excludes (by its GPS metadata)"
+
+#: Errors that refuse a call (recorded in the audit trail); usage and storage errors are not refusals.
+_REFUSALS = (ConsentError, SubjectNotFoundError, PolicyError, FaceError, ImageError)
+
+
+def _not_enrolled(name: str, purpose: str | None) -> NoActiveEnrollmentError:
+    """verify's one answer for a subject not enrolled, without templates, or without consent."""
+    return NoActiveEnrollmentError(
+        f"No active enrollment of '{name}' for purpose '{purpose or 'any'}': the subject is not enrolled, or has no "
+        "active consent that lists this purpose; check the name and the purpose."
+    )
+
+
 @dataclass(frozen=True)
 class _Admission:
     """An enrollment past its consent, opt-out and policy checks, before any photo is read."""
@@ -1134,6 +1232,14 @@ def _raising(error: Exception) -> Callable[[], NoReturn]:
         raise error
 
     return finish
+
+
+def _shown(distance: float, tolerance: float) -> float:
+    """A distance as results show it: exact within the tolerance; beyond it rounded up to 2
+    decimals, so near misses are no fine oracle to tune a forged face against (and stay beyond)."""
+    if distance <= tolerance:
+        return distance
+    return max(math.ceil(round(distance * 100, 6)) / 100, math.nextafter(tolerance, math.inf))
 
 
 def _distinct(owners: np.ndarray, distances: np.ndarray, ids: np.ndarray, top_k: int) -> list[tuple[int, float]]:

@@ -17,11 +17,14 @@ with `index-`, which every erasure deletes with the subject's.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import sqlite3
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +141,7 @@ class KeyRing:
         self._kek: bytes | None = None
         self._deks: dict[str, bytes] = {}
         self._conn: sqlite3.Connection | None = None
+        self._check: bytes | None = None  # the key check `_kek` opened: another one means the key was rotated
         self.gallery_id: str | None = None
 
     # -- opening ---------------------------------------------------------------------------
@@ -147,7 +151,8 @@ class KeyRing:
 
         `created`: the gallery says its keys exist. The key check lives in the data-key store,
         in the same transaction as every re-wrap, so a rotation cut short is finished here
-        from the `.next` key file it writes first.
+        from the `.next` key file it writes first, and a `.next` left by a rotation that never
+        committed is removed (`_sync`).
 
         Raises:
             EncryptionKeyError: the key or the data-key store is missing, or the key is wrong.
@@ -162,8 +167,8 @@ class KeyRing:
                     raise EncryptionKeyError("This gallery has no keys: it was not written by consentmatch.")
                 self._kek = self._load_kek(gallery_id, create=True)
                 self._open_deks(deks)
-                self._db().execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('check', ?)",
-                                   (seal(self._kek, _CHECK, gallery_id.encode()),))
+                self._check = seal(self._kek, _CHECK, gallery_id.encode())
+                self._db().execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('check', ?)", (self._check,))
                 return True
             if not deks.exists():
                 raise EncryptionKeyError(
@@ -172,26 +177,98 @@ class KeyRing:
                 )
             self._open_deks(deks)
             assert self._conn is not None
-            row = self._conn.execute("SELECT value FROM meta WHERE key = 'check'").fetchone()
-            kek = self._load_kek(gallery_id, create=False)
-            if row is None or unseal(kek, bytes(row[0]), gallery_id.encode()) != _CHECK:
-                kek = self._finish_rotation(kek, bytes(row[0]) if row else b"")
-            self._kek = kek
+            try:
+                pending = self._pending()
+                if pending is not None and pending.exists():  # a rotation cut short: settled under the store's lock
+                    with self._write():
+                        pass
+                else:
+                    row = self._conn.execute("SELECT value FROM meta WHERE key = 'check'").fetchone()
+                    check = bytes(row[0]) if row else b""
+                    self._kek, self._check = self._finish_rotation(check), check
+            except BaseException:
+                self._conn.close()
+                self._conn, self._kek, self._check = None, None, None
+                raise
             return False
 
-    def _finish_rotation(self, kek: bytes, check: bytes) -> bytes:
-        """The key file does not open the store: a rotation stopped after re-wrapping may have left
-        the new key in `<key file>.next`; adopt it. Otherwise the key is wrong."""
-        pending = self.key_file.with_name(self.key_file.name + ".next") if self.key_file else None
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction of the data-key store, whose gallery key is made current first (`_sync`).
+
+        Every wrap of a data key and every move of a key file happens inside one: the store's
+        lock orders them against rotations in every process. Inside a transaction the caller
+        opened on the store (a bulk load), a savepoint of it: the check is read in the same
+        transaction as the write either way.
+        """
+        conn = self._conn
+        if conn is None:
+            raise EncryptionKeyError("The gallery's keys are not open.")
+        nested = conn.in_transaction
+        conn.execute("SAVEPOINT key_write" if nested else "BEGIN IMMEDIATE")
+        try:
+            self._sync(conn)
+            yield conn
+            conn.execute("RELEASE key_write" if nested else "COMMIT")
+        except BaseException:
+            if nested:
+                conn.execute("ROLLBACK TO key_write")
+                conn.execute("RELEASE key_write")
+            elif conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _sync(self, conn: sqlite3.Connection) -> None:
+        """Under the store's write lock: make `_kek` the gallery key that opens the key check now.
+
+        Another process (or another KeyRing) may have rotated the key since this one loaded it:
+        the stored check then differs from the one `_kek` opened, and the key is looked up again
+        (`_finish_rotation`). A `.next` key file is settled: adopted when it opens the check (a
+        rotation stopped after its commit), removed otherwise (one stopped before its commit:
+        rotations write `.next` only under this lock, so none is under way).
+        """
+        row = conn.execute("SELECT value FROM meta WHERE key = 'check'").fetchone()
+        check = bytes(row[0]) if row else b""
+        if self._kek is None or check != self._check:
+            self._kek, self._check = self._finish_rotation(check), check
+        pending = self._pending()
+        if pending is None or not pending.exists():
+            return
+        try:
+            fresh: bytes | None = parse_key(pending.read_bytes(), str(pending))
+        except EncryptionKeyError:
+            fresh = None
+        if fresh is not None and unseal(fresh, check, (self.gallery_id or "").encode()) == _CHECK:
+            assert self.key_file is not None
+            os.replace(pending, self.key_file)
+        else:
+            pending.unlink()
+
+    def _pending(self) -> Path | None:
+        """`<key file>.next`: where a rotation writes the new key before it re-wraps."""
+        return self.key_file.with_name(self.key_file.name + ".next") if self.key_file else None
+
+    def _finish_rotation(self, check: bytes) -> bytes:
+        """The gallery key that opens `check`: the one in memory, its source's (the key file, which
+        another process may have rotated), or the successor in `<key file>.next` that a rotation
+        stopped after its commit left (`_sync` then moves it in place). Otherwise the key is wrong.
+        """
+        aad = (self.gallery_id or "").encode()
+        if self._kek is not None and unseal(self._kek, check, aad) == _CHECK:
+            return self._kek
+        kek = self._load_kek(self.gallery_id or "", create=False)
+        if unseal(kek, check, aad) == _CHECK:
+            return kek
+        pending = self._pending()
         if pending is not None and pending.exists():
             fresh = parse_key(pending.read_bytes(), str(pending))
-            if unseal(fresh, check, (self.gallery_id or "").encode()) == _CHECK:
-                assert self.key_file is not None
-                os.replace(pending, self.key_file)
+            if unseal(fresh, check, aad) == _CHECK:
                 return fresh
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._check is not None:  # it opened the gallery before: another process rotated the key since
+            raise EncryptionKeyError(
+                f"The gallery key was rotated by another process, and the key this gallery was opened with "
+                f"({self.source}) no longer opens it: nothing was written; open the gallery again with the new key."
+            )
         raise EncryptionKeyError(
             "The gallery key does not open this gallery: set CONSENTMATCH_KEY or CONSENTMATCH_KEY_FILE "
             "to the key it was created with."
@@ -236,7 +313,7 @@ class KeyRing:
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
-            self._conn, self._kek, self.gallery_id = None, None, None
+            self._conn, self._kek, self._check, self.gallery_id = None, None, None, None
             self._deks.clear()
 
     # -- data keys -------------------------------------------------------------------------
@@ -256,10 +333,14 @@ class KeyRing:
         return key_id, self._deks[key_id]
 
     def _new_key(self, key_id: str) -> str:
+        """Wrap a new data key under the gallery key that is current in the same transaction: one
+        loaded before another process rotated it would wrap a key that no longer opens anything."""
         with self._lock:
             dek = secrets.token_bytes(KEY_BYTES)
-            assert self._kek is not None
-            self._db().execute("INSERT INTO deks (key_id, wrapped) VALUES (?, ?)", (key_id, seal(self._kek, dek, key_id.encode())))
+            self._db()
+            with self._write() as conn:
+                assert self._kek is not None
+                conn.execute("INSERT INTO deks (key_id, wrapped) VALUES (?, ?)", (key_id, seal(self._kek, dek, key_id.encode())))
             self._deks[key_id] = dek
             return key_id
 
@@ -267,27 +348,48 @@ class KeyRing:
         """The subject's data key, or None once shredded."""
         with self._lock:
             if key_id not in self._deks:
-                row = self._db().execute("SELECT wrapped FROM deks WHERE key_id = ?", (key_id,)).fetchone()
-                if row is None:
-                    return None
-                assert self._kek is not None
-                dek = unseal(self._kek, bytes(row[0]), key_id.encode())
-                if dek is None:
-                    raise EncryptionKeyError(f"The data key {key_id[:8]}... does not open with this gallery key.")
+                for retry in (False, True):
+                    row = self._db().execute("SELECT wrapped FROM deks WHERE key_id = ?", (key_id,)).fetchone()
+                    if row is None:
+                        return None
+                    assert self._kek is not None
+                    dek = unseal(self._kek, bytes(row[0]), key_id.encode())
+                    if dek is not None:
+                        break
+                    if retry or not self._rotated():
+                        raise EncryptionKeyError(f"The data key {key_id[:8]}... does not open with this gallery key.")
+                assert dek is not None
                 self._deks[key_id] = dek
             return self._deks[key_id]
 
     def load_all(self) -> None:
         """Unwrap every data key at once: one query and one gallery-key cipher, not one per subject."""
         with self._lock:
-            assert self._kek is not None
-            cipher = aead(self._kek)
-            for key_id, wrapped in self._db().execute("SELECT key_id, wrapped FROM deks"):
-                if key_id not in self._deks:
-                    dek = unseal_with(cipher, bytes(wrapped), str(key_id).encode())
-                    if dek is None:
-                        raise EncryptionKeyError(f"The data key {str(key_id)[:8]}... does not open with this gallery key.")
-                    self._deks[str(key_id)] = dek
+            for retry in (False, True):
+                assert self._kek is not None
+                cipher = aead(self._kek)
+                failed = None
+                for key_id, wrapped in self._db().execute("SELECT key_id, wrapped FROM deks").fetchall():
+                    if key_id not in self._deks:
+                        dek = unseal_with(cipher, bytes(wrapped), str(key_id).encode())
+                        if dek is None:
+                            failed = str(key_id)
+                            break
+                        self._deks[str(key_id)] = dek
+                if failed is None:
+                    return
+                if retry or not self._rotated():
+                    raise EncryptionKeyError(f"The data key {failed[:8]}... does not open with this gallery key.")
+
+    def _rotated(self) -> bool:
+        """After a data key failed to unwrap: whether another process rotated the gallery key
+        since this ring loaded it (then the current key is loaded, to try again)."""
+        row = self._db().execute("SELECT value FROM meta WHERE key = 'check'").fetchone()
+        if row is None or bytes(row[0]) == self._check:
+            return False
+        with self._write():
+            pass
+        return True
 
     def key_ids(self) -> set[str]:
         """The subjects' data key ids."""
@@ -339,49 +441,69 @@ class KeyRing:
             raise EncryptionKeyError("This subject's data key was shredded: the subject was erased.")
         return seal(dek, plaintext, key_id.encode())
 
-    def rotate(self, new_key: bytes | None = None) -> bytes:
+    def rotate(self, new_key: bytes | None = None, *, record: str | None = None) -> bytes:
         """Re-wrap every data key under a new gallery key; returns the new key.
 
         Crash-safe: a key file's successor is written first (`<key file>.next`), then the
         re-wrapped keys and the new check commit together, then the successor replaces the
-        key file; `open` finishes a rotation cut short. A key held by the caller (argument or
+        key file; `open` finishes a rotation cut short. All of it holds the data-key store's
+        write lock, with the current key reloaded first (`_sync`), so it is safe against
+        rotations and new data keys in other processes. A key held by the caller (argument or
         CONSENTMATCH_KEY) must be given as `new_key`, stored by the caller beforehand.
+
+        `record`: kept in the store, committed with the rotation, until `rotation_recorded`
+        clears it: the caller's audit event, which a crash between the two commits cannot lose.
 
         Raises:
             EncryptionKeyError: a caller-held key without `new_key`; a data key that does not open.
         """
         with self._lock:
-            conn, old = self._db(), self._kek
-            assert old is not None and self.gallery_id is not None
+            self._db()
+            assert self.gallery_id is not None
             if self.key_file is None and new_key is None:
                 raise EncryptionKeyError(
                     "The gallery key is held by the caller: store a new one first (generate_key()), then pass it as new_key."
                 )
             fresh = new_key or secrets.token_bytes(KEY_BYTES)
-            pending = self.key_file.with_name(self.key_file.name + ".next") if self.key_file else None
+            with self._write() as conn:
+                old, pending = self._kek, self._pending()
+                assert old is not None
+                if pending is not None:
+                    write_private(pending, fresh.hex().encode())
+                try:
+                    for key_id, wrapped in conn.execute("SELECT key_id, wrapped FROM deks").fetchall():
+                        dek = unseal(old, bytes(wrapped), str(key_id).encode())
+                        if dek is None:
+                            raise EncryptionKeyError(f"Data key {str(key_id)[:8]}... does not open: rotation stopped, nothing changed.")
+                        conn.execute("UPDATE deks SET wrapped = ? WHERE key_id = ?", (seal(fresh, dek, str(key_id).encode()), key_id))
+                    check = seal(fresh, _CHECK, self.gallery_id.encode())
+                    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('check', ?)", (check,))
+                    if record is not None:
+                        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('unrecorded_rotation', ?)", (record,))
+                except BaseException:
+                    if pending is not None and pending.exists():
+                        pending.unlink()
+                    raise
+            self._kek, self._check = fresh, check
             if pending is not None:
-                write_private(pending, fresh.hex().encode())
-            rows = conn.execute("SELECT key_id, wrapped FROM deks").fetchall()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for key_id, wrapped in rows:
-                    dek = unseal(old, bytes(wrapped), str(key_id).encode())
-                    if dek is None:
-                        raise EncryptionKeyError(f"Data key {str(key_id)[:8]}... does not open: rotation stopped, nothing changed.")
-                    conn.execute("UPDATE deks SET wrapped = ? WHERE key_id = ?", (seal(fresh, dek, str(key_id).encode()), key_id))
-                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('check', ?)",
-                             (seal(fresh, _CHECK, self.gallery_id.encode()),))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if pending is not None and pending.exists():
-                    pending.unlink()
-                raise
-            if pending is not None and self.key_file is not None:
-                os.replace(pending, self.key_file)
-            self._kek = fresh
+                try:
+                    with self._write():  # moves `.next` over the key file
+                        pass
+                except (OSError, sqlite3.Error):
+                    pass  # the rotation took effect: the next open or write finishes it from `.next`
             return fresh
+
+    def unrecorded_rotation(self) -> str | None:
+        """The `record` of a rotation not yet marked recorded (`rotate`), if any."""
+        with self._lock:
+            row = self._db().execute("SELECT value FROM meta WHERE key = 'unrecorded_rotation'").fetchone()
+            return None if row is None else str(row[0])
+
+    def rotation_recorded(self, record: str) -> None:
+        """The caller stored this rotation's record: forget it (a later rotation's stays). A store
+        that cannot be written now keeps it; the caller's recording must be idempotent."""
+        with self._lock, contextlib.suppress(sqlite3.OperationalError):
+            self._db().execute("DELETE FROM meta WHERE key = 'unrecorded_rotation' AND value = ?", (record,))
 
     @property
     def source(self) -> str:

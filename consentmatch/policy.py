@@ -25,6 +25,7 @@ from typing import Any
 from .errors import InvalidArgumentError
 
 __all__ = [
+    "DEFAULT_MAX_TOP_K",
     "DEFAULT_POLICY",
     "DEFAULT_TOLERANCE",
     "DEFAULT_TOP_K",
@@ -33,6 +34,7 @@ __all__ = [
     "PROBE_MIN_FACE_PX",
     "ConsentTerm",
     "check_min_face",
+    "check_policy_top_k",
     "check_tolerance",
     "default_policy",
     "check_top_k",
@@ -43,6 +45,8 @@ __all__ = [
 #: dlib's own threshold for its 128-d model: "Lower is more strict. 0.6 is typical best performance."
 DEFAULT_TOLERANCE = 0.6
 DEFAULT_TOP_K = 5
+#: The most subjects a match may list per face, unless the policy's `max_top_k` says otherwise.
+DEFAULT_MAX_TOP_K = 10
 #: Enrollment faces narrower than this give weak templates and are refused.
 ENROLL_MIN_FACE_PX = 80
 #: Probes are searched for faces down to this width (face_recognition's reach with upsample 1).
@@ -63,6 +67,7 @@ DEFAULT_POLICY: dict[str, Any] = {
     "ambiguity_margin": 0.0,  # two best subjects closer than this: "ambiguous", no identity (0: off)
     "duplicate_tolerance": DEFAULT_DUPLICATE_TOLERANCE,  # enrollment refused if another subject is this near
     "quality": "medium",  # the quality bar (off, low, medium, high); CONSENTMATCH_QUALITY sets the default
+    "max_top_k": DEFAULT_MAX_TOP_K,  # the most subjects match lists per face: no browsing a purpose's roster
 }
 
 
@@ -89,6 +94,18 @@ def check_top_k(top_k: int) -> int:
     """Raises InvalidArgumentError unless 1 <= top_k <= 1000."""
     if not (isinstance(top_k, int) and 1 <= top_k <= 1000):
         raise InvalidArgumentError(f"top_k {top_k!r} is out of range: use 1 to 1000.")
+    return top_k
+
+
+def check_policy_top_k(top_k: int, policy: dict[str, Any]) -> int:
+    """Raises InvalidArgumentError when top_k is over the policy's `max_top_k`: a long list of
+    the nearest subjects would list a purpose's whole roster to anyone who may match."""
+    limit = int(policy["max_top_k"])
+    if top_k > limit:
+        raise InvalidArgumentError(
+            f"top_k {top_k} is over this gallery's limit of {limit} (policy max_top_k): ask for fewer, "
+            "or raise the limit (`consentmatch policy set max_top_k N`)."
+        )
     return top_k
 
 
@@ -123,6 +140,14 @@ def parse_policy_value(key: str, value: Any) -> Any:
         if bad:
             raise InvalidArgumentError(f"{', '.join(bad)}: not ISO 3166 codes; write e.g. US-IL,US-TX or FR.")
         return regions
+    if key == "max_top_k":
+        try:
+            limit = int(str(value).strip()) if not isinstance(value, bool) else 0
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= 1000:
+            raise InvalidArgumentError(f"max_top_k takes a whole number from 1 to 1000, e.g. 10, not {value!r}.")
+        return limit
     if key == "quality":
         level = str(value).strip().lower()
         if level not in QUALITY_SETTINGS:

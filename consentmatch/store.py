@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import sqlite3
 import threading
 import time
@@ -23,15 +24,16 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from . import audit
 from .consent import Consent
 from .encoder import DIMENSIONS
 from .errors import ConsentError, GalleryNotFoundError, StorageError
 from .keys import KeyRing, aead, unseal_with
 from .migrations import APPLICATION_ID, MIGRATIONS
-from .policy import ConsentTerm, default_policy
+from .policy import ConsentTerm, default_policy, destroy_by
 from .results import Box, ConsentRecord, SubjectInfo
 
-__all__ = ["Searchable", "Store"]
+__all__ = ["Searchable", "Store", "record_rotation", "rotation_event"]
 
 _EMBEDDING = np.dtype("<f4")
 _PLAIN_BYTES = 512  # an unsealed template (schema 2 and older)
@@ -64,6 +66,27 @@ def reference_taken(reference: str, owner: str) -> ConsentError:
         f"Consent reference '{reference}' already belongs to subject '{owner}': "
         "each signed release covers one person; use that person's own reference."
     )
+
+
+def rotation_event(conn: sqlite3.Connection, at: datetime, actor: str, data_keys: int, key_source: str) -> str:
+    """A key rotation's audit event, as the text the key store keeps with the rotation until the
+    gallery has it (`KeyRing.rotate`): it names the last event before it and has an id of its own."""
+    (last,) = conn.execute("SELECT coalesce(max(seq), 0) FROM audit").fetchone()
+    details = {"data_keys": data_keys, "key_source": key_source, "rotation": secrets.token_hex(8)}
+    return json.dumps({"at": _ts(at), "actor": actor, "after": int(last), "details": details})
+
+
+def record_rotation(conn: sqlite3.Connection, event: str) -> None:
+    """Append a rotation's audit event, unless the trail has it already (it then follows `after`)."""
+    fields = json.loads(event)
+    details = fields["details"]
+    recorded = conn.execute(
+        "SELECT 1 FROM audit WHERE seq > ? AND action = 'key-rotate' AND json_extract(details, '$.rotation') = ?",
+        (fields["after"], details["rotation"]),
+    ).fetchone()
+    if recorded is None:
+        audit.append(conn, at=datetime.fromisoformat(fields["at"]), actor=fields["actor"], action="key-rotate",
+                     details=details)
 
 
 @dataclass(frozen=True)
@@ -140,6 +163,7 @@ class Store:
         """
         meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('gallery_id', 'keys', 'keys_checked')").fetchall())
         created = self.keys.open(str(meta["gallery_id"]), created="keys" in meta, create=True)
+        self._record_lost_rotation(conn)
         stamp = self.keys.shred_stamp()
         if not created and meta.get("keys_checked") == stamp:
             return
@@ -161,6 +185,7 @@ class Store:
             for subject_id, _ in shredded:  # e.g. a backup restored after an erasure: those rows stay dead
                 conn.execute("DELETE FROM templates WHERE subject_id = ?", (subject_id,))
                 conn.execute("UPDATE subjects SET key_id = NULL WHERE id = ?", (subject_id,))
+                self._revoke_erased(conn, subject_id)
             rows = conn.execute(
                 f"SELECT id, subject_id, embedding FROM templates WHERE length(embedding) = {_PLAIN_BYTES}"
             ).fetchall()
@@ -177,6 +202,41 @@ class Store:
             raise
         if rows:
             self.checkpoint()
+
+    @staticmethod
+    def _revoke_erased(conn: sqlite3.Connection, subject_id: int) -> None:
+        """Revoke (audited) the consents of a subject whose data key was shredded: the erasure wins
+        over a copy of the gallery from before it, which must not bring them back as consented."""
+        now = datetime.now(timezone.utc)
+        references = [str(r) for (r,) in conn.execute(
+            "SELECT reference FROM consents WHERE subject_id = ? AND revoked_at IS NULL ORDER BY id", (subject_id,)
+        )]
+        if not references:
+            return
+        Store.revoke_all(conn, subject_id, now)
+        terms, enrolled, last = Store.retention_terms(conn, subject_id)
+        Store.set_retention(conn, subject_id, *destroy_by(terms, enrolled, last))
+        (name,) = conn.execute("SELECT name FROM subjects WHERE id = ?", (subject_id,)).fetchone()
+        audit.append(conn, at=now, actor="consentmatch", action="consent-revoke", subject=str(name), details={
+            "consents": references, "reason": "the subject's data key was shredded: erased after this copy of the gallery was made",
+        })
+
+    def _record_lost_rotation(self, conn: sqlite3.Connection) -> None:
+        """Record a key rotation whose audit event was lost (its process stopped between the key
+        store's commit and the gallery's). A gallery that cannot be written now leaves it for later."""
+        event = self.keys.unrecorded_rotation()
+        if event is None:
+            return
+        with contextlib.suppress(sqlite3.OperationalError):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                record_rotation(conn, event)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            self.keys.rotation_recorded(event)
 
     def _subject_key(self, conn: sqlite3.Connection, subject_id: int) -> str:
         """The subject's data key id, created with its first template."""

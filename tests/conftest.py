@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -57,6 +59,19 @@ def fake_photo(folder: Path, name: str, *faces: tuple[int, int], size: int = 100
     path = folder / name
     Image.fromarray(image).save(path)
     return path
+
+
+def gallery_rows(path: Path) -> dict[str, list[Any]]:
+    """Every row of a gallery file but its audit trail's: what a refused call must leave as it was
+    (refusals are recorded in the audit trail)."""
+    conn = sqlite3.connect(path)
+    try:
+        names = [n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT IN ('audit', 'meta')")]
+        rows = {n: conn.execute(f"SELECT * FROM {n} ORDER BY 1").fetchall() for n in names}
+        rows["meta"] = conn.execute("SELECT * FROM meta WHERE key != 'audit_head' ORDER BY 1").fetchall()
+        return rows
+    finally:
+        conn.close()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from consentmatch.cli import app
 
-from .conftest import EXAMPLES, FakeEncoder, fake_photo
+from .conftest import EXAMPLES, FakeEncoder, fake_photo, gallery_rows
 
 runner = CliRunner()
 
@@ -147,8 +147,9 @@ def test_match_reports_each_bad_photo_and_processes_the_rest(fake_cli: None, tmp
         (["match", "{photo}"], 2, "Missing option"),
         (["match", "{photo}", "-p", "door", "--tolerance", "3"], 2, "Invalid value"),
         (["match", "{photo}", "-p", "bad purpose!"], 2, "not a purpose label"),
-        (["verify", "zed", "{photo}", "-p", "door"], 1, "'zed' is not enrolled"),
-        (["verify", "alice", "{photo}", "-p", "payroll"], 1, "no active consent for purpose 'payroll'"),
+        (["match", "{photo}", "-p", "door", "--top-k", "11"], 2, "over this gallery's limit of 10 (policy max_top_k)"),
+        (["verify", "zed", "{photo}", "-p", "door"], 1, "No active enrollment of 'zed' for purpose 'door'"),
+        (["verify", "alice", "{photo}", "-p", "payroll"], 1, "No active enrollment of 'alice' for purpose 'payroll'"),
         (["forget", "zed", "--yes"], 1, "'zed' is not enrolled"),
         (["import", "{folder}/nope.csv"], 1, "does not exist"),
     ],
@@ -160,7 +161,7 @@ def test_errors_are_one_line_with_the_right_exit_code(
     photo = fake_photo(tmp_path, "a.png", (10, 0))
     two = fake_photo(tmp_path, "two.png", (20, 0), (30, 0))
     assert run("enroll", "alice", photo, "-g", gallery, "-c", "R1", "-p", "door").exit_code == 0
-    before = gallery.read_bytes()
+    before, rows = gallery.read_bytes(), gallery_rows(gallery)
     filled = [a.format(photo=photo, two=two, folder=tmp_path) for a in args]
     result = run(*filled, "-g", gallery)
     assert result.exit_code == code, result.output
@@ -168,7 +169,13 @@ def test_errors_are_one_line_with_the_right_exit_code(
     assert "Traceback" not in result.output
     if code == 1:
         assert len(result.stderr.strip().splitlines()) == 1
-    assert gallery.read_bytes() == before  # nothing changed
+    if args[0] in ("enroll", "verify") and code == 1:  # a refusal: recorded in the audit trail, nothing else changed
+        assert gallery_rows(gallery) == rows
+        last = _lines(run("audit", "--json", "-g", gallery).stdout)[-1]
+        assert (last["action"], last["subject"], last["details"]["outcome"]) == (args[0], args[1], "refused")
+        assert message in last["details"]["reason"]
+    else:
+        assert gallery.read_bytes() == before  # nothing changed
 
 
 def test_missing_gallery_is_one_line(fake_cli: None, tmp_path: Path) -> None:

@@ -18,7 +18,10 @@ from consentmatch import (
     Consent,
     ConsentError,
     Gallery,
+    ImageError,
     InvalidArgumentError,
+    NoActiveEnrollmentError,
+    NoFaceError,
     PolicyError,
     SubjectNotFoundError,
 )
@@ -240,6 +243,9 @@ def test_photos_taken_in_an_excluded_region_are_refused(
         with pytest.raises(PolicyError, match=rf"{place}.png' was taken in US-IL"):
             gallery.enroll("alice", [photo], consent)
         assert gallery.subjects() == []
+        (refusal,) = [e for e in gallery.audit() if e.details.get("outcome") == "refused"]
+        assert (refusal.action, refusal.subject, refusal.details["error"]) == ("enroll", "alice", "PolicyError")
+        assert "US-IL" not in refusal.details["reason"]  # the trail holds no location
     else:
         gallery.enroll("alice", [photo], consent)
     gallery.close()
@@ -313,6 +319,88 @@ def test_every_call_is_audited_with_its_actor_and_nothing_biometric(gallery: Gal
         assert "embedding" not in text and "gps" not in text.lower() and len(text) < 600
     check = gallery.verify_audit()
     assert check.intact and check.events == 8 and check.head == events[-1].hash
+
+
+def test_verify_gives_one_answer_whether_enrolled_or_not_and_records_it(
+    gallery: Gallery, tmp_path: Path, clock: Clock
+) -> None:
+    alice, bob = fake_photo(tmp_path, "a.png", (10, 0)), fake_photo(tmp_path, "b.png", (20, 0))
+    gallery.enroll("alice", [alice], Consent("R1", ["door"]))
+    gallery.grant_consent("carol", Consent("R3", ["door"]))  # consented, but no photo enrolled
+    calls = FakeEncoder.calls
+    answers = {}
+    for name, purpose in [("zed", "door"), ("alice", "payroll"), ("carol", "door")]:
+        with pytest.raises(NoActiveEnrollmentError) as caught:
+            gallery.verify(name, alice, purpose=purpose)
+        assert isinstance(caught.value, ConsentError) and isinstance(caught.value, SubjectNotFoundError)
+        answers[name] = str(caught.value).replace(f"'{name}'", "'X'").replace(f"'{purpose}'", "'P'")
+    assert str(caught.value).startswith("No active enrollment of 'carol' for purpose 'door': ")
+    assert len(set(answers.values())) == 1  # not enrolled, no consent for P, no templates: one answer
+    assert FakeEncoder.calls == calls  # refused before any face was processed
+    with pytest.raises(NoFaceError):
+        gallery.verify("alice", fake_photo(tmp_path, "none.png"), purpose="door")
+    assert not gallery.verify("alice", bob, purpose="door").match  # a failed 1:1 check: recorded under alice
+    events = gallery.audit()
+    refused = [(e.action, e.subject, e.purpose, e.details["error"]) for e in events if e.details.get("outcome") == "refused"]
+    assert refused == [
+        ("verify", "zed", "door", "NoActiveEnrollmentError"),
+        ("verify", "alice", "payroll", "NoActiveEnrollmentError"),
+        ("verify", "carol", "door", "NoActiveEnrollmentError"),
+        ("verify", "alice", "door", "NoFaceError"),
+    ]
+    assert (events[-1].action, events[-1].subject, events[-1].details["match"]) == ("verify", "alice", False)
+    assert [e.action for e in gallery.audit("zed")] == ["verify"]
+    assert gallery.verify_audit().intact
+
+
+def test_refused_enrollments_and_matches_are_recorded(gallery: Gallery, tmp_path: Path) -> None:
+    photo = fake_photo(tmp_path, "a.png", (10, 0))
+    gallery.enroll("alice", [photo], Consent("R1", ["door"]))
+    gallery.add_optout(subject="bob")
+    for call, error in [
+        (lambda: gallery.enroll("bob", [photo], Consent("R2", ["door"])), ConsentError),  # opted out
+        (lambda: gallery.enroll("carol", [photo], None), ConsentError),
+        (lambda: gallery.enroll("carol", [photo], Consent("R1", ["door"])), ConsentError),  # alice's reference
+        (lambda: gallery.enroll("carol", [photo], Consent("R3", ["door"])), PolicyError),  # alice's face
+        (lambda: gallery.enroll("carol", [fake_photo(tmp_path, "none.png")], Consent("R3", ["door"])), NoFaceError),
+        (lambda: gallery.match(tmp_path / "missing.jpg", purpose="door"), ImageError),
+    ]:
+        with pytest.raises(error):
+            call()
+    (bad,) = list(gallery.match_many([tmp_path / "missing.jpg"], purpose="door"))
+    assert bad.error is not None
+    events = [e for e in gallery.audit() if e.details.get("outcome") == "refused"]
+    assert [(e.action, e.subject) for e in events] == [
+        ("enroll", "bob"), ("enroll", "carol"), ("enroll", "carol"), ("enroll", "carol"), ("enroll", "carol"),
+        ("match", None), ("match", None)]
+    assert [e.details["error"] for e in events] == [
+        "ConsentError", "ConsentError", "ConsentError", "PolicyError", "NoFaceError", "ImageError", "ImageError"]
+    assert all(e.purpose == "door" for e in events[-2:]) and "missing.jpg" in events[-1].details["reason"]
+    assert [e.subject for e in gallery.subjects()] == ["alice"]
+    assert gallery.verify_audit().intact
+
+
+def test_a_refusal_creates_no_gallery_and_a_failing_record_hides_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from consentmatch import audit
+
+    path = tmp_path / "new.db"
+    with Gallery(path, encoder=FakeEncoder()) as gallery:
+        with pytest.raises(NoFaceError):
+            gallery.enroll("alice", [fake_photo(tmp_path, "none.png")], Consent("R1", ["door"]))
+        assert not path.exists()
+        gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], Consent("R1", ["door"]))
+        real_append = audit.append
+
+        def full_disk(conn: sqlite3.Connection, **event: object) -> int:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(audit, "append", full_disk)
+        with pytest.raises(NoActiveEnrollmentError):
+            gallery.verify("zed", tmp_path / "a.png", purpose="door")
+        monkeypatch.setattr(audit, "append", real_append)
+        assert [e.action for e in gallery.audit()] == ["consent-grant", "enroll"]
 
 
 def _tamper(path: Path, *statements: str) -> None:

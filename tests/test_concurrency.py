@@ -144,6 +144,7 @@ def test_import_and_batch_writer_while_readers_match(tmp_path: Path, fake: Modul
     imported, batched = range(100, 116), range(200, 212)
     with Gallery(gallery_path, encoder=fake.FakeEncoder()) as gallery:
         gallery.enroll("p1", [fake.photo_bytes(1, 0)], Consent("REF-p1", [PURPOSE]))
+        gallery.set_policy("max_top_k", 1000)  # the readers list every subject
     manifest = _manifest(tmp_path, fake, imported, 2, "import.csv")
     (tmp_path / "reader.py").write_text(READER)
     (tmp_path / "writer.py").write_text(BATCH_WRITER)
@@ -302,6 +303,7 @@ def test_threads_search_while_others_enroll_and_forget(tmp_path: Path, fake: Mod
     other = Gallery(path, encoder=fake.FakeEncoder(), actor="other")  # a second connection in this process
     for person in stable:
         main.enroll(f"p{person}", [fake.photo_bytes(person, v) for v in range(2)], Consent(f"REF-p{person}", [PURPOSE]))
+    main.set_policy("max_top_k", 1000)  # the searchers list every subject
     last = fake.VARIANTS - 1  # never enrolled: churn subjects are candidates, never the match (see the docstring)
     probe, corners = fake.probe_bytes([(p, v) for p in stable for v in range(2)] + [(p, last) for p in churn])
     forgotten: dict[str, float] = {}
@@ -400,3 +402,57 @@ def test_match_returning_a_subject_erased_meanwhile(tmp_path: Path, fake: Module
     finally:
         desk.close()
         other.close()
+
+
+#: Opens the gallery once, says "ready", then enrolls one subject after another.
+ENROLLER = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from crashfake import FakeEncoder, photo_bytes
+from consentmatch import Consent, Gallery
+
+folder, gallery_path, first, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+with Gallery(gallery_path, encoder=FakeEncoder(), actor="enroller") as gallery:
+    gallery.subjects()  # the gallery key is loaded now, before any rotation
+    print("ready", flush=True)
+    for person in range(first, first + count):
+        gallery.enroll("p%d" % person, [photo_bytes(person, 0)], Consent("REF-p%d" % person, ["door"]))
+"""
+
+
+def test_key_rotations_while_another_process_enrolls(tmp_path: Path, fake: ModuleType) -> None:
+    """Each enrollment wraps a new data key: under the key that is current then, never under one
+    a rotation in this process has replaced (issue 12 A: the gallery broke for good)."""
+    from consentmatch.keys import KeyRing, unseal
+
+    path = tmp_path / "rotating.db"
+    with Gallery(path, encoder=fake.FakeEncoder()) as gallery:
+        gallery.enroll("p1", [fake.photo_bytes(1, 0)], Consent("REF-p1", [PURPOSE]))
+        gallery_id = gallery.key_info().gallery_id
+    (tmp_path / "enroller.py").write_text(ENROLLER)
+    people = range(100, 140)
+    enroller = _python(tmp_path / "enroller.py", tmp_path, path, people.start, len(people))
+    assert enroller.stdout is not None and enroller.stdout.readline() == "ready\n", _finish(enroller)[1]
+    rotations = 0
+    while enroller.poll() is None and rotations < 30:
+        with Gallery(path, encoder=fake.FakeEncoder(), actor="rotator") as rotator:
+            rotator.rotate_key()
+        rotations += 1
+        time.sleep(0.01)
+    _, err = _finish(enroller)
+    assert enroller.returncode == 0, err
+    assert rotations >= 2, "the rotations should have overlapped the enrollments"
+
+    ring = KeyRing()  # the key file's key now
+    ring.open(gallery_id, created=True, create=False)
+    kek, conn = ring._kek, ring._conn
+    assert kek is not None and conn is not None
+    unopenable = [k for k, w in conn.execute("SELECT key_id, wrapped FROM deks") if unseal(kek, w, k.encode()) is None]
+    ring.close()
+    assert unopenable == [], "data keys wrapped under a gallery key that no longer exists"
+    with Gallery(path, encoder=fake.FakeEncoder()) as gallery:
+        assert {s.subject: s.templates for s in gallery.subjects()} == {f"p{p}": 1 for p in [1, *people]}
+        probe, corners = fake.probe_bytes([(p, 0) for p in [1, *people]])
+        assert all(f.subject == f"p{corners[(f.box.top, f.box.left)][0]}" for f in gallery.match(probe, purpose=PURPOSE).faces)
+        assert [e.action for e in gallery.audit()].count("key-rotate") == rotations
+        assert gallery.verify_audit().intact

@@ -311,6 +311,7 @@ def test_sigkill_during_enroll_import_forget_never_corrupts_or_resurrects(tmp_pa
     gallery_path, marks_path = tmp_path / "crash.db", tmp_path / "marks.txt"
     kills_in_flight = 0
     with Gallery(gallery_path, encoder=fake.FakeEncoder(), actor="watcher") as watcher:
+        watcher.set_policy("max_top_k", 1000)  # _check_gallery lists every subject
         for trial in range(TRIALS):
             where = f"[trial {trial}; replay with CONSENTMATCH_CRASH_SEED={seed}]"
             process = subprocess.Popen(
@@ -373,6 +374,8 @@ def test_sigkill_during_key_rotation_leaves_a_gallery_that_opens(tmp_path: Path)
         path = tmp_path / f"rotate-{trial}.db"
         with Gallery(path, encoder=fake.FakeEncoder()) as gallery:
             gallery.enroll("p7", [fake.photo_bytes(7, v) for v in range(2)], Consent("REF-p7", [DOOR]))
+            key_file = Path(gallery.key_info().key_source.removeprefix("key file "))
+        first_key = key_file.read_text()
         process = subprocess.Popen([sys.executable, str(child), str(tmp_path), str(path)],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         ready = process.stdout.readline() if process.stdout else ""
@@ -384,6 +387,11 @@ def test_sigkill_during_key_rotation_leaves_a_gallery_that_opens(tmp_path: Path)
             with Gallery(path, encoder=fake.FakeEncoder()) as gallery:
                 (face,) = gallery.match(fake.photo_bytes(7, 0), purpose=DOOR).faces
                 assert face.subject == "p7" and [s.templates for s in gallery.subjects()] == [2]
+                # a rotation that took effect is in the audit trail; no half-done one leaves a `.next`
+                rotated = [e for e in gallery.audit() if e.action == "key-rotate"]
+                assert bool(rotated) or key_file.read_text() == first_key, "a rotation left no audit event"
+                assert gallery.verify_audit().intact
+            assert not key_file.with_name(key_file.name + ".next").exists(), "a stale .next key file"
         except (ConsentMatchError, AssertionError) as exc:
             failures.append(f"trial {trial}: {type(exc).__name__}: {exc}")
     assert not failures, f"[replay with CONSENTMATCH_CRASH_SEED={seed}]\n" + "\n".join(failures)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from consentmatch import Consent, EncryptionKeyError, Gallery
+from consentmatch import Consent, ConsentError, EncryptionKeyError, Gallery
 from consentmatch.keys import SEALED_TEMPLATE_BYTES, generate_key, unseal
 
 from .conftest import FakeEncoder, fake_encoding, fake_photo
@@ -208,3 +208,143 @@ def test_a_rotation_cut_short_is_finished_at_the_next_open(tmp_path: Path, monke
     with _gallery(path, key_dir=keys) as gallery:
         assert gallery.match(photo, purpose="door").faces[0].subject == "alice"
     assert not list(keys.glob("*.next"))
+
+
+def _unopenable_data_keys(path: Path, keys: Path, key: str | None = None) -> list[str]:
+    """The data keys in the key store that the gallery's current key does not unwrap."""
+    from consentmatch.keys import KeyRing
+
+    with _gallery(path, key=key, key_dir=keys) as gallery:
+        gallery_id = gallery.key_info().gallery_id
+    ring = KeyRing(key, keys)
+    ring.open(gallery_id, created=True, create=False)
+    assert ring._kek is not None
+    deks = sqlite3.connect(keys / f"{gallery_id}.deks")
+    try:
+        return [k for k, w in deks.execute("SELECT key_id, wrapped FROM deks") if unseal(ring._kek, w, k.encode()) is None]
+    finally:
+        deks.close()
+        ring.close()
+
+
+def test_a_long_lived_gallery_enrolls_after_another_rotated_the_key(tmp_path: Path) -> None:
+    path, keys = tmp_path / "g.db", tmp_path / "keys"
+    people = {name: fake_photo(tmp_path, f"{name}.png", (red, 0)) for name, red in [("alice", 10), ("bob", 20), ("carol", 30)]}
+    with _gallery(path, key_dir=keys) as long_lived:
+        long_lived.enroll("alice", [people["alice"]], Consent("R1", ["door"]))
+        with _gallery(path, key_dir=keys) as other:
+            other.rotate_key()  # the long-lived gallery still holds the old key in memory
+        long_lived.enroll("bob", [people["bob"]], Consent("R2", ["door"]))  # a new data key: under the new key
+        assert long_lived.match(people["bob"], purpose="door").faces[0].subject == "bob"
+        long_lived.rotate_key()  # its own rotation starts from the current key, not the one it opened with
+        long_lived.enroll("carol", [people["carol"]], Consent("R3", ["door"]))
+    assert _unopenable_data_keys(path, keys) == []
+    assert not list(keys.glob("*.next"))
+    with _gallery(path, key_dir=keys) as fresh:
+        for name, photo in people.items():
+            assert fresh.match(photo, purpose="door").faces[0].subject == name
+        assert [e.action for e in fresh.audit()].count("key-rotate") == 2
+        assert fresh.verify_audit().intact
+        fresh.forget("bob")  # erasable, and rotation still works
+        fresh.rotate_key()
+
+
+def test_a_gallery_reads_data_keys_wrapped_after_another_rotated_the_key(tmp_path: Path) -> None:
+    path, keys = tmp_path / "g.db", tmp_path / "keys"
+    alice, bob = fake_photo(tmp_path, "a.png", (10, 0)), fake_photo(tmp_path, "b.png", (20, 0))
+    with _gallery(path, key_dir=keys) as reader:
+        reader.enroll("alice", [alice], Consent("R1", ["door"]))
+        with _gallery(path, key_dir=keys) as other:
+            other.rotate_key()
+            other.enroll("bob", [bob], Consent("R2", ["door"]))
+        # bob's data key was wrapped under a key this gallery has not loaded: it reloads the key
+        assert reader.match(bob, purpose="door").faces[0].subject == "bob"
+        assert reader.verify("bob", bob, purpose="door").match
+
+
+def test_a_caller_held_key_rotated_elsewhere_is_refused_clearly(tmp_path: Path) -> None:
+    path, keys = tmp_path / "g.db", tmp_path / "keys"
+    key, new = generate_key(), generate_key()
+    alice, bob = fake_photo(tmp_path, "a.png", (10, 0)), fake_photo(tmp_path, "b.png", (20, 0))
+    with _gallery(path, key=key, key_dir=keys) as held:
+        held.enroll("alice", [alice], Consent("R1", ["door"]))
+        with _gallery(path, key=key, key_dir=keys) as other:
+            other.rotate_key(new_key=new)
+        with pytest.raises(EncryptionKeyError, match="rotated by another process.*open the gallery again with the new key"):
+            held.enroll("bob", [bob], Consent("R2", ["door"]))
+    assert _unopenable_data_keys(path, keys, new) == []
+    with _gallery(path, key=new, key_dir=keys) as fresh:
+        assert [s.subject for s in fresh.subjects()] == ["alice"]  # nothing of bob's was written
+        assert fresh.match(alice, purpose="door").faces[0].subject == "alice"
+        fresh.enroll("bob", [bob], Consent("R2", ["door"]))
+
+
+def test_a_rotation_that_took_effect_is_audited_even_after_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from consentmatch import audit
+
+    path, keys = tmp_path / "g.db", tmp_path / "keys"
+    photo = fake_photo(tmp_path, "a.png", (10, 0))
+    with _gallery(path, key_dir=keys, actor="ops-1") as gallery:
+        gallery.enroll("alice", [photo], Consent("R1", ["door"]))
+    real_append = audit.append
+
+    def crash_at_the_rotation_event(conn: sqlite3.Connection, **event: object) -> int:
+        if event["action"] == "key-rotate":
+            raise KeyboardInterrupt  # stands for a kill after the key store committed, before the gallery did
+        return real_append(conn, **event)  # type: ignore[arg-type]
+
+    old = next(keys.glob("*.key")).read_text()
+    monkeypatch.setattr(audit, "append", crash_at_the_rotation_event)
+    with pytest.raises(KeyboardInterrupt), _gallery(path, key_dir=keys, actor="ops-1") as gallery:
+        gallery.rotate_key()
+    monkeypatch.setattr(audit, "append", real_append)
+    assert next(keys.glob("*.key")).read_text() != old  # the rotation took effect
+    for _ in range(2):  # recorded at the next open, and once only
+        with _gallery(path, key_dir=keys) as gallery:
+            assert gallery.match(photo, purpose="door").faces[0].subject == "alice"
+            rotations = [e for e in gallery.audit() if e.action == "key-rotate"]
+            assert [(e.actor, e.details["data_keys"]) for e in rotations] == [("ops-1", 1)]
+            assert gallery.verify_audit().intact
+    assert not list(keys.glob("*.next"))
+
+
+def test_a_next_key_file_left_by_a_rotation_killed_before_its_commit_is_removed(tmp_path: Path) -> None:
+    path, keys = tmp_path / "g.db", tmp_path / "keys"
+    photo = fake_photo(tmp_path, "a.png", (10, 0))
+    with _gallery(path, key_dir=keys) as gallery:
+        gallery.enroll("alice", [photo], Consent("R1", ["door"]))
+    key_file = next(keys.glob("*.key"))
+    old = key_file.read_text()
+    stale = key_file.with_name(key_file.name + ".next")
+    stale.write_text(generate_key())  # what a rotation killed before its commit leaves
+    with _gallery(path, key_dir=keys) as gallery:
+        assert gallery.match(photo, purpose="door").faces[0].subject == "alice"
+    assert not stale.exists() and key_file.read_text() == old
+    assert not [e for e in _gallery(path, key_dir=keys).audit() if e.action == "key-rotate"]
+
+
+def test_a_restored_backup_does_not_bring_erased_consents_back(tmp_path: Path) -> None:
+    path, backup, keys = tmp_path / "g.db", tmp_path / "backup.db", tmp_path / "keys"
+    photos = {name: fake_photo(tmp_path, f"{name}.png", (red, 0)) for name, red in [("alice", 10), ("bob", 20), ("carol", 30)]}
+    with _gallery(path, key_dir=keys) as gallery:
+        for number, (name, photo) in enumerate(photos.items()):
+            gallery.enroll(name, [photo], Consent(f"R{number}", ["door"]))
+    shutil.copyfile(path, backup)  # last night's backup
+    with _gallery(path, key_dir=keys) as gallery:
+        gallery.forget("alice")
+        gallery.add_optout(subject="bob")
+    shutil.copyfile(backup, path)  # the backup comes back: alice's and bob's consents in it are active
+    with _gallery(path, key_dir=keys) as gallery:
+        infos = {s.subject: s for s in gallery.subjects()}
+        assert {n: (i.templates, i.active_purposes) for n, i in infos.items()} == {
+            "alice": (0, ()), "bob": (0, ()), "carol": (1, ("door",))}
+        assert [(c.subject, c.active) for c in gallery.consents()] == [("alice", False), ("bob", False), ("carol", True)]
+        for name in ("alice", "bob"):
+            with pytest.raises(ConsentError):
+                gallery.verify(name, photos[name], purpose="door")
+        revoked = [e for e in gallery.audit() if e.action == "consent-revoke"]
+        assert [(e.subject, e.details["consents"]) for e in revoked] == [("alice", ["R0"]), ("bob", ["R1"])]
+        assert "shredded" in revoked[0].details["reason"]
+        assert gallery.verify_audit().intact
+    with _gallery(path, key_dir=keys) as gallery:  # once: the next open finds nothing more to do
+        assert [e.action for e in gallery.audit()].count("consent-revoke") == 2

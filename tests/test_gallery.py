@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
+import sqlite3
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from consentmatch import (
@@ -15,17 +16,14 @@ from consentmatch import (
     Gallery,
     GalleryNotFoundError,
     ImageError,
+    InvalidArgumentError,
     MultipleFacesError,
     NoFaceError,
     StorageError,
     SubjectNotFoundError,
 )
 
-from .conftest import PURPOSE, FakeEncoder, fake_photo
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+from .conftest import PURPOSE, FakeEncoder, fake_encoding, fake_photo, gallery_rows
 
 
 def test_enroll_then_match_and_verify(fake_gallery: Gallery, tmp_path: Path, consent: Consent) -> None:
@@ -61,7 +59,7 @@ def test_consent_reference_belongs_to_one_subject(fake_gallery: Gallery, tmp_pat
 def test_several_photos_enroll_all_or_nothing(fake_gallery: Gallery, tmp_path: Path, consent: Consent) -> None:
     fake_gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], consent)
     fake_gallery.close()
-    snapshot = _digest(fake_gallery.path)
+    tables = gallery_rows(fake_gallery.path)
     good = fake_photo(tmp_path, "a2.png", (10, 1))
     for bad, error in [
         (fake_photo(tmp_path, "two.png", (10, 2), (20, 0)), MultipleFacesError),
@@ -71,8 +69,10 @@ def test_several_photos_enroll_all_or_nothing(fake_gallery: Gallery, tmp_path: P
         with pytest.raises(error, match=bad.name):
             fake_gallery.enroll("alice", [good, bad], consent)
     fake_gallery.close()
-    assert _digest(fake_gallery.path) == snapshot
+    assert gallery_rows(fake_gallery.path) == tables  # nothing enrolled; each refusal is in the audit trail
     assert fake_gallery.subjects()[0].templates == 1
+    refused = [e.details["error"] for e in fake_gallery.audit() if e.details.get("outcome") == "refused"]
+    assert refused == ["MultipleFacesError", "NoFaceError", "ImageError"]
 
 
 def test_match_searches_only_the_purpose(fake_gallery: Gallery, tmp_path: Path) -> None:
@@ -189,3 +189,57 @@ def test_concurrent_searches_while_enrolling_and_forgetting(fake_gallery: Galler
         thread.join()
     assert errors == []
     assert sorted(s.subject for s in fake_gallery.subjects()) == ["alice", "s1", "s3", "s5", "s7", "s9"]
+
+
+def test_forget_racing_a_reenrollment_of_the_name_shreds_the_new_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from consentmatch.store import Store
+
+    path, keys = tmp_path / "g.db", tmp_path / "keys"
+    first_photo, second_photo = fake_photo(tmp_path, "a.png", (10, 0)), fake_photo(tmp_path, "a2.png", (10, 1))
+    with Gallery(path, encoder=FakeEncoder(), key_dir=keys) as first, Gallery(path, encoder=FakeEncoder(), key_dir=keys) as second:
+        first.enroll("alice", [first_photo], Consent("R1", [PURPOSE]))
+        real_write = Store.write
+        raced: list[bool] = []
+
+        def write(store: Store, **options: bool):  # type: ignore[no-untyped-def]
+            if store is first._store and not raced:  # just before the erasure's write: another process...
+                raced.append(True)
+                second.forget("alice")  # ...forgets alice and enrolls her again, under a new data key
+                second.enroll("alice", [second_photo], Consent("R2", [PURPOSE]))
+            return real_write(store, **options)
+
+        monkeypatch.setattr(Store, "write", write)
+        receipt = first.forget("alice")
+        monkeypatch.undo()
+        assert raced and receipt.verified and receipt.templates_removed == 1
+        assert second.subjects() == []
+    deks = sqlite3.connect(next(keys.glob("*.deks")))
+    try:  # every data key of alice is gone: no backup from before decrypts either enrollment
+        assert deks.execute("SELECT key_id FROM deks WHERE key_id NOT LIKE 'index-%'").fetchall() == []
+    finally:
+        deks.close()
+
+
+def test_top_k_is_capped_by_the_policy_and_far_distances_are_coarse(fake_gallery: Gallery, tmp_path: Path) -> None:
+    for person in range(1, 13):
+        fake_gallery.enroll(f"p{person}", [fake_photo(tmp_path, f"p{person}.png", (person * 10, 0))],
+                            Consent(f"R{person}", [PURPOSE]))
+    probe = fake_photo(tmp_path, "probe.png", (10, 3))
+    assert fake_gallery.policy()["max_top_k"] == 10
+    with pytest.raises(InvalidArgumentError, match=r"top_k 11 is over this gallery's limit of 10 \(policy max_top_k\)"):
+        fake_gallery.match(probe, purpose=PURPOSE, top_k=11)
+    with pytest.raises(InvalidArgumentError, match="max_top_k"):
+        list(fake_gallery.match_many([probe], purpose=PURPOSE, top_k=11))
+    (face,) = fake_gallery.match(probe, purpose=PURPOSE, top_k=10).faces
+    assert len(face.candidates) == 10
+    nearest, *far = face.candidates
+    exact = float(np.linalg.norm(fake_encoding(10, 0) - fake_encoding(10, 3)))
+    assert nearest.subject == "p1" and nearest.distance == pytest.approx(exact, abs=1e-6) and face.distance == nearest.distance
+    assert nearest.distance != round(nearest.distance, 2)  # within the tolerance: exact
+    assert all(c.distance > 0.6 and c.distance == round(c.distance, 2) for c in far)  # beyond it: 2 decimals
+    fake_gallery.set_policy("max_top_k", "12")
+    assert len(fake_gallery.match(probe, purpose=PURPOSE, top_k=12).faces[0].candidates) == 12
+    with pytest.raises(InvalidArgumentError, match="whole number from 1 to 1000"):
+        fake_gallery.set_policy("max_top_k", "0.5")

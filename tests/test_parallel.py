@@ -40,8 +40,10 @@ def test_match_many_on_real_photos_equals_match_one_at_a_time(real_gallery: Gall
                [(f.box, f.subject, [c.subject for c in f.candidates]) for f in expected.faces]
         assert [c.distance for f in got.faces for c in f.candidates] == \
                pytest.approx([c.distance for f in expected.faces for c in f.candidates], abs=1e-6)
-    searches = real_gallery.audit()[before:]  # one audit event per readable photo, in input order
-    assert [e.action for e in searches] == ["match"] * len(results)
+    searches = real_gallery.audit()[before:]  # one audit event per photo, in input order
+    assert [e.action for e in searches] == ["match"] * len(probes)
+    refused = searches.pop(3)  # the unreadable photo: a refused match
+    assert refused.details["outcome"] == "refused" and "corrupt.jpg" in refused.details["reason"]
     assert [e.details["faces"] for e in searches] == [len(r.faces) for r in results]
 
 
