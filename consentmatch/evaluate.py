@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import encoder as encoders
-from .encoder import DetectedFace, Encoder
+from . import vision
+from .vision.types import DetectedFace, Encoder
 from .errors import FaceError, ImageError, InvalidArgumentError, ManifestError
 from .images import load_photo
 from .manifest import open_csv
@@ -295,7 +295,7 @@ def _encode(
     photos: Sequence[str], encoder: Encoder | None, progress: Progress | None
 ) -> tuple[dict[str, NDArray[np.float64]], list[Failure]]:
     """Each photo's one face, encoded on a thread pool (pool.py), results taken in input order."""
-    engine = encoder or encoders.default_encoder()
+    engine = encoder or vision.default_encoder()
     encodings: dict[str, NDArray[np.float64]] = {}
     failures: list[Failure] = []
 
@@ -303,7 +303,7 @@ def _encode(
         decoded = load_photo(photo)
         return single_face(engine.encode(decoded, PROBE_MIN_FACE_PX), decoded.name)
 
-    with photo_pool(len(photos), partial(encoders.load_models, engine)) as (pool, ahead):
+    with photo_pool(len(photos), partial(vision.load_models, engine)) as (pool, ahead):
         for done, (photo, future) in enumerate(in_order(photos, lambda p: pool.submit(one, p), ahead), start=1):
             try:
                 face = future.result()

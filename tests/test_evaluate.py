@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from consentmatch import InvalidArgumentError, ManifestError
 from consentmatch.cli import app
-from consentmatch.encoder import DetectedFace, Encoder, default_encoder
+from consentmatch.vision import DetectedFace, Encoder, default_encoder
 from consentmatch.evaluate import (
     Scores,
     calibrate,
@@ -166,7 +166,7 @@ def scores(cached_encoder: CachedEncoder) -> Scores:
 
 @pytest.fixture
 def cli_encoder(cached_encoder: CachedEncoder, monkeypatch: pytest.MonkeyPatch) -> Iterator[CachedEncoder]:
-    monkeypatch.setattr("consentmatch.encoder.default_encoder", lambda: cached_encoder)
+    monkeypatch.setattr("consentmatch.vision.default_encoder", lambda settings=None: cached_encoder)
     yield cached_encoder
 
 
