@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from consentmatch.encoder import DlibEncoder, face_chips, model_dir
+from consentmatch.vision.dlib import DlibEncoder, face_chips, model_dir
 from consentmatch.images import load_photo
-from consentmatch.onnx_encoder import OnnxEncoder, converted_model
+from consentmatch.vision.onnx import OnnxEncoder, converted_model
 from _report import report  # benchmarks/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -41,7 +41,7 @@ from typing import Any
 
 from PIL import Image
 
-from consentmatch.encoder import default_encoder, load_models
+from consentmatch.vision import default_encoder, load_models
 from consentmatch.images import load_photo
 from consentmatch.policy import PROBE_MIN_FACE_PX
 from _report import report  # benchmarks/ is on sys.path when a script runs

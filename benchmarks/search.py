@@ -37,7 +37,7 @@ from numpy.typing import NDArray
 
 from consentmatch import snapshot
 from consentmatch.consent import Consent
-from consentmatch.encoder import DIMENSIONS
+from consentmatch.vision.types import DIMENSIONS
 from consentmatch.index import FaceIndex
 from consentmatch.results import Box
 from consentmatch.store import Store

@@ -32,9 +32,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import audit, snapshot
-from . import encoder as encoders
+from . import vision
 from .consent import Consent, check_purpose
-from .encoder import DetectedFace, Encoder
+from .vision.types import DetectedFace, Encoder
 from .errors import (
     ConsentError,
     ConsentMatchError,
@@ -143,7 +143,7 @@ class Gallery:
     ) -> None:
         self.path = Path(path)
         self._store = Store(self.path, KeyRing(key, key_dir))
-        self._encoder: Encoder = encoder if encoder is not None else encoders.default_encoder()
+        self._encoder: Encoder = encoder if encoder is not None else vision.default_encoder()
         self._clock = clock or _utcnow
         self._actor = _check_name(actor, "actor") if actor else _default_actor()
         self._lock = threading.RLock()  # guards the index and caches; encoding runs outside it
@@ -425,7 +425,7 @@ class Gallery:
             faces = pool.submit(self._read_faces, admission)
             return lambda: self._commit(admission, faces.result(), allow_duplicate=allow_duplicate, actor=actor)
 
-        with photo_pool(len(rows), partial(encoders.load_models, self._encoder)) as (pool, ahead):
+        with photo_pool(len(rows), partial(vision.load_models, self._encoder)) as (pool, ahead):
             for done, ((number, row), finish) in enumerate(in_order(enumerate(rows), start, ahead), start=1):
                 try:
                     enrolled.append(finish())
@@ -519,7 +519,7 @@ class Gallery:
         self, photos: list[PhotoInput], label: str | None, tolerance: float, policy: dict[str, Any], top_k: int,
         min_face_px: int, actor: str | None,
     ) -> Iterator[MatchResult]:
-        with photo_pool(len(photos), partial(encoders.load_models, self._encoder)) as (pool, ahead):
+        with photo_pool(len(photos), partial(vision.load_models, self._encoder)) as (pool, ahead):
             for number, (photo, probed) in enumerate(in_order(photos, lambda p: pool.submit(self._probe, p, min_face_px), ahead)):
                 if number == 0:  # while the first photos are read: the index and who may be searched
                     self._search_state(label)

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .encoder import DIMENSIONS
+from .vision.types import DIMENSIONS
 from .errors import EngineError
 
 __all__ = ["EXACT_BELOW", "FaceIndex", "IndexParams"]

@@ -19,7 +19,7 @@ from pathlib import Path
 from .consent import Consent, evidence_digest, parse_expiry
 from .errors import ConsentMatchError, InvalidArgumentError, ManifestError
 
-__all__ = ["COLUMNS", "REQUIRED_COLUMNS", "ManifestRow", "open_csv", "read_manifest"]
+__all__ = ["COLUMNS", "REQUIRED_COLUMNS", "ManifestRow", "open_csv", "read_manifest", "resolve_path"]
 
 COLUMNS = ("subject", "photo", "consent_ref", "purposes", "expires", "jurisdiction")
 OPTIONAL_COLUMNS = ("evidence", "signer", "notice_version", "email")
@@ -92,7 +92,7 @@ def _rows(reader: csv.DictReader[str], folder: Path) -> Iterator[ManifestRow]:
         cells = {key: (value or "").strip() for key, value in record.items() if isinstance(key, str)}
         subject, photo = cells.get("subject", ""), cells.get("photo", "")
         if photo:
-            photo = _resolve(photo, folder)
+            photo = resolve_path(photo, folder)
         problem = None
         consent = None
         if not subject:
@@ -127,7 +127,8 @@ def _expiry(cell: str) -> datetime:
         raise InvalidArgumentError(f"'{cell}' is not a usable date: write it as YYYY-MM-DD.") from None
 
 
-def _resolve(path: str, folder: Path) -> str:
+def resolve_path(path: str, folder: Path) -> str:
+    """`path` as written in a CSV: absolute, or relative to the CSV's `folder`."""
     return str(Path(path) if Path(path).is_absolute() else folder / path)
 
 
@@ -137,7 +138,7 @@ def _evidence(cell: str, folder: Path) -> str | None:
         return None
     if re.fullmatch(r"[0-9a-fA-F]{64}", cell):
         return cell.lower()
-    path = _resolve(cell, folder)
+    path = resolve_path(cell, folder)
     try:
         info = os.stat(path)
     except ValueError:  # a NUL in the name

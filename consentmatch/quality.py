@@ -22,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from .encoder import DetectedFace
+from .vision.types import DetectedFace
 from .errors import FaceTooSmallError, InvalidArgumentError, MultipleFacesError, NoFaceError, QualityError
 from .images import Photo
 from .results import Box

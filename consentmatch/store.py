@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 
 from . import audit
 from .consent import Consent
-from .encoder import DIMENSIONS
+from .vision.types import DIMENSIONS
 from .errors import ConsentError, GalleryNotFoundError, StorageError
 from .keys import KeyRing, aead, unseal_with
 from .migrations import APPLICATION_ID, MIGRATIONS

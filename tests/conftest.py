@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from consentmatch import Consent, Gallery
-from consentmatch.encoder import DetectedFace
+from consentmatch.vision.types import DetectedFace
 from consentmatch.images import Photo
 from consentmatch.results import Box
 

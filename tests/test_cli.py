@@ -24,7 +24,7 @@ def run(*args: str | Path, env: dict[str, str] | None = None, input: str | None 
 @pytest.fixture
 def fake_cli(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI's galleries use the fake encoder."""
-    monkeypatch.setattr("consentmatch.encoder.default_encoder", lambda: FakeEncoder())
+    monkeypatch.setattr("consentmatch.vision.default_encoder", lambda settings=None: FakeEncoder())
 
 
 def _lines(text: str) -> list[dict]:  # type: ignore[type-arg]

@@ -462,7 +462,7 @@ def test_export_bundle_has_no_embeddings(gallery: Gallery, tmp_path: Path) -> No
 
 
 def test_compliance_commands(tmp_path: Path, release: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("consentmatch.encoder.default_encoder", lambda: FakeEncoder())
+    monkeypatch.setattr("consentmatch.vision.default_encoder", lambda settings=None: FakeEncoder())
     env = {"CONSENTMATCH_GALLERY": str(tmp_path / "g.db"), "CONSENTMATCH_ACTOR": "ops:jane"}
     runner = CliRunner()
 

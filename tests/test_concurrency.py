@@ -37,8 +37,8 @@ BATCH = 3  # photos per enrollment of the API writer
 
 #: The installed command with the fake encoder: `python -c CLI FOLDER <consentmatch arguments>`.
 CLI = (
-    "import sys; sys.path.insert(0, sys.argv.pop(1)); import crashfake, consentmatch.encoder as e; "
-    "e.default_encoder = lambda: crashfake.FakeEncoder(); from consentmatch.cli import main; main()"
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); import crashfake, consentmatch.vision as e; "
+    "e.default_encoder = lambda settings=None: crashfake.FakeEncoder(); from consentmatch.cli import main; main()"
 )
 
 #: Matches in a loop until the stop file appears; one JSON line per round: what one match
@@ -233,7 +233,7 @@ def write_lock(tmp_path: Path, fake: ModuleType) -> Iterator[tuple[Path, sqlite3
 SHORT_BUSY_CLI = (
     "import sys, sqlite3, functools; sys.path.insert(0, sys.argv.pop(1)); "
     "connect = sqlite3.connect; sqlite3.connect = lambda *a, **k: connect(*a, **{**k, 'timeout': 1}); "
-    "import crashfake, consentmatch.encoder as e; e.default_encoder = lambda: crashfake.FakeEncoder(); "
+    "import crashfake, consentmatch.vision as e; e.default_encoder = lambda settings=None: crashfake.FakeEncoder(); "
     "from consentmatch.cli import main; main()"
 )
 

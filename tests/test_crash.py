@@ -48,7 +48,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from consentmatch.encoder import DetectedFace
+from consentmatch.vision.types import DetectedFace
 from consentmatch.results import Box
 
 VARIANTS = 4

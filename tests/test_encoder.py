@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from consentmatch.encoder import DlibEncoder, default_encoder, frontal_face_detector
+from consentmatch.vision import default_encoder
+from consentmatch.vision.dlib import DlibEncoder, frontal_face_detector
 from consentmatch.images import load_photo
-from consentmatch.onnx_encoder import OnnxEncoder
+from consentmatch.vision.onnx import OnnxEncoder
 
 from .conftest import DATA, EXAMPLES
 

@@ -165,7 +165,7 @@ def test_key_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     from consentmatch.cli import app
 
-    monkeypatch.setattr("consentmatch.encoder.default_encoder", lambda: FakeEncoder())
+    monkeypatch.setattr("consentmatch.vision.default_encoder", lambda settings=None: FakeEncoder())
     runner = CliRunner()
     key = runner.invoke(app, ["key", "generate"]).stdout.strip()
     assert len(bytes.fromhex(key)) == 32

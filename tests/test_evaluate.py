@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from consentmatch import InvalidArgumentError, ManifestError
+from consentmatch import EngineError, InvalidArgumentError, ManifestError
 from consentmatch.cli import app
-from consentmatch.encoder import DetectedFace, Encoder, default_encoder
 from consentmatch.evaluate import (
     Scores,
     calibrate,
@@ -29,6 +28,8 @@ from consentmatch.evaluate import (
     tolerance_for_fmr,
 )
 from consentmatch.images import Photo
+from consentmatch.settings import Settings
+from consentmatch.vision import DetectedFace, Encoder, default_encoder
 
 from .conftest import DATA, EXAMPLES
 
@@ -166,7 +167,7 @@ def scores(cached_encoder: CachedEncoder) -> Scores:
 
 @pytest.fixture
 def cli_encoder(cached_encoder: CachedEncoder, monkeypatch: pytest.MonkeyPatch) -> Iterator[CachedEncoder]:
-    monkeypatch.setattr("consentmatch.encoder.default_encoder", lambda: cached_encoder)
+    monkeypatch.setattr("consentmatch.vision.default_encoder", lambda settings=None: cached_encoder)
     yield cached_encoder
 
 
@@ -196,6 +197,27 @@ def test_photos_without_one_face_are_failures_to_enrol(tmp_path: Path, cached_en
     result = evaluate(scores)
     assert result.fmr is None and result.fnmr == 0.0 and result.eer is None
     assert result.to_dict()["failures_to_enrol"] == 3
+
+
+def test_the_encoder_comes_from_the_settings_given(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CONSENTMATCH_ENCODER", "dlib")  # a valid choice: only the settings' own may be used
+    with pytest.raises(EngineError, match="CONSENTMATCH_ENCODER='cuda' is not a backend"):
+        score_pairs(PAIRS, settings=Settings(encoder="cuda"))
+    (tmp_path / "someone").mkdir()
+    shutil.copy(EXAMPLES / "people" / "obama" / "obama.jpg", tmp_path / "someone")
+    with pytest.raises(EngineError, match="CONSENTMATCH_ENCODER='cuda' is not a backend"):
+        evaluate_identities(tmp_path, settings=Settings(encoder="cuda"))
+
+
+def test_the_evaluation_is_importable_from_consentmatch_evaluate() -> None:
+    # The README's path: consentmatch.evaluate.score_pairs(path), then evaluate(scores, tolerance), plot(...).
+    import consentmatch.evaluate as evaluation
+    from consentmatch import evaluate_metrics, evaluate_plot
+
+    for name in evaluation.__all__:
+        assert getattr(evaluation, name) is not None
+    assert evaluation.evaluate is evaluate_metrics.evaluate and evaluation.plot is evaluate_plot.plot
+    assert set(evaluate_metrics.__all__) <= set(evaluation.__all__)
 
 
 def test_open_set_on_a_folder_per_person(tmp_path: Path, cached_encoder: CachedEncoder) -> None:

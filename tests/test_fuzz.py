@@ -317,14 +317,14 @@ runner = CliRunner()
 
 #: The installed command, with the fake encoder: monkeypatching does not reach a subprocess.
 FAKE_CLI = (
-    "import sys; sys.path.insert(0, '.'); import consentmatch.encoder as e; from tests.conftest import FakeEncoder; "
-    "e.default_encoder = lambda: FakeEncoder(); from consentmatch.cli import main; main()"
+    "import sys; sys.path.insert(0, '.'); import consentmatch.vision as e; from tests.conftest import FakeEncoder; "
+    "e.default_encoder = lambda settings=None: FakeEncoder(); from consentmatch.cli import main; main()"
 )
 
 
 @pytest.fixture
 def fake_cli(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("consentmatch.encoder.default_encoder", lambda: FakeEncoder())
+    monkeypatch.setattr("consentmatch.vision.default_encoder", lambda settings=None: FakeEncoder())
 
 
 def _one_line_exit_1(args: list[str]) -> list[str]:

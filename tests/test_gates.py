@@ -75,7 +75,7 @@ def test_ambiguity_margin(fake_gallery: Gallery, tmp_path: Path) -> None:
 
 
 def test_cli_gates_and_calibrate_stores_the_tolerance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("consentmatch.encoder.default_encoder", lambda: FakeEncoder())
+    monkeypatch.setattr("consentmatch.vision.default_encoder", lambda settings=None: FakeEncoder())
     runner = CliRunner()
     env = {"CONSENTMATCH_GALLERY": str(tmp_path / "g.db")}
     a, b = fake_photo(tmp_path, "a.png", (10, 0)), fake_photo(tmp_path, "b.png", (10, 3))

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from consentmatch import EngineError
-from consentmatch import encoder as encoder_module
-from consentmatch import onnx_encoder
-from consentmatch.dlib_format import Conv, Dense, read_network
-from consentmatch.encoder import RESNET_FILE, DlibEncoder, default_encoder, model_dir
+from consentmatch import EngineError, vision
 from consentmatch.images import load_photo
-from consentmatch.cache import cache_dir
-from consentmatch.onnx_encoder import OnnxEncoder, converted_model
+from consentmatch.settings import Settings
+from consentmatch.vision import default_encoder
+from consentmatch.vision import onnx as onnx_encoder
+from consentmatch.vision.dlib import RESNET_FILE, DlibEncoder, model_dir
+from consentmatch.vision.dlib_format import Conv, Dense, read_network
+from consentmatch.vision.onnx import OnnxEncoder, converted_model
 
 from .conftest import DATA, EXAMPLES
 
@@ -44,7 +44,7 @@ def fast(cache: Path) -> OnnxEncoder:
 @pytest.fixture
 def fresh_default(monkeypatch: pytest.MonkeyPatch, cache: Path) -> Iterator[None]:
     """default_encoder() chooses again (the process-wide one is restored after the test)."""
-    monkeypatch.setattr(encoder_module, "_shared", None)
+    monkeypatch.setattr(vision, "_shared", {})
     monkeypatch.setenv("CONSENTMATCH_CACHE_DIR", str(cache))
     monkeypatch.delenv("CONSENTMATCH_ENCODER", raising=False)
     yield
@@ -142,12 +142,41 @@ def test_default_falls_back_to_dlib_when_the_conversion_fails(fresh_default: Non
     assert np.array_equal(face.encoding, reference.encoding)
 
 
-def test_cache_folder_honours_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("CONSENTMATCH_CACHE_DIR", raising=False)
+def test_cache_folder_honours_the_environment(tmp_path: Path) -> None:
+    assert Settings.from_env({"XDG_CACHE_HOME": str(tmp_path / "xdg")}).cache_dir == tmp_path / "xdg" / "consentmatch"
+    mine = {"XDG_CACHE_HOME": str(tmp_path / "xdg"), "CONSENTMATCH_CACHE_DIR": str(tmp_path / "mine")}
+    assert Settings.from_env(mine).cache_dir == tmp_path / "mine"
+
+
+def test_the_default_encoder_keeps_its_models_in_the_settings_cache(fresh_default: None, tmp_path: Path) -> None:
+    chosen = default_encoder(Settings(cache_dir=tmp_path / "mine"))
+    assert isinstance(chosen, OnnxEncoder) and chosen.backend == "onnx"
+    assert [p.suffix for p in (tmp_path / "mine").glob("*.onnx")] == [".onnx"]
+
+
+def test_one_shared_encoder_per_choice_and_cache(fresh_default: None, cache: Path, tmp_path: Path) -> None:
+    onnx, dlib = Settings(cache_dir=cache, encoder="onnx"), Settings(cache_dir=cache, encoder="dlib")
+    assert default_encoder(onnx) is default_encoder(Settings(cache_dir=cache, encoder="onnx"))
+    assert type(default_encoder(dlib)) is DlibEncoder
+    assert default_encoder(Settings(cache_dir=tmp_path, encoder="dlib")) is not default_encoder(dlib)
+
+
+def test_the_factory_reads_no_environment_when_given_settings(
+    fresh_default: None, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONSENTMATCH_ENCODER", "cuda")  # would be refused if the factory read it
+    assert type(default_encoder(Settings(cache_dir=cache, encoder="dlib"))) is DlibEncoder
+
+
+def test_encoders_without_a_cache_folder_write_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The folder comes from the caller, never from the environment the encoder runs in.
+    monkeypatch.setenv("CONSENTMATCH_CACHE_DIR", str(tmp_path / "env"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert cache_dir() == tmp_path / "xdg" / "consentmatch"
-    monkeypatch.setenv("CONSENTMATCH_CACHE_DIR", str(tmp_path / "mine"))
-    assert cache_dir() == tmp_path / "mine"
+    monkeypatch.chdir(tmp_path)
+    encoder = OnnxEncoder()
+    (face,) = encoder.encode(load_photo(EXAMPLES / "probes" / "obama_small.jpg"), 40)
+    assert encoder.backend == "onnx" and face.encoding.shape == (128,)
+    assert list(tmp_path.iterdir()) == []
 
 
 def _cached(folder: Path) -> tuple[Path, Path]:
@@ -208,15 +237,15 @@ def test_batches_give_the_same_encodings_as_single_chips(fast: OnnxEncoder) -> N
 
 def test_load_models_loads_the_session_and_the_landmarks_before_any_face(cache: Path) -> None:
     loaded = OnnxEncoder(cache=cache)
-    encoder_module.load_models(loaded)
+    vision.load_models(loaded)
     assert loaded._session is not None and loaded._predictor is not None
-    encoder_module.load_models(object())  # type: ignore[arg-type]  # an encoder that cannot preload: nothing to do
+    vision.load_models(object())  # type: ignore[arg-type]  # an encoder that cannot preload: nothing to do
 
 
 def test_a_preload_that_fails_still_fails_the_photo(fresh_default: None, broken_source: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONSENTMATCH_ENCODER", "onnx")
     chosen = default_encoder()
     with pytest.raises(EngineError):
-        encoder_module.load_models(chosen)
+        vision.load_models(chosen)
     with pytest.raises(EngineError, match="set CONSENTMATCH_ENCODER=dlib"):
         chosen.encode(load_photo(EXAMPLES / "probes" / "obama_small.jpg"), 40)

@@ -37,7 +37,7 @@ def test_expected_subjects_are_found(real_gallery: Gallery, row: dict[str, str])
 def test_encodings_equal_face_recognition_for_the_same_box(real_gallery: Gallery) -> None:
     import face_recognition
 
-    from consentmatch.encoder import default_encoder
+    from consentmatch.vision import default_encoder
 
     path = EXAMPLES / "people" / "obama" / "obama2.jpg"
     (ours,) = default_encoder().encode(load_photo(path), 80)
@@ -137,7 +137,7 @@ def test_an_80px_face_is_found_in_a_big_photo(real_gallery: Gallery) -> None:
 
 
 def test_detection_scale() -> None:
-    from consentmatch.encoder import detection_scale
+    from consentmatch.vision.dlib import detection_scale
 
     assert detection_scale(320, 240, 40) == pytest.approx(1.6)  # small probes are upscaled
     assert detection_scale(1600, 1200, 80) == pytest.approx(0.8)  # enrollment: 80 px faces still found

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
 from consentmatch import FaceError, InvalidArgumentError, QualityError
-from consentmatch.encoder import DetectedFace, default_encoder
+from consentmatch.vision import DetectedFace, default_encoder
 from consentmatch.images import Photo, load_photo
 from consentmatch.quality import (
     BARS,

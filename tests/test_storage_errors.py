@@ -33,7 +33,7 @@ runner = CliRunner()
 
 @pytest.fixture(autouse=True)
 def _fake_cli(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("consentmatch.encoder.default_encoder", lambda: FakeEncoder())
+    monkeypatch.setattr("consentmatch.vision.default_encoder", lambda settings=None: FakeEncoder())
 
 
 def _digest(path: Path) -> str:

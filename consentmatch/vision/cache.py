@@ -1,4 +1,7 @@
-"""The cache folder: files derived from the installed models at first use, kept between processes.
+"""The model cache: files derived from the installed models at first use, kept between processes.
+
+The folder is the caller's (`Settings.cache_dir`: $CONSENTMATCH_CACHE_DIR, else
+$XDG_CACHE_HOME/consentmatch, else ~/.cache/consentmatch); this module only reads and writes in it.
 
 Each file sits beside a `.sha256` file (`sha256sum -c` reads it), so a damaged copy is rebuilt
 rather than trusted; files are replaced atomically, so a concurrent reader sees the old file or
@@ -14,19 +17,7 @@ import os
 import threading
 from pathlib import Path
 
-__all__ = ["CACHE_ENV", "cache_dir", "read_checked", "write_checked"]
-
-#: Overrides the cache folder (tests point it at a temporary one).
-CACHE_ENV = "CONSENTMATCH_CACHE_DIR"
-
-
-def cache_dir() -> Path:
-    """$CONSENTMATCH_CACHE_DIR, else $XDG_CACHE_HOME/consentmatch, else ~/.cache/consentmatch."""
-    override = os.environ.get(CACHE_ENV)
-    if override:
-        return Path(override)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "consentmatch"
+__all__ = ["read_checked", "write_checked"]
 
 
 def _checksum_file(target: Path) -> Path:

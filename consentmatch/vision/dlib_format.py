@@ -26,7 +26,7 @@ from typing import Union
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import EngineError
+from ..errors import EngineError
 
 __all__ = [
     "AddPrev",

@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from ..errors import EngineError
+from ..images import Photo
 from . import dlib_format as fmt
 from .cache import read_checked, write_checked
-from .encoder import DIMENSIONS, RESNET_FILE, DlibEncoder, face_chips, model_dir
-from .errors import EngineError
-from .images import Photo
+from .dlib import RESNET_FILE, DlibEncoder, face_chips, model_dir
+from .types import DIMENSIONS
 
 __all__ = ["OnnxEncoder", "convert", "converted_model"]
 
@@ -147,10 +148,10 @@ def _pooled(shape: tuple[int, int, int], window: int, stride: int, padding: int)
     return (1 + (shape[1] + 2 * padding - window) // stride, 1 + (shape[2] + 2 * padding - window) // stride)
 
 
-def converted_model(folder: Path) -> bytes:
+def converted_model(folder: Path | None) -> bytes:
     """dlib's face ResNet as ONNX: from `folder` when its checksum holds, else converted and cached there.
 
-    A folder that cannot be written is skipped: the model is converted again in the next process.
+    A folder that cannot be written, or None, is skipped: the model is converted again in the next process.
 
     Raises:
         EngineError: the dlib model cannot be read or converted.
@@ -160,12 +161,13 @@ def converted_model(folder: Path) -> bytes:
         digest = hashlib.sha256(source.read_bytes()).hexdigest()
     except OSError as exc:
         raise EngineError(f"The face ResNet '{source}' cannot be read ({exc.strerror}): reinstall face_recognition_models.") from None
-    target = folder / f"{source.stem}-{digest[:16]}-c{CONVERTER_VERSION}.onnx"
-    cached = read_checked(target)
+    target = folder / f"{source.stem}-{digest[:16]}-c{CONVERTER_VERSION}.onnx" if folder is not None else None
+    cached = read_checked(target) if target is not None else None
     if cached is not None:
         return cached
     model = convert(fmt.read_network(source))
-    write_checked(target, model)  # a folder that cannot be written: converted again next process
+    if target is not None:
+        write_checked(target, model)  # a folder that cannot be written: converted again next process
     return model
 
 
@@ -177,7 +179,8 @@ class OnnxEncoder(DlibEncoder):
     Runtime's `run` is thread-safe, so only loading the session takes a lock.
 
     Args:
-        cache: the folder for the converted model (and the face detector); `cache_dir()` by default.
+        cache: the folder for the converted model and the face detector (`Settings.cache_dir`);
+            None keeps nothing on disk: the model is converted in memory, once per encoder.
         threads: ONNX Runtime's intra-op threads; by default one per physical core.
         fallback: when the model cannot be converted or loaded, encode with dlib instead of raising.
     """

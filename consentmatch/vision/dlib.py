@@ -6,8 +6,9 @@ landmarks and the 150x150 chip are then taken from the full-resolution photo at 
 boxes, so encodings are those face_recognition computes for the same boxes.
 
 The last step, chip -> encoding, has two backends: dlib's ResNet itself (`DlibEncoder`, the
-reference) and the same network converted to ONNX (`onnx_encoder.OnnxEncoder`, ~20x faster,
-equal within 1e-4). `default_encoder` picks; `CONSENTMATCH_ENCODER=onnx|dlib` forces one.
+reference) and the same network converted to ONNX (`vision.onnx.OnnxEncoder`, ~20x faster,
+equal within 1e-4), which builds on this module (never the other way round).
+`consentmatch.vision.default_encoder` picks one from the settings.
 
 Encoders may be called from several threads at once, and photos are then detected in parallel
 (dlib releases the GIL while it scans); see `DlibEncoder` for what is shared and what is not.
@@ -16,38 +17,31 @@ Encoders may be called from several threads at once, and photos are then detecte
 from __future__ import annotations
 
 import importlib.util
-import os
 import tempfile
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, TypeVar
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from .cache import cache_dir, read_checked, write_checked
-from .errors import EngineError
-from .images import Photo
-from .results import Box
+from ..errors import EngineError
+from ..images import Photo
+from ..results import Box
+from .cache import read_checked, write_checked
+from .types import DIMENSIONS, DetectedFace
 
 __all__ = [
-    "DIMENSIONS",
-    "DetectedFace",
     "DlibEncoder",
-    "Encoder",
-    "default_encoder",
     "detection_scale",
     "face_chips",
     "frontal_face_detector",
-    "load_models",
     "model_dir",
 ]
 
 T = TypeVar("T")
 
-DIMENSIONS = 128
 #: The smallest face dlib's HOG detector finds without upsampling, with a margin: measured
 #: here, faces down to ~54 px are found (its boxes are quantised: 73, 87, 104 px...).
 HOG_MIN_FACE_PX = 64
@@ -62,29 +56,6 @@ MAX_UPSCALE = 2.0
 RESNET_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
-
-
-@dataclass(frozen=True)
-class DetectedFace:
-    """A face found in a photo: its box in the original's coordinates and its encoding."""
-
-    box: Box
-    encoding: NDArray[np.float32]
-    #: dlib's 5 landmarks as (x, y) in the original's pixels: the outer and inner corners of the
-    #: eye on the photo's right, then of the eye on its left, then the base of the nose. None
-    #: from an encoder that gives none (quality checks then skip the pose).
-    landmarks: tuple[tuple[float, float], ...] | None = None
-
-
-class Encoder(Protocol):
-    """Finds faces and encodes them. `DlibEncoder` and `OnnxEncoder` are the real ones; tests may pass a fake."""
-
-    def encode(self, photo: Photo, min_face_px: int) -> list[DetectedFace]:
-        """Every face found, looking down to `min_face_px` wide (original pixels); top-to-bottom order.
-
-        May be called from several threads at once (a gallery encodes several photos in parallel).
-        """
-        ...
 
 
 def detection_scale(width: int, height: int, min_face_px: float) -> float:
@@ -118,11 +89,12 @@ class DlibEncoder:
     under a lock: a dlib network keeps every layer's output in itself.
 
     Args:
-        cache: the folder that keeps dlib's detector between processes; `cache_dir()` by default.
+        cache: the folder that keeps dlib's detector between processes (`Settings.cache_dir`);
+            None keeps nothing on disk, and each thread decodes dlib's built-in detector.
     """
 
     def __init__(self, *, cache: Path | None = None) -> None:
-        self._cache = cache if cache is not None else cache_dir()
+        self._cache = cache
         self._lock = threading.Lock()  # loading the models, and every call of dlib's ResNet
         self._local = threading.local()  # this thread's own detector
         self._predictor: Any = None
@@ -238,20 +210,22 @@ def _loaded(make: Callable[[Any], T]) -> T:
 _detector_file_lock = threading.Lock()
 
 
-def frontal_face_detector(folder: Path) -> Any:
+def frontal_face_detector(folder: Path | None) -> Any:
     """A new instance of dlib's HOG face detector, read from its file in `folder` when cached there.
 
     `dlib.get_frontal_face_detector()` decodes the detector dlib embeds as a string, 0.4-0.75 s
     on every call; reading back the file its `save` wrote takes ~2 ms and finds the same faces
     (a test checks it on real photos). The file is named after dlib's version and checked like
     the converted ResNet (`cache.py`): a damaged copy is rebuilt, not trusted. A folder that
-    cannot be written means decoding dlib's copy each time.
+    cannot be written, or None, means decoding dlib's copy each time.
 
     Raises:
         EngineError: dlib cannot build its detector.
     """
     import dlib
 
+    if folder is None:
+        return _loaded(lambda dlib: dlib.get_frontal_face_detector())
     target = folder / f"frontal_face_detector-dlib{dlib.__version__}.svm"
     with _detector_file_lock:  # one thread builds a missing file; the others then read it
         if read_checked(target) is not None:
@@ -291,43 +265,3 @@ def _box(rect: Any, width: int, height: int, scale: float) -> Box:
     top, right = max(rect.top(), 0), min(rect.right(), width)
     bottom, left = min(rect.bottom(), height), max(rect.left(), 0)
     return Box(round(top * scale), round(right * scale), round(bottom * scale), round(left * scale))
-
-
-def load_models(encoder: Encoder) -> None:
-    """Load what `encoder` needs for its first face, when it can say (dlib's and ONNX's can).
-
-    A photo pool's first task (`pool.photo_pool`): ~0.5 s that one thread spends while the
-    others detect, where it used to stall every thread at its first face.
-    """
-    load = getattr(encoder, "load_models", None)  # not part of `Encoder`: a custom one loads as it likes
-    if load is not None:
-        load()
-
-
-_shared: Encoder | None = None
-_shared_lock = threading.Lock()
-
-
-def default_encoder() -> Encoder:
-    """The process-wide encoder, so models load once per process, on first use.
-
-    The fastest backend that works: dlib's ResNet converted to ONNX (`OnnxEncoder`), else dlib
-    itself when the conversion or ONNX Runtime fails. `CONSENTMATCH_ENCODER=onnx` or `=dlib`
-    forces one (dlib is the reference); a forced onnx that fails raises EngineError.
-
-    Raises:
-        EngineError: CONSENTMATCH_ENCODER names no backend.
-    """
-    global _shared
-    with _shared_lock:
-        if _shared is None:
-            choice = os.environ.get("CONSENTMATCH_ENCODER", "").strip().lower()
-            if choice == "dlib":
-                _shared = DlibEncoder()
-            elif choice in ("onnx", ""):
-                from .onnx_encoder import OnnxEncoder
-
-                _shared = OnnxEncoder(fallback=choice == "")
-            else:
-                raise EngineError(f"CONSENTMATCH_ENCODER={choice!r} is not a backend: use onnx or dlib, or unset it.")
-        return _shared

@@ -1,0 +1,76 @@
+"""Photo -> faces -> 128-d encodings: the shared types, the encoders, and the factory that picks one.
+
+- `types`: `DIMENSIONS`, `DetectedFace`, the `Encoder` protocol (no Pillow, dlib or ONNX Runtime).
+- `dlib`: dlib's detector, landmarks and face ResNet (`DlibEncoder`, the reference).
+- `onnx`: the same ResNet converted to ONNX (`OnnxEncoder`, ~20x faster); it builds on `dlib`.
+- `dlib_format`: reads dlib's model file; `cache`: the checked files of the model cache.
+
+Importing this package loads none of them but `types`: `default_encoder` imports the backend it
+picks, so `consentmatch --help` stays free of model libraries.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from ..errors import EngineError
+from ..settings import Settings
+from .types import DIMENSIONS, DetectedFace, Encoder
+
+__all__ = ["DIMENSIONS", "BACKENDS", "DetectedFace", "Encoder", "default_encoder", "load_models"]
+
+#: The encoder choices `Settings.encoder` may name; empty picks the fastest that works.
+BACKENDS = ("onnx", "dlib")
+
+_shared: dict[tuple[str, Path | None], Encoder] = {}
+_shared_lock = threading.Lock()
+
+
+def default_encoder(settings: Settings | None = None) -> Encoder:
+    """The process-wide encoder for these settings, so models load once per process, on first use.
+
+    The fastest backend that works: dlib's ResNet converted to ONNX (`OnnxEncoder`), else dlib
+    itself when the conversion or ONNX Runtime fails. `settings.encoder` ("onnx" or "dlib", from
+    CONSENTMATCH_ENCODER) forces one (dlib is the reference); a forced onnx that fails raises
+    EngineError. Converted models are kept in `settings.cache_dir`. One encoder is shared per
+    (choice, cache folder): settings that differ in either get their own.
+
+    Args:
+        settings: where the choice and the cache folder come from; `Settings.from_env()` by default.
+
+    Raises:
+        EngineError: the settings name no backend.
+    """
+    settings = settings if settings is not None else Settings.from_env()
+    choice = settings.encoder.strip().lower()
+    if choice and choice not in BACKENDS:
+        raise EngineError(f"CONSENTMATCH_ENCODER={choice!r} is not a backend: use onnx or dlib, or unset it.")
+    key = (choice, settings.cache_dir)
+    with _shared_lock:
+        encoder = _shared.get(key)
+        if encoder is None:
+            encoder = _shared[key] = _new_encoder(choice, settings.cache_dir)
+        return encoder
+
+
+def _new_encoder(choice: str, cache: Path | None) -> Encoder:
+    """The backend named by `choice` (a member of BACKENDS, or empty), imported only now."""
+    if choice == "dlib":
+        from .dlib import DlibEncoder
+
+        return DlibEncoder(cache=cache)
+    from .onnx import OnnxEncoder
+
+    return OnnxEncoder(cache=cache, fallback=choice == "")
+
+
+def load_models(encoder: Encoder) -> None:
+    """Load what `encoder` needs for its first face, when it can say (dlib's and ONNX's can).
+
+    A photo pool's first task (`pool.photo_pool`): ~0.5 s that one thread spends while the
+    others detect, where it used to stall every thread at its first face.
+    """
+    load = getattr(encoder, "load_models", None)  # not part of `Encoder`: a custom one loads as it likes
+    if load is not None:
+        load()
