@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import ConsentMatchError, InvalidArgumentError
-from .policy import PROBE_MIN_FACE_PX
+from .policy import POLICY, PROBE_MIN_FACE_PX
 
 if TYPE_CHECKING:
     from .consent import Consent
@@ -576,7 +576,7 @@ def _print_consents(records: list[ConsentRecord], as_json: bool) -> None:
 
 # -- policy, retention, opt-out --------------------------------------------------------------
 
-policy_app = typer.Typer(help="The gallery's policy: require_purpose, excluded_regions, tolerance.", no_args_is_help=True)
+policy_app = typer.Typer(help=f"The gallery's policy: {', '.join(k.name for k in POLICY)}.", no_args_is_help=True)
 app.add_typer(policy_app, name="policy")
 
 
@@ -591,18 +591,22 @@ def policy_show(gallery: GalleryOption, as_json: JsonOption = False) -> None:
     _print_policy(policy, as_json)
 
 
-@policy_app.command("set")
+_POLICY_KEYS = "\n\n".join(f"- `{k.name}` (default `{json.dumps(k.default)}`): {k.help}." for k in POLICY)
+
+
+@policy_app.command("set", help=f"""Change one policy key (audited).
+
+{_POLICY_KEYS}
+
+**Example:** `consentmatch policy set excluded_regions US-IL,US-TX -g visitors.db`
+""")
 def policy_set(
-    key: Annotated[str, typer.Argument(help="require_purpose, excluded_regions or tolerance.")],
-    value: Annotated[str, typer.Argument(help="true/false; comma-separated ISO 3166 codes (\"\" for none); a number.")],
+    key: Annotated[str, typer.Argument(help=f"One of: {', '.join(k.name for k in POLICY)}.")],
+    value: Annotated[str, typer.Argument(help="true/false; comma-separated ISO 3166 codes (\"\" for none); a number; a level.")],
     gallery: GalleryOption,
     actor: ActorOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Change one policy key (audited).
-
-    **Example:** `consentmatch policy set excluded_regions US-IL,US-TX -g visitors.db`
-    """
     with _errors(), _gallery(gallery, actor) as g:
         policy = g.set_policy(key, value)
     _print_policy(policy, as_json)

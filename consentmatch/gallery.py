@@ -60,9 +60,10 @@ from .policy import (
     check_tolerance,
     check_top_k,
     default_policy,
-    destroy_by,
     parse_policy_value,
 )
+from .retention import destroy_by
+from .settings import Settings
 from .pool import in_order, photo_pool
 from .quality import check_quality, single_face
 from .results import (
@@ -322,7 +323,7 @@ class Gallery:
         batch = [photos] if isinstance(photos, (str, bytes, os.PathLike)) else list(photos)
         if not batch:
             raise InvalidArgumentError(f"No photos given for '{name}': name at least one photo of the person.")
-        policy = default_policy()
+        policy = default_policy(Settings.from_env().quality)
         if self._store.exists():
             with self._lock, self._store.read() as conn:
                 self._check_enrollable(conn, name, consent, email, now)
@@ -748,7 +749,7 @@ class Gallery:
     def policy(self) -> dict[str, Any]:
         """The gallery's policy: `require_purpose`, `excluded_regions`, `tolerance`."""
         if not self._store.exists():
-            return default_policy()
+            return default_policy(Settings.from_env().quality)
         with self._lock, self._store.read() as conn:
             return Store.policy(conn)
 

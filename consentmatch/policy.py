@@ -1,45 +1,37 @@
-"""Rules and defaults: tolerance, face sizes, the gallery policy keys, retention by jurisdiction.
+"""Rules and defaults: tolerance, face sizes, and the gallery policy, declared once as a table.
 
-Retention (`destroy_by`) follows the statute of the subject's jurisdiction; the earliest date
-of the rules that apply wins:
-
-- US-IL, BIPA 740 ILCS 14/15(a): when the purpose is satisfied (the consent's end), or 3 years
-  after the subject's last interaction (enrollment, or a match or verify that returned them).
-- US-TX, CUBI Bus. & Com. Code 503.001(c)(3): 1 year after the purpose ends.
-- US-WA, RCW 19.375.020(4), GDPR Art. 5(1)(e) and everywhere else: the consent's term.
-- No jurisdiction recorded: the strictest of all of them.
-
-A subject is kept as long as one of their unrevoked consents justifies it.
+`POLICY` holds one `PolicyKey` per key (name, default, parser, help). It drives validation
+(`parse_policy_value`), `consentmatch policy show` and `policy set --help`, and the README's
+table (a test keeps the README in step).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any
 
 from .errors import InvalidArgumentError
 
 __all__ = [
     "DEFAULT_MAX_TOP_K",
-    "DEFAULT_POLICY",
     "DEFAULT_TOLERANCE",
     "DEFAULT_TOP_K",
     "ENROLL_MIN_FACE_PX",
     "EVIDENCE_REQUIRED",
+    "POLICY",
     "PROBE_MIN_FACE_PX",
-    "ConsentTerm",
+    "QUALITY_SETTINGS",
+    "PolicyKey",
     "check_min_face",
     "check_policy_top_k",
     "check_tolerance",
-    "default_policy",
     "check_top_k",
-    "destroy_by",
+    "default_policy",
     "parse_policy_value",
+    "policy_table",
 ]
 
 #: dlib's own threshold for its 128-d model: "Lower is more strict. 0.6 is typical best performance."
@@ -59,28 +51,7 @@ EVIDENCE_REQUIRED = {"US-IL": "BIPA 740 ILCS 14/15(b)(3)", "US-TX": "CUBI 503.00
 DEFAULT_DUPLICATE_TOLERANCE = 0.5
 QUALITY_SETTINGS = ("off", "low", "medium", "high")
 
-#: A gallery's policy keys and their defaults (`consentmatch policy show`).
-DEFAULT_POLICY: dict[str, Any] = {
-    "require_purpose": True,  # match/verify must name a purpose
-    "excluded_regions": [],  # ISO 3166 codes where enrollment photos may not have been taken
-    "tolerance": DEFAULT_TOLERANCE,  # the default tolerance of match and verify
-    "ambiguity_margin": 0.0,  # two best subjects closer than this: "ambiguous", no identity (0: off)
-    "duplicate_tolerance": DEFAULT_DUPLICATE_TOLERANCE,  # enrollment refused if another subject is this near
-    "quality": "medium",  # the quality bar (off, low, medium, high); CONSENTMATCH_QUALITY sets the default
-    "max_top_k": DEFAULT_MAX_TOP_K,  # the most subjects match lists per face: no browsing a purpose's roster
-}
-
-
-def default_policy() -> dict[str, Any]:
-    """The defaults, with CONSENTMATCH_QUALITY read at call time."""
-    policy = dict(DEFAULT_POLICY)
-    configured = os.environ.get("CONSENTMATCH_QUALITY", "").strip().lower()
-    if configured in QUALITY_SETTINGS:
-        policy["quality"] = configured
-    return policy
-
 _REGION = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")
-_YEAR = timedelta(days=365)
 
 
 def check_tolerance(tolerance: float) -> float:
@@ -116,105 +87,121 @@ def check_min_face(min_face_px: int) -> int:
     return min_face_px
 
 
+# -- parsers: a CLI string or a Python value in, the stored JSON value out --------------------
+
+
+def _boolean(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise InvalidArgumentError(f"{key} takes true or false, not {value!r}.")
+
+
+def _regions(key: str, value: Any) -> list[str]:
+    items = value.replace(";", ",").split(",") if isinstance(value, str) else list(value)
+    regions = sorted({str(item).strip().upper() for item in items if str(item).strip()})
+    bad = [r for r in regions if not _REGION.match(r)]
+    if bad:
+        raise InvalidArgumentError(f"{', '.join(bad)}: not ISO 3166 codes; write e.g. US-IL,US-TX or FR.")
+    return regions
+
+
+def _number(key: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"{key} takes a number such as 0.6, not {value!r}.") from None
+    return number
+
+
+def _distance(key: str, value: Any) -> float:
+    return check_tolerance(_number(key, value))
+
+
+def _margin(key: str, value: Any) -> float:
+    number = _number(key, value)
+    if not (math.isfinite(number) and 0 <= number < 2):
+        raise InvalidArgumentError(f"{key} takes a distance in [0, 2), e.g. 0.05 (0 turns it off), not {value!r}.")
+    return number
+
+
+def _quality(key: str, value: Any) -> str:
+    level = str(value).strip().lower()
+    if level not in QUALITY_SETTINGS:
+        raise InvalidArgumentError(f"{key} takes one of {', '.join(QUALITY_SETTINGS)}, not {value!r}.")
+    return level
+
+
+def _top_k_limit(key: str, value: Any) -> int:
+    try:
+        limit = int(str(value).strip()) if not isinstance(value, bool) else 0
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= 1000:
+        raise InvalidArgumentError(f"{key} takes a whole number from 1 to 1000, e.g. 10, not {value!r}.")
+    return limit
+
+
+@dataclass(frozen=True)
+class PolicyKey:
+    """One policy key: its default (as stored, JSON), how a given value is checked, what it does."""
+
+    name: str
+    default: Any
+    parse: Callable[[str, Any], Any]
+    help: str
+
+
+POLICY: tuple[PolicyKey, ...] = (
+    PolicyKey("require_purpose", True, _boolean,
+              "match and verify must name a purpose (GDPR Art. 9: consent is for specified purposes)"),
+    PolicyKey("excluded_regions", [], _regions,
+              "ISO 3166 codes (e.g. US-IL) where enrollment photos may not have been taken, by EXIF GPS"),
+    PolicyKey("tolerance", DEFAULT_TOLERANCE, _distance,
+              "the default tolerance of match and verify: the largest distance counted as the same person"),
+    PolicyKey("ambiguity_margin", 0.0, _margin,
+              "two best subjects closer than this are \"ambiguous\" and no identity is given (0: off)"),
+    PolicyKey("duplicate_tolerance", DEFAULT_DUPLICATE_TOLERANCE, _distance,
+              "an enrollment is refused when another subject's template is this near"),
+    PolicyKey("quality", "medium", _quality,
+              "the quality bar of enrollment photos: off, low, medium or high (CONSENTMATCH_QUALITY sets the default)"),
+    PolicyKey("max_top_k", DEFAULT_MAX_TOP_K, _top_k_limit,
+              "the most subjects match lists per face: no browsing a purpose's roster"),
+)
+_KEYS = {key.name: key for key in POLICY}
+
+
+def default_policy(quality: str | None = None) -> dict[str, Any]:
+    """The defaults; `quality` (Settings.quality, from CONSENTMATCH_QUALITY) overrides the bar's."""
+    policy = {key.name: key.default for key in POLICY}
+    if quality in QUALITY_SETTINGS:
+        policy["quality"] = quality
+    return policy
+
+
 def parse_policy_value(key: str, value: Any) -> Any:
     """A policy value checked and normalised; strings (from the CLI) are parsed.
 
     Raises:
         InvalidArgumentError: unknown key or bad value.
     """
-    if key not in DEFAULT_POLICY:
-        raise InvalidArgumentError(f"'{key}' is not a policy key: use one of {', '.join(sorted(DEFAULT_POLICY))}.")
-    if key == "require_purpose":
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("true", "yes", "on", "1"):
-            return True
-        if text in ("false", "no", "off", "0"):
-            return False
-        raise InvalidArgumentError(f"require_purpose takes true or false, not {value!r}.")
-    if key == "excluded_regions":
-        items = value.replace(";", ",").split(",") if isinstance(value, str) else list(value)
-        regions = sorted({str(item).strip().upper() for item in items if str(item).strip()})
-        bad = [r for r in regions if not _REGION.match(r)]
-        if bad:
-            raise InvalidArgumentError(f"{', '.join(bad)}: not ISO 3166 codes; write e.g. US-IL,US-TX or FR.")
-        return regions
-    if key == "max_top_k":
-        try:
-            limit = int(str(value).strip()) if not isinstance(value, bool) else 0
-        except ValueError:
-            limit = 0
-        if not 1 <= limit <= 1000:
-            raise InvalidArgumentError(f"max_top_k takes a whole number from 1 to 1000, e.g. 10, not {value!r}.")
-        return limit
-    if key == "quality":
-        level = str(value).strip().lower()
-        if level not in QUALITY_SETTINGS:
-            raise InvalidArgumentError(f"quality takes one of {', '.join(QUALITY_SETTINGS)}, not {value!r}.")
-        return level
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InvalidArgumentError(f"{key} takes a number such as 0.6, not {value!r}.") from None
-    if key == "ambiguity_margin":
-        if not (math.isfinite(number) and 0 <= number < 2):
-            raise InvalidArgumentError(f"ambiguity_margin takes a distance in [0, 2), e.g. 0.05 (0 turns it off), not {value!r}.")
-        return number
-    return check_tolerance(number)
+    declared = _KEYS.get(key)
+    if declared is None:
+        raise InvalidArgumentError(f"'{key}' is not a policy key: use one of {', '.join(sorted(_KEYS))}.")
+    return declared.parse(key, value)
 
 
-@dataclass(frozen=True)
-class ConsentTerm:
-    """What retention needs of one unrevoked consent."""
-
-    jurisdiction: str | None
-    expires_at: datetime | None
+def policy_table() -> str:
+    """The keys as a Markdown table: the README's, and `policy set --help`'s."""
+    rows = [f"| `{k.name}` | `{_json(k.default)}` | {k.help} |" for k in POLICY]
+    return "\n".join(["| key | default | what it does |", "| --- | --- | --- |", *rows])
 
 
-def destroy_by(
-    terms: Sequence[ConsentTerm], enrolled_at: datetime, last_interaction: datetime | None
-) -> tuple[datetime | None, str]:
-    """When a subject's templates must be destroyed, and the rule that says so.
+def _json(value: Any) -> str:
+    import json
 
-    Returns (None, reason) when no rule sets a date (a consent without an end, outside BIPA).
-    With no unrevoked consent the date is the enrollment itself: nothing justifies keeping them.
-    """
-    if not terms:
-        return enrolled_at, "no unrevoked consent"
-    interaction = max(enrolled_at, last_interaction or enrolled_at)
-    # Each consent justifies keeping the templates until its own date; the latest one wins.
-    dates = [_consent_deadline(term, interaction) for term in terms]
-    if any(date is None for date, _ in dates):
-        return None, next(rule for date, rule in dates if date is None)
-    return max(((d, r) for d, r in dates if d is not None), key=lambda pair: pair[0])
-
-
-def _later(moment: datetime, years: int) -> datetime:
-    """`years` after `moment`, saturating at the end of representable time (a consent to 9999)."""
-    try:
-        return moment + years * _YEAR
-    except OverflowError:
-        return datetime.max.replace(tzinfo=moment.tzinfo)
-
-
-def _consent_deadline(term: ConsentTerm, interaction: datetime) -> tuple[datetime | None, str]:
-    code = term.jurisdiction or ""
-    bipa = (_later(interaction, 3), "BIPA 15(a): 3 years after the last interaction")
-    end = (term.expires_at, "end of the consented purpose") if term.expires_at else None
-    if code == "US-IL":
-        candidates = [bipa] + ([end] if end else [])
-    elif code == "US-TX":
-        if not term.expires_at:
-            return None, "CUBI 503.001(c)(3): purpose has no end date"
-        candidates = [(_later(term.expires_at, 1), "CUBI 503.001(c)(3): 1 year after the purpose ends")]
-    elif code:
-        if not end:
-            return None, f"{code}: consent has no end date"
-        candidates = [(end[0], f"{code}: end of the consent's term")]
-    else:  # no jurisdiction recorded: the strictest rule
-        candidates = [(bipa[0], "strictest (no jurisdiction): 3 years after the last interaction")]
-        if end:
-            candidates.append((end[0], "strictest (no jurisdiction): end of the consented purpose"))
-    date, rule = min(candidates, key=lambda pair: pair[0] or datetime.max)
-    return date, rule
+    return json.dumps(value)

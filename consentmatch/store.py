@@ -30,7 +30,9 @@ from .vision.types import DIMENSIONS
 from .errors import ConsentError, GalleryNotFoundError, StorageError
 from .keys import KeyRing, aead, unseal_with
 from .migrations import APPLICATION_ID, MIGRATIONS
-from .policy import ConsentTerm, default_policy, destroy_by
+from .policy import default_policy
+from .retention import ConsentTerm, destroy_by
+from .settings import Settings
 from .results import Box, ConsentRecord, SubjectInfo
 
 __all__ = ["Searchable", "Store", "record_rotation", "rotation_event"]
@@ -691,7 +693,7 @@ class Store:
     @staticmethod
     def policy(conn: sqlite3.Connection) -> dict[str, Any]:
         stored = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM policy")}
-        return {key: stored.get(key, default) for key, default in default_policy().items()}
+        return {key: stored.get(key, default) for key, default in default_policy(Settings.from_env().quality).items()}
 
     @staticmethod
     def set_policy(conn: sqlite3.Connection, key: str, value: Any) -> None:

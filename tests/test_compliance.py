@@ -27,7 +27,7 @@ from consentmatch import (
 )
 from consentmatch.cli import app
 from consentmatch.consent import evidence_digest
-from consentmatch.policy import ConsentTerm, destroy_by
+from consentmatch.retention import ConsentTerm, destroy_by
 
 from .conftest import FakeEncoder, fake_photo
 
