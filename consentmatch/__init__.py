@@ -23,6 +23,7 @@ from .errors import (
     QualityError,
     StorageError,
     SubjectNotFoundError,
+    TamperingError,
 )
 from .results import (
     AuditCheck,
@@ -92,6 +93,7 @@ __all__ = [
     "StorageError",
     "SubjectInfo",
     "SubjectNotFoundError",
+    "TamperingError",
     "Verification",
     "__version__",
 ]
