@@ -337,3 +337,27 @@ def test_a_forged_purpose_with_real_photos(real_gallery_path: Path) -> None:
         result = gallery.match(EXAMPLES / "probes" / "obama1.jpg", purpose="staff-access")
         assert result.faces[0].subject == "obama"
         assert np.isfinite(result.faces[0].distance or np.nan)
+
+
+def test_two_processes_binding_an_old_gallery_at_once_agree(tmp_path: Path) -> None:
+    """Both opens bind (or find it bound), under one MAC key; neither leaves a row failing."""
+    import os
+    import subprocess
+    import sys
+
+    path, _ = _old_gallery(tmp_path, "dora@example.com")
+    code = (
+        "import sys\nfrom consentmatch import Gallery\n"
+        "with Gallery(sys.argv[1], key_dir=sys.argv[2], encoder=object()) as g:\n"
+        "    print(sorted(c.reference for c in g.consents()))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    runs = [subprocess.Popen([sys.executable, "-c", code, str(path), str(tmp_path / "keys")], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for run in runs:
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 0, err
+        assert out.strip() == "['R1', 'R2']"
+    with _gallery(path) as gallery:
+        assert gallery.verify_audit().intact
+        assert gallery.match(fake_photo(tmp_path, "a.png", (10, 0)), purpose="door").faces[0].subject == "alice"
