@@ -94,10 +94,13 @@ def fill_store(path: Path, rows: NDArray[np.float32]) -> None:
                     person = row // PER_SUBJECT
                     if row % PER_SUBJECT == 0:
                         purposes = [PURPOSE, SUBSET_PURPOSE] if person % SUBSET_EVERY == 0 else [PURPOSE]
-                        subject_id = Store.ensure_subject(conn, f"person-{person:08d}", now)
+                        subject_id = store.ensure_subject(conn, f"person-{person:08d}", now)
                         consent = Consent(f"FORM-{person:08d}", purposes)
                         consent_id = Store.record_consent(conn, subject_id, consent, now)
+                        store.seal_consent(conn, consent_id)
                     store.add_template(conn, subject_id, consent_id, rows[row], f"{row:064x}", box, now)
+                    if row % PER_SUBJECT == 0:
+                        store.seal_subject(conn, subject_id)  # its MAC covers the data key id its first template made
                 if keys is not None:
                     keys.execute("COMMIT")  # the keys before the templates they open
     finally:

@@ -24,6 +24,7 @@ from .errors import (
     QualityError,
     StorageError,
     SubjectNotFoundError,
+    TamperingError,
 )
 from .results import (
     AuditCheck,
@@ -94,6 +95,7 @@ __all__ = [
     "StorageError",
     "SubjectInfo",
     "SubjectNotFoundError",
+    "TamperingError",
     "Verification",
     "__version__",
 ]

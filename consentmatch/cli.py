@@ -192,7 +192,7 @@ def enroll(
         Optional[str], typer.Option("--notice-version", help="Version of the written notice the person was shown.")
     ] = None,
     email: Annotated[
-        Optional[str], typer.Option("--email", help="The person's e-mail: checked against opt-outs, kept as a salted hash.")
+        Optional[str], typer.Option("--email", help="The person's e-mail: checked against opt-outs, kept as a keyed hash.")
     ] = None,
     quality: QualityOption = None,
     allow_duplicate: DuplicateOption = False,
@@ -480,7 +480,7 @@ def consent_grant(
         Optional[Path], typer.Option("--evidence", help="The signed release file; only its SHA-256 is kept.")
     ] = None,
     notice_version: Annotated[Optional[str], typer.Option("--notice-version", help="Notice shown to the person.")] = None,
-    email: Annotated[Optional[str], typer.Option("--email", help="Checked against opt-outs; kept as a salted hash.")] = None,
+    email: Annotated[Optional[str], typer.Option("--email", help="Checked against opt-outs; kept as a keyed hash.")] = None,
     actor: ActorOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -664,11 +664,11 @@ def purge(
     out.print(f"Purged {len(receipts)} subject(s).")
 
 
-optout_app = typer.Typer(help="The do-not-enroll registry: subject references or e-mails (salted hashes).",
+optout_app = typer.Typer(help="The do-not-enroll registry: subject references or e-mails (keyed hashes).",
                          no_args_is_help=True)
 app.add_typer(optout_app, name="optout")
 SubjectKey = Annotated[Optional[str], typer.Option("--subject", "-s", help="The customer's reference for the person.")]
-EmailKey = Annotated[Optional[str], typer.Option("--email", help="The person's e-mail (stored only as a salted hash).")]
+EmailKey = Annotated[Optional[str], typer.Option("--email", help="The person's e-mail (stored only as a keyed hash).")]
 
 
 @optout_app.command("add")
@@ -715,7 +715,7 @@ def optout_remove(
 
 @optout_app.command("list")
 def optout_list(gallery: GalleryOption, as_json: JsonOption = False) -> None:
-    """List the do-not-enroll registry (e-mails appear as salted hashes).
+    """List the do-not-enroll registry (e-mails appear as hashes).
 
     **Example:** `consentmatch optout list -g visitors.db`
     """
@@ -738,12 +738,13 @@ def optout_list(gallery: GalleryOption, as_json: JsonOption = False) -> None:
 def audit_(
     gallery: GalleryOption,
     subject: Annotated[Optional[str], typer.Option("--subject", "-s", help="Only events naming this person.")] = None,
-    check: Annotated[bool, typer.Option("--verify", help="Walk the hash chain: exit 0 intact, 1 broken.")] = False,
+    check: Annotated[bool, typer.Option("--verify", help="Walk the hash chain and check every record: exit 0 intact, 1 broken.")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """The audit trail: who did what, when, for which purpose. Never an image or an embedding.
 
-    With --verify, walks the hash chain and names the first edited, deleted or inserted event.
+    With --verify, walks the hash chain and names the first edited, deleted or inserted event,
+    then checks every subject, consent and template for edits made outside consentmatch.
 
     **Example:** `consentmatch audit -g visitors.db --verify`
     """
@@ -757,6 +758,8 @@ def audit_(
             _json(result.to_dict())
         elif result.intact:
             out.print(f"Audit trail intact: {result.events} event(s), head {result.head}.")
+        if not result.intact and result.broken_at is None:  # the chain holds, a subject or consent row does not
+            _fail(f"Gallery tampered: {result.problem}: restore the gallery from a backup.")
         if not result.intact:
             _fail(f"Audit trail broken at event {result.broken_at}: {result.problem}.")
         return

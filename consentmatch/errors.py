@@ -15,6 +15,7 @@
     ├── PolicyError               the gallery's policy forbids the call (e.g. a photo taken in an excluded region)
     ├── InvalidArgumentError      a bad value passed to the API (subject name, purpose, tolerance)
     ├── StorageError              SQLite failed: locked, read-only, disk full, corrupt
+    │   └── TamperingError        a row fails its integrity check: the file was edited outside consentmatch
     ├── EncryptionKeyError        the gallery key or its data keys are missing or wrong
     └── EngineError               a native engine (dlib, ONNX Runtime, FAISS) failed
 
@@ -42,6 +43,7 @@ __all__ = [
     "QualityError",
     "StorageError",
     "SubjectNotFoundError",
+    "TamperingError",
 ]
 
 
@@ -116,6 +118,17 @@ class InvalidArgumentError(ConsentMatchError, ValueError):
 
 class StorageError(ConsentMatchError):
     """The gallery's SQLite file could not be read or written."""
+
+
+class TamperingError(StorageError):
+    """A row of the gallery fails its integrity check (MAC or sealed binding): the file was edited outside consentmatch.
+
+    `row` names it, e.g. "the consent record 'FORM-1'".
+    """
+
+    def __init__(self, message: str, row: str | None = None) -> None:
+        super().__init__(message)
+        self.row = row
 
 
 class EncryptionKeyError(ConsentMatchError):

@@ -13,8 +13,6 @@ quality) runs on a thread pool, a few photos ahead; the store work stays in inpu
 from __future__ import annotations
 
 import getpass
-import hashlib
-import hmac
 import math
 import os
 import sqlite3
@@ -184,7 +182,7 @@ class Gallery:
             subject: the person it covers.
             consent: the record; in US-IL and US-TX it must carry `evidence_sha256`.
             email: the person's e-mail, checked against the opt-out registry and kept only as a
-                salted hash, so a later e-mail opt-out finds them.
+                keyed hash (under the gallery's MAC key), so a later e-mail opt-out finds them.
 
         Raises:
             ConsentError: expired, opted out, missing evidence, or a reference of another subject.
@@ -196,7 +194,7 @@ class Gallery:
             with self._store.write(create=True) as conn:
                 before = Store.generation(conn)
                 self._record(conn, name, consent, email, now, self._who(actor))
-                (record,) = Store.consent_records(conn, now, reference=consent.reference)
+                (record,) = self._store.consent_records(conn, now, reference=consent.reference)
             self._synced(before)
         return record
 
@@ -207,7 +205,7 @@ class Gallery:
             ConsentError: no consent has this reference.
         """
         with self._lock, self._store.read() as conn:
-            records = Store.consent_records(conn, self._now(), reference=reference)
+            records = self._store.consent_records(conn, self._now(), reference=reference)
         if not records:
             raise ConsentError(f"No consent has the reference '{reference}': check it with `consentmatch consent list`.")
         return records[0]
@@ -218,7 +216,7 @@ class Gallery:
             return []
         with self._lock, self._store.read() as conn:
             subject_id = self._subject_id(conn, _check_name(subject, "subject name")) if subject else None
-            return Store.consent_records(conn, self._now(), subject_id=subject_id)
+            return self._store.consent_records(conn, self._now(), subject_id=subject_id)
 
     def revoke_consent(self, reference: str, *, actor: str | None = None) -> Erasure:
         """Revoke a consent: the subject's templates are erased at once; the record stays as a tombstone.
@@ -358,9 +356,11 @@ class Gallery:
                     reference = consent.reference
                 else:
                     subject_id, consent_id, reference = self._existing_consent(conn, name, consent, now)
-                ids = [self._store.add_template(conn, subject_id, consent_id, f.encoding, sha, f.box, now) for sha, f in faces]
-                total = Store.template_count(conn, subject_id)
-                self._refresh_retention(conn, subject_id, now)
+                with self._store.renewing(conn, subject_id, strict=True):
+                    ids = [self._store.add_template(conn, subject_id, consent_id, f.encoding, sha, f.box, now)
+                           for sha, f in faces]
+                    total = Store.template_count(conn, subject_id)
+                    self._refresh_retention(conn, subject_id, now)
                 audit.append(conn, at=now, actor=self._who(actor), action="enroll", subject=name,
                              details={"consent": reference, "templates_added": len(ids), "templates_total": total})
             vectors = np.stack([f.encoding for _, f in faces])
@@ -473,6 +473,8 @@ class Gallery:
             ImageError: the probe cannot be read (recorded in the audit trail as a refused match).
             GalleryNotFoundError: no gallery file.
             InvalidArgumentError: no purpose where the policy requires one; top_k over `max_top_k`.
+            TamperingError: a subject it would return (name, consents, template) was edited
+                outside consentmatch.
         """
         top_k, min_face_px = check_top_k(top_k), check_min_face(min_face_px)
         label, tolerance, policy = self._search_terms(purpose, tolerance)
@@ -552,14 +554,17 @@ class Gallery:
                 positions = np.searchsorted(searchable.template_ids, np.maximum(ids, 0))
                 owners = searchable.subject_ids[np.minimum(positions, len(searchable.subject_ids) - 1)]
                 nearest = [_distinct(owners[row], distances[row], ids[row], top_k) for row in range(len(faces))]
-                names = Store.subject_names(conn, sorted({s for row in nearest for s, _ in row}))
+                names = Store.subject_names(conn, sorted({s for row in nearest for s, _, _ in row}))
+                # Each subject shown, as consentmatch wrote it (name, consents, the template found):
+                # a few checks per search, whatever the size of the gallery.
+                self._store.check_found(conn, sorted({(s, t) for row in nearest for s, _, t in row}))
             else:
                 nearest, names = [[] for _ in faces], {}
         results = []
         matched: dict[int, str] = {}
         margin = float(policy["ambiguity_margin"])
         for face, row in zip(faces, nearest):
-            candidates = tuple(Candidate(names[s], _shown(d, tolerance)) for s, d in row)
+            candidates = tuple(Candidate(names[s], _shown(d, tolerance)) for s, d, _ in row)
             within = bool(row) and row[0][1] <= tolerance
             # Two subjects nearly as close: naming either would be a guess.
             ambiguous = within and margin > 0 and len(row) > 1 and row[1][1] - row[0][1] < margin
@@ -601,14 +606,17 @@ class Gallery:
             NoActiveEnrollmentError: not enrolled, or no active consent for `purpose` (both a
                 ConsentError and a SubjectNotFoundError, as each case raised before).
             ImageError, NoFaceError, MultipleFacesError: the probe must hold exactly one face.
+            TamperingError: the subject, its consents or templates were edited outside consentmatch.
         """
         name, min_face_px = _check_name(subject, "subject name"), check_min_face(min_face_px)
         label, tolerance, policy = self._search_terms(purpose, tolerance)
         with self._refusals("verify", name, label, actor):
             with self._lock, self._store.read() as conn:  # consent first: no biometric work without it
                 subject_id = Store.subject_id(conn, name)
-                if subject_id is not None and not self._enrolled_for(conn, subject_id, label):
-                    subject_id = None
+                if subject_id is not None:
+                    self._store.check_subject(conn, subject_id)  # its name and consents, as consentmatch wrote them
+                    if not self._enrolled_for(conn, subject_id, label):
+                        subject_id = None
             if subject_id is None:
                 raise _not_enrolled(name, label)
             decoded = load_photo(photo)
@@ -658,7 +666,7 @@ class Gallery:
             return []
         now = self._now()
         with self._lock, self._store.read() as conn:
-            rows = Store.retention(conn)
+            rows = self._store.retention(conn)
         entries = [
             RetentionEntry(subject=n, templates=c, destroy_by=d, rule=r, overdue=d is not None and d <= now)
             for _, n, c, d, r in rows
@@ -696,7 +704,7 @@ class Gallery:
     ) -> list[Erasure]:
         """Put a subject reference or an e-mail on the do-not-enroll list; erase who it names.
 
-        The e-mail is kept only as a salted hash. Everyone it names has their consents
+        The e-mail is kept only as a keyed hash (see `grant_consent`). Everyone it names has their consents
         revoked and templates erased at once.
 
         Returns:
@@ -708,8 +716,9 @@ class Gallery:
         with self._lock:
             with self._store.write(create=True) as conn:
                 before = Store.generation(conn)
-                Store.add_optout(conn, kind, self._optout_value(conn, kind, value), now)
-                names = [value] if kind == "subject" else Store.subjects_with_email(conn, self._email_hash(conn, value))
+                Store.add_optout(conn, kind, self._optout_values(conn, kind, value)[0], now)
+                hashes = self._store.email_hashes(conn, value) if kind == "email" else []
+                names = [value] if kind == "subject" else Store.subjects_with_email(conn, hashes)
                 audit.append(conn, at=now, actor=self._who(actor), action="optout-add",
                              subject=value if kind == "subject" else None, details={"kind": kind, "erases": names})
             self._synced(before)
@@ -732,13 +741,13 @@ class Gallery:
         """Take an entry off the do-not-enroll list (only at the person's own request). False if absent."""
         kind, value = self._optout_key(subject, email, create=False)
         with self._lock, self._store.write() as conn:
-            removed = Store.remove_optout(conn, kind, self._optout_value(conn, kind, value))
+            removed = any([Store.remove_optout(conn, kind, v) for v in self._optout_values(conn, kind, value)])
             audit.append(conn, at=self._now(), actor=self._who(actor), action="optout-remove",
                          subject=value if kind == "subject" else None, details={"kind": kind, "removed": removed})
         return removed
 
     def optouts(self) -> list[OptOut]:
-        """The do-not-enroll list: subject references, and e-mails as salted hashes."""
+        """The do-not-enroll list: subject references, and e-mails as hashes."""
         if not self._store.exists():
             return []
         with self._lock, self._store.read() as conn:
@@ -779,9 +788,19 @@ class Gallery:
             return audit.events(conn, subject)
 
     def verify_audit(self) -> AuditCheck:
-        """Walk the hash chain: intact, or the first link that was edited, deleted or inserted."""
+        """Walk the hash chain: intact, or the first link that was edited, deleted or inserted.
+
+        Then check every subject, consent and template against its MAC or sealed binding: a
+        row edited outside consentmatch makes the check fail too (`broken_at` None, `problem`
+        names the row).
+        """
         with self._lock, self._store.read() as conn:
-            return audit.verify(conn)
+            check = audit.verify(conn)
+            row = self._store.check_all(conn) if check.intact else None
+        if row is not None:
+            return AuditCheck(False, check.events, check.head,
+                              problem=f"{row} fails its integrity check (edited outside consentmatch)")
+        return check
 
     def export(self, subject: str, *, actor: str | None = None) -> dict[str, Any]:
         """A subject access bundle: consents, template metadata (no embeddings), retention, audit events.
@@ -796,12 +815,12 @@ class Gallery:
             if subject_id is None and not audit.events(conn, name):
                 raise SubjectNotFoundError(f"Nothing is held about '{name}' in this gallery.")
             audit.append(conn, at=now, actor=self._who(actor), action="export", subject=name)
-            retention = next((r for r in Store.retention(conn) if r[0] == subject_id), None)
+            retention = next((r for r in self._store.retention(conn) if r[0] == subject_id), None)
             return {
                 "subject": name,
                 "exported_at": now.isoformat(),
                 "gallery": str(self.path),
-                "consents": [c.to_dict() for c in Store.consent_records(conn, now, subject_id=subject_id)]
+                "consents": [c.to_dict() for c in self._store.consent_records(conn, now, subject_id=subject_id)]
                 if subject_id is not None else [],
                 "templates": Store.template_rows(conn, subject_id) if subject_id is not None else [],
                 "retention": {"destroy_by": retention[3].isoformat() if retention and retention[3] else None,
@@ -844,7 +863,7 @@ class Gallery:
         if not self._store.exists():
             return []
         with self._lock, self._store.read() as conn:
-            return Store.subjects(conn, self._now())
+            return self._store.subjects(conn, self._now())
 
     # -- internals -------------------------------------------------------------------------
 
@@ -874,7 +893,7 @@ class Gallery:
     def _check_enrollable(
         self, conn: sqlite3.Connection, name: str, consent: Consent | str, email: str | None, now: datetime
     ) -> None:
-        if Store.is_opted_out(conn, name, self._email_hash(conn, email) if email else None):
+        if Store.is_opted_out(conn, name, self._store.email_hashes(conn, email) if email else []):
             raise ConsentError(
                 f"'{name}' is on the do-not-enroll list (opt-out): they may not be enrolled; "
                 "only their own request can remove the opt-out."
@@ -887,7 +906,7 @@ class Gallery:
                 raise reference_taken(consent.reference, owner)
 
     def _existing_consent(self, conn: sqlite3.Connection, name: str, reference: str, now: datetime) -> tuple[int, int, str]:
-        records = Store.consent_records(conn, now, reference=reference)
+        records = self._store.consent_records(conn, now, reference=reference)
         if not records:
             raise ConsentError(f"No consent has the reference '{reference}': record it first (`consentmatch consent grant`).")
         if records[0].subject != name:
@@ -903,12 +922,13 @@ class Gallery:
         self, conn: sqlite3.Connection, name: str, consent: Consent, email: str | None, now: datetime, actor: str
     ) -> tuple[int, int]:
         """Record a consent (with opt-out check and audit); returns (subject id, consent id)."""
-        hashed = self._email_hash(conn, email) if email else None
-        if Store.is_opted_out(conn, name, hashed):
+        hashes = self._store.email_hashes(conn, email) if email else []
+        if Store.is_opted_out(conn, name, hashes):
             raise ConsentError(f"'{name}' is on the do-not-enroll list (opt-out): no consent can be recorded for them.")
-        subject_id = Store.ensure_subject(conn, name, now)
-        consent_id = Store.record_consent(conn, subject_id, consent, now, hashed)
-        self._refresh_retention(conn, subject_id, now)
+        subject_id = self._store.ensure_subject(conn, name, now)
+        with self._store.renewing(conn, subject_id, strict=True):
+            consent_id = Store.record_consent(conn, subject_id, consent, now, hashes[0] if hashes else None)
+            self._refresh_retention(conn, subject_id, now)
         audit.append(conn, at=now, actor=actor, action="consent-grant", subject=name, details={
             "consent": consent.reference, "purposes": list(consent.purposes), "jurisdiction": consent.jurisdiction,
             "expires_at": consent.expires_at.isoformat() if consent.expires_at else None, "signer": consent.signer,
@@ -1000,8 +1020,9 @@ class Gallery:
         now = self._now()
         with self._lock, self._store.write(bump=False) as conn:
             for subject_id in matched:
-                if Store.touch(conn, subject_id, now):  # another process may have erased them meanwhile
-                    self._refresh_retention(conn, subject_id, now)
+                with self._store.renewing(conn, subject_id, strict=False):
+                    if Store.touch(conn, subject_id, now):  # another process may have erased them meanwhile
+                        self._refresh_retention(conn, subject_id, now)
             audit.append(conn, at=now, actor=self._who(actor), action=action, purpose=purpose,
                          subject=subject or (next(iter(matched.values())) if len(matched) == 1 else None),
                          details={**details, "subjects": sorted(matched.values())})
@@ -1045,14 +1066,9 @@ class Gallery:
             raise GalleryNotFoundError(f"No gallery at '{self.path}'.")
         return "email", address
 
-    def _optout_value(self, conn: sqlite3.Connection, kind: str, value: str) -> str:
-        return self._email_hash(conn, value) if kind == "email" else value
-
-    @staticmethod
-    def _email_hash(conn: sqlite3.Connection, email: str) -> str:
-        """HMAC-SHA256 under the gallery's own random salt: comparable here, useless elsewhere."""
-        key = bytes.fromhex(Store.optout_salt(conn))
-        return hmac.new(key, email.strip().lower().encode(), hashlib.sha256).hexdigest()
+    def _optout_values(self, conn: sqlite3.Connection, kind: str, value: str) -> list[str]:
+        """What the registry holds for an entry: the subject, or the e-mail's hashes (the one stored now first)."""
+        return self._store.email_hashes(conn, value) if kind == "email" else [value]
 
     def _erase(
         self, find: Callable[[sqlite3.Connection], int], reason: str,
@@ -1081,9 +1097,10 @@ class Gallery:
                 before = Store.generation(conn)
                 subject_id = find(conn)
                 name = self._subject_name(conn, subject_id)
-                ids, vectors = self._store.subject_templates(conn, subject_id)
+                ids, vectors = self._store.subject_templates(conn, subject_id, strict=False)
                 key = Store.subject_key_id(conn, subject_id)
-                consents = change(conn, subject_id, len(ids))
+                with self._store.renewing(conn, subject_id, strict=False):  # an erasure is never refused
+                    consents = change(conn, subject_id, len(ids))
                 # Index snapshots hold the templates too: their keys go with the subject's, at once.
                 self._store.shred(conn, [key, *sorted(self._store.keys.index_key_ids())])
             self._saved_state = None
@@ -1243,11 +1260,12 @@ def _shown(distance: float, tolerance: float) -> float:
     return max(math.ceil(round(distance * 100, 6)) / 100, math.nextafter(tolerance, math.inf))
 
 
-def _distinct(owners: np.ndarray, distances: np.ndarray, ids: np.ndarray, top_k: int) -> list[tuple[int, float]]:
-    """The first `top_k` distinct subjects of a nearest-first row, each at its nearest template."""
-    seen: dict[int, float] = {}
+def _distinct(owners: np.ndarray, distances: np.ndarray, ids: np.ndarray, top_k: int) -> list[tuple[int, float, int]]:
+    """The first `top_k` distinct subjects of a nearest-first row, each at its nearest template:
+    (subject id, distance, template id)."""
+    seen: dict[int, tuple[float, int]] = {}
     for owner, distance, template in zip(owners.tolist(), distances.tolist(), ids.tolist()):
         if template < 0 or len(seen) == top_k:
             break
-        seen.setdefault(owner, distance)
-    return list(seen.items())
+        seen.setdefault(owner, (distance, template))
+    return [(owner, distance, template) for owner, (distance, template) in seen.items()]

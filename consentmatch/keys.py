@@ -8,11 +8,14 @@ Layout (all outside the gallery file):
     key dir            CONSENTMATCH_KEY_DIR, else $XDG_DATA_HOME/consentmatch/keys
                        (~/.local/share/consentmatch/keys)
 
-Each template is sealed with its subject's data key (AES-256-GCM, a random 96-bit nonce, the
-subject's key id as associated data). Erasing a subject deletes its data key: a copy of the
+Each template is sealed with its subject's data key (AES-256-GCM, a random 96-bit nonce; as
+associated data the gallery id, the subject's id, name and key id, and the template's id: see
+store.py). Erasing a subject deletes its data key: a copy of the
 gallery file restored from before the erasure can no longer be decrypted for that subject
 (crypto-shredding). The index snapshot (`snapshot.py`) has data keys of its own, ids starting
-with `index-`, which every erasure deletes with the subject's.
+with `index-`, which every erasure deletes with the subject's. One more key, `mac-1`, is the
+gallery's MAC key: it authenticates the subject and consent rows and keys the e-mail hashes
+(store.py); it is wrapped and rotated like a data key, and never shredded.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ KEY_BYTES = 32
 NONCE_BYTES = 12
 SEALED_TEMPLATE_BYTES = NONCE_BYTES + 512 + 16  # nonce + 128 float32 + GCM tag
 INDEX_KEY_PREFIX = "index-"  # data keys of index snapshots, not of subjects
+MAC_KEY_PREFIX = "mac-"  # the gallery's MAC key: neither a subject's nor an index's, never shredded
+MAC_KEY_ID = MAC_KEY_PREFIX + "1"
 _CHECK = b"consentmatch gallery key check"
 
 
@@ -394,7 +399,8 @@ class KeyRing:
     def key_ids(self) -> set[str]:
         """The subjects' data key ids."""
         with self._lock:
-            return {str(r[0]) for r in self._db().execute("SELECT key_id FROM deks") if not str(r[0]).startswith(INDEX_KEY_PREFIX)}
+            return {str(r[0]) for r in self._db().execute("SELECT key_id FROM deks")
+                    if not str(r[0]).startswith((INDEX_KEY_PREFIX, MAC_KEY_PREFIX))}
 
     def index_key_ids(self) -> set[str]:
         """The index snapshots' data key ids (normally one, none after an erasure)."""
@@ -409,6 +415,7 @@ class KeyRing:
 
         Shredding a subject's key also renews the shred stamp (`shred_stamp`).
         """
+        key_ids = [k for k in key_ids if not k.startswith(MAC_KEY_PREFIX)]  # a forged subject key id cannot name it
         with self._lock:
             conn = self._db()
             conn.execute("BEGIN IMMEDIATE")
@@ -435,11 +442,54 @@ class KeyRing:
                 row = conn.execute("SELECT value FROM meta WHERE key = 'shred_stamp'").fetchone()
             return str(row[0])
 
-    def seal_template(self, key_id: str, plaintext: bytes) -> bytes:
+    def seal_template(self, key_id: str, plaintext: bytes, aad: bytes) -> bytes:
         dek = self.data_key(key_id)
         if dek is None:
             raise EncryptionKeyError("This subject's data key was shredded: the subject was erased.")
-        return seal(dek, plaintext, key_id.encode())
+        return seal(dek, plaintext, aad)
+
+    def mac_key(self) -> bytes:
+        """The gallery's MAC key (created on first use, once for every process): it authenticates
+        rows of the gallery file and keys its e-mail hashes. Kept in the key store, wrapped by the
+        gallery key, so a copy or a writer of the gallery file alone can neither forge nor reverse them."""
+        with self._lock:
+            if self.data_key(MAC_KEY_ID) is None:  # no write at all once it exists: a read-only key store works
+                conn = self._db()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    if conn.execute("SELECT 1 FROM deks WHERE key_id = ?", (MAC_KEY_ID,)).fetchone() is None:
+                        self._check_current(conn)
+                        assert self._kek is not None
+                        wrapped = seal(self._kek, secrets.token_bytes(KEY_BYTES), MAC_KEY_ID.encode())
+                        conn.execute("INSERT INTO deks (key_id, wrapped) VALUES (?, ?)", (MAC_KEY_ID, wrapped))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            key = self.data_key(MAC_KEY_ID)
+            assert key is not None
+            return key
+
+    def _check_current(self, conn: sqlite3.Connection) -> None:
+        """Refuse to wrap a key with a gallery key that another process has rotated away since the open."""
+        row = conn.execute("SELECT value FROM meta WHERE key = 'check'").fetchone()
+        assert self._kek is not None
+        if row is None or unseal(self._kek, bytes(row[0]), (self.gallery_id or "").encode()) != _CHECK:
+            raise EncryptionKeyError("The gallery key was rotated by another process meanwhile: open the gallery again.")
+
+    def bound(self) -> bool:
+        """Whether this gallery's rows were bound to the keys (templates' associated data, row MACs).
+
+        Kept in the key store, not the gallery file, so a writer of the file alone cannot make
+        the next open bind (and so vouch for) rows it forged.
+        """
+        with self._lock:
+            return self._db().execute("SELECT 1 FROM meta WHERE key = 'bound'").fetchone() is not None
+
+    def set_bound(self) -> None:
+        with self._lock:
+            self._db().execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('bound', '1')")
 
     def rotate(self, new_key: bytes | None = None, *, record: str | None = None) -> bytes:
         """Re-wrap every data key under a new gallery key; returns the new key.

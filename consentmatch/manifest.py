@@ -1,7 +1,7 @@
 """The bulk-import manifest: a CSV of `subject,photo,consent_ref,purposes,expires,jurisdiction`.
 
 Optional columns: `evidence` (the signed release file, or its SHA-256), `signer`
-(subject|guardian), `notice_version`, `email` (checked against opt-outs, kept as a salted hash).
+(subject|guardian), `notice_version`, `email` (checked against opt-outs, kept as a keyed hash).
 """
 
 from __future__ import annotations

@@ -134,4 +134,19 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER templates_state_delete AFTER DELETE ON templates
         BEGIN UPDATE meta SET value = lower(hex(randomblob(16))) WHERE key = 'templates_state'; END;
     """,
+    # 5: subject and consent rows carry a MAC under the gallery's MAC key (kept with the data
+    #    keys, store.py), and templates are bound to their subject by their associated data: a
+    #    writer of the file alone can no longer rename a subject or add a purpose unnoticed. The
+    #    open that first has the keys binds the existing rows, once (the key store records it).
+    #    A consent's purposes are read by consent for its MAC: an index for that.
+    #    E-mail hashes are keyed by the MAC key from now on; the salt in this file stays only
+    #    while hashes made with it are stored.
+    """
+    ALTER TABLE subjects ADD COLUMN mac TEXT;
+    ALTER TABLE consents ADD COLUMN mac TEXT;
+    CREATE INDEX consent_purposes_consent ON consent_purposes(consent_id);
+    DELETE FROM meta WHERE key = 'optout_salt'
+        AND NOT EXISTS (SELECT 1 FROM optouts WHERE kind = 'email')
+        AND NOT EXISTS (SELECT 1 FROM consents WHERE email_hash IS NOT NULL);
+    """,
 )

@@ -294,7 +294,7 @@ class RetentionEntry:
 
 @dataclass(frozen=True)
 class OptOut:
-    """A do-not-enroll entry: a subject reference, or the salted hash of an e-mail address."""
+    """A do-not-enroll entry: a subject reference, or the keyed hash of an e-mail address (salted, if stored before schema 5)."""
 
     kind: str
     value: str

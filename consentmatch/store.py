@@ -3,11 +3,20 @@
 One connection per `Store`, shared by threads under a lock: SQLite's own locking then keeps
 several processes safe (WAL: readers never block the writer). Every write bumps `generation`
 in the same transaction, so an index built from the store knows when it is stale.
+
+Integrity against a writer of the file who lacks the keys (migration 5): each template's
+associated data binds it to the gallery, its row id, and its subject's id, name and key id;
+each subject and consent row carries an HMAC-SHA256 (`mac`) under the gallery's MAC key
+(keys.py) over all its columns (a consent's: and its sorted purposes). Rows are checked where
+they are read for an answer: the subjects a search returns, with the consents that made them
+searchable and the template they were found by; listings. A failing row is a `TamperingError`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import json
 import secrets
 import sqlite3
@@ -27,8 +36,8 @@ from numpy.typing import NDArray
 from . import audit
 from .consent import Consent
 from .vision.types import DIMENSIONS
-from .errors import ConsentError, GalleryNotFoundError, StorageError
-from .keys import KeyRing, aead, unseal_with
+from .errors import ConsentError, GalleryNotFoundError, StorageError, TamperingError
+from .keys import KeyRing, aead, unseal, unseal_with
 from .migrations import APPLICATION_ID, MIGRATIONS
 from .policy import default_policy
 from .retention import ConsentTerm, destroy_by
@@ -40,6 +49,15 @@ __all__ = ["Searchable", "Store", "record_rotation", "rotation_event"]
 _EMBEDDING = np.dtype("<f4")
 _PLAIN_BYTES = 512  # an unsealed template (schema 2 and older)
 _BUSY_TIMEOUT_S = 30.0  # how long a call waits for another process's write before StorageError
+# What a row's MAC covers: every column but the MAC itself; a consent's purposes too (sorted in
+# Python: the order json_group_array sees is SQLite's choice).
+_SUBJECT_FIELDS = "s.id, s.name, s.created_at, s.key_id, s.last_interaction_at, s.destroy_by, s.destroy_rule"
+_CONSENT_FIELDS = (
+    "c.id, c.subject_id, c.reference, c.granted_at, c.expires_at, c.jurisdiction, c.signer, c.evidence_sha256, "
+    "c.notice_version, c.email_hash, c.revoked_at, "
+    "(SELECT json_group_array(purpose) FROM consent_purposes p WHERE p.consent_id = c.id)"
+)
+_BIND_BATCH = 10_000  # templates re-sealed per query when a gallery is bound: memory stays flat at 1M
 
 
 def _ts(moment: datetime) -> str:
@@ -61,6 +79,16 @@ def _statements(script: str) -> Iterator[str]:
             buffer = ""
     if buffer.strip():
         yield buffer.strip()
+
+
+def _subject_content(row: Sequence[Any]) -> list[Any]:
+    """What a subject row's MAC covers, from a row that starts with _SUBJECT_FIELDS."""
+    return ["subject", *row[:7]]
+
+
+def _consent_content(row: Sequence[Any]) -> list[Any]:
+    """What a consent row's MAC covers, from a row that starts with _CONSENT_FIELDS."""
+    return ["consent", *row[:11], sorted(json.loads(row[11]))]
 
 
 def reference_taken(reference: str, owner: str) -> ConsentError:
@@ -156,26 +184,29 @@ class Store:
         self._open_keys(conn, create)
 
     def _open_keys(self, conn: sqlite3.Connection, create: bool) -> None:
-        """Open the gallery's keys; seal plaintext rows of older schemas; drop rows whose key was shredded.
+        """Open the gallery's keys; bind the rows of older schemas once; drop rows whose key was shredded.
 
         The two scans (~1 s at 1M templates) run only when the gallery's `keys_checked` differs
         from the key store's shred stamp: after a crash between an erasure's shred and its
         commit, in a restored backup, or in a gallery of an older schema. Plaintext rows are
         never written once a gallery is sealed, and every erasure records the stamp it leaves.
+        Binding (`_bind`) happens once per key store, which records it: a writer of the file
+        alone cannot ask for it again to have forged rows vouched for.
         """
         meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('gallery_id', 'keys', 'keys_checked')").fetchall())
         created = self.keys.open(str(meta["gallery_id"]), created="keys" in meta, create=True)
         self._record_lost_rotation(conn)
+        self.keys.mac_key()  # unwrapped (or created) now, under the key the open checked, not in a later write
         stamp = self.keys.shred_stamp()
-        if not created and meta.get("keys_checked") == stamp:
+        bound = self.keys.bound()
+        if bound and not created and meta.get("keys_checked") == stamp:
             return
-        plaintext = conn.execute(f"SELECT count(*) FROM templates WHERE length(embedding) = {_PLAIN_BYTES}").fetchone()[0]
         known = self.keys.key_ids()
         shredded = [
             (int(i), str(k)) for i, k in conn.execute("SELECT id, key_id FROM subjects WHERE key_id IS NOT NULL")
             if k not in known
         ]
-        if not created and not plaintext and not shredded:
+        if bound and not created and not shredded:
             with contextlib.suppress(sqlite3.OperationalError):  # read-only: scan again next time
                 conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('keys_checked', ?)", (stamp,))
             return
@@ -184,25 +215,23 @@ class Store:
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('keys_checked', ?)", (stamp,))
             if created:
                 conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('keys', 'created')")
+            binding = not bound and not self.keys.bound()  # another process may have bound it meanwhile
             for subject_id, _ in shredded:  # e.g. a backup restored after an erasure: those rows stay dead
-                conn.execute("DELETE FROM templates WHERE subject_id = ?", (subject_id,))
-                conn.execute("UPDATE subjects SET key_id = NULL WHERE id = ?", (subject_id,))
-                self._revoke_erased(conn, subject_id)
-            rows = conn.execute(
-                f"SELECT id, subject_id, embedding FROM templates WHERE length(embedding) = {_PLAIN_BYTES}"
-            ).fetchall()
-            for template_id, subject_id, blob in rows:
-                key_id = self._subject_key(conn, int(subject_id))
-                conn.execute("UPDATE templates SET embedding = ? WHERE id = ?",
-                             (self.keys.seal_template(key_id, bytes(blob)), template_id))
-            if shredded or rows:
+                with contextlib.nullcontext() if binding else self.renewing(conn, subject_id, strict=False):
+                    conn.execute("DELETE FROM templates WHERE subject_id = ?", (subject_id,))
+                    conn.execute("UPDATE subjects SET key_id = NULL WHERE id = ?", (subject_id,))
+                    self._revoke_erased(conn, subject_id)
+            resealed = self._bind(conn) if binding else 0
+            if shredded or resealed:
                 conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        if rows:
+        if binding:
+            self.keys.set_bound()  # after the commit: a crash before it only binds again, alike
+        if resealed:
             self.checkpoint()
 
     @staticmethod
@@ -240,6 +269,45 @@ class Store:
                 raise
             self.keys.rotation_recorded(event)
 
+    def _bind(self, conn: sqlite3.Connection) -> int:
+        """Bind a gallery of an older schema to its keys, inside the open's transaction; returns
+        the templates re-sealed.
+
+        Templates: plaintext rows (schema 2) are sealed, rows sealed with their key id alone
+        (schemas 3-4) are sealed again with their full binding; a row that opens neither way is
+        left as it is (bound by an earlier run, or damaged: refused where read). Then every
+        subject and consent row gets its MAC.
+        """
+        self.keys.load_all()
+        resealed, last = 0, 0
+        while True:
+            rows = conn.execute(
+                """SELECT t.id, t.subject_id, s.name, s.key_id, t.embedding FROM templates t
+                   JOIN subjects s ON s.id = t.subject_id WHERE t.id > ? ORDER BY t.id LIMIT ?""",
+                (last, _BIND_BATCH),
+            ).fetchall()
+            if not rows:
+                break
+            for template_id, subject_id, name, key_id, blob in rows:
+                last = int(template_id)
+                plain: bytes | None
+                if len(blob) == _PLAIN_BYTES:
+                    key_id, plain = self._subject_key(conn, int(subject_id)), bytes(blob)
+                else:
+                    dek = self.keys.data_key(str(key_id)) if key_id is not None else None
+                    plain = unseal(dek, bytes(blob), str(key_id).encode()) if dek is not None else None
+                    if plain is None:
+                        continue
+                aad = self._binding(int(subject_id), str(name), str(key_id)) + str(template_id).encode()
+                conn.execute("UPDATE templates SET embedding = ? WHERE id = ?",
+                             (self.keys.seal_template(str(key_id), plain, aad), template_id))
+                resealed += 1
+        for (subject_id,) in conn.execute("SELECT id FROM subjects").fetchall():
+            self.seal_subject(conn, int(subject_id))
+        for (consent_id,) in conn.execute("SELECT id FROM consents").fetchall():
+            self.seal_consent(conn, int(consent_id))
+        return resealed
+
     def _subject_key(self, conn: sqlite3.Connection, subject_id: int) -> str:
         """The subject's data key id, created with its first template."""
         (key_id,) = conn.execute("SELECT key_id FROM subjects WHERE id = ?", (subject_id,)).fetchone()
@@ -247,6 +315,150 @@ class Store:
             key_id = self.keys.new_subject_key()
             conn.execute("UPDATE subjects SET key_id = ? WHERE id = ?", (key_id, subject_id))
         return str(key_id)
+
+    # -- integrity ---------------------------------------------------------------------------
+
+    def _binding(self, subject_id: int, name: str, key_id: str) -> bytes:
+        """The associated data of a subject's templates, less the template id that ends it: a
+        template moved to another row or subject, or its subject renamed, no longer unseals."""
+        canonical = json.dumps(["template", self.keys.gallery_id, subject_id, name, key_id],
+                               ensure_ascii=False, separators=(",", ":"))
+        return canonical.encode() + b"#"
+
+    def _mac(self, content: list[Any]) -> str:
+        canonical = json.dumps([self.keys.gallery_id, *content], ensure_ascii=False, separators=(",", ":"))
+        return hmac.new(self.keys.mac_key(), canonical.encode(), hashlib.sha256).hexdigest()
+
+    def _holds(self, content: list[Any], mac: str | None) -> bool:
+        return mac is not None and hmac.compare_digest(self._mac(content), str(mac))
+
+    def _tampered(self, what: str) -> TamperingError:
+        return TamperingError(
+            f"Gallery '{self.path}': {what} fails its integrity check (edited outside consentmatch): "
+            "restore the gallery from a backup.",
+            row=what,
+        )
+
+    def seal_subject(self, conn: sqlite3.Connection, subject_id: int) -> None:
+        """Write the MAC of a subject row as it is now (nothing when the row is gone)."""
+        row = conn.execute(f"SELECT {_SUBJECT_FIELDS} FROM subjects s WHERE s.id = ?", (subject_id,)).fetchone()
+        if row is not None:
+            conn.execute("UPDATE subjects SET mac = ? WHERE id = ?", (self._mac(_subject_content(row)), subject_id))
+
+    def seal_consent(self, conn: sqlite3.Connection, consent_id: int) -> None:
+        """Write the MAC of a consent row and its purposes as they are now."""
+        row = conn.execute(f"SELECT {_CONSENT_FIELDS} FROM consents c WHERE c.id = ?", (consent_id,)).fetchone()
+        if row is not None:
+            conn.execute("UPDATE consents SET mac = ? WHERE id = ?", (self._mac(_consent_content(row)), consent_id))
+
+    def _intact_rows(
+        self, conn: sqlite3.Connection, subject_id: int
+    ) -> tuple[set[tuple[str, int]], set[tuple[str, int]], str | None]:
+        """A subject's row and its consent rows: (those whose MAC holds, all of them, the first that fails)."""
+        intact: set[tuple[str, int]] = set()
+        every: set[tuple[str, int]] = set()
+        problem = None
+        row = conn.execute(f"SELECT {_SUBJECT_FIELDS}, s.mac FROM subjects s WHERE s.id = ?", (subject_id,)).fetchone()
+        if row is not None:
+            every.add(("subject", subject_id))
+            if self._holds(_subject_content(row), row[7]):
+                intact.add(("subject", subject_id))
+            else:
+                problem = f"the subject '{row[1]}'"
+        for row in conn.execute(f"SELECT {_CONSENT_FIELDS}, c.mac FROM consents c WHERE c.subject_id = ?", (subject_id,)):
+            every.add(("consent", int(row[0])))
+            if self._holds(_consent_content(row), row[12]):
+                intact.add(("consent", int(row[0])))
+            elif problem is None:
+                problem = f"the consent record '{row[2]}'"
+        return intact, every, problem
+
+    def check_subject(self, conn: sqlite3.Connection, subject_id: int) -> None:
+        """Refuse a subject whose row or any of whose consents (with their purposes) was edited.
+
+        Raises:
+            TamperingError: a MAC does not hold.
+        """
+        _, _, problem = self._intact_rows(conn, subject_id)
+        if problem is not None:
+            raise self._tampered(problem)
+
+    def check_found(self, conn: sqlite3.Connection, found: Iterable[tuple[int, int]]) -> None:
+        """Refuse a search's answer unless every subject in it, with each template it was found by
+        (subject id, template id), is as consentmatch wrote it: the subject's row and consents
+        hold their MACs (so the SQL that made it searchable read true rows), and the template
+        unseals as this subject's. Only what a search returns is checked, never the whole gallery.
+
+        Raises:
+            TamperingError: any of it does not hold.
+        """
+        checked: set[int] = set()
+        for subject_id, template_id in found:
+            if subject_id not in checked:
+                self.check_subject(conn, subject_id)
+                checked.add(subject_id)
+            row = conn.execute(
+                """SELECT t.embedding, s.name, s.key_id FROM templates t JOIN subjects s ON s.id = t.subject_id
+                   WHERE t.id = ? AND t.subject_id = ?""",
+                (template_id, subject_id),
+            ).fetchone()
+            if row is None:
+                name = Store.subject_names(conn, [subject_id]).get(subject_id, "?")
+                raise self._tampered(f"the template {template_id} of subject '{name}'")
+            blob, name, key_id = row
+            dek = self.keys.data_key(str(key_id)) if key_id is not None else None
+            if dek is None:  # the subject is being erased: its key goes first (see Gallery._erase)
+                continue
+            aad = self._binding(subject_id, str(name), str(key_id)) + str(template_id).encode()
+            if unseal(dek, bytes(blob), aad) is None:
+                raise self._tampered(f"the templates of subject '{name}'")
+
+    @contextmanager
+    def renewing(self, conn: sqlite3.Connection, subject_id: int, *, strict: bool) -> Iterator[None]:
+        """Renew the MACs of a subject's row and consents around a write that changes them.
+
+        Only rows whose MAC held before, and rows the write adds, are renewed: a row edited
+        outside consentmatch is never vouched for. `strict`: refuse the write instead (an
+        erasure is never refused; the rows it leaves edited keep failing their check).
+
+        Raises:
+            TamperingError: `strict`, and a row of the subject fails its check.
+        """
+        intact, before, problem = self._intact_rows(conn, subject_id)
+        if strict and problem is not None:
+            raise self._tampered(problem)
+        yield
+        if ("subject", subject_id) in intact:
+            self.seal_subject(conn, subject_id)
+        for (consent_id,) in conn.execute("SELECT id FROM consents WHERE subject_id = ?", (subject_id,)).fetchall():
+            if ("consent", consent_id) in intact or ("consent", consent_id) not in before:
+                self.seal_consent(conn, int(consent_id))
+
+    def check_all(self, conn: sqlite3.Connection) -> str | None:
+        """Check every subject, consent and template of the gallery; the first that fails, or None."""
+        for row in conn.execute(f"SELECT {_SUBJECT_FIELDS}, s.mac FROM subjects s ORDER BY s.id"):
+            if not self._holds(_subject_content(row), row[7]):
+                return f"the subject '{row[1]}'"
+        for row in conn.execute(f"SELECT {_CONSENT_FIELDS}, c.mac FROM consents c ORDER BY c.id"):
+            if not self._holds(_consent_content(row), row[12]):
+                return f"the consent record '{row[2]}'"
+        try:
+            self.all_templates(conn)
+        except TamperingError as exc:
+            return exc.row
+        return None
+
+    def email_hashes(self, conn: sqlite3.Connection, email: str) -> list[str]:
+        """An e-mail's hashes: the stored one first, HMAC-SHA256 under a key derived from the MAC
+        key (so a copy of the file alone cannot test addresses against it); then, while the file
+        still holds hashes made under its own salt (schema 4 and older), that one, to match them."""
+        address = email.strip().lower().encode()
+        key = hmac.new(self.keys.mac_key(), b"consentmatch e-mail hash", hashlib.sha256).digest()
+        hashes = [hmac.new(key, address, hashlib.sha256).hexdigest()]
+        salt = Store.optout_salt(conn)
+        if salt is not None:
+            hashes.append(hmac.new(bytes.fromhex(salt), address, hashlib.sha256).hexdigest())
+        return hashes
 
     def shred(self, conn: sqlite3.Connection, key_ids: Sequence[str | None]) -> None:
         """Destroy erased subjects' data keys: no copy of their templates stays readable.
@@ -378,11 +590,12 @@ class Store:
         row = conn.execute("SELECT id FROM subjects WHERE name = ?", (name,)).fetchone()
         return None if row is None else int(row[0])
 
-    @staticmethod
-    def ensure_subject(conn: sqlite3.Connection, name: str, now: datetime) -> int:
-        conn.execute("INSERT OR IGNORE INTO subjects (name, created_at) VALUES (?, ?)", (name, _ts(now)))
+    def ensure_subject(self, conn: sqlite3.Connection, name: str, now: datetime) -> int:
+        cursor = conn.execute("INSERT OR IGNORE INTO subjects (name, created_at) VALUES (?, ?)", (name, _ts(now)))
         found = Store.subject_id(conn, name)
         assert found is not None
+        if cursor.rowcount > 0:
+            self.seal_subject(conn, found)
         return found
 
     @staticmethod
@@ -448,12 +661,17 @@ class Store:
         now: datetime,
     ) -> int:
         plain = np.ascontiguousarray(embedding, dtype=_EMBEDDING).tobytes()
-        blob = self.keys.seal_template(self._subject_key(conn, subject_id), plain)
+        key_id = self._subject_key(conn, subject_id)
+        (name,) = conn.execute("SELECT name FROM subjects WHERE id = ?", (subject_id,)).fetchone()
+        # The row first, for its id: the sealed template is bound to it (`_binding`).
         cursor = conn.execute(
             "INSERT INTO templates (subject_id, consent_id, embedding, photo_sha256, box, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (subject_id, consent_id, blob, photo_sha256, json.dumps(box.to_list()), _ts(now)),
+            (subject_id, consent_id, b"", photo_sha256, json.dumps(box.to_list()), _ts(now)),
         )
-        return int(cursor.lastrowid or 0)
+        template_id = int(cursor.lastrowid or 0)
+        aad = self._binding(subject_id, str(name), key_id) + str(template_id).encode()
+        conn.execute("UPDATE templates SET embedding = ? WHERE id = ?", (self.keys.seal_template(key_id, plain, aad), template_id))
+        return template_id
 
     @staticmethod
     def template_count(conn: sqlite3.Connection, subject_id: int) -> int:
@@ -474,27 +692,39 @@ class Store:
         """Every readable template, decrypted in memory (never written anywhere in plaintext)."""
         self.keys.load_all()
         return self._unsealed(conn.execute(
-            "SELECT t.id, s.key_id, t.embedding FROM templates t JOIN subjects s ON s.id = t.subject_id ORDER BY t.id"
+            """SELECT t.id, t.subject_id, s.name, s.key_id, t.embedding FROM templates t
+               JOIN subjects s ON s.id = t.subject_id ORDER BY t.id"""
         ))
 
-    def _unsealed(self, rows: Iterable[tuple[int, str | None, bytes]]) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-        """Decrypt (id, key id, sealed) rows; rows whose key is shredded or does not fit are left out."""
-        ciphers: dict[str, Any] = {}
+    def _unsealed(
+        self, rows: Iterable[tuple[int, int, str, str | None, bytes]], *, strict: bool = True
+    ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """Decrypt (id, subject id, name, key id, sealed) rows; rows whose key is shredded are left out.
+
+        A row whose key is there but does not open it was edited outside consentmatch (moved,
+        renamed, swapped): refused, or left out when not `strict` (an erasure is never refused).
+
+        Raises:
+            TamperingError: `strict`, and a row does not open.
+        """
+        ciphers: dict[int, tuple[Any, bytes] | None] = {}
         ids: list[int] = []
         plain: list[bytes] = []
-        for template_id, key_id, blob in rows:
+        for template_id, subject_id, name, key_id, blob in rows:
             if key_id is None:
                 continue
-            cipher = ciphers.get(key_id)
-            if cipher is None:
+            if subject_id not in ciphers:
                 dek = self.keys.data_key(key_id)
-                if dek is None:
-                    continue
-                cipher = ciphers[key_id] = aead(dek)
-            data = unseal_with(cipher, bytes(blob), key_id.encode())
+                ciphers[subject_id] = None if dek is None else (aead(dek), self._binding(subject_id, name, key_id))
+            entry = ciphers[subject_id]
+            if entry is None:
+                continue
+            data = unseal_with(entry[0], bytes(blob), entry[1] + str(template_id).encode())
             if data is not None:
                 ids.append(int(template_id))
                 plain.append(data)
+            elif strict:
+                raise self._tampered(f"the templates of subject '{name}'")
         vectors = np.frombuffer(b"".join(plain), dtype=_EMBEDDING).astype(np.float32)
         return np.array(ids, dtype=np.int64), vectors.reshape(-1, DIMENSIONS)
 
@@ -545,18 +775,23 @@ class Store:
         )
         return {str(r[0]) for r in rows}
 
-    def subject_templates(self, conn: sqlite3.Connection, subject_id: int) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+    def subject_templates(
+        self, conn: sqlite3.Connection, subject_id: int, *, strict: bool = True
+    ) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
         return self._unsealed(conn.execute(
-            """SELECT t.id, s.key_id, t.embedding FROM templates t JOIN subjects s ON s.id = t.subject_id
-               WHERE t.subject_id = ? ORDER BY t.id""",
+            """SELECT t.id, t.subject_id, s.name, s.key_id, t.embedding FROM templates t
+               JOIN subjects s ON s.id = t.subject_id WHERE t.subject_id = ? ORDER BY t.id""",
             (subject_id,),
-        ))
+        ), strict=strict)
 
-    @staticmethod
     def consent_records(
-        conn: sqlite3.Connection, now: datetime, *, subject_id: int | None = None, reference: str | None = None
+        self, conn: sqlite3.Connection, now: datetime, *, subject_id: int | None = None, reference: str | None = None
     ) -> list[ConsentRecord]:
-        """Consent records (revoked ones included, as tombstones), oldest first."""
+        """Consent records (revoked ones included, as tombstones), oldest first.
+
+        Raises:
+            TamperingError: a record, its purposes or its subject's row was edited outside consentmatch.
+        """
         where: list[str] = []
         params: list[object] = []
         if subject_id is not None:
@@ -566,21 +801,29 @@ class Store:
             where.append("c.reference = ?")
             params.append(reference)
         rows = conn.execute(
-            f"""SELECT c.reference, s.name, c.granted_at, c.expires_at, c.jurisdiction, c.signer, c.evidence_sha256,
-                       c.notice_version, c.revoked_at, s.destroy_by,
-                       (SELECT group_concat(purpose, char(10)) FROM consent_purposes p WHERE p.consent_id = c.id)
+            f"""SELECT {_CONSENT_FIELDS}, c.mac, {_SUBJECT_FIELDS}, s.mac
                 FROM consents c JOIN subjects s ON s.id = c.subject_id
                 {"WHERE " + " AND ".join(where) if where else ""} ORDER BY c.id""",
             params,
         )
         records = []
-        for reference_, name, granted, expires, jurisdiction, signer, evidence, notice, revoked, destroy, purposes in rows:
+        subjects_checked: set[int] = set()
+        for row in rows:
+            consent, subject = row[:13], row[13:]
+            if not self._holds(_consent_content(consent), consent[12]):
+                raise self._tampered(f"the consent record '{consent[2]}'")
+            if subject[0] not in subjects_checked:
+                if not self._holds(_subject_content(subject), subject[7]):
+                    raise self._tampered(f"the subject '{subject[1]}'")
+                subjects_checked.add(subject[0])
+            reference_, granted, expires, jurisdiction, signer, evidence, notice = consent[2:9]
+            name, revoked, destroy, purposes = subject[1], consent[10], subject[5], _consent_content(consent)[-1]
             expires_at, revoked_at, destroy_at = _dt(expires), _dt(revoked), _dt(destroy)
             records.append(
                 ConsentRecord(
                     reference=reference_,
                     subject=name,
-                    purposes=tuple(sorted(purposes.split("\n"))) if purposes else (),
+                    purposes=tuple(purposes),
                     granted_at=_dt(granted) or now,
                     expires_at=expires_at,
                     jurisdiction=jurisdiction,
@@ -595,16 +838,23 @@ class Store:
             )
         return records
 
-    @staticmethod
-    def subjects(conn: sqlite3.Connection, now: datetime) -> list[SubjectInfo]:
+    def subjects(self, conn: sqlite3.Connection, now: datetime) -> list[SubjectInfo]:
+        """Everyone, by name.
+
+        Raises:
+            TamperingError: a subject row or a consent record was edited outside consentmatch.
+        """
         consents: dict[str, list[ConsentRecord]] = {}
-        for record in Store.consent_records(conn, now):
+        for record in self.consent_records(conn, now):
             consents.setdefault(record.subject, []).append(record)
         result = []
-        for name, created, count in conn.execute(
-            """SELECT s.name, s.created_at, (SELECT count(*) FROM templates t WHERE t.subject_id = s.id)
-               FROM subjects s ORDER BY s.name"""
+        for row in conn.execute(
+            f"""SELECT {_SUBJECT_FIELDS}, s.mac, (SELECT count(*) FROM templates t WHERE t.subject_id = s.id)
+                FROM subjects s ORDER BY s.name"""
         ):
+            if not self._holds(_subject_content(row), row[7]):
+                raise self._tampered(f"the subject '{row[1]}'")
+            name, created, count = row[1], row[2], row[8]
             result.append(
                 SubjectInfo(subject=name, templates=int(count), enrolled_at=_dt(created) or now,
                             consents=tuple(consents.get(name, ())))
@@ -668,14 +918,20 @@ class Store:
         cursor = conn.execute("UPDATE subjects SET last_interaction_at = ? WHERE id = ?", (_ts(now), subject_id))
         return cursor.rowcount > 0
 
-    @staticmethod
-    def retention(conn: sqlite3.Connection) -> list[tuple[int, str, int, datetime | None, str]]:
-        """(subject id, name, templates, destroy_by, rule) of subjects that hold templates."""
+    def retention(self, conn: sqlite3.Connection) -> list[tuple[int, str, int, datetime | None, str]]:
+        """(subject id, name, templates, destroy_by, rule) of subjects that hold templates.
+
+        Raises:
+            TamperingError: a subject row was edited outside consentmatch.
+        """
         rows = conn.execute(
-            """SELECT s.id, s.name, count(t.id), s.destroy_by, coalesce(s.destroy_rule, '')
-               FROM subjects s JOIN templates t ON t.subject_id = s.id GROUP BY s.id ORDER BY s.name"""
-        )
-        return [(int(i), str(n), int(c), _dt(d), str(r)) for i, n, c, d, r in rows]
+            f"""SELECT {_SUBJECT_FIELDS}, s.mac, count(t.id)
+                FROM subjects s JOIN templates t ON t.subject_id = s.id GROUP BY s.id ORDER BY s.name"""
+        ).fetchall()
+        for row in rows:
+            if not self._holds(_subject_content(row), row[7]):
+                raise self._tampered(f"the subject '{row[1]}'")
+        return [(int(row[0]), str(row[1]), int(row[8]), _dt(row[5]), str(row[6] or "")) for row in rows]
 
     @staticmethod
     def template_rows(conn: sqlite3.Connection, subject_id: int) -> list[dict[str, Any]]:
@@ -703,9 +959,10 @@ class Store:
         )
 
     @staticmethod
-    def optout_salt(conn: sqlite3.Connection) -> str:
-        (salt,) = conn.execute("SELECT value FROM meta WHERE key = 'optout_salt'").fetchone()
-        return str(salt)
+    def optout_salt(conn: sqlite3.Connection) -> str | None:
+        """The salt of e-mail hashes made before migration 5, while any is stored (see `email_hashes`)."""
+        row = conn.execute("SELECT value FROM meta WHERE key = 'optout_salt'").fetchone()
+        return None if row is None else str(row[0])
 
     @staticmethod
     def add_optout(conn: sqlite3.Connection, kind: str, value: str, now: datetime) -> bool:
@@ -725,18 +982,20 @@ class Store:
         return [(str(k), str(v), _dt(a) or datetime.now(timezone.utc)) for k, v, a in rows]
 
     @staticmethod
-    def is_opted_out(conn: sqlite3.Connection, subject: str, email_hash: str | None) -> bool:
+    def is_opted_out(conn: sqlite3.Connection, subject: str, email_hashes: Sequence[str]) -> bool:
+        """`email_hashes`: every hash of the e-mail (see `email_hashes`), or none."""
         row = conn.execute(
-            "SELECT 1 FROM optouts WHERE (kind = 'subject' AND value = ?) OR (kind = 'email' AND value = ?)",
-            (subject, email_hash or ""),
+            f"""SELECT 1 FROM optouts WHERE (kind = 'subject' AND value = ?)
+                 OR (kind = 'email' AND value IN ({','.join('?' * len(email_hashes))}))""",
+            (subject, *email_hashes),
         ).fetchone()
         return row is not None
 
     @staticmethod
-    def subjects_with_email(conn: sqlite3.Connection, email_hash: str) -> list[str]:
+    def subjects_with_email(conn: sqlite3.Connection, email_hashes: Sequence[str]) -> list[str]:
         rows = conn.execute(
-            """SELECT DISTINCT s.name FROM consents c JOIN subjects s ON s.id = c.subject_id
-               WHERE c.email_hash = ? ORDER BY s.name""",
-            (email_hash,),
+            f"""SELECT DISTINCT s.name FROM consents c JOIN subjects s ON s.id = c.subject_id
+                WHERE c.email_hash IN ({','.join('?' * len(email_hashes))}) ORDER BY s.name""",
+            tuple(email_hashes),
         )
         return [str(r[0]) for r in rows]

@@ -34,7 +34,10 @@ def test_no_plaintext_template_on_disk(tmp_path: Path) -> None:
             assert chunk not in _files(gallery_dir)  # database, WAL and shared memory while open
     assert plaintext[:64] not in _files(gallery_dir) and plaintext[:64] not in _files(key_dir)
     conn = sqlite3.connect(gallery_dir / "g.db")
-    ((blob, key_id),) = conn.execute("SELECT t.embedding, s.key_id FROM templates t JOIN subjects s ON s.id = t.subject_id")
+    ((blob, key_id, template_id, subject_id, name),) = conn.execute(
+        "SELECT t.embedding, s.key_id, t.id, s.id, s.name FROM templates t JOIN subjects s ON s.id = t.subject_id"
+    )
+    (gallery_id,) = conn.execute("SELECT value FROM meta WHERE key = 'gallery_id'").fetchone()
     conn.close()
     assert len(blob) == SEALED_TEMPLATE_BYTES
     assert sorted(p.suffix for p in key_dir.iterdir()) == [".deks", ".key"]
@@ -47,7 +50,10 @@ def test_no_plaintext_template_on_disk(tmp_path: Path) -> None:
     deks.close()
     dek = unseal(gallery_key, wrapped, key_id.encode())
     assert dek is not None
-    assert np.array_equal(np.frombuffer(unseal(dek, blob, key_id.encode()) or b"", "<f4"), fake_encoding(10))
+    # the associated data binds the template to the gallery, its row and its subject (store.py)
+    aad = f'["template","{gallery_id}",{subject_id},"{name}","{key_id}"]#{template_id}'.encode()
+    assert np.array_equal(np.frombuffer(unseal(dek, blob, aad) or b"", "<f4"), fake_encoding(10))
+    assert unseal(dek, blob, key_id.encode()) is None
 
 
 def test_missing_or_wrong_key_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,7 +108,7 @@ def test_revocation_shreds_and_reenrollment_gets_a_new_key(tmp_path: Path) -> No
         assert second != first
         assert gallery.match(photo, purpose="door").faces[0].subject == "alice"
     deks = sqlite3.connect(next((tmp_path / "keys").glob("*.deks")))
-    assert [r[0] for r in deks.execute("SELECT key_id FROM deks")] == [second]
+    assert [r[0] for r in deks.execute("SELECT key_id FROM deks WHERE key_id NOT LIKE 'mac-%'")] == [second]
     deks.close()
 
 
