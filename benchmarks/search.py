@@ -1,6 +1,6 @@
 """1:N search at scale: the project's own store and index with N templates, timed per probe.
 
-Fills a real gallery file (consentmatch.store.Store, in a temporary folder) with N templates the
+Fills a real gallery file (consentmatch.storage.sqlite.SqliteStore, in a temporary folder) with N templates the
 way the gallery enrolls them, two per subject, every subject consented for `visitor-check-in`
 and every tenth also for `staff-access`. Then opens it as the gallery does: first without a
 snapshot (read every template, build the index: `rebuild_s`), saves the encrypted snapshot as
@@ -35,12 +35,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from consentmatch import snapshot
+from consentmatch.search import snapshot
 from consentmatch.consent import Consent
 from consentmatch.vision.types import DIMENSIONS
-from consentmatch.index import FaceIndex
+from consentmatch.search.index import FaceIndex
 from consentmatch.results import Box
-from consentmatch.store import Store
+from consentmatch.storage.sqlite import SqliteStore as Store
 from _report import report  # benchmarks/ is on sys.path when a script runs
 
 PURPOSE, SUBSET_PURPOSE = "visitor-check-in", "staff-access"
@@ -86,7 +86,7 @@ def fill_store(path: Path, rows: NDArray[np.float32]) -> None:
     subject_id = consent_id = 0
     try:
         for start in range(0, len(rows), 50_000):
-            with store.write(create=True) as conn:
+            with store.write(create=True) as tx:
                 keys = store.keys._db() if hasattr(store, "keys") else None  # the data-key file, if the store seals
                 if keys is not None:
                     keys.execute("BEGIN")
@@ -94,13 +94,13 @@ def fill_store(path: Path, rows: NDArray[np.float32]) -> None:
                     person = row // PER_SUBJECT
                     if row % PER_SUBJECT == 0:
                         purposes = [PURPOSE, SUBSET_PURPOSE] if person % SUBSET_EVERY == 0 else [PURPOSE]
-                        subject_id = store.ensure_subject(conn, f"person-{person:08d}", now)
+                        subject_id = tx.ensure_subject(f"person-{person:08d}", now)
                         consent = Consent(f"FORM-{person:08d}", purposes)
-                        consent_id = Store.record_consent(conn, subject_id, consent, now)
-                        store.seal_consent(conn, consent_id)
-                    store.add_template(conn, subject_id, consent_id, rows[row], f"{row:064x}", box, now)
+                        consent_id = tx.record_consent(subject_id, consent, now)
+                        tx.seal_consent(consent_id)
+                    tx.add_template(subject_id, consent_id, rows[row], f"{row:064x}", box, now)
                     if row % PER_SUBJECT == 0:
-                        store.seal_subject(conn, subject_id)  # its MAC covers the data key id its first template made
+                        tx.seal_subject(subject_id)  # its MAC covers the data key id its first template made
                 if keys is not None:
                     keys.execute("COMMIT")  # the keys before the templates they open
     finally:
@@ -112,7 +112,7 @@ def _index_memory(folder: Path, rows: NDArray[np.float32], ids: NDArray[np.int64
     np.save(folder / "rows.npy", rows)
     np.save(folder / "ids.npy", ids)
     code = (
-        "import sys, numpy as np, faiss; from pathlib import Path; from consentmatch.index import FaceIndex\n"
+        "import sys, numpy as np, faiss; from pathlib import Path; from consentmatch.search.index import FaceIndex\n"
         "rows, ids = np.load(sys.argv[1]), np.load(sys.argv[2])\n"
         "rss = lambda: int(Path('/proc/self/statm').read_text().split()[1]) * 4096\n"
         "warm = FaceIndex.build(ids[:12000], rows[:12000]); del warm  # BLAS buffers: per process, not per template\n"
@@ -128,13 +128,13 @@ def _snapshot_open(path: Path) -> tuple[float, int, int]:
     seconds from opening the store to the index ready, the memory that added, and the index size."""
     code = (
         "import sys, time; from pathlib import Path\n"
-        "from consentmatch import snapshot; from consentmatch.store import Store\n"
+        "from consentmatch.search import snapshot; from consentmatch.storage.sqlite import SqliteStore as Store\n"
         "import faiss, numpy, cryptography.hazmat.primitives.ciphers  # code, not per template\n"
         "rss = lambda: int(Path('/proc/self/statm').read_text().split()[1]) * 4096\n"
         "path = Path(sys.argv[1]); before = rss(); start = time.perf_counter(); store = Store(path)\n"
-        "with store.read() as conn:\n"
+        "with store.read() as tx:\n"
         "    index = snapshot.load(snapshot.path_for(path), store.keys,\n"
-        "                          Store.templates_state(conn), Store.generation(conn))\n"
+        "                          tx.templates_state(), tx.generation())\n"
         "print(time.perf_counter() - start, rss() - before, -1 if index is None else len(index))"
     )
     done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
@@ -222,9 +222,9 @@ def run(
         snapshot.discard(snapshot.path_for(path))
         start = time.perf_counter()
         store = Store(path)
-        with store.read() as conn:
-            generation = Store.generation(conn)
-            template_ids, vectors = store.all_templates(conn)
+        with store.read() as tx:
+            generation = tx.generation()
+            template_ids, vectors = tx.all_templates()
             read_s = time.perf_counter() - start
             index = FaceIndex(generation, exact=exact)
             index.add(template_ids, vectors)
@@ -237,8 +237,8 @@ def run(
 
         # Save the snapshot as Gallery.close does, then open from it.
         start = time.perf_counter()
-        with store.write(bump=False) as conn:
-            snapshot.save(snapshot.path_for(path), index, store.keys, Store.templates_state(conn))
+        with store.write(bump=False) as tx:
+            snapshot.save(snapshot.path_for(path), index, store.keys, tx.templates_state())
         save_s = time.perf_counter() - start
         snapshot_bytes = snapshot.path_for(path).stat().st_size
         open_s, open_bytes, loaded = _snapshot_open(path)
@@ -246,9 +246,9 @@ def run(
             raise SystemExit(f"the snapshot of {path} did not open ({loaded})")
 
         start = time.perf_counter()
-        with store.read() as conn:  # what Gallery.match asks next: who may be searched for the purpose
-            searchable = Store.searchable(conn, PURPOSE, datetime.now(timezone.utc))
-            subset = Store.searchable(conn, SUBSET_PURPOSE, datetime.now(timezone.utc))
+        with store.read() as tx:  # what Gallery.match asks next: who may be searched for the purpose
+            searchable = tx.searchable(PURPOSE, datetime.now(timezone.utc))
+            subset = tx.searchable(SUBSET_PURPOSE, datetime.now(timezone.utc))
         searchable_s = time.perf_counter() - start
         store.close()
 

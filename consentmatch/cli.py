@@ -837,7 +837,7 @@ def key_rotate(
     """
     import os
 
-    from .keys import generate_key, write_private
+    from .crypto import generate_key, write_private
 
     new_key = None
     if os.environ.get("CONSENTMATCH_KEY"):
@@ -863,7 +863,7 @@ def key_generate() -> None:
 
     **Example:** `export CONSENTMATCH_KEY=$(consentmatch key generate)`
     """
-    from .keys import generate_key
+    from .crypto import generate_key
 
     print(generate_key())
 

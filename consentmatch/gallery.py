@@ -15,7 +15,6 @@ from __future__ import annotations
 import getpass
 import math
 import os
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -29,7 +28,6 @@ from typing import Any, NoReturn
 import numpy as np
 from numpy.typing import NDArray
 
-from . import audit, snapshot
 from . import vision
 from .consent import Consent, check_purpose
 from .vision.types import DetectedFace, Encoder
@@ -45,8 +43,7 @@ from .errors import (
     SubjectNotFoundError,
 )
 from .images import Photo, PhotoInput, load_photo, photo_name
-from .index import FaceIndex
-from .keys import KeyRing, parse_key
+from .crypto import parse_key
 from .manifest import ManifestRow, read_manifest
 from .policy import (
     DEFAULT_TOP_K,
@@ -81,7 +78,9 @@ from .results import (
     SubjectInfo,
     Verification,
 )
-from .store import Searchable, Store, record_rotation, reference_taken, rotation_event
+from .search import snapshot
+from .search.index import FaceIndex
+from .storage import KeyRing, Searchable, Transaction, open_store, reference_taken
 
 __all__ = ["Gallery"]
 
@@ -123,6 +122,8 @@ class Gallery:
         key: the gallery key (32 bytes or 64 hex digits); None: CONSENTMATCH_KEY, the file
             CONSENTMATCH_KEY_FILE, or a key file created with the gallery (see keys.py).
         key_dir: where the key files live; None: CONSENTMATCH_KEY_DIR or the user data folder.
+        settings: the environment's settings (`Settings.from_env()`, read here when None): key
+            sources, key and cache folders, encoder, the default quality bar.
 
     Example:
         >>> with Gallery("visitors.db", actor="desk-3") as gallery:
@@ -139,10 +140,12 @@ class Gallery:
         actor: str | None = None,
         key: bytes | str | None = None,
         key_dir: str | os.PathLike[str] | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self.path = Path(path)
-        self._store = Store(self.path, KeyRing(key, key_dir))
-        self._encoder: Encoder = encoder if encoder is not None else vision.default_encoder()
+        self._settings = settings if settings is not None else Settings.from_env()
+        self._store = open_store(self.path, KeyRing(key, key_dir, self._settings), self._settings)
+        self._encoder: Encoder = encoder if encoder is not None else vision.default_encoder(self._settings)
         self._clock = clock or _utcnow
         self._actor = _check_name(actor, "actor") if actor else _default_actor()
         self._lock = threading.RLock()  # guards the index and caches; encoding runs outside it
@@ -191,10 +194,10 @@ class Gallery:
         now = self._now()
         self._check_consent(consent, now)
         with self._lock:
-            with self._store.write(create=True) as conn:
-                before = Store.generation(conn)
-                self._record(conn, name, consent, email, now, self._who(actor))
-                (record,) = self._store.consent_records(conn, now, reference=consent.reference)
+            with self._store.write(create=True) as tx:
+                before = tx.generation()
+                self._record(tx, name, consent, email, now, self._who(actor))
+                (record,) = tx.consent_records(now, reference=consent.reference)
             self._synced(before)
         return record
 
@@ -204,8 +207,8 @@ class Gallery:
         Raises:
             ConsentError: no consent has this reference.
         """
-        with self._lock, self._store.read() as conn:
-            records = self._store.consent_records(conn, self._now(), reference=reference)
+        with self._lock, self._store.read() as tx:
+            records = tx.consent_records(self._now(), reference=reference)
         if not records:
             raise ConsentError(f"No consent has the reference '{reference}': check it with `consentmatch consent list`.")
         return records[0]
@@ -214,9 +217,9 @@ class Gallery:
         """Consent records, revoked ones included (as tombstones), of everyone or one subject."""
         if not self._store.exists():
             return []
-        with self._lock, self._store.read() as conn:
-            subject_id = self._subject_id(conn, _check_name(subject, "subject name")) if subject else None
-            return self._store.consent_records(conn, self._now(), subject_id=subject_id)
+        with self._lock, self._store.read() as tx:
+            subject_id = self._subject_id(tx, _check_name(subject, "subject name")) if subject else None
+            return tx.consent_records(self._now(), subject_id=subject_id)
 
     def revoke_consent(self, reference: str, *, actor: str | None = None) -> Erasure:
         """Revoke a consent: the subject's templates are erased at once; the record stays as a tombstone.
@@ -228,20 +231,20 @@ class Gallery:
         """
         now = self._now()
 
-        def revoke(conn: sqlite3.Connection, subject_id: int, removed: int) -> int:
-            _, already = Store.revoke(conn, reference, now)
-            Store.delete_templates(conn, subject_id)
-            self._refresh_retention(conn, subject_id, now)
-            audit.append(conn, at=now, actor=self._who(actor), action="consent-revoke",
-                         subject=self._subject_name(conn, subject_id),
+        def revoke(tx: Transaction, subject_id: int, removed: int) -> int:
+            _, already = tx.revoke(reference, now)
+            tx.delete_templates(subject_id)
+            self._refresh_retention(tx, subject_id, now)
+            tx.append_audit(at=now, actor=self._who(actor), action="consent-revoke",
+                         subject=self._subject_name(tx, subject_id),
                          details={"consent": reference, "templates_removed": removed, "already_revoked": already})
             return 0
 
-        def owner(conn: sqlite3.Connection) -> int:
-            name = Store.consent_owner(conn, reference)
+        def owner(tx: Transaction) -> int:
+            name = tx.consent_owner(reference)
             if name is None:
                 raise ConsentError(f"No consent has the reference '{reference}': check it with `consentmatch consent list`.")
-            return self._subject_id(conn, name)
+            return self._subject_id(tx, name)
 
         return self._erase(owner, "revoke", revoke)
 
@@ -321,11 +324,11 @@ class Gallery:
         batch = [photos] if isinstance(photos, (str, bytes, os.PathLike)) else list(photos)
         if not batch:
             raise InvalidArgumentError(f"No photos given for '{name}': name at least one photo of the person.")
-        policy = default_policy(Settings.from_env().quality)
+        policy = default_policy(self._settings.quality)
         if self._store.exists():
-            with self._lock, self._store.read() as conn:
-                self._check_enrollable(conn, name, consent, email, now)
-                policy = Store.policy(conn)
+            with self._lock, self._store.read() as tx:
+                self._check_enrollable(tx, name, consent, email, now)
+                policy = tx.policy()
         elif isinstance(consent, str):
             raise ConsentError(f"No consent has the reference '{consent}': record it first (`consentmatch consent grant`).")
         level = parse_policy_value("quality", quality) if quality is not None else policy["quality"]
@@ -348,20 +351,20 @@ class Gallery:
         if not allow_duplicate:
             self._check_duplicates(name, admission.photos, [f for _, f in faces], admission.policy["duplicate_tolerance"])
         with self._lock:
-            with self._store.write(create=True) as conn:
-                before = Store.generation(conn)
-                self._check_enrollable(conn, name, consent, email, now)  # again: the store may have changed
+            with self._store.write(create=True) as tx:
+                before = tx.generation()
+                self._check_enrollable(tx, name, consent, email, now)  # again: the store may have changed
                 if isinstance(consent, Consent):
-                    subject_id, consent_id = self._record(conn, name, consent, email, now, self._who(actor))
+                    subject_id, consent_id = self._record(tx, name, consent, email, now, self._who(actor))
                     reference = consent.reference
                 else:
-                    subject_id, consent_id, reference = self._existing_consent(conn, name, consent, now)
-                with self._store.renewing(conn, subject_id, strict=True):
-                    ids = [self._store.add_template(conn, subject_id, consent_id, f.encoding, sha, f.box, now)
+                    subject_id, consent_id, reference = self._existing_consent(tx, name, consent, now)
+                with tx.renewing(subject_id, strict=True):
+                    ids = [tx.add_template(subject_id, consent_id, f.encoding, sha, f.box, now)
                            for sha, f in faces]
-                    total = Store.template_count(conn, subject_id)
-                    self._refresh_retention(conn, subject_id, now)
-                audit.append(conn, at=now, actor=self._who(actor), action="enroll", subject=name,
+                    total = tx.template_count(subject_id)
+                    self._refresh_retention(tx, subject_id, now)
+                tx.append_audit(at=now, actor=self._who(actor), action="enroll", subject=name,
                              details={"consent": reference, "templates_added": len(ids), "templates_total": total})
             vectors = np.stack([f.encoding for _, f in faces])
             self._synced(before, lambda index: index.add(np.array(ids, dtype=np.int64), vectors))
@@ -545,8 +548,8 @@ class Gallery:
         top_k: int, actor: str | None,
     ) -> MatchResult:
         """Search the probe's faces among the consented templates, name them, and audit the search."""
-        with self._lock, self._store.read() as conn:
-            index, searchable = self._search_state(label, conn)
+        with self._lock, self._store.read() as tx:
+            index, searchable = self._search_state(label, tx)
             if faces and len(searchable.template_ids):
                 k = min(len(searchable.template_ids), top_k * searchable.max_per_subject)
                 queries = np.stack([f.encoding for f in faces])
@@ -554,10 +557,10 @@ class Gallery:
                 positions = np.searchsorted(searchable.template_ids, np.maximum(ids, 0))
                 owners = searchable.subject_ids[np.minimum(positions, len(searchable.subject_ids) - 1)]
                 nearest = [_distinct(owners[row], distances[row], ids[row], top_k) for row in range(len(faces))]
-                names = Store.subject_names(conn, sorted({s for row in nearest for s, _, _ in row}))
+                names = tx.subject_names(sorted({s for row in nearest for s, _, _ in row}))
                 # Each subject shown, as consentmatch wrote it (name, consents, the template found):
                 # a few checks per search, whatever the size of the gallery.
-                self._store.check_found(conn, sorted({(s, t) for row in nearest for s, _, t in row}))
+                tx.check_found(sorted({(s, t) for row in nearest for s, _, t in row}))
             else:
                 nearest, names = [[] for _ in faces], {}
         results = []
@@ -611,11 +614,11 @@ class Gallery:
         name, min_face_px = _check_name(subject, "subject name"), check_min_face(min_face_px)
         label, tolerance, policy = self._search_terms(purpose, tolerance)
         with self._refusals("verify", name, label, actor):
-            with self._lock, self._store.read() as conn:  # consent first: no biometric work without it
-                subject_id = Store.subject_id(conn, name)
+            with self._lock, self._store.read() as tx:  # consent first: no biometric work without it
+                subject_id = tx.subject_id(name)
                 if subject_id is not None:
-                    self._store.check_subject(conn, subject_id)  # its name and consents, as consentmatch wrote them
-                    if not self._enrolled_for(conn, subject_id, label):
+                    tx.check_subject(subject_id)  # its name and consents, as consentmatch wrote them
+                    if not self._enrolled_for(tx, subject_id, label):
                         subject_id = None
             if subject_id is None:
                 raise _not_enrolled(name, label)
@@ -623,8 +626,8 @@ class Gallery:
             face = single_face(self._encoder.encode(decoded, min_face_px), decoded.name)
             if policy["quality"] != "off":
                 check_quality(decoded, face, level=policy["quality"], for_enrollment=False)
-            with self._lock, self._store.read() as conn:  # by id: a namesake enrolled meanwhile is someone else
-                _, templates = self._store.subject_templates(conn, subject_id)
+            with self._lock, self._store.read() as tx:  # by id: a namesake enrolled meanwhile is someone else
+                _, templates = tx.subject_templates(subject_id)
             if not len(templates):
                 raise _not_enrolled(name, label)
         distance = float(np.linalg.norm(templates - face.encoding, axis=1).min())
@@ -634,10 +637,10 @@ class Gallery:
         return Verification(subject=name, image=decoded.name, match=match, distance=_shown(distance, tolerance),
                             tolerance=tolerance, box=face.box)
 
-    def _enrolled_for(self, conn: sqlite3.Connection, subject_id: int, label: str | None) -> bool:
+    def _enrolled_for(self, tx: Transaction, subject_id: int, label: str | None) -> bool:
         """Whether the subject has templates and an active consent for the purpose (None: any)."""
-        purposes = Store.active_purposes(conn, subject_id, self._now())
-        return bool(label in purposes if label else purposes) and Store.template_count(conn, subject_id) > 0
+        purposes = tx.active_purposes(subject_id, self._now())
+        return bool(label in purposes if label else purposes) and tx.template_count(subject_id) > 0
 
     # -- erasure and retention -------------------------------------------------------------
 
@@ -652,21 +655,21 @@ class Gallery:
         name = _check_name(subject, "subject name")
         now = self._now()
 
-        def forget(conn: sqlite3.Connection, subject_id: int, removed: int) -> int:
-            _, consents = Store.delete_subject(conn, subject_id)
-            audit.append(conn, at=now, actor=self._who(actor), action="forget", subject=name,
+        def forget(tx: Transaction, subject_id: int, removed: int) -> int:
+            _, consents = tx.delete_subject(subject_id)
+            tx.append_audit(at=now, actor=self._who(actor), action="forget", subject=name,
                          details={"templates_removed": removed, "consents_removed": consents})
             return consents
 
-        return self._erase(lambda conn: self._subject_id(conn, name), "forget", forget)
+        return self._erase(lambda tx: self._subject_id(tx, name), "forget", forget)
 
     def retention(self) -> list[RetentionEntry]:
         """When each enrolled subject's templates must be destroyed, soonest first (no date last)."""
         if not self._store.exists():
             return []
         now = self._now()
-        with self._lock, self._store.read() as conn:
-            rows = self._store.retention(conn)
+        with self._lock, self._store.read() as tx:
+            rows = tx.retention()
         entries = [
             RetentionEntry(subject=n, templates=c, destroy_by=d, rule=r, overdue=d is not None and d <= now)
             for _, n, c, d, r in rows
@@ -687,9 +690,9 @@ class Gallery:
                 continue
             now, due = self._now(), entry
 
-            def purge(conn: sqlite3.Connection, subject_id: int, removed: int) -> int:
-                Store.delete_templates(conn, subject_id)
-                audit.append(conn, at=now, actor=self._who(actor), action="purge", subject=due.subject,
+            def purge(tx: Transaction, subject_id: int, removed: int) -> int:
+                tx.delete_templates(subject_id)
+                tx.append_audit(at=now, actor=self._who(actor), action="purge", subject=due.subject,
                              details={"templates_removed": removed, "rule": due.rule,
                                       "destroy_by": due.destroy_by.isoformat() if due.destroy_by else None})
                 return 0
@@ -714,20 +717,20 @@ class Gallery:
         now = self._now()
         receipts = []
         with self._lock:
-            with self._store.write(create=True) as conn:
-                before = Store.generation(conn)
-                Store.add_optout(conn, kind, self._optout_values(conn, kind, value)[0], now)
-                hashes = self._store.email_hashes(conn, value) if kind == "email" else []
-                names = [value] if kind == "subject" else Store.subjects_with_email(conn, hashes)
-                audit.append(conn, at=now, actor=self._who(actor), action="optout-add",
+            with self._store.write(create=True) as tx:
+                before = tx.generation()
+                tx.add_optout(kind, self._optout_values(tx, kind, value)[0], now)
+                hashes = tx.email_hashes(value) if kind == "email" else []
+                names = [value] if kind == "subject" else tx.subjects_with_email(hashes)
+                tx.append_audit(at=now, actor=self._who(actor), action="optout-add",
                              subject=value if kind == "subject" else None, details={"kind": kind, "erases": names})
             self._synced(before)
 
 
-            def opt_out(conn: sqlite3.Connection, subject_id: int, removed: int) -> int:
-                Store.revoke_all(conn, subject_id, now)
-                Store.delete_templates(conn, subject_id)
-                self._refresh_retention(conn, subject_id, now)
+            def opt_out(tx: Transaction, subject_id: int, removed: int) -> int:
+                tx.revoke_all(subject_id, now)
+                tx.delete_templates(subject_id)
+                self._refresh_retention(tx, subject_id, now)
                 return 0
 
             for name in names:
@@ -740,9 +743,9 @@ class Gallery:
     def remove_optout(self, *, subject: str | None = None, email: str | None = None, actor: str | None = None) -> bool:
         """Take an entry off the do-not-enroll list (only at the person's own request). False if absent."""
         kind, value = self._optout_key(subject, email, create=False)
-        with self._lock, self._store.write() as conn:
-            removed = any([Store.remove_optout(conn, kind, v) for v in self._optout_values(conn, kind, value)])
-            audit.append(conn, at=self._now(), actor=self._who(actor), action="optout-remove",
+        with self._lock, self._store.write() as tx:
+            removed = any([tx.remove_optout(kind, v) for v in self._optout_values(tx, kind, value)])
+            tx.append_audit(at=self._now(), actor=self._who(actor), action="optout-remove",
                          subject=value if kind == "subject" else None, details={"kind": kind, "removed": removed})
         return removed
 
@@ -750,17 +753,17 @@ class Gallery:
         """The do-not-enroll list: subject references, and e-mails as hashes."""
         if not self._store.exists():
             return []
-        with self._lock, self._store.read() as conn:
-            return [OptOut(kind=k, value=v, added_at=a) for k, v, a in Store.optouts(conn)]
+        with self._lock, self._store.read() as tx:
+            return [OptOut(kind=k, value=v, added_at=a) for k, v, a in tx.optouts()]
 
     # -- policy, audit, subject access -----------------------------------------------------
 
     def policy(self) -> dict[str, Any]:
         """The gallery's policy: `require_purpose`, `excluded_regions`, `tolerance`."""
         if not self._store.exists():
-            return default_policy(Settings.from_env().quality)
-        with self._lock, self._store.read() as conn:
-            return Store.policy(conn)
+            return default_policy(self._settings.quality)
+        with self._lock, self._store.read() as tx:
+            return tx.policy()
 
     def set_policy(self, key: str, value: Any, *, actor: str | None = None) -> dict[str, Any]:
         """Change one policy key (audited); strings are parsed as the CLI gives them.
@@ -770,13 +773,13 @@ class Gallery:
         """
         parsed = parse_policy_value(key, value)
         with self._lock:
-            with self._store.write(create=True) as conn:
-                before = Store.generation(conn)
-                old = Store.policy(conn)[key]
-                Store.set_policy(conn, key, parsed)
-                audit.append(conn, at=self._now(), actor=self._who(actor), action="policy-set",
+            with self._store.write(create=True) as tx:
+                before = tx.generation()
+                old = tx.policy()[key]
+                tx.set_policy(key, parsed)
+                tx.append_audit(at=self._now(), actor=self._who(actor), action="policy-set",
                              details={"key": key, "old": old, "new": parsed})
-                policy = Store.policy(conn)
+                policy = tx.policy()
             self._synced(before)
         return policy
 
@@ -784,8 +787,8 @@ class Gallery:
         """The audit trail, oldest first: all of it, or the events naming one subject."""
         if not self._store.exists():
             return []
-        with self._lock, self._store.read() as conn:
-            return audit.events(conn, subject)
+        with self._lock, self._store.read() as tx:
+            return tx.audit_events(subject)
 
     def verify_audit(self) -> AuditCheck:
         """Walk the hash chain: intact, or the first link that was edited, deleted or inserted.
@@ -794,9 +797,9 @@ class Gallery:
         row edited outside consentmatch makes the check fail too (`broken_at` None, `problem`
         names the row).
         """
-        with self._lock, self._store.read() as conn:
-            check = audit.verify(conn)
-            row = self._store.check_all(conn) if check.intact else None
+        with self._lock, self._store.read() as tx:
+            check = tx.verify_audit()
+            row = tx.check_all() if check.intact else None
         if row is not None:
             return AuditCheck(False, check.events, check.head,
                               problem=f"{row} fails its integrity check (edited outside consentmatch)")
@@ -810,22 +813,22 @@ class Gallery:
         """
         name = _check_name(subject, "subject name")
         now = self._now()
-        with self._lock, self._store.write() as conn:
-            subject_id = Store.subject_id(conn, name)
-            if subject_id is None and not audit.events(conn, name):
+        with self._lock, self._store.write() as tx:
+            subject_id = tx.subject_id(name)
+            if subject_id is None and not tx.audit_events(name):
                 raise SubjectNotFoundError(f"Nothing is held about '{name}' in this gallery.")
-            audit.append(conn, at=now, actor=self._who(actor), action="export", subject=name)
-            retention = next((r for r in self._store.retention(conn) if r[0] == subject_id), None)
+            tx.append_audit(at=now, actor=self._who(actor), action="export", subject=name)
+            retention = next((r for r in tx.retention() if r[0] == subject_id), None)
             return {
                 "subject": name,
                 "exported_at": now.isoformat(),
                 "gallery": str(self.path),
-                "consents": [c.to_dict() for c in self._store.consent_records(conn, now, subject_id=subject_id)]
+                "consents": [c.to_dict() for c in tx.consent_records(now, subject_id=subject_id)]
                 if subject_id is not None else [],
-                "templates": Store.template_rows(conn, subject_id) if subject_id is not None else [],
+                "templates": tx.template_rows(subject_id) if subject_id is not None else [],
                 "retention": {"destroy_by": retention[3].isoformat() if retention and retention[3] else None,
                               "rule": retention[4] if retention else None},
-                "audit": [e.to_dict() for e in audit.events(conn, name)],
+                "audit": [e.to_dict() for e in tx.audit_events(name)],
             }
 
     def key_info(self) -> KeyInfo:
@@ -847,13 +850,13 @@ class Gallery:
         """
         fresh = parse_key(new_key, "new_key") if new_key is not None else None
         with self._lock:
-            with self._store.write() as conn:
+            with self._store.write() as tx:
                 keys = self._store.keys
                 # The event is kept in the key store with the rotation until this transaction
                 # commits: a crash in between leaves it for the next open to record (Store._open_keys).
-                event = rotation_event(conn, self._now(), self._who(actor), len(keys.key_ids()), keys.source)
+                event = tx.rotation_event(self._now(), self._who(actor), len(keys.key_ids()), keys.source)
                 keys.rotate(fresh, record=event)
-                record_rotation(conn, event)
+                tx.record_rotation(event)
             keys.rotation_recorded(event)
             return KeyInfo(gallery_id=keys.gallery_id or "", key_source=keys.source, key_dir=str(keys.key_dir),
                            data_keys=len(keys.key_ids()))
@@ -862,21 +865,21 @@ class Gallery:
         """Everyone enrolled, by name, with template count and consents (never templates)."""
         if not self._store.exists():
             return []
-        with self._lock, self._store.read() as conn:
-            return self._store.subjects(conn, self._now())
+        with self._lock, self._store.read() as tx:
+            return tx.subjects(self._now())
 
     # -- internals -------------------------------------------------------------------------
 
     @staticmethod
-    def _subject_id(conn: sqlite3.Connection, name: str) -> int:
-        found = Store.subject_id(conn, name)
+    def _subject_id(tx: Transaction, name: str) -> int:
+        found = tx.subject_id(name)
         if found is None:
             raise SubjectNotFoundError(f"'{name}' is not enrolled in this gallery: check the name with `consentmatch subjects`.")
         return found
 
     @staticmethod
-    def _subject_name(conn: sqlite3.Connection, subject_id: int) -> str:
-        return Store.subject_names(conn, [subject_id])[subject_id]
+    def _subject_name(tx: Transaction, subject_id: int) -> str:
+        return tx.subject_names([subject_id])[subject_id]
 
     def _check_consent(self, consent: Consent, now: datetime) -> None:
         if not consent.is_active(now):
@@ -891,22 +894,22 @@ class Gallery:
             )
 
     def _check_enrollable(
-        self, conn: sqlite3.Connection, name: str, consent: Consent | str, email: str | None, now: datetime
+        self, tx: Transaction, name: str, consent: Consent | str, email: str | None, now: datetime
     ) -> None:
-        if Store.is_opted_out(conn, name, self._store.email_hashes(conn, email) if email else []):
+        if tx.is_opted_out(name, tx.email_hashes(email) if email else []):
             raise ConsentError(
                 f"'{name}' is on the do-not-enroll list (opt-out): they may not be enrolled; "
                 "only their own request can remove the opt-out."
             )
         if isinstance(consent, str):
-            self._existing_consent(conn, name, consent, now)
+            self._existing_consent(tx, name, consent, now)
         else:
-            owner = Store.consent_owner(conn, consent.reference)
+            owner = tx.consent_owner(consent.reference)
             if owner is not None and owner != name:
                 raise reference_taken(consent.reference, owner)
 
-    def _existing_consent(self, conn: sqlite3.Connection, name: str, reference: str, now: datetime) -> tuple[int, int, str]:
-        records = self._store.consent_records(conn, now, reference=reference)
+    def _existing_consent(self, tx: Transaction, name: str, reference: str, now: datetime) -> tuple[int, int, str]:
+        records = tx.consent_records(now, reference=reference)
         if not records:
             raise ConsentError(f"No consent has the reference '{reference}': record it first (`consentmatch consent grant`).")
         if records[0].subject != name:
@@ -914,22 +917,23 @@ class Gallery:
         if not records[0].active:
             state = "was revoked" if records[0].revoked_at else "is not active (expired or past retention)"
             raise ConsentError(f"Consent '{reference}' {state}: record a current consent first.")
-        subject_id = self._subject_id(conn, name)
-        (consent_id,) = conn.execute("SELECT id FROM consents WHERE reference = ?", (reference,)).fetchone()
-        return subject_id, int(consent_id), reference
+        subject_id = self._subject_id(tx, name)
+        consent_id = tx.consent_id(reference)
+        assert consent_id is not None  # its record was just read in this transaction
+        return subject_id, consent_id, reference
 
     def _record(
-        self, conn: sqlite3.Connection, name: str, consent: Consent, email: str | None, now: datetime, actor: str
+        self, tx: Transaction, name: str, consent: Consent, email: str | None, now: datetime, actor: str
     ) -> tuple[int, int]:
         """Record a consent (with opt-out check and audit); returns (subject id, consent id)."""
-        hashes = self._store.email_hashes(conn, email) if email else []
-        if Store.is_opted_out(conn, name, hashes):
+        hashes = tx.email_hashes(email) if email else []
+        if tx.is_opted_out(name, hashes):
             raise ConsentError(f"'{name}' is on the do-not-enroll list (opt-out): no consent can be recorded for them.")
-        subject_id = self._store.ensure_subject(conn, name, now)
-        with self._store.renewing(conn, subject_id, strict=True):
-            consent_id = Store.record_consent(conn, subject_id, consent, now, hashes[0] if hashes else None)
-            self._refresh_retention(conn, subject_id, now)
-        audit.append(conn, at=now, actor=actor, action="consent-grant", subject=name, details={
+        subject_id = tx.ensure_subject(name, now)
+        with tx.renewing(subject_id, strict=True):
+            consent_id = tx.record_consent(subject_id, consent, now, hashes[0] if hashes else None)
+            self._refresh_retention(tx, subject_id, now)
+        tx.append_audit(at=now, actor=actor, action="consent-grant", subject=name, details={
             "consent": consent.reference, "purposes": list(consent.purposes), "jurisdiction": consent.jurisdiction,
             "expires_at": consent.expires_at.isoformat() if consent.expires_at else None, "signer": consent.signer,
             "evidence_sha256": consent.evidence_sha256, "notice_version": consent.notice_version,
@@ -937,10 +941,10 @@ class Gallery:
         return subject_id, consent_id
 
     @staticmethod
-    def _refresh_retention(conn: sqlite3.Connection, subject_id: int, now: datetime) -> None:
-        terms, enrolled, last = Store.retention_terms(conn, subject_id)
+    def _refresh_retention(tx: Transaction, subject_id: int, now: datetime) -> None:
+        terms, enrolled, last = tx.retention_terms(subject_id)
         date, rule = destroy_by(terms, enrolled, last)
-        Store.set_retention(conn, subject_id, date, rule)
+        tx.set_retention(subject_id, date, rule)
 
     def _enrollment_face(
         self, photo: PhotoInput, min_face_px: int, excluded: Sequence[str], level: str
@@ -958,20 +962,17 @@ class Gallery:
         """Refuse a face that is already enrolled under another subject: one person, one identity."""
         if not self._store.exists():
             return
-        with self._lock, self._store.read() as conn:
-            index = self._current_index(conn, Store.generation(conn))
+        with self._lock, self._store.read() as tx:
+            index = self._current_index(tx, tx.generation())
             if not len(index):
                 return
-            own = Store.subject_id(conn, name)
-            own_count = Store.template_count(conn, own) if own is not None else 0
+            own = tx.subject_id(name)
+            own_count = tx.template_count(own) if own is not None else 0
             # The nearest templates beyond the subject's own: k = own + 1 always reaches another subject's.
             distances, ids = index.search(np.stack([f.encoding for f in faces]), own_count + 1)
             for photo, row_distances, row_ids in zip(photos, distances, ids):
                 hits = [(float(d), int(t)) for d, t in zip(row_distances, row_ids) if t >= 0 and d <= tolerance]
-                owners = dict(conn.execute(
-                    f"SELECT t.id, s.name FROM templates t JOIN subjects s ON s.id = t.subject_id "
-                    f"WHERE t.id IN ({','.join('?' * len(hits))})", [t for _, t in hits],
-                ).fetchall()) if hits else {}
+                owners = tx.template_owners([t for _, t in hits])
                 other = next(((d, owners[t]) for d, t in hits if owners.get(t, name) != name), None)
                 if other is not None:
                     distance, other_name = other
@@ -1000,8 +1001,8 @@ class Gallery:
         """The purpose and tolerance of a search, with the policy's rules and defaults; and the policy."""
         if not self._store.exists():
             raise GalleryNotFoundError(f"No gallery at '{self.path}': enroll someone first, or check --gallery.")
-        with self._lock, self._store.read() as conn:
-            policy = Store.policy(conn)
+        with self._lock, self._store.read() as tx:
+            policy = tx.policy()
         if purpose is None and policy["require_purpose"]:
             raise InvalidArgumentError(
                 "This gallery's policy requires a purpose for every search: pass purpose=... (CLI: --purpose P)."
@@ -1018,12 +1019,12 @@ class Gallery:
         `subject`: the one the call named (verify), recorded whether or not it matched.
         """
         now = self._now()
-        with self._lock, self._store.write(bump=False) as conn:
+        with self._lock, self._store.write(bump=False) as tx:
             for subject_id in matched:
-                with self._store.renewing(conn, subject_id, strict=False):
-                    if Store.touch(conn, subject_id, now):  # another process may have erased them meanwhile
-                        self._refresh_retention(conn, subject_id, now)
-            audit.append(conn, at=now, actor=self._who(actor), action=action, purpose=purpose,
+                with tx.renewing(subject_id, strict=False):
+                    if tx.touch(subject_id, now):  # another process may have erased them meanwhile
+                        self._refresh_retention(tx, subject_id, now)
+            tx.append_audit(at=now, actor=self._who(actor), action=action, purpose=purpose,
                          subject=subject or (next(iter(matched.values())) if len(matched) == 1 else None),
                          details={**details, "subjects": sorted(matched.values())})
 
@@ -1050,8 +1051,8 @@ class Gallery:
             name = None
         kind = next(c.__name__ for c in type(error).__mro__ if not c.__name__.startswith("_"))
         reason = _REGION_REASON if isinstance(error, _RegionError) else str(error)
-        with suppress(Exception), self._lock, self._store.write(bump=False) as conn:  # the refusal is what the caller must see
-            audit.append(conn, at=self._now(), actor=self._who(actor), action=action, subject=name, purpose=purpose,
+        with suppress(Exception), self._lock, self._store.write(bump=False) as tx:  # the refusal is what the caller must see
+            tx.append_audit(at=self._now(), actor=self._who(actor), action=action, subject=name, purpose=purpose,
                          details={"outcome": "refused", "error": kind, "reason": reason})
 
     def _optout_key(self, subject: str | None, email: str | None, *, create: bool) -> tuple[str, str]:
@@ -1066,16 +1067,16 @@ class Gallery:
             raise GalleryNotFoundError(f"No gallery at '{self.path}'.")
         return "email", address
 
-    def _optout_values(self, conn: sqlite3.Connection, kind: str, value: str) -> list[str]:
+    def _optout_values(self, tx: Transaction, kind: str, value: str) -> list[str]:
         """What the registry holds for an entry: the subject, or the e-mail's hashes (the one stored now first)."""
-        return self._store.email_hashes(conn, value) if kind == "email" else [value]
+        return tx.email_hashes(value) if kind == "email" else [value]
 
     def _erase(
-        self, find: Callable[[sqlite3.Connection], int], reason: str,
-        change: Callable[[sqlite3.Connection, int, int], int],
+        self, find: Callable[[Transaction], int], reason: str,
+        change: Callable[[Transaction, int, int], int],
     ) -> Erasure:
-        """The one way templates are erased. `find(conn)` names the subject's id inside the
-        erasure's transaction; `change(conn, subject_id, templates)` deletes the rows and audits
+        """The one way templates are erased. `find(tx)` names the subject's id inside the
+        erasure's transaction; `change(tx, subject_id, templates)` deletes the rows and audits
         there too, returning the consents it removed.
 
         Order, in one write transaction: find the subject -> read its templates (for the
@@ -1091,18 +1092,18 @@ class Gallery:
         """
         with self._lock:
             if self._index is None:  # erase from the snapshot too, so close saves it current
-                with self._store.read() as conn:
-                    self._index = self._snapshot_index(conn, Store.generation(conn))
-            with self._store.write() as conn:
-                before = Store.generation(conn)
-                subject_id = find(conn)
-                name = self._subject_name(conn, subject_id)
-                ids, vectors = self._store.subject_templates(conn, subject_id, strict=False)
-                key = Store.subject_key_id(conn, subject_id)
-                with self._store.renewing(conn, subject_id, strict=False):  # an erasure is never refused
-                    consents = change(conn, subject_id, len(ids))
+                with self._store.read() as tx:
+                    self._index = self._snapshot_index(tx, tx.generation())
+            with self._store.write() as tx:
+                before = tx.generation()
+                subject_id = find(tx)
+                name = self._subject_name(tx, subject_id)
+                ids, vectors = tx.subject_templates(subject_id, strict=False)
+                key = tx.subject_key_id(subject_id)
+                with tx.renewing(subject_id, strict=False):  # an erasure is never refused
+                    consents = change(tx, subject_id, len(ids))
                 # Index snapshots hold the templates too: their keys go with the subject's, at once.
-                self._store.shred(conn, [key, *sorted(self._store.keys.index_key_ids())])
+                tx.shred([key, *sorted(self._store.keys.index_key_ids())])
             self._saved_state = None
             snapshot.discard(self._snapshot)
             self._store.checkpoint()
@@ -1122,10 +1123,8 @@ class Gallery:
         comes from the store, which holds none of them.)"""
         if not len(ids):
             return True
-        with self._store.read() as conn:
-            (left,) = conn.execute(
-                f"SELECT count(*) FROM templates WHERE id IN ({','.join('?' * len(ids))})", ids.tolist()
-            ).fetchone()
+        with self._store.read() as tx:
+            left = tx.templates_left(ids.tolist())
         index = self._index
         if index is None or not len(index):
             return bool(left == 0)
@@ -1146,20 +1145,20 @@ class Gallery:
         else:
             self._index = None
 
-    def _current_index(self, conn: sqlite3.Connection, generation: int) -> FaceIndex:
+    def _current_index(self, tx: Transaction, generation: int) -> FaceIndex:
         """The index for this store generation: the live one, else the snapshot when it holds
         exactly the store's templates, else rebuilt from the store."""
         if self._index is None or self._index.generation != generation:
-            index = self._snapshot_index(conn, generation)
+            index = self._snapshot_index(tx, generation)
             if index is None:
                 index = FaceIndex(generation)
-                index.add(*self._store.all_templates(conn))
+                index.add(*tx.all_templates())
             self._index = index
         return self._index
 
-    def _snapshot_index(self, conn: sqlite3.Connection, generation: int) -> FaceIndex | None:
+    def _snapshot_index(self, tx: Transaction, generation: int) -> FaceIndex | None:
         """The saved index, when it holds exactly the store's templates."""
-        state = Store.templates_state(conn)
+        state = tx.templates_state()
         index = snapshot.load(self._snapshot, self._store.keys, state, generation)
         if index is not None:
             self._saved_state = state
@@ -1175,31 +1174,31 @@ class Gallery:
         if index is None or len(index) < snapshot.SNAPSHOT_FROM or not self._store.exists():
             return
         try:
-            with self._store.write(bump=False) as conn:
-                state = Store.templates_state(conn)
-                if Store.generation(conn) == index.generation and state != self._saved_state:
+            with self._store.write(bump=False) as tx:
+                state = tx.templates_state()
+                if tx.generation() == index.generation and state != self._saved_state:
                     snapshot.save(self._snapshot, index, self._store.keys, state)
                     self._saved_state = state
-        except (OSError, ConsentMatchError, sqlite3.Error):
+        except (OSError, ConsentMatchError):
             pass
 
-    def _search_state(self, purpose: str | None, conn: sqlite3.Connection | None = None) -> tuple[FaceIndex, Searchable]:
+    def _search_state(self, purpose: str | None, tx: Transaction | None = None) -> tuple[FaceIndex, Searchable]:
         """The current index and the templates searchable for `purpose`, loaded when stale (in a
-        snapshot of the store: `conn`, else a new one)."""
-        if conn is None:
+        snapshot of the store: `tx`, else a new one)."""
+        if tx is None:
             with self._lock, self._store.read() as fresh:
                 return self._search_state(purpose, fresh)
-        generation = Store.generation(conn)
-        return self._current_index(conn, generation), self._searchable_for(conn, purpose, generation)
+        generation = tx.generation()
+        return self._current_index(tx, generation), self._searchable_for(tx, purpose, generation)
 
-    def _searchable_for(self, conn: sqlite3.Connection, purpose: str | None, generation: int) -> Searchable:
+    def _searchable_for(self, tx: Transaction, purpose: str | None, generation: int) -> Searchable:
         now = self._now()
         cached = self._searchable.get(purpose)
         if cached is not None:
             cached_generation, searchable = cached
             if cached_generation == generation and (searchable.valid_until is None or now < searchable.valid_until):
                 return searchable
-        searchable = Store.searchable(conn, purpose, now)
+        searchable = tx.searchable(purpose, now)
         searchable.template_ids.setflags(write=False)  # FaceIndex reuses its id bitmap while this array lives
         self._searchable[purpose] = (generation, searchable)
         return searchable

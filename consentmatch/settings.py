@@ -94,7 +94,8 @@ class KeySource:
         return self.path is None
 
     def describe(self) -> str:
-        return "argument" if self.kind == "argument" else self.kind if self.path is None else f"key file {self.path}"
+        """As `consentmatch key info` shows it: argument, CONSENTMATCH_KEY, or key file PATH."""
+        return self.kind if self.path is None and self.kind != "key file" else f"key file {self.path}"
 
 
 def key_source(settings: Settings, given: bytes | str | None, gallery_id: str | None) -> KeySource:
@@ -109,6 +110,7 @@ def key_source(settings: Settings, given: bytes | str | None, gallery_id: str | 
     key_dir = settings.key_dir or Settings.from_env().key_dir
     assert key_dir is not None
     return KeySource("key file", path=key_dir / f"{gallery_id}.key" if gallery_id else None)
+
 
 
 def _path(value: str | None) -> Path | None:

@@ -383,7 +383,7 @@ def test_refused_enrollments_and_matches_are_recorded(gallery: Gallery, tmp_path
 def test_a_refusal_creates_no_gallery_and_a_failing_record_hides_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from consentmatch import audit
+    from consentmatch.storage.sqlite_rows import SqliteTransaction
 
     path = tmp_path / "new.db"
     with Gallery(path, encoder=FakeEncoder()) as gallery:
@@ -391,15 +391,15 @@ def test_a_refusal_creates_no_gallery_and_a_failing_record_hides_nothing(
             gallery.enroll("alice", [fake_photo(tmp_path, "none.png")], Consent("R1", ["door"]))
         assert not path.exists()
         gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], Consent("R1", ["door"]))
-        real_append = audit.append
+        real_append = SqliteTransaction.append_audit
 
-        def full_disk(conn: sqlite3.Connection, **event: object) -> int:
+        def full_disk(tx: SqliteTransaction, **event: object) -> int:
             raise sqlite3.OperationalError("database or disk is full")
 
-        monkeypatch.setattr(audit, "append", full_disk)
+        monkeypatch.setattr(SqliteTransaction, "append_audit", full_disk)
         with pytest.raises(NoActiveEnrollmentError):
             gallery.verify("zed", tmp_path / "a.png", purpose="door")
-        monkeypatch.setattr(audit, "append", real_append)
+        monkeypatch.setattr(SqliteTransaction, "append_audit", real_append)
         assert [e.action for e in gallery.audit()] == ["consent-grant", "enroll"]
 
 

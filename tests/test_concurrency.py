@@ -423,7 +423,8 @@ with Gallery(gallery_path, encoder=FakeEncoder(), actor="enroller") as gallery:
 def test_key_rotations_while_another_process_enrolls(tmp_path: Path, fake: ModuleType) -> None:
     """Each enrollment wraps a new data key: under the key that is current then, never under one
     a rotation in this process has replaced (issue 12 A: the gallery broke for good)."""
-    from consentmatch.keys import KeyRing, unseal
+    from consentmatch.crypto import unseal
+    from consentmatch.storage.keyring import KeyRing
 
     path = tmp_path / "rotating.db"
     with Gallery(path, encoder=fake.FakeEncoder()) as gallery:

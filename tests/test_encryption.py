@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from consentmatch import Consent, ConsentError, EncryptionKeyError, Gallery
-from consentmatch.keys import SEALED_TEMPLATE_BYTES, generate_key, unseal
+from consentmatch.crypto import SEALED_TEMPLATE_BYTES, generate_key, unseal
 
 from .conftest import FakeEncoder, fake_encoding, fake_photo
 
@@ -142,7 +142,7 @@ def test_rotation_of_a_caller_held_key_takes_the_new_one(tmp_path: Path) -> None
 
 
 def test_plaintext_rows_of_schema_2_are_sealed_at_open(tmp_path: Path) -> None:
-    from consentmatch.migrations import APPLICATION_ID, MIGRATIONS
+    from consentmatch.storage.migrations import APPLICATION_ID, MIGRATIONS
 
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
@@ -193,7 +193,7 @@ def test_key_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_rotation_cut_short_is_finished_at_the_next_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from consentmatch import keys as keys_module
+    from consentmatch.storage import keyring as keys_module
 
     path, keys = tmp_path / "g.db", tmp_path / "keys"
     photo = fake_photo(tmp_path, "a.png", (10, 0))
@@ -218,7 +218,7 @@ def test_a_rotation_cut_short_is_finished_at_the_next_open(tmp_path: Path, monke
 
 def _unopenable_data_keys(path: Path, keys: Path, key: str | None = None) -> list[str]:
     """The data keys in the key store that the gallery's current key does not unwrap."""
-    from consentmatch.keys import KeyRing
+    from consentmatch.storage.keyring import KeyRing
 
     with _gallery(path, key=key, key_dir=keys) as gallery:
         gallery_id = gallery.key_info().gallery_id
@@ -286,24 +286,24 @@ def test_a_caller_held_key_rotated_elsewhere_is_refused_clearly(tmp_path: Path) 
 
 
 def test_a_rotation_that_took_effect_is_audited_even_after_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from consentmatch import audit
+    from consentmatch.storage.sqlite_rows import SqliteTransaction
 
     path, keys = tmp_path / "g.db", tmp_path / "keys"
     photo = fake_photo(tmp_path, "a.png", (10, 0))
     with _gallery(path, key_dir=keys, actor="ops-1") as gallery:
         gallery.enroll("alice", [photo], Consent("R1", ["door"]))
-    real_append = audit.append
+    real_append = SqliteTransaction.append_audit
 
-    def crash_at_the_rotation_event(conn: sqlite3.Connection, **event: object) -> int:
+    def crash_at_the_rotation_event(tx: SqliteTransaction, **event: object) -> int:
         if event["action"] == "key-rotate":
             raise KeyboardInterrupt  # stands for a kill after the key store committed, before the gallery did
-        return real_append(conn, **event)  # type: ignore[arg-type]
+        return real_append(tx, **event)  # type: ignore[arg-type]
 
     old = next(keys.glob("*.key")).read_text()
-    monkeypatch.setattr(audit, "append", crash_at_the_rotation_event)
+    monkeypatch.setattr(SqliteTransaction, "append_audit", crash_at_the_rotation_event)
     with pytest.raises(KeyboardInterrupt), _gallery(path, key_dir=keys, actor="ops-1") as gallery:
         gallery.rotate_key()
-    monkeypatch.setattr(audit, "append", real_append)
+    monkeypatch.setattr(SqliteTransaction, "append_audit", real_append)
     assert next(keys.glob("*.key")).read_text() != old  # the rotation took effect
     for _ in range(2):  # recorded at the next open, and once only
         with _gallery(path, key_dir=keys) as gallery:

@@ -194,7 +194,7 @@ def test_concurrent_searches_while_enrolling_and_forgetting(fake_gallery: Galler
 def test_forget_racing_a_reenrollment_of_the_name_shreds_the_new_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from consentmatch.store import Store
+    from consentmatch.storage.sqlite import SqliteStore as Store
 
     path, keys = tmp_path / "g.db", tmp_path / "keys"
     first_photo, second_photo = fake_photo(tmp_path, "a.png", (10, 0)), fake_photo(tmp_path, "a2.png", (10, 1))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from consentmatch.index import EXACT_BELOW, FaceIndex
+from consentmatch.search.index import EXACT_BELOW, FaceIndex
 
 SIZE = EXACT_BELOW + 2_000  # just into IVF
 

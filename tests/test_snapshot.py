@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from consentmatch import Consent, Gallery, snapshot
-from consentmatch.index import EXACT_BELOW, FaceIndex
-from consentmatch.store import Store
+from consentmatch import Consent, Gallery
+from consentmatch.search import snapshot
+from consentmatch.search.index import EXACT_BELOW, FaceIndex
+from consentmatch.storage.sqlite_rows import SqliteTransaction
 
 from .conftest import FakeEncoder, fake_encoding, fake_photo
 
@@ -41,13 +42,13 @@ def _enrolled(tmp_path: Path, *people: int) -> Path:
 def _rebuilds(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts index builds from the store (reading every template) from here on."""
     calls: list[int] = []
-    original = Store.all_templates
+    original = SqliteTransaction.all_templates
 
-    def counted(self: Store, conn: sqlite3.Connection) -> tuple[np.ndarray, np.ndarray]:
+    def counted(self: SqliteTransaction) -> tuple[np.ndarray, np.ndarray]:
         calls.append(1)
-        return original(self, conn)
+        return original(self)
 
-    monkeypatch.setattr(Store, "all_templates", counted)
+    monkeypatch.setattr(SqliteTransaction, "all_templates", counted)
     return calls
 
 
@@ -121,8 +122,8 @@ def test_erasure_shreds_every_snapshot_key(tmp_path: Path, monkeypatch: pytest.M
         keys = gallery._store.keys
         # Erased from the index read back from the snapshot too (no live index needed).
         assert receipt.verified and receipt.index_entries_removed == 1 and keys.index_key_ids() == set()
-        with gallery._store.read() as conn:
-            state = Store.templates_state(conn)
+        with gallery._store.read() as tx:
+            state = tx.templates_state()
         old_state = _header_state(before)
         # The old snapshot holds person-10: with its key gone it opens for no state at all.
         assert snapshot.load(before, keys, old_state, 0) is None

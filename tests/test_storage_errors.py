@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from consentmatch import Consent, Gallery, StorageError
 from consentmatch.cli import app
-from consentmatch.migrations import MIGRATIONS
+from consentmatch.storage.migrations import MIGRATIONS
 
 from .conftest import PURPOSE, FakeEncoder, fake_photo
 

@@ -15,10 +15,11 @@ import pytest
 from typer.testing import CliRunner
 
 from consentmatch import ConsentError, Consent, Gallery, StorageError, TamperingError
-from consentmatch import snapshot
+from consentmatch.search import snapshot
 from consentmatch.cli import app
-from consentmatch.keys import MAC_KEY_ID, KeyRing, seal
-from consentmatch.migrations import APPLICATION_ID, MIGRATIONS
+from consentmatch.crypto import seal
+from consentmatch.storage.keyring import MAC_KEY_ID, KeyRing
+from consentmatch.storage.migrations import APPLICATION_ID, MIGRATIONS
 
 from .conftest import EXAMPLES, FakeEncoder, fake_encoding, fake_photo
 

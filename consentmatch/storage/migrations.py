@@ -1,17 +1,28 @@
-"""Numbered schema steps. Step N brings a gallery from `user_version` N-1 to N; never edit a shipped step.
+"""Numbered schema steps of an SQLite gallery. Step N brings a gallery from `user_version` N-1 to N;
+never edit a shipped step.
 
-Templates are 128 little-endian float32 (512 bytes), sealed since step 3 (see keys.py). Times
-are fixed-width ISO 8601 UTC text, so SQL compares them as strings.
+A step is SQL (a script) or Python (a function given the connection, inside the step's
+transaction). Templates are 128 little-endian float32 (512 bytes), sealed since step 3 (see
+storage/keyring.py). Times are fixed-width ISO 8601 UTC text, so SQL compares them as strings.
+Steps that need the gallery's keys (binding older rows) run at the first open with the keys
+(`SqliteStore._open_keys`), not here: a migration runs before the keys are known.
 """
 
 from __future__ import annotations
 
-__all__ = ["APPLICATION_ID", "MIGRATIONS"]
+import sqlite3
+from collections.abc import Callable, Iterator
+from typing import Union
+
+__all__ = ["APPLICATION_ID", "MIGRATIONS", "Step", "run_step"]
+
+#: A schema step: an SQL script, or a function run on the connection.
+Step = Union[str, Callable[[sqlite3.Connection], None]]
 
 #: SQLite `application_id` marking a file as a consentmatch gallery ("CMAT").
 APPLICATION_ID = 0x434D4154
 
-MIGRATIONS: tuple[str, ...] = (
+MIGRATIONS: tuple[Step, ...] = (
     # 1: subjects, their consents and purposes, their templates; a generation counter.
     """
     CREATE TABLE meta (
@@ -150,3 +161,24 @@ MIGRATIONS: tuple[str, ...] = (
         AND NOT EXISTS (SELECT 1 FROM consents WHERE email_hash IS NOT NULL);
     """,
 )
+
+
+def run_step(conn: sqlite3.Connection, step: Step) -> None:
+    """Run one step inside the caller's transaction."""
+    if callable(step):
+        step(conn)
+        return
+    for statement in _statements(step):
+        conn.execute(statement)
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The complete SQL statements of a script (a trigger's inner `;` does not end one)."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            yield buffer.strip()
+            buffer = ""
+    if buffer.strip():
+        yield buffer.strip()

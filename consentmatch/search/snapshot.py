@@ -33,9 +33,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import EngineError
+from ..crypto import NONCE_BYTES
+from ..errors import EngineError
+from ..storage.keyring import INDEX_KEY_PREFIX, KeyRing
 from .index import EXACT_BELOW, FaceIndex, IndexParams
-from .keys import INDEX_KEY_PREFIX, NONCE_BYTES, KeyRing
+
 
 __all__ = ["SNAPSHOT_FROM", "discard", "load", "path_for", "save"]
 

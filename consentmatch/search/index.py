@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .vision.types import DIMENSIONS
-from .errors import EngineError
+from ..errors import EngineError
+from ..vision.types import DIMENSIONS
 
 __all__ = ["EXACT_BELOW", "FaceIndex", "IndexParams"]
 

@@ -24,124 +24,42 @@ import contextlib
 import os
 import secrets
 import sqlite3
-import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import EncryptionKeyError
+from ..crypto import KEY_BYTES, aead, parse_key, seal, unseal, unseal_with, write_private
+from ..errors import EncryptionKeyError
+from ..settings import KeySource, Settings, key_source
 
-__all__ = ["KEY_BYTES", "KeyRing", "generate_key", "parse_key", "write_private"]
+__all__ = ["INDEX_KEY_PREFIX", "MAC_KEY_ID", "KeyRing"]
 
-KEY_BYTES = 32
-NONCE_BYTES = 12
-SEALED_TEMPLATE_BYTES = NONCE_BYTES + 512 + 16  # nonce + 128 float32 + GCM tag
 INDEX_KEY_PREFIX = "index-"  # data keys of index snapshots, not of subjects
 MAC_KEY_PREFIX = "mac-"  # the gallery's MAC key: neither a subject's nor an index's, never shredded
 MAC_KEY_ID = MAC_KEY_PREFIX + "1"
 _CHECK = b"consentmatch gallery key check"
 
 
-def generate_key() -> str:
-    """A new random gallery key, as the 64 hex digits CONSENTMATCH_KEY takes."""
-    return secrets.token_hex(KEY_BYTES)
-
-
-def parse_key(text: str | bytes, source: str) -> bytes:
-    """32 raw bytes, or 64 hex digits (as text or bytes).
-
-    Raises:
-        EncryptionKeyError: neither.
-    """
-    raw = text.encode() if isinstance(text, str) else text
-    if len(raw) == KEY_BYTES:
-        return raw
-    try:
-        key = bytes.fromhex(raw.decode("ascii").strip())
-    except (UnicodeDecodeError, ValueError):
-        key = b""
-    if len(key) != KEY_BYTES:
-        raise EncryptionKeyError(f"The gallery key from {source} is not 64 hex digits: make one with `consentmatch key generate`.")
-    return key
-
-
-def default_key_dir() -> Path:
-    configured = os.environ.get("CONSENTMATCH_KEY_DIR")
-    if configured:
-        return Path(configured)
-    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(data) / "consentmatch" / "keys"
-
-
-def aead(key: bytes) -> Any:
-    """An AES-256-GCM cipher (cryptography's AESGCM), imported lazily so `import consentmatch` stays light."""
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    return AESGCM(key)
-
-
-def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
-    nonce = secrets.token_bytes(NONCE_BYTES)
-    return nonce + bytes(aead(key).encrypt(nonce, plaintext, aad))
-
-
-def unseal(key: bytes, sealed: bytes, aad: bytes) -> bytes | None:
-    """The plaintext, or None when the key or associated data do not fit (tampered or wrong key)."""
-    return unseal_with(aead(key), sealed, aad)
-
-
-def unseal_with(cipher: Any, sealed: bytes, aad: bytes) -> bytes | None:
-    from cryptography.exceptions import InvalidTag
-
-    try:
-        return bytes(cipher.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], aad))
-    except InvalidTag:
-        return None
-
-
-def write_private(path: Path, data: bytes, *, exclusive: bool = False) -> bool:
-    """Write a secret file atomically (temp + fsync + rename), readable by its owner only.
-
-    `exclusive`: never replace an existing file (two processes creating one gallery at once
-    must agree on one key); returns False when the file was already there.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(handle, 0o600)
-        os.write(handle, data)
-        os.fsync(handle)
-        os.close(handle)
-        if exclusive:
-            try:
-                os.link(temp, path)  # atomic, and fails if another process got there first
-            except FileExistsError:
-                return False
-            finally:
-                os.unlink(temp)
-        else:
-            os.replace(temp, path)
-        return True
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
-
-
 class KeyRing:
     """The gallery key and the per-subject data keys of one gallery.
 
     Args:
-        key: the gallery key itself (32 bytes or 64 hex digits); None: from the environment
-            or the key file.
-        key_dir: where key files live; None: CONSENTMATCH_KEY_DIR or the user data folder.
+        key: the gallery key itself (32 bytes or 64 hex digits); None: as the settings say
+            (`settings.key_source`: CONSENTMATCH_KEY, CONSENTMATCH_KEY_FILE, or the key file).
+        key_dir: where key files live; None: the settings' (CONSENTMATCH_KEY_DIR or the user data folder).
+        settings: None: `Settings.from_env()`.
     """
 
-    def __init__(self, key: bytes | str | None = None, key_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, key: bytes | str | None = None, key_dir: str | os.PathLike[str] | None = None,
+        settings: Settings | None = None,
+    ) -> None:
         self._given = parse_key(key, "the `key` argument") if key is not None else None
-        self.key_dir = Path(key_dir) if key_dir is not None else default_key_dir()
+        self._settings = (settings or Settings.from_env()).replace(key_dir=Path(key_dir) if key_dir is not None else None)
+        assert self._settings.key_dir is not None
+        self.key_dir: Path = self._settings.key_dir
         self._lock = threading.RLock()
         self._kek: bytes | None = None
         self._deks: dict[str, bytes] = {}
@@ -279,13 +197,16 @@ class KeyRing:
             "to the key it was created with."
         )
 
+    def _source(self, gallery_id: str | None) -> KeySource:
+        return key_source(self._settings, self._given, gallery_id)
+
     def _load_kek(self, gallery_id: str, *, create: bool) -> bytes:
-        if self._given is not None:
-            return self._given
-        if os.environ.get("CONSENTMATCH_KEY"):
-            return parse_key(os.environ["CONSENTMATCH_KEY"], "CONSENTMATCH_KEY")
-        named = os.environ.get("CONSENTMATCH_KEY_FILE")
-        path = Path(named) if named else self.key_dir / f"{gallery_id}.key"
+        source = self._source(gallery_id)
+        if source.key is not None:
+            return source.key if isinstance(source.key, bytes) else parse_key(source.key, source.kind)
+        named = source.kind == "named file"
+        assert source.path is not None
+        path = source.path
         if path.exists():
             try:
                 return parse_key(path.read_bytes(), str(path))
@@ -558,18 +479,9 @@ class KeyRing:
     @property
     def source(self) -> str:
         """Where the gallery key comes from: argument, CONSENTMATCH_KEY, or a key file."""
-        if self._given is not None:
-            return "argument"
-        if os.environ.get("CONSENTMATCH_KEY"):
-            return "CONSENTMATCH_KEY"
-        return f"key file {self.key_file}"
+        return self._source(self.gallery_id).describe()
 
     @property
     def key_file(self) -> Path | None:
         """The file holding the gallery key, when it is a file (named, or the default one)."""
-        if self._given is not None or os.environ.get("CONSENTMATCH_KEY"):
-            return None
-        named = os.environ.get("CONSENTMATCH_KEY_FILE")
-        if named:
-            return Path(named)
-        return self.key_dir / f"{self.gallery_id}.key" if self.gallery_id else None
+        return self._source(self.gallery_id).path
