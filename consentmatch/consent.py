@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timezone
 
 from .errors import InvalidArgumentError
+from .files import EVIDENCE_MAX_BYTES, FileKind, read_file
 
 __all__ = ["SIGNERS", "Consent", "evidence_digest", "parse_expiry", "utc"]
 
@@ -19,6 +19,9 @@ SIGNERS = ("subject", "guardian")
 
 _JURISDICTION = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")
 _PURPOSE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")
+_EVIDENCE_FILE = FileKind(
+    "Evidence", "the signed release file", EVIDENCE_MAX_BYTES, "store a smaller scan, or give its SHA-256 instead"
+)
 
 
 def utc(moment: datetime | date) -> datetime:
@@ -46,20 +49,9 @@ def evidence_digest(path: str | os.PathLike[str]) -> str:
     """SHA-256 of a signed release file; the file itself is never stored.
 
     Raises:
-        InvalidArgumentError: the file cannot be read.
+        InvalidArgumentError: not a regular file of at most EVIDENCE_MAX_BYTES, or unreadable.
     """
-    digest = hashlib.sha256()
-    name = os.fspath(path)
-    try:
-        # A signed release is a regular file: never block on a FIFO or read a device forever.
-        if "\0" in name or not stat.S_ISREG(os.stat(name).st_mode):
-            raise InvalidArgumentError(f"Evidence '{name}' is not a regular file: give the signed release's file.")
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as exc:
-        raise InvalidArgumentError(f"Evidence file '{os.fspath(path)}' cannot be read ({exc.strerror or exc}).") from None
-    return digest.hexdigest()
+    return hashlib.sha256(read_file(path, _EVIDENCE_FILE, InvalidArgumentError)).hexdigest()
 
 
 def check_purpose(purpose: str) -> str:

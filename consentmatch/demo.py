@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import secrets
 import tempfile
@@ -13,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import ConsentError, ManifestError
+from .manifest import open_csv
 
 if TYPE_CHECKING:
     from .gallery import Gallery
@@ -126,5 +126,5 @@ def _expected(folder: Path) -> dict[str, list[str]]:
     path = folder / "expected.csv"
     if not path.is_file():
         return {}
-    with path.open(newline="") as handle:
-        return {Path(r["file"]).name: sorted(r["subjects"].split()) for r in csv.DictReader(handle)}
+    reader = open_csv(path, "Expected results", ("file", "subjects"), "file,subjects")
+    return {Path(r["file"] or "").name: sorted((r["subjects"] or "").split()) for r in reader}

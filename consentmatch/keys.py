@@ -20,12 +20,14 @@ from __future__ import annotations
 import os
 import secrets
 import sqlite3
+import stat
 import tempfile
 import threading
 from pathlib import Path
 from typing import Any
 
 from .errors import EncryptionKeyError
+from .files import KEY_FILE_MAX_BYTES, FileKind, read_file
 
 __all__ = ["KEY_BYTES", "KeyRing", "generate_key", "parse_key", "write_private"]
 
@@ -57,6 +59,46 @@ def parse_key(text: str | bytes, source: str) -> bytes:
     if len(key) != KEY_BYTES:
         raise EncryptionKeyError(f"The gallery key from {source} is not 64 hex digits: make one with `consentmatch key generate`.")
     return key
+
+
+_KEY_FILE = FileKind("The gallery key file", "the key file", KEY_FILE_MAX_BYTES, "a key file holds 64 hex digits")
+
+
+def read_key_file(path: Path) -> bytes:
+    """A key file's bytes: a regular file, small, readable by its owner only (as ssh insists).
+
+    Raises:
+        EncryptionKeyError: not a regular file, too large, unreadable, or open to others.
+    """
+    data = read_file(path, _KEY_FILE, EncryptionKeyError)
+    check_private(path)
+    return data
+
+
+def check_private(path: Path) -> None:
+    """Refuse, as ssh does, a key file that others may read or write, or a key folder others may write
+    (they could swap the keys in it). A folder others may only list is allowed: its files are 0600.
+
+    Raises:
+        EncryptionKeyError: naming the file and the chmod that fixes it.
+    """
+    if os.name == "nt":  # no POSIX modes: the folder's ACLs decide
+        return
+    try:
+        info = path.stat()
+    except (OSError, ValueError):
+        return  # missing: created private; unreadable: the read that follows says why
+    mode = stat.S_IMODE(info.st_mode)
+    if stat.S_ISDIR(info.st_mode):
+        if mode & 0o022:
+            raise EncryptionKeyError(
+                f"The key folder '{path}' is writable by others (mode {mode:04o}), who could swap the keys in it: "
+                f"run `chmod 700 '{path}'`."
+            )
+    elif mode & 0o077:
+        raise EncryptionKeyError(
+            f"The gallery key file '{path}' is open to others (mode {mode:04o}): run `chmod 600 '{path}'`."
+        )
 
 
 def default_key_dir() -> Path:
@@ -184,7 +226,7 @@ class KeyRing:
         the new key in `<key file>.next`; adopt it. Otherwise the key is wrong."""
         pending = self.key_file.with_name(self.key_file.name + ".next") if self.key_file else None
         if pending is not None and pending.exists():
-            fresh = parse_key(pending.read_bytes(), str(pending))
+            fresh = parse_key(read_key_file(pending), str(pending))
             if unseal(fresh, check, (self.gallery_id or "").encode()) == _CHECK:
                 assert self.key_file is not None
                 os.replace(pending, self.key_file)
@@ -205,21 +247,19 @@ class KeyRing:
         named = os.environ.get("CONSENTMATCH_KEY_FILE")
         path = Path(named) if named else self.key_dir / f"{gallery_id}.key"
         if path.exists():
-            try:
-                return parse_key(path.read_bytes(), str(path))
-            except OSError as exc:
-                raise EncryptionKeyError(f"The gallery key file '{path}' cannot be read ({exc.strerror or exc}).") from None
+            return parse_key(read_key_file(path), str(path))
         if create and not named:
             key = secrets.token_bytes(KEY_BYTES)
             if write_private(path, key.hex().encode(), exclusive=True):
                 return key
-            return parse_key(path.read_bytes(), str(path))  # another process created it first
+            return parse_key(read_key_file(path), str(path))  # another process created it first
         raise EncryptionKeyError(
             f"The gallery key was not found ({path}): set CONSENTMATCH_KEY or CONSENTMATCH_KEY_FILE, "
             "or CONSENTMATCH_KEY_DIR to the folder that holds it."
         )
 
     def _open_deks(self, path: Path) -> None:
+        check_private(path.parent)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
