@@ -11,6 +11,7 @@ from datetime import date, datetime, time, timezone
 
 from .errors import InvalidArgumentError
 from .files import EVIDENCE_MAX_BYTES, FileKind, read_file
+from .text import check_text
 
 __all__ = ["SIGNERS", "Consent", "evidence_digest", "parse_expiry", "utc"]
 
@@ -91,9 +92,9 @@ class Consent:
     notice_version: str | None = None
 
     def __post_init__(self) -> None:
-        reference = self.reference.strip() if isinstance(self.reference, str) else ""
-        if not reference or len(reference) > 200:
+        if not isinstance(self.reference, str) or not self.reference.strip():
             raise InvalidArgumentError("A consent needs a reference (1-200 characters): the id of the signed release.")
+        reference = check_text(self.reference, "consent reference")
         raw: Iterable[str] = (self.purposes,) if isinstance(self.purposes, str) else self.purposes
         purposes = tuple(dict.fromkeys(check_purpose(p) for p in raw))
         if not purposes:
@@ -109,7 +110,9 @@ class Consent:
         if evidence is not None and not re.fullmatch(r"[0-9a-f]{64}", evidence):
             raise InvalidArgumentError("evidence_sha256 must be a SHA-256 hex digest: use evidence_digest(path).")
         object.__setattr__(self, "evidence_sha256", evidence)
-        object.__setattr__(self, "notice_version", (self.notice_version or "").strip() or None)
+        notice = self.notice_version
+        blank = notice is None or (isinstance(notice, str) and not notice.strip())
+        object.__setattr__(self, "notice_version", None if blank else check_text(notice, "notice version"))
         object.__setattr__(self, "reference", reference)
         object.__setattr__(self, "purposes", purposes)
         object.__setattr__(self, "jurisdiction", jurisdiction)

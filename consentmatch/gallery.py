@@ -79,6 +79,7 @@ from .results import (
     Verification,
 )
 from .store import Searchable, Store, reference_taken
+from .text import check_text
 
 __all__ = ["Gallery"]
 
@@ -98,10 +99,7 @@ def _default_actor() -> str:
 
 
 def _check_name(value: str, what: str) -> str:
-    name = value.strip() if isinstance(value, str) else ""
-    if not name or len(name) > 200 or any(ord(ch) < 32 for ch in name):
-        raise InvalidArgumentError(f"{value!r} is not a valid {what}: use 1-200 printable characters.")
-    return name
+    return check_text(value, what)
 
 
 class Gallery:
