@@ -878,7 +878,7 @@ class Gallery:
     def _enrollment_face(
         self, photo: PhotoInput, min_face_px: int, excluded: Sequence[str], level: str
     ) -> tuple[str, DetectedFace]:
-        decoded = load_photo(photo)
+        decoded = load_photo(photo, strict=True)  # a corrupt JPEG that decodes is refused, not enrolled
         self._check_region(decoded, excluded)
         found = self._encoder.encode(decoded, min(PROBE_MIN_FACE_PX, min_face_px))
         face = single_face(found, decoded.name, min_face_px)

@@ -30,6 +30,7 @@ from PIL import (  # noqa: F401  isort: skip
 
 from .errors import ImageError
 from .files import FileKind, read_file
+from .jpeg import corruption
 
 __all__ = ["ALLOWED_FORMATS", "MAX_DECODE_PIXELS", "MAX_FILE_BYTES", "Photo", "PhotoInput", "load_photo"]
 
@@ -71,8 +72,12 @@ def photo_name(photo: PhotoInput) -> str:
     return os.fspath(photo)
 
 
-def load_photo(photo: PhotoInput) -> Photo:
+def load_photo(photo: PhotoInput, *, strict: bool = False) -> Photo:
     """Decode a photo to upright 8-bit RGB.
+
+    `strict` (enrollment): also refuse a JPEG whose compressed data is corrupt but decodes,
+    which libjpeg only warns about and Pillow passes on silently (`jpeg.py`). Probes stay
+    lenient on purpose: a damaged probe costs one search, a damaged template every later one.
 
     Raises:
         ImageError: missing, unreadable, empty, unsupported, corrupt, multi-frame or too large.
@@ -87,6 +92,13 @@ def load_photo(photo: PhotoInput) -> Photo:
         with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
             pixels, scale = _decode(image, name)
             gps = _gps(image)
+            damage = corruption(data, MAX_DECODE_PIXELS) if strict and image.format in ("JPEG", "MPO") else None
+        if damage is not None:
+            raise ImageError(
+                f"'{name}' is damaged: its JPEG data is corrupt ({damage}), so parts of the face would be decoder "
+                "garbage: re-export the photo from the original.",
+                name,
+            )
     except UnidentifiedImageError:
         raise ImageError(f"'{name}' is not a supported image: {_HINT}.", name) from None
     except Image.DecompressionBombError:
