@@ -23,6 +23,8 @@ from rich.table import Table
 
 from .errors import ConsentMatchError, InvalidArgumentError
 from .policy import POLICY, PROBE_MIN_FACE_PX
+from .text import shown as _shown
+from .text import visible
 
 if TYPE_CHECKING:
     from .consent import Consent
@@ -39,7 +41,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-out = Console(highlight=False, soft_wrap=True)
+# emoji=False: a subject named ":smile:" is shown as typed, not as an emoji.
+out = Console(highlight=False, soft_wrap=True, emoji=False)
 
 GalleryOption = Annotated[
     Path,
@@ -105,8 +108,8 @@ ToleranceOption = Annotated[
 
 
 def _error(message: str) -> None:
-    """One line on stderr: no wrapping, no markup, no traceback."""
-    print(f"error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    """One line on stderr: no wrapping, no markup, no traceback, no raw control character."""
+    print(f"error: {visible(' '.join(message.split()))}", file=sys.stderr, flush=True)
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -218,8 +221,8 @@ def enroll(
         _json(result.to_dict())
     else:
         out.print(
-            f"Enrolled '{result.subject}': {result.templates_added} template(s) added, "
-            f"{result.templates_total} in all, under consent {result.consent_reference}."
+            f"Enrolled '{_shown(result.subject)}': {result.templates_added} template(s) added, "
+            f"{result.templates_total} in all, under consent {_shown(result.consent_reference)}."
         )
 
 
@@ -276,7 +279,7 @@ def import_(
         if report.rejected:
             table = Table("Row", "Subject", "Photo", "Reason", title="Rejected")
             for r in report.rejected:
-                table.add_row(str(r.row), r.subject, r.photo, r.reason)
+                table.add_row(str(r.row), _shown(r.subject), _shown(r.photo), _shown(r.reason))
             out.print(table)
     if report.rejected:
         raise typer.Exit(1)
@@ -337,14 +340,14 @@ def _print_matches(results: list[MatchResult]) -> None:
     table = Table("Image", "Face", "Box (t,r,b,l)", "Subject", "Distance", "Nearest candidates")
     for result in results:
         if not result.faces:
-            table.add_row(result.image, "-", "-", "[dim]no face found[/dim]", "-", "-")
+            table.add_row(_shown(result.image), "-", "-", "[dim]no face found[/dim]", "-", "-")
         for number, face in enumerate(result.faces, start=1):
-            nearest = ", ".join(f"{c.subject} {c.distance:.3f}" for c in face.candidates[:3]) or "-"
+            nearest = ", ".join(f"{_shown(c.subject)} {c.distance:.3f}" for c in face.candidates[:3]) or "-"
             table.add_row(
-                result.image,
+                _shown(result.image),
                 str(number),
                 ",".join(map(str, face.box.to_list())),
-                face.subject or ("[yellow]ambiguous[/yellow]" if face.ambiguous else "[dim]no match[/dim]"),
+                _shown(face.subject) if face.subject else ("[yellow]ambiguous[/yellow]" if face.ambiguous else "[dim]no match[/dim]"),
                 f"{face.distance:.3f}" if face.distance is not None else "-",
                 nearest,
             )
@@ -387,7 +390,7 @@ def verify(
         verdict = "[green]MATCH[/green]" if result.match else "[red]NO MATCH[/red]"
         sign = "<=" if result.match else ">"
         out.print(
-            f"{verdict}: '{result.image}' vs '{result.subject}': distance {result.distance:.3f} "
+            f"{verdict}: '{_shown(result.image)}' vs '{_shown(result.subject)}': distance {result.distance:.3f} "
             f"{sign} tolerance {result.tolerance:.2f}"
         )
 
@@ -414,7 +417,7 @@ def forget(
 
     **Example:** `consentmatch forget alice -g visitors.db --yes`
     """
-    _confirm(yes, f"Erase '{subject}' from {gallery} for good?")
+    _confirm(yes, f"Erase '{visible(subject)}' from {visible(str(gallery))} for good?")
     with _errors(), _gallery(gallery, actor) as g:
         receipt = g.forget(subject)
     if as_json:
@@ -426,7 +429,7 @@ def forget(
 def _print_erasure(receipt: Erasure) -> None:
     check = "post-check passed: none of them can be found" if receipt.verified else "[red]POST-CHECK FAILED[/red]"
     out.print(
-        f"Erased '{receipt.subject}' ({receipt.reason}): {receipt.templates_removed} template(s) and "
+        f"Erased '{_shown(receipt.subject)}' ({_shown(receipt.reason)}): {receipt.templates_removed} template(s) and "
         f"{receipt.consents_removed} consent record(s) from the store, {receipt.index_entries_removed} "
         f"entries from the index; {check}."
     )
@@ -447,12 +450,12 @@ def subjects(gallery: GalleryOption, as_json: JsonOption = False) -> None:
     table = Table("Subject", "Templates", "Active purposes", "Consent", "Expires", "Jurisdiction")
     for info in listing:
         table.add_row(
-            info.subject,
+            _shown(info.subject),
             str(info.templates),
-            ", ".join(info.active_purposes) or "[red]none[/red]",
-            ", ".join(c.reference for c in info.consents),
+            _shown(", ".join(info.active_purposes)) or "[red]none[/red]",
+            _shown(", ".join(c.reference for c in info.consents)),
             ", ".join(_date(c.expires_at) for c in info.consents),
-            ", ".join(c.jurisdiction or "-" for c in info.consents),
+            _shown(", ".join(c.jurisdiction or "-" for c in info.consents)),
         )
     out.print(table)
     out.print(f"{len(listing)} subject(s).")
@@ -541,7 +544,7 @@ def consent_revoke(
 
     **Example:** `consentmatch consent revoke FORM-17 -g visitors.db --yes`
     """
-    _confirm(yes, f"Revoke consent '{ref}' and erase the person's templates?")
+    _confirm(yes, f"Revoke consent '{visible(ref)}' and erase the person's templates?")
     with _errors(), _gallery(gallery, actor) as g:
         receipt = g.revoke_consent(ref)
     if as_json:
@@ -568,8 +571,9 @@ def _print_consents(records: list[ConsentRecord], as_json: bool) -> None:
     for r in records:
         state = "revoked " + _date(r.revoked_at) if r.revoked_at else ("active" if r.active else "inactive")
         table.add_row(
-            r.reference, r.subject, ", ".join(r.purposes), _date(r.granted_at), _date(r.expires_at),
-            r.jurisdiction or "-", r.signer, (r.evidence_sha256 or "-")[:12], state,
+            _shown(r.reference), _shown(r.subject), _shown(", ".join(r.purposes)), _date(r.granted_at),
+            _date(r.expires_at), _shown(r.jurisdiction or "-"), _shown(r.signer), _shown((r.evidence_sha256 or "-")[:12]),
+            state,
         )
     out.print(table)
 
@@ -618,7 +622,7 @@ def _print_policy(policy: dict[str, Any], as_json: bool) -> None:
         return
     for key, value in policy.items():
         shown = ",".join(value) if isinstance(value, list) else str(value).lower() if isinstance(value, bool) else value
-        out.print(f"{key} = {shown if shown != '' else '(none)'}")
+        out.print(f"{_shown(key)} = {_shown(shown) if shown != '' else '(none)'}")
 
 
 @app.command()
@@ -637,7 +641,8 @@ def retention(gallery: GalleryOption, as_json: JsonOption = False) -> None:
         return
     table = Table("Subject", "Templates", "Destroy by", "Rule", "State")
     for e in entries:
-        table.add_row(e.subject, str(e.templates), _date(e.destroy_by), e.rule, "[red]overdue[/red]" if e.overdue else "ok")
+        table.add_row(_shown(e.subject), str(e.templates), _date(e.destroy_by), _shown(e.rule),
+                      "[red]overdue[/red]" if e.overdue else "ok")
     out.print(table)
 
 
@@ -727,7 +732,7 @@ def optout_list(gallery: GalleryOption, as_json: JsonOption = False) -> None:
         return
     table = Table("Kind", "Value", "Added")
     for entry in entries:
-        table.add_row(entry.kind, entry.value, _date(entry.added_at))
+        table.add_row(_shown(entry.kind), _shown(entry.value), _date(entry.added_at))
     out.print(table)
 
 
@@ -757,7 +762,7 @@ def audit_(
         if as_json:
             _json(result.to_dict())
         elif result.intact:
-            out.print(f"Audit trail intact: {result.events} event(s), head {result.head}.")
+            out.print(f"Audit trail intact: {result.events} event(s), head {_shown(result.head)}.")
         if not result.intact and result.broken_at is None:  # the chain holds, a subject or consent row does not
             _fail(f"Gallery tampered: {result.problem}: restore the gallery from a backup.")
         if not result.intact:
@@ -770,7 +775,8 @@ def audit_(
     table = Table("#", "When (UTC)", "Actor", "Action", "Subject", "Purpose", "Details")
     for e in events:
         details = ", ".join(f"{k}={v}" for k, v in e.details.items())
-        table.add_row(str(e.seq), f"{e.at:%Y-%m-%d %H:%M:%S}", e.actor, e.action, e.subject or "-", e.purpose or "-", details)
+        table.add_row(str(e.seq), f"{e.at:%Y-%m-%d %H:%M:%S}", _shown(e.actor), _shown(e.action), _shown(e.subject or "-"),
+                      _shown(e.purpose or "-"), _shown(details))
     out.print(table)
 
 
@@ -795,7 +801,7 @@ def export(
         output.write_text(text + "\n", encoding="utf-8")
     except OSError as exc:
         _fail(f"Cannot write '{output}' ({exc.strerror or exc}).")
-    out.print(f"Wrote {output}.")
+    out.print(f"Wrote {_shown(output)}.")
 
 
 # -- keys ------------------------------------------------------------------------------------
@@ -817,7 +823,8 @@ def key_info(gallery: GalleryOption, as_json: JsonOption = False) -> None:
     if as_json:
         _json(info.to_dict())
     else:
-        out.print(f"gallery {info.gallery_id}: key from {info.key_source}; data keys in {info.key_dir} ({info.data_keys})")
+        out.print(f"gallery {_shown(info.gallery_id)}: key from {_shown(info.key_source)}; data keys in {_shown(info.key_dir)} "
+                  f"({info.data_keys})")
 
 
 @key_app.command("rotate")
@@ -853,7 +860,7 @@ def key_rotate(
     if as_json:
         _json({**info.to_dict(), "new_key_file": str(new_key_file) if new_key else None})
     else:
-        where = f"; the new key is in {new_key_file}: put it in CONSENTMATCH_KEY" if new_key else ""
+        where = f"; the new key is in {_shown(new_key_file)}: put it in CONSENTMATCH_KEY" if new_key else ""
         out.print(f"Rotated the gallery key: {info.data_keys} data key(s) re-wrapped{where}.")
 
 
@@ -990,7 +997,7 @@ def _evaluate_pairs(pairs: Path, tolerance: float, plot: Path | None, as_json: b
     if as_json:
         _json(result.to_dict() | {"plot": str(plot) if plot else None})
         return
-    table = Table("Measure", "Value", title=f"{result.pairs} pair(s) from {pairs}")
+    table = Table("Measure", "Value", title=f"{result.pairs} pair(s) from {_shown(pairs)}")
     table.add_row("Pairs", f"{result.genuine_pairs} same person, {result.impostor_pairs} different people")
     table.add_row("Tolerance", f"{result.tolerance:g}")
     table.add_row("Accuracy", _rate(result.accuracy))
@@ -1002,9 +1009,9 @@ def _evaluate_pairs(pairs: Path, tolerance: float, plot: Path | None, as_json: b
     table.add_row("Failures to enrol", f"{len(result.failures)} ({result.photos} photo(s) encoded)")
     out.print(table)
     for note in result.notes:
-        out.print(f"note: {note}")
+        out.print(f"note: {_shown(note)}")
     if plot is not None:
-        out.print(f"Plot written to {plot}.")
+        out.print(f"Plot written to {_shown(plot)}.")
 
 
 def _evaluate_identities(folder: Path, tolerance: float, as_json: bool) -> None:
@@ -1020,7 +1027,7 @@ def _evaluate_identities(folder: Path, tolerance: float, as_json: bool) -> None:
     if as_json:
         _json(result.to_dict())
         return
-    table = Table("Measure", "Value", title=f"Open-set 1:N on {folder}")
+    table = Table("Measure", "Value", title=f"Open-set 1:N on {_shown(folder)}")
     table.add_row("People", f"{result.people} ({result.enrolled_people} enrolled, {result.templates} template(s))")
     table.add_row("Probes", f"{result.mated_probes} mated, {result.nonmated_probes} non-mated")
     table.add_row("Tolerance", f"{result.tolerance:g}")
@@ -1030,7 +1037,7 @@ def _evaluate_identities(folder: Path, tolerance: float, as_json: bool) -> None:
     table.add_row("Failures to enrol", str(len(result.failures)))
     out.print(table)
     for note in result.notes:
-        out.print(f"note: {note}")
+        out.print(f"note: {_shown(note)}")
 
 
 def _print_failures(failures: Sequence[Failure]) -> None:
@@ -1081,12 +1088,12 @@ def calibrate(
                 g.set_policy("tolerance", result.tolerance)
     _print_failures(result.failures)
     if result.warning:
-        print(f"warning: {result.warning}", file=sys.stderr, flush=True)
+        print(f"warning: {visible(result.warning)}", file=sys.stderr, flush=True)
     if as_json:
         _json({**result.to_dict(), "stored": stored, "gallery": str(gallery) if stored else None})
         return
     if stored:
-        out.print(f"Stored tolerance {result.tolerance:.3f} in the policy of {gallery}.")
+        out.print(f"Stored tolerance {result.tolerance:.3f} in the policy of {_shown(gallery)}.")
     out.print(
         f"Tolerance {result.tolerance:.3f}: FMR {result.fmr:.4f} (target {result.target_fmr:g}), "
         f"FNMR {_rate(result.fnmr)}, on {result.genuine_pairs} same-person and {result.impostor_pairs} "

@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timezone
 
 from .errors import InvalidArgumentError
+from .files import EVIDENCE_MAX_BYTES, FileKind, read_file
+from .text import check_text
 
 __all__ = ["SIGNERS", "Consent", "evidence_digest", "parse_expiry", "utc"]
 
@@ -19,6 +20,9 @@ SIGNERS = ("subject", "guardian")
 
 _JURISDICTION = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")
 _PURPOSE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")
+_EVIDENCE_FILE = FileKind(
+    "Evidence", "the signed release file", EVIDENCE_MAX_BYTES, "store a smaller scan, or give its SHA-256 instead"
+)
 
 
 def utc(moment: datetime | date) -> datetime:
@@ -46,20 +50,9 @@ def evidence_digest(path: str | os.PathLike[str]) -> str:
     """SHA-256 of a signed release file; the file itself is never stored.
 
     Raises:
-        InvalidArgumentError: the file cannot be read.
+        InvalidArgumentError: not a regular file of at most EVIDENCE_MAX_BYTES, or unreadable.
     """
-    digest = hashlib.sha256()
-    name = os.fspath(path)
-    try:
-        # A signed release is a regular file: never block on a FIFO or read a device forever.
-        if "\0" in name or not stat.S_ISREG(os.stat(name).st_mode):
-            raise InvalidArgumentError(f"Evidence '{name}' is not a regular file: give the signed release's file.")
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as exc:
-        raise InvalidArgumentError(f"Evidence file '{os.fspath(path)}' cannot be read ({exc.strerror or exc}).") from None
-    return digest.hexdigest()
+    return hashlib.sha256(read_file(path, _EVIDENCE_FILE, InvalidArgumentError)).hexdigest()
 
 
 def check_purpose(purpose: str) -> str:
@@ -99,9 +92,9 @@ class Consent:
     notice_version: str | None = None
 
     def __post_init__(self) -> None:
-        reference = self.reference.strip() if isinstance(self.reference, str) else ""
-        if not reference or len(reference) > 200:
+        if not isinstance(self.reference, str) or not self.reference.strip():
             raise InvalidArgumentError("A consent needs a reference (1-200 characters): the id of the signed release.")
+        reference = check_text(self.reference, "consent reference")
         raw: Iterable[str] = (self.purposes,) if isinstance(self.purposes, str) else self.purposes
         purposes = tuple(dict.fromkeys(check_purpose(p) for p in raw))
         if not purposes:
@@ -117,7 +110,9 @@ class Consent:
         if evidence is not None and not re.fullmatch(r"[0-9a-f]{64}", evidence):
             raise InvalidArgumentError("evidence_sha256 must be a SHA-256 hex digest: use evidence_digest(path).")
         object.__setattr__(self, "evidence_sha256", evidence)
-        object.__setattr__(self, "notice_version", (self.notice_version or "").strip() or None)
+        notice = self.notice_version
+        blank = notice is None or (isinstance(notice, str) and not notice.strip())
+        object.__setattr__(self, "notice_version", None if blank else check_text(notice, "notice version"))
         object.__setattr__(self, "reference", reference)
         object.__setattr__(self, "purposes", purposes)
         object.__setattr__(self, "jurisdiction", jurisdiction)

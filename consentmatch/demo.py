@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import secrets
 import tempfile
@@ -13,6 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import ConsentError, ManifestError
+from .manifest import open_csv
+from .text import shown
 
 if TYPE_CHECKING:
     from .gallery import Gallery
@@ -48,25 +49,26 @@ def run(examples: Path | None, console: Console, *, as_json: bool = False) -> No
     with tempfile.TemporaryDirectory(prefix="consentmatch-demo-") as tmp, Gallery(
         Path(tmp) / "demo.db", key=secrets.token_bytes(32), key_dir=Path(tmp) / "keys", actor="demo"
     ) as gallery:
-        say(f"[b]1. Enroll with consent[/b] from {folder / 'consents.csv'} into a throwaway gallery", step="start")
+        say(f"[b]1. Enroll with consent[/b] from {shown(folder / 'consents.csv')} into a throwaway gallery", step="start")
         report = gallery.import_manifest(folder / "consents.csv")
         for info in gallery.subjects():
             refs = ", ".join(c.reference for c in info.consents)
             say(
-                f"   enrolled {info.subject:<15} {info.templates} photo(s), consent {refs}, "
-                f"purposes {', '.join(info.active_purposes)}",
+                f"   enrolled {shown(f'{info.subject:<15}')} {info.templates} photo(s), consent {shown(refs)}, "
+                f"purposes {shown(', '.join(info.active_purposes))}",
                 step="enrolled",
                 **info.to_dict(),
             )
         for rejection in report.rejected:
-            say(f"   [red]rejected[/red] row {rejection.row}: {rejection.reason}", step="rejected", **rejection.to_dict())
+            say(f"   [red]rejected[/red] row {rejection.row}: {shown(rejection.reason)}", step="rejected",
+                **rejection.to_dict())
 
         stranger = folder / "probes" / "lin-manuel-miranda.png"
         say("\n[b]2. No consent, no enrollment[/b]", step="refuse")
         try:
             gallery.enroll("lin-manuel-miranda", [stranger], consent=None)
         except ConsentError as exc:
-            say(f"   [yellow]refused:[/yellow] {exc}", step="refused", error=str(exc))
+            say(f"   [yellow]refused:[/yellow] {shown(exc)}", step="refused", error=str(exc))
 
         say(f"\n[b]3. Match the probes[/b] for purpose '{PURPOSE}'", step="match")
         _match_all(gallery, probes, expected, console, as_json)
@@ -116,8 +118,9 @@ def _match_all(
         found = [f.subject for f in result.faces if f.subject]
         nearest = ", ".join(f"{f.candidates[0].subject} {f.candidates[0].distance:.2f}" for f in result.faces if f.candidates)
         want = expected.get(probe.name)
-        mark = "" if want is None else ("[green]yes[/green]" if sorted(found) == want else f"[red]{' '.join(want)}[/red]")
-        table.add_row(probe.name, str(len(result.faces)), ", ".join(found) or "[dim]nobody[/dim]", nearest or "-", mark)
+        mark = "" if want is None else ("[green]yes[/green]" if sorted(found) == want else f"[red]{shown(' '.join(want))}[/red]")
+        table.add_row(shown(probe.name), str(len(result.faces)), shown(", ".join(found)) or "[dim]nobody[/dim]",
+                      shown(nearest or "-"), mark)
     if not as_json:
         console.print(table)
 
@@ -126,5 +129,5 @@ def _expected(folder: Path) -> dict[str, list[str]]:
     path = folder / "expected.csv"
     if not path.is_file():
         return {}
-    with path.open(newline="") as handle:
-        return {Path(r["file"]).name: sorted(r["subjects"].split()) for r in csv.DictReader(handle)}
+    reader = open_csv(path, "Expected results", ("file", "subjects"), "file,subjects")
+    return {Path(r["file"] or "").name: sorted((r["subjects"] or "").split()) for r in reader}

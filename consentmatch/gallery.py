@@ -81,6 +81,7 @@ from .results import (
 from .search import snapshot
 from .search.index import FaceIndex
 from .storage import KeyRing, Searchable, Transaction, open_store, reference_taken
+from .text import check_text
 
 __all__ = ["Gallery"]
 
@@ -100,10 +101,7 @@ def _default_actor() -> str:
 
 
 def _check_name(value: str, what: str) -> str:
-    name = value.strip() if isinstance(value, str) else ""
-    if not name or len(name) > 200 or any(ord(ch) < 32 for ch in name):
-        raise InvalidArgumentError(f"{value!r} is not a valid {what}: use 1-200 printable characters.")
-    return name
+    return check_text(value, what)
 
 
 class Gallery:
@@ -949,7 +947,7 @@ class Gallery:
     def _enrollment_face(
         self, photo: PhotoInput, min_face_px: int, excluded: Sequence[str], level: str
     ) -> tuple[str, DetectedFace]:
-        decoded = load_photo(photo)
+        decoded = load_photo(photo, strict=True)  # a corrupt JPEG that decodes is refused, not enrolled
         self._check_region(decoded, excluded)
         found = self._encoder.encode(decoded, min(PROBE_MIN_FACE_PX, min_face_px))
         face = single_face(found, decoded.name, min_face_px)

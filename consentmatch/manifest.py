@@ -10,7 +10,6 @@ import csv
 import io
 import os
 import re
-import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from .consent import Consent, evidence_digest, parse_expiry
 from .errors import ConsentMatchError, InvalidArgumentError, ManifestError
+from .files import CSV_MAX_BYTES, FileKind, read_file
 
 __all__ = ["COLUMNS", "REQUIRED_COLUMNS", "ManifestRow", "open_csv", "read_manifest", "resolve_path"]
 
@@ -42,18 +42,14 @@ def open_csv(path: Path, kind: str, required: Sequence[str], header_hint: str) -
     """A CSV reader over a whole UTF-8 file, its header lower-cased and checked for `required`.
 
     Raises:
-        ManifestError: the file cannot be read, or lacks a required column (`kind` names it).
+        ManifestError: the file cannot be read (or is not a regular file of at most
+            CSV_MAX_BYTES), or lacks a required column (`kind` names it).
     """
+    data = read_file(path, FileKind(kind, "the CSV file", CSV_MAX_BYTES, "split it into smaller files"), ManifestError)
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ManifestError(f"{kind} '{path}' does not exist: check the path.") from None
-    except IsADirectoryError:
-        raise ManifestError(f"{kind} '{path}' is a directory: name the CSV file.") from None
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ManifestError(f"{kind} '{path}' is not UTF-8 text: save it as CSV (UTF-8).") from None
-    except OSError as exc:
-        raise ManifestError(f"{kind} '{path}' cannot be read ({exc.strerror or exc}).") from None
     # The csv module's own line splitting: str.splitlines would also split on U+2028, \x1c...
     # inside a cell, and turn one row into two (a name pasted from the web enrolls as two people).
     reader = csv.DictReader(io.StringIO(text, newline=""))
@@ -138,13 +134,4 @@ def _evidence(cell: str, folder: Path) -> str | None:
         return None
     if re.fullmatch(r"[0-9a-fA-F]{64}", cell):
         return cell.lower()
-    path = resolve_path(cell, folder)
-    try:
-        info = os.stat(path)
-    except ValueError:  # a NUL in the name
-        raise InvalidArgumentError(f"Evidence {cell!r} is not a valid file name: name the signed release file.") from None
-    except OSError:
-        info = None  # evidence_digest says why it cannot be read
-    if info is not None and not stat.S_ISREG(info.st_mode):  # a device would be hashed forever, a FIFO block
-        raise InvalidArgumentError(f"Evidence '{cell}' is not a regular file: name the signed release file.")
-    return evidence_digest(path)
+    return evidence_digest(resolve_path(cell, folder))

@@ -308,7 +308,7 @@ def test_manifest_evidence_must_be_a_regular_file(tmp_path: Path) -> None:
                     "a,a.png,R1,door,/dev/zero\nb,b.png,R2,door,release.pdf\nc,c.png,R3,door,missing.pdf\n")
     problems = [row.problem or "" for row in read_manifest(path)]
     assert "not a regular file" in problems[0] and "not a regular file" in problems[1]
-    assert "cannot be read" in problems[2]
+    assert "does not exist" in problems[2]
 
 
 # -- the CLI ---------------------------------------------------------------------------------

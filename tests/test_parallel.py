@@ -76,9 +76,9 @@ def decoded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     names: list[str] = []
     original = gallery_module.load_photo
 
-    def spy(photo: PhotoInput) -> Photo:
+    def spy(photo: PhotoInput, *, strict: bool = False) -> Photo:
         names.append(Path(str(photo)).name)
-        return original(photo)
+        return original(photo, strict=strict)
 
     monkeypatch.setattr(gallery_module, "load_photo", spy)
     return names

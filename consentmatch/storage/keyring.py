@@ -24,6 +24,7 @@ import contextlib
 import os
 import secrets
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ from typing import Any
 
 from ..crypto import KEY_BYTES, aead, parse_key, seal, unseal, unseal_with, write_private
 from ..errors import EncryptionKeyError
+from ..files import KEY_FILE_MAX_BYTES, FileKind, read_file
 from ..settings import KeySource, Settings, key_source
 
 __all__ = ["INDEX_KEY_PREFIX", "MAC_KEY_ID", "KeyRing"]
@@ -40,6 +42,46 @@ INDEX_KEY_PREFIX = "index-"  # data keys of index snapshots, not of subjects
 MAC_KEY_PREFIX = "mac-"  # the gallery's MAC key: neither a subject's nor an index's, never shredded
 MAC_KEY_ID = MAC_KEY_PREFIX + "1"
 _CHECK = b"consentmatch gallery key check"
+
+
+_KEY_FILE = FileKind("The gallery key file", "the key file", KEY_FILE_MAX_BYTES, "a key file holds 64 hex digits")
+
+
+def read_key_file(path: Path) -> bytes:
+    """A key file's bytes: a regular file, small, readable by its owner only (as ssh insists).
+
+    Raises:
+        EncryptionKeyError: not a regular file, too large, unreadable, or open to others.
+    """
+    data = read_file(path, _KEY_FILE, EncryptionKeyError)
+    check_private(path)
+    return data
+
+
+def check_private(path: Path) -> None:
+    """Refuse, as ssh does, a key file that others may read or write, or a key folder others may write
+    (they could swap the keys in it). A folder others may only list is allowed: its files are 0600.
+
+    Raises:
+        EncryptionKeyError: naming the file and the chmod that fixes it.
+    """
+    if os.name == "nt":  # no POSIX modes: the folder's ACLs decide
+        return
+    try:
+        info = path.stat()
+    except (OSError, ValueError):
+        return  # missing: created private; unreadable: the read that follows says why
+    mode = stat.S_IMODE(info.st_mode)
+    if stat.S_ISDIR(info.st_mode):
+        if mode & 0o022:
+            raise EncryptionKeyError(
+                f"The key folder '{path}' is writable by others (mode {mode:04o}), who could swap the keys in it: "
+                f"run `chmod 700 '{path}'`."
+            )
+    elif mode & 0o077:
+        raise EncryptionKeyError(
+            f"The gallery key file '{path}' is open to others (mode {mode:04o}): run `chmod 600 '{path}'`."
+        )
 
 
 class KeyRing:
@@ -158,7 +200,7 @@ class KeyRing:
         if pending is None or not pending.exists():
             return
         try:
-            fresh: bytes | None = parse_key(pending.read_bytes(), str(pending))
+            fresh: bytes | None = parse_key(read_key_file(pending), str(pending))
         except EncryptionKeyError:
             fresh = None
         if fresh is not None and unseal(fresh, check, (self.gallery_id or "").encode()) == _CHECK:
@@ -184,7 +226,7 @@ class KeyRing:
             return kek
         pending = self._pending()
         if pending is not None and pending.exists():
-            fresh = parse_key(pending.read_bytes(), str(pending))
+            fresh = parse_key(read_key_file(pending), str(pending))
             if unseal(fresh, check, aad) == _CHECK:
                 return fresh
         if self._check is not None:  # it opened the gallery before: another process rotated the key since
@@ -208,21 +250,19 @@ class KeyRing:
         assert source.path is not None
         path = source.path
         if path.exists():
-            try:
-                return parse_key(path.read_bytes(), str(path))
-            except OSError as exc:
-                raise EncryptionKeyError(f"The gallery key file '{path}' cannot be read ({exc.strerror or exc}).") from None
+            return parse_key(read_key_file(path), str(path))
         if create and not named:
             key = secrets.token_bytes(KEY_BYTES)
             if write_private(path, key.hex().encode(), exclusive=True):
                 return key
-            return parse_key(path.read_bytes(), str(path))  # another process created it first
+            return parse_key(read_key_file(path), str(path))  # another process created it first
         raise EncryptionKeyError(
             f"The gallery key was not found ({path}): set CONSENTMATCH_KEY or CONSENTMATCH_KEY_FILE, "
             "or CONSENTMATCH_KEY_DIR to the folder that holds it."
         )
 
     def _open_deks(self, path: Path) -> None:
+        check_private(path.parent)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)

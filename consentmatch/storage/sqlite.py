@@ -11,7 +11,9 @@ its commit the store tells its listeners what templates the write added and dele
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -67,6 +69,7 @@ class SqliteStore:
             )
         if self.path.is_dir():
             raise StorageError(f"'{self.path}' is a directory: name a gallery file, e.g. {self.path / 'gallery.db'}.")
+        self._check_regular(create)
         deadline = time.monotonic() + _BUSY_TIMEOUT_S
         with self._mapped():
             while True:
@@ -87,6 +90,26 @@ class SqliteStore:
                     raise
         self._conn = conn
         return conn
+
+    def _check_regular(self, create: bool) -> None:
+        """Refuse a device, FIFO or socket before SQLite opens it (it would make `/dev/null-journal`
+        or wait on a pipe); create a new gallery file 0600, as the keys are: SQLite gives its
+        -wal, -shm and -journal files the gallery file's mode."""
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            info = None
+        except (OSError, ValueError):
+            return  # SQLite's own open says what is wrong
+        if info is not None and not stat.S_ISREG(info.st_mode):
+            raise StorageError(f"'{self.path}' is not a regular file (a device, pipe or socket): name a gallery file.")
+        if info is None and create:
+            try:
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600))
+            except FileExistsError:
+                pass  # another process created it first
+            except OSError:
+                pass  # a missing or read-only folder: SQLite's own open reports it
 
     def _set_up(self, conn: sqlite3.Connection, create: bool) -> None:
         self._check_owner(conn)  # before any pragma that changes the file (WAL is persistent)
