@@ -11,6 +11,7 @@ from datetime import date, datetime, time, timezone
 
 from .errors import InvalidArgumentError
 from .files import EVIDENCE_MAX_BYTES, FileKind, read_file
+from .geo import ISO_REGION
 from .text import check_text
 
 __all__ = ["SIGNERS", "Consent", "evidence_digest", "parse_expiry", "utc"]
@@ -18,7 +19,6 @@ __all__ = ["SIGNERS", "Consent", "evidence_digest", "parse_expiry", "utc"]
 #: Who signed the release: the person, or a parent/guardian (for minors, BIPA's "legally authorized representative").
 SIGNERS = ("subject", "guardian")
 
-_JURISDICTION = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")
 _PURPOSE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")
 _EVIDENCE_FILE = FileKind(
     "Evidence", "the signed release file", EVIDENCE_MAX_BYTES, "store a smaller scan, or give its SHA-256 instead"
@@ -100,7 +100,7 @@ class Consent:
         if not purposes:
             raise InvalidArgumentError(f"Consent '{reference}' names no purpose: give at least one, e.g. visitor-check-in.")
         jurisdiction = self.jurisdiction.strip().upper() if self.jurisdiction else None
-        if jurisdiction and not _JURISDICTION.match(jurisdiction):
+        if jurisdiction and not ISO_REGION.match(jurisdiction):
             raise InvalidArgumentError(
                 f"'{self.jurisdiction}' is not an ISO 3166 code: write e.g. US-IL, US-CA or FR."
             )

@@ -8,10 +8,14 @@ it; photos without GPS metadata cannot be checked at all (see README, Compliance
 
 from __future__ import annotations
 
+import re
 import threading
 from functools import lru_cache
 
-__all__ = ["region_codes"]
+__all__ = ["ISO_REGION", "region_codes"]
+
+#: An ISO 3166 country (FR) or first-level subdivision (US-IL): jurisdictions and excluded regions.
+ISO_REGION = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")
 
 _lock = threading.Lock()
 

@@ -8,12 +8,12 @@ table (a test keeps the README in step).
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidArgumentError
+from .geo import ISO_REGION
 
 __all__ = [
     "DEFAULT_MAX_TOP_K",
@@ -51,7 +51,6 @@ EVIDENCE_REQUIRED = {"US-IL": "BIPA 740 ILCS 14/15(b)(3)", "US-TX": "CUBI 503.00
 DEFAULT_DUPLICATE_TOLERANCE = 0.5
 QUALITY_SETTINGS = ("off", "low", "medium", "high")
 
-_REGION = re.compile(r"^[A-Z]{2}(-[A-Z0-9]{1,3})?$")
 
 
 def check_tolerance(tolerance: float) -> float:
@@ -104,7 +103,7 @@ def _boolean(key: str, value: Any) -> bool:
 def _regions(key: str, value: Any) -> list[str]:
     items = value.replace(";", ",").split(",") if isinstance(value, str) else list(value)
     regions = sorted({str(item).strip().upper() for item in items if str(item).strip()})
-    bad = [r for r in regions if not _REGION.match(r)]
+    bad = [r for r in regions if not ISO_REGION.match(r)]
     if bad:
         raise InvalidArgumentError(f"{', '.join(bad)}: not ISO 3166 codes; write e.g. US-IL,US-TX or FR.")
     return regions

@@ -15,3 +15,12 @@ def test_the_readme_policy_table_is_the_declared_one() -> None:
     end = text.index("\n<!-- /policy-table -->")
     assert text[start:end] == policy_table()
     assert all(f"`{key.name}`" in text[start:end] for key in POLICY)
+
+
+def test_the_readme_settings_table_is_the_declared_one() -> None:
+    from consentmatch.settings import SETTINGS
+
+    text = README.read_text(encoding="utf-8")
+    start = text.index("-->\n", text.index("<!-- settings-table")) + len("-->\n")
+    end = text.index("\n<!-- /settings-table -->")
+    assert text[start:end].splitlines()[2:] == [f"| `{s.env}` | {s.help} |" for s in SETTINGS]

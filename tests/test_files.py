@@ -46,7 +46,7 @@ def specials(tmp_path: Path) -> dict[str, Path]:
 
 @pytest.fixture
 def fake_cli(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("consentmatch.encoder.default_encoder", lambda: FakeEncoder())
+    monkeypatch.setattr("consentmatch.vision.default_encoder", lambda settings=None: FakeEncoder())
 
 
 @pytest.fixture

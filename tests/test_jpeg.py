@@ -19,7 +19,7 @@ from consentmatch.errors import ImageError
 from consentmatch.images import load_photo
 from consentmatch.jpeg import MAX_SCANS, corruption
 
-from consentmatch.encoder import DetectedFace
+from consentmatch.vision.types import DetectedFace
 from consentmatch.images import Photo
 from consentmatch.results import Box
 

@@ -28,7 +28,7 @@ MARKUP_NAMES = ["[/oops]", "[/]", "[bold]x[/bold]"]
 
 @pytest.fixture
 def fake_cli(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("consentmatch.encoder.default_encoder", lambda: FakeEncoder())
+    monkeypatch.setattr("consentmatch.vision.default_encoder", lambda settings=None: FakeEncoder())
 
 
 @pytest.fixture

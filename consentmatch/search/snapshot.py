@@ -14,7 +14,7 @@ The header names the gallery, the `templates_state` stamp of the templates it wa
 the id of its data key; it is the associated data, so none of it can be altered unnoticed. The
 body is FAISS's serialization of the index (float16 templates and their ids), sealed with
 AES-256-GCM under a data key of its own, kept with the subjects' keys and wrapped by the
-gallery key (keys.py). Each save makes a new key and shreds the older ones; every erasure
+gallery key (storage/keyring.py). Each save makes a new key and shreds the older ones; every erasure
 shreds them all in its own transaction, so no snapshot that holds an erased template stays
 readable, even a copy of the file or its blocks left on disk (SECURITY.md).
 """

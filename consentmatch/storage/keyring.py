@@ -10,12 +10,12 @@ Layout (all outside the gallery file):
 
 Each template is sealed with its subject's data key (AES-256-GCM, a random 96-bit nonce; as
 associated data the gallery id, the subject's id, name and key id, and the template's id: see
-store.py). Erasing a subject deletes its data key: a copy of the
+storage/sqlite_integrity.py). Erasing a subject deletes its data key: a copy of the
 gallery file restored from before the erasure can no longer be decrypted for that subject
-(crypto-shredding). The index snapshot (`snapshot.py`) has data keys of its own, ids starting
+(crypto-shredding). The index snapshot (`search/snapshot.py`) has data keys of its own, ids starting
 with `index-`, which every erasure deletes with the subject's. One more key, `mac-1`, is the
 gallery's MAC key: it authenticates the subject and consent rows and keys the e-mail hashes
-(store.py); it is wrapped and rotated like a data key, and never shredded.
+(storage/sqlite_integrity.py); it is wrapped and rotated like a data key, and never shredded.
 """
 
 from __future__ import annotations

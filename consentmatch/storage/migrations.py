@@ -146,7 +146,7 @@ MIGRATIONS: tuple[Step, ...] = (
         BEGIN UPDATE meta SET value = lower(hex(randomblob(16))) WHERE key = 'templates_state'; END;
     """,
     # 5: subject and consent rows carry a MAC under the gallery's MAC key (kept with the data
-    #    keys, store.py), and templates are bound to their subject by their associated data: a
+    #    keys, sqlite_integrity.py), and templates are bound to their subject by their associated data: a
     #    writer of the file alone can no longer rename a subject or add a purpose unnoticed. The
     #    open that first has the keys binds the existing rows, once (the key store records it).
     #    A consent's purposes are read by consent for its MAC: an index for that.

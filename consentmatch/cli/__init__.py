@@ -1,0 +1,36 @@
+"""The `consentmatch` command: a thin Typer adapter over `Gallery`, one command per verb.
+
+Each command opens the gallery, calls one method, prints a table (or JSON with --json) on
+stdout, and turns library errors into one line on stderr. Exit codes: 0 every input was
+processed (no match is a result), 1 an input or the gallery failed, 2 a usage error.
+
+    common.py       the app, the shared options, error mapping, printing helpers
+    faces.py        enroll, import, match, verify, forget, subjects, demo
+    records.py      consent, policy, retention, purge, optout, audit, export, key
+    evaluation.py   evaluate, calibrate
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+from . import evaluation, faces, records  # noqa: F401  (each registers its commands on `app`)
+from .common import app, error, settings
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Console entry point: usage errors exit 2, and nothing ever ends in a traceback."""
+    warnings.filterwarnings("ignore", category=UserWarning, module="face_recognition_models")
+    # Pillow warns about corrupt EXIF and big images; the decoder already turns what matters into
+    # one-line errors, so the warnings would only add noise (with file paths) to stderr.
+    warnings.filterwarnings("ignore", module="PIL")
+    try:
+        app()
+    except Exception as exc:  # a bug: say so in one line; the traceback only on request
+        if settings().debug:
+            raise
+        error(f"unexpected {type(exc).__name__}: {exc} (rerun with CONSENTMATCH_DEBUG=1 for a traceback)")
+        sys.exit(1)

@@ -1,0 +1,182 @@
+"""What every command shares: the Typer app, the console, the common options, and the one
+mapping of library errors to one line on stderr and an exit code (1, or 2 for a bad value)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import ConsentMatchError, InvalidArgumentError
+from ..policy import PROBE_MIN_FACE_PX
+from ..settings import Settings
+from ..text import shown as _shown
+from ..text import visible
+
+if TYPE_CHECKING:
+    from ..consent import Consent
+    from ..gallery import Gallery
+    from ..results import ConsentRecord, Erasure, MatchResult
+
+app = typer.Typer(
+    name="consentmatch",
+    help="Consent-based face matching: a gallery that holds only faces enrolled with a recorded consent.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,  # never a traceback with locals (they could hold a probe)
+    rich_markup_mode="markdown",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# emoji=False: a subject named ":smile:" is shown as typed, not as an emoji.
+out = Console(highlight=False, soft_wrap=True, emoji=False)
+
+GalleryOption = Annotated[
+    Path,
+    typer.Option(
+        "--gallery",
+        "-g",
+        envvar="CONSENTMATCH_GALLERY",
+        help="The gallery file (SQLite); created by the first enrollment.",
+        show_envvar=True,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output: JSON (Lines for lists).")]
+PurposeOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--purpose",
+        "-p",
+        help="Search only subjects whose active consent lists this purpose (required unless the policy's "
+        "require_purpose is false).",
+    ),
+]
+QualityOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--quality",
+        help="Quality bar for enrollment photos: off, low, medium or high (default: the gallery policy's, medium).",
+        show_default=False,
+    ),
+]
+DuplicateOption = Annotated[
+    bool,
+    typer.Option("--allow-duplicate", help="Enroll even when a face matches another enrolled subject (twins)."),
+]
+ActorOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--actor",
+        envvar="CONSENTMATCH_ACTOR",
+        help="Who is calling, for the audit trail (default: local:<OS user>).",
+        show_envvar=True,
+    ),
+]
+MinFaceOption = Annotated[
+    int,
+    typer.Option(
+        "--min-face-px", min=1, max=10_000,
+        help="Narrowest face looked for, in the photo's pixels (face_recognition's reach: 40). "
+        "Larger is faster when faces are always larger (a door camera: 80 halves the work on big photos).",
+    ),
+]
+ToleranceOption = Annotated[
+    Optional[float],
+    typer.Option(
+        "--tolerance",
+        "-t",
+        min=0.0,
+        max=2.0,
+        help="Largest Euclidean distance counted as the same person; lower is stricter. "
+        "Default: the gallery policy's (0.6).",
+        show_default=False,
+    ),
+]
+
+
+def error(message: str) -> None:
+    """One line on stderr: no wrapping, no markup, no traceback, no raw control character."""
+    print(f"error: {visible(' '.join(message.split()))}", file=sys.stderr, flush=True)
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    error(message)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def mapped_errors() -> Iterator[None]:
+    """Library errors -> one line and exit 1; bad argument values -> exit 2, as usage errors."""
+    try:
+        yield
+    except InvalidArgumentError as exc:
+        fail(str(exc), 2)
+    except ConsentMatchError as exc:
+        fail(str(exc), 1)
+
+
+def settings() -> Settings:
+    """The environment's settings: read here, at the CLI's entry, and passed down from here."""
+    return Settings.from_env()
+
+
+def open_gallery(path: Path, actor: str | None = None) -> Gallery:
+    from ..gallery import Gallery
+
+    return Gallery(path, actor=actor, settings=settings())
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, ensure_ascii=False), flush=True)
+
+
+def day(moment: datetime | None) -> str:
+    return f"{moment:%Y-%m-%d}" if moment else "-"
+
+
+def consent_from(
+    reference: str,
+    purposes: list[str] | None,
+    expires: str | None,
+    jurisdiction: str | None,
+    signer: str,
+    evidence: Path | None,
+    notice_version: str | None,
+) -> Consent:
+    from ..consent import Consent, evidence_digest, parse_expiry
+
+    return Consent(
+        reference=reference,
+        purposes=tuple(purposes or ()),
+        expires_at=parse_expiry(expires) if expires else None,
+        jurisdiction=jurisdiction,
+        signer=signer,
+        evidence_sha256=evidence_digest(evidence) if evidence else None,
+        notice_version=notice_version,
+    )
+
+
+def print_erasure(receipt: Erasure) -> None:
+    check = "post-check passed: none of them can be found" if receipt.verified else "[red]POST-CHECK FAILED[/red]"
+    out.print(
+        f"Erased '{_shown(receipt.subject)}' ({_shown(receipt.reason)}): {receipt.templates_removed} template(s) and "
+        f"{receipt.consents_removed} consent record(s) from the store, {receipt.index_entries_removed} "
+        f"entries from the index; {check}."
+    )
+
+
+def confirm(yes: bool, question: str) -> None:
+    try:
+        confirmed = yes or typer.confirm(question, err=True)
+    except typer.Abort:  # no answer (stdin closed, Ctrl-C)
+        confirmed = False
+    if not confirmed:
+        fail("Nothing erased (not confirmed): pass --yes to erase without asking.")

@@ -1,0 +1,348 @@
+"""Commands over faces: enroll, import, match, verify, forget, subjects, demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import ConsentMatchError, InvalidArgumentError
+from ..policy import PROBE_MIN_FACE_PX
+from ..text import visible
+from ..text import shown as _shown
+if TYPE_CHECKING:
+    from ..consent import Consent
+    from ..gallery import Gallery
+    from ..results import MatchResult
+
+from .common import (
+    app,
+    out,
+    GalleryOption,
+    JsonOption,
+    PurposeOption,
+    QualityOption,
+    DuplicateOption,
+    ActorOption,
+    MinFaceOption,
+    ToleranceOption,
+    error,
+    mapped_errors,
+    open_gallery,
+    print_json,
+    day,
+    consent_from,
+    print_erasure,
+    confirm,
+)
+
+# -- enroll / import -------------------------------------------------------------------------
+
+
+@app.command()
+def enroll(
+    subject: Annotated[str, typer.Argument(help="The customer's name or id for the person.")],
+    photos: Annotated[
+        list[Path], typer.Argument(help="Photos of this person, one face each.", show_default=False)
+    ],
+    gallery: GalleryOption,
+    consent_ref: Annotated[
+        Optional[str], typer.Option("--consent-ref", "-c", help="Reference of the person's signed consent (required).")
+    ] = None,
+    purpose: Annotated[
+        Optional[list[str]], typer.Option("--purpose", "-p", help="A purpose the consent covers; repeat for several.")
+    ] = None,
+    expires: Annotated[
+        Optional[str], typer.Option("--expires", help="Consent end date, YYYY-MM-DD (ends 00:00 UTC that day).")
+    ] = None,
+    jurisdiction: Annotated[
+        Optional[str], typer.Option("--jurisdiction", help="ISO 3166 code of the person's residence, e.g. US-IL.")
+    ] = None,
+    min_face_px: Annotated[int, typer.Option("--min-face-px", min=1, help="Smallest face width accepted.")] = 80,
+    signer: Annotated[str, typer.Option("--signer", help="Who signed: subject or guardian.")] = "subject",
+    evidence: Annotated[
+        Optional[Path], typer.Option("--evidence", help="The signed release; only its SHA-256 is kept. Required in US-IL and US-TX.")
+    ] = None,
+    notice_version: Annotated[
+        Optional[str], typer.Option("--notice-version", help="Version of the written notice the person was shown.")
+    ] = None,
+    email: Annotated[
+        Optional[str], typer.Option("--email", help="The person's e-mail: checked against opt-outs, kept as a keyed hash.")
+    ] = None,
+    quality: QualityOption = None,
+    allow_duplicate: DuplicateOption = False,
+    actor: ActorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Enroll a consenting person from one or more photos, all or nothing.
+
+    Every photo must hold exactly one face, at least 80 px wide. Without --consent-ref the
+    enrollment is refused. With --purpose the consent is recorded in the same step; without
+    it, --consent-ref names a consent already recorded with `consentmatch consent grant`.
+
+    **Example:** `consentmatch enroll alice alice1.jpg alice2.jpg -g visitors.db --consent-ref FORM-17 --purpose visitor-check-in --expires 2027-12-31 --jurisdiction US-IL`
+    """
+    with mapped_errors():
+        consent: Consent | str | None = consent_ref
+        if consent_ref is not None and (purpose or expires or jurisdiction or evidence):
+            consent = consent_from(consent_ref, purpose, expires, jurisdiction, signer, evidence, notice_version)
+        with open_gallery(gallery, actor) as g:
+            result = g.enroll(subject, photos, consent, email=email, min_face_px=min_face_px, quality=quality,
+                              allow_duplicate=allow_duplicate)
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        out.print(
+            f"Enrolled '{_shown(result.subject)}': {result.templates_added} template(s) added, "
+            f"{result.templates_total} in all, under consent {_shown(result.consent_reference)}."
+        )
+
+
+@app.command("import")
+def import_(
+    manifest: Annotated[
+        Path, typer.Argument(help="CSV: subject,photo,consent_ref,purposes,expires,jurisdiction.")
+    ],
+    gallery: GalleryOption,
+    quality: QualityOption = None,
+    allow_duplicate: DuplicateOption = False,
+    actor: ActorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Bulk enrollment from a manifest CSV; bad rows are reported and skipped.
+
+    Columns: subject,photo,consent_ref,purposes,expires,jurisdiction. Purposes are
+    ;-separated, photo paths absolute or relative to the manifest, expires and jurisdiction
+    may be empty, and several rows may name one subject. Optional columns: evidence (the
+    release file or its SHA-256), signer, notice_version, email. Exit 1 if any row was rejected.
+
+    **Example:** `consentmatch import examples/consents.csv -g visitors.db`
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with mapped_errors(), open_gallery(gallery, actor) as g:
+        err = Console(stderr=True)
+        progress = Progress(
+            TextColumn("enrolling"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+            disable=not err.is_terminal,  # scripts reading stderr get only the error lines
+        )
+        with progress:
+            task = progress.add_task("import", total=None)
+            report = g.import_manifest(
+                manifest,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+                quality=quality,
+                allow_duplicate=allow_duplicate,
+            )
+    for rejection in report.rejected:
+        error(f"{rejection.photo or '-'} (row {rejection.row}): {rejection.reason}")
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        out.print(
+            f"Imported {len(report.enrolled)} of {report.rows} row(s): {len(report.subjects)} subject(s) enrolled, "
+            f"{len(report.rejected)} row(s) rejected."
+        )
+        if report.rejected:
+            table = Table("Row", "Subject", "Photo", "Reason", title="Rejected")
+            for r in report.rejected:
+                table.add_row(str(r.row), _shown(r.subject), _shown(r.photo), _shown(r.reason))
+            out.print(table)
+    if report.rejected:
+        raise typer.Exit(1)
+
+
+# -- match / verify --------------------------------------------------------------------------
+
+
+@app.command()
+def match(
+    photos: Annotated[
+        list[Path],
+        typer.Argument(help="Probe photos; every face in each is matched.", show_default=False),
+    ],
+    gallery: GalleryOption,
+    purpose: PurposeOption,
+    tolerance: ToleranceOption = None,
+    top_k: Annotated[int, typer.Option(
+        "--top-k", "-k", min=1, max=1000,
+        help="Nearest subjects listed per face, at most the policy's max_top_k (10 unless raised).",
+    )] = 5,
+    min_face_px: MinFaceOption = PROBE_MIN_FACE_PX,
+    actor: ActorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """1:N: who is in each photo, among the people consented for the purpose.
+
+    Prints, for every face, its box, the best subject within the tolerance (or none) and the
+    top-k nearest subjects, photo by photo in the order given (several photos are read at once,
+    one per CPU). No match is a result (exit 0); an unreadable photo is reported on stderr and
+    gives exit 1 after the others are processed.
+
+    **Example:** `consentmatch match door1.jpg door2.jpg -g visitors.db --purpose visitor-check-in --json`
+    """
+    from ..consent import check_purpose
+
+    with mapped_errors():
+        if purpose is not None:
+            check_purpose(purpose)
+    results: list[MatchResult] = []
+    failed = False
+    with mapped_errors(), open_gallery(gallery, actor) as g:
+        for result in g.match_many(photos, purpose=purpose, tolerance=tolerance, top_k=top_k, min_face_px=min_face_px):
+            if result.error is not None:
+                failed = True
+                error(result.error)
+            else:
+                results.append(result)
+            if as_json:
+                print_json(result.to_dict())
+    if not as_json:
+        _print_matches(results)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _print_matches(results: list[MatchResult]) -> None:
+    table = Table("Image", "Face", "Box (t,r,b,l)", "Subject", "Distance", "Nearest candidates")
+    for result in results:
+        if not result.faces:
+            table.add_row(_shown(result.image), "-", "-", "[dim]no face found[/dim]", "-", "-")
+        for number, face in enumerate(result.faces, start=1):
+            nearest = ", ".join(f"{_shown(c.subject)} {c.distance:.3f}" for c in face.candidates[:3]) or "-"
+            table.add_row(
+                _shown(result.image),
+                str(number),
+                ",".join(map(str, face.box.to_list())),
+                _shown(face.subject) if face.subject else ("[yellow]ambiguous[/yellow]" if face.ambiguous else "[dim]no match[/dim]"),
+                f"{face.distance:.3f}" if face.distance is not None else "-",
+                nearest,
+            )
+    out.print(table)
+
+
+@app.command()
+def verify(
+    subject: Annotated[str, typer.Argument(help="The enrolled person to check against.")],
+    photo: Annotated[Path, typer.Argument(help="A probe photo holding exactly one face.")],
+    gallery: GalleryOption,
+    purpose: PurposeOption,
+    tolerance: ToleranceOption = None,
+    min_face_px: MinFaceOption = PROBE_MIN_FACE_PX,
+    actor: ActorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """1:1: is the one face in the photo this subject? (e.g. before a large transfer)
+
+    Exit 0 with match true or false; exit 1 when the check could not be made (no active
+    enrollment of the subject for the purpose, one answer whether or not they are enrolled;
+    no face or several faces). Refusals are recorded in the audit trail.
+    Not authentication on its own: there is no liveness check.
+
+    **Example:** `consentmatch verify alice selfie.jpg -g customers.db --purpose transfer-check --json`
+    """
+    with mapped_errors(), open_gallery(gallery, actor) as g:
+        try:
+            result = g.verify(subject, photo, purpose=purpose, tolerance=tolerance, min_face_px=min_face_px)
+        except ConsentMatchError as exc:
+            if as_json and not isinstance(exc, InvalidArgumentError):
+                print_json(
+                    {"subject": subject, "image": str(photo), "match": False, "distance": None,
+                     "tolerance": tolerance if tolerance is not None else _policy_tolerance(g), "error": str(exc)}
+                )
+            raise
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        verdict = "[green]MATCH[/green]" if result.match else "[red]NO MATCH[/red]"
+        sign = "<=" if result.match else ">"
+        out.print(
+            f"{verdict}: '{_shown(result.image)}' vs '{_shown(result.subject)}': distance {result.distance:.3f} "
+            f"{sign} tolerance {result.tolerance:.2f}"
+        )
+
+
+def _policy_tolerance(gallery: Gallery) -> float:
+    try:
+        return float(gallery.policy()["tolerance"])
+    except ConsentMatchError:
+        return 0.6
+
+
+# -- forget / subjects -----------------------------------------------------------------------
+
+
+@app.command()
+def forget(
+    subject: Annotated[str, typer.Argument(help="The person to erase.")],
+    gallery: GalleryOption,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    actor: ActorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Erase a person: templates, consent records and index entries, at once and for good.
+
+    **Example:** `consentmatch forget alice -g visitors.db --yes`
+    """
+    confirm(yes, f"Erase '{visible(subject)}' from {visible(str(gallery))} for good?")
+    with mapped_errors(), open_gallery(gallery, actor) as g:
+        receipt = g.forget(subject)
+    if as_json:
+        print_json(receipt.to_dict())
+    else:
+        print_erasure(receipt)
+
+
+@app.command()
+def subjects(gallery: GalleryOption, as_json: JsonOption = False) -> None:
+    """Who is enrolled: template count, active purposes, consents. Never the templates.
+
+    **Example:** `consentmatch subjects -g visitors.db --json`
+    """
+    with mapped_errors(), open_gallery(gallery) as g:
+        listing = g.subjects()
+    if as_json:
+        for info in listing:
+            print_json(info.to_dict())
+        return
+    table = Table("Subject", "Templates", "Active purposes", "Consent", "Expires", "Jurisdiction")
+    for info in listing:
+        table.add_row(
+            _shown(info.subject),
+            str(info.templates),
+            _shown(", ".join(info.active_purposes)) or "[red]none[/red]",
+            _shown(", ".join(c.reference for c in info.consents)),
+            ", ".join(day(c.expires_at) for c in info.consents),
+            _shown(", ".join(c.jurisdiction or "-" for c in info.consents)),
+        )
+    out.print(table)
+    out.print(f"{len(listing)} subject(s).")
+
+
+@app.command()
+def demo(
+    examples: Annotated[
+        Optional[Path], typer.Option("--examples", help="Folder with people/, probes/ and consents.csv.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The main job end to end on the bundled example photos, in a throwaway gallery.
+
+    Enrolls people with consent, shows an enrollment refused for lack of consent, matches
+    probes, forgets someone and matches again. Nothing is kept.
+
+    **Example:** `consentmatch demo`
+    """
+    from ..demo import run
+
+    with mapped_errors():
+        run(examples, out, as_json=as_json)
