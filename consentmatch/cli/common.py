@@ -36,6 +36,26 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        choice = settings().encoder or "auto (onnx, else dlib)"
+        print(f"consentmatch {__version__} (encoder: {choice})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and the encoder, then exit.")
+    ] = False,
+) -> None:
+    """Consent-based face matching: a gallery that holds only faces enrolled with a recorded consent."""
+
+
 # emoji=False: a subject named ":smile:" is shown as typed, not as an emoji.
 out = Console(highlight=False, soft_wrap=True, emoji=False)
 
@@ -132,6 +152,15 @@ def open_gallery(path: Path, actor: str | None = None) -> Gallery:
     from ..gallery import Gallery
 
     return Gallery(path, actor=actor, settings=settings())
+
+
+def table(*columns: str, title: str | None = None) -> Table:
+    """A table whose cells fold instead of ending in "…": at 80 columns or piped, a path or a
+    name is printed whole, over several lines if need be."""
+    grid = Table(title=title)
+    for column in columns:
+        grid.add_column(column, overflow="fold")
+    return grid
 
 
 def print_json(data: Any) -> None:

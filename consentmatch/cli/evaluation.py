@@ -10,11 +10,11 @@ from typing import Annotated, Any, Optional, TYPE_CHECKING
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from ..text import visible
 from ..text import shown as _shown
 from .common import (
+    table,
     app,
     out,
     JsonOption,
@@ -126,17 +126,17 @@ def _evaluate_pairs(pairs: Path, tolerance: float, plot: Path | None, as_json: b
     if as_json:
         print_json(result.to_dict() | {"plot": str(plot) if plot else None})
         return
-    table = Table("Measure", "Value", title=f"{result.pairs} pair(s) from {_shown(pairs)}")
-    table.add_row("Pairs", f"{result.genuine_pairs} same person, {result.impostor_pairs} different people")
-    table.add_row("Tolerance", f"{result.tolerance:g}")
-    table.add_row("Accuracy", _rate(result.accuracy))
-    table.add_row("FMR", _rate(result.fmr))
-    table.add_row("FNMR", _rate(result.fnmr))
-    table.add_row("EER", f"{_rate(result.eer)} at tolerance {_rate(result.eer_tolerance, 3)}")
+    grid = table("Measure", "Value", title=f"{result.pairs} pair(s) from {_shown(pairs)}")
+    grid.add_row("Pairs", f"{result.genuine_pairs} same person, {result.impostor_pairs} different people")
+    grid.add_row("Tolerance", f"{result.tolerance:g}")
+    grid.add_row("Accuracy", _rate(result.accuracy))
+    grid.add_row("FMR", _rate(result.fmr))
+    grid.add_row("FNMR", _rate(result.fnmr))
+    grid.add_row("EER", f"{_rate(result.eer)} at tolerance {_rate(result.eer_tolerance, 3)}")
     for target, fnmr in result.fnmr_at_fmr:
-        table.add_row(f"FNMR at FMR {target:g}", _rate(fnmr))
-    table.add_row("Failures to enrol", f"{len(result.failures)} ({result.photos} photo(s) encoded)")
-    out.print(table)
+        grid.add_row(f"FNMR at FMR {target:g}", _rate(fnmr))
+    grid.add_row("Failures to enrol", f"{len(result.failures)} ({result.photos} photo(s) encoded)")
+    out.print(grid)
     for note in result.notes:
         out.print(f"note: {_shown(note)}")
     if plot is not None:
@@ -156,15 +156,15 @@ def _evaluate_identities(folder: Path, tolerance: float, as_json: bool) -> None:
     if as_json:
         print_json(result.to_dict())
         return
-    table = Table("Measure", "Value", title=f"Open-set 1:N on {_shown(folder)}")
-    table.add_row("People", f"{result.people} ({result.enrolled_people} enrolled, {result.templates} template(s))")
-    table.add_row("Probes", f"{result.mated_probes} mated, {result.nonmated_probes} non-mated")
-    table.add_row("Tolerance", f"{result.tolerance:g}")
-    table.add_row("Rank-1", _rate(result.rank1))
-    table.add_row("FNIR", _rate(result.fnir))
-    table.add_row("FPIR", _rate(result.fpir))
-    table.add_row("Failures to enrol", str(len(result.failures)))
-    out.print(table)
+    grid = table("Measure", "Value", title=f"Open-set 1:N on {_shown(folder)}")
+    grid.add_row("People", f"{result.people} ({result.enrolled_people} enrolled, {result.templates} template(s))")
+    grid.add_row("Probes", f"{result.mated_probes} mated, {result.nonmated_probes} non-mated")
+    grid.add_row("Tolerance", f"{result.tolerance:g}")
+    grid.add_row("Rank-1", _rate(result.rank1))
+    grid.add_row("FNIR", _rate(result.fnir))
+    grid.add_row("FPIR", _rate(result.fpir))
+    grid.add_row("Failures to enrol", str(len(result.failures)))
+    out.print(grid)
     for note in result.notes:
         out.print(f"note: {_shown(note)}")
 

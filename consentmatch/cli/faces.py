@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from ..errors import ConsentMatchError, InvalidArgumentError
 from ..policy import PROBE_MIN_FACE_PX
@@ -20,6 +19,7 @@ if TYPE_CHECKING:
     from ..results import MatchResult
 
 from .common import (
+    table,
     app,
     out,
     GalleryOption,
@@ -153,10 +153,10 @@ def import_(
             f"{len(report.rejected)} row(s) rejected."
         )
         if report.rejected:
-            table = Table("Row", "Subject", "Photo", "Reason", title="Rejected")
+            grid = table("Row", "Subject", "Photo", "Reason", title="Rejected")
             for r in report.rejected:
-                table.add_row(str(r.row), _shown(r.subject), _shown(r.photo), _shown(r.reason))
-            out.print(table)
+                grid.add_row(str(r.row), _shown(r.subject), _shown(r.photo), _shown(r.reason))
+            out.print(grid)
     if report.rejected:
         raise typer.Exit(1)
 
@@ -213,13 +213,13 @@ def match(
 
 
 def _print_matches(results: list[MatchResult]) -> None:
-    table = Table("Image", "Face", "Box (t,r,b,l)", "Subject", "Distance", "Nearest candidates")
+    grid = table("Image", "Face", "Box (t,r,b,l)", "Subject", "Distance", "Nearest candidates")
     for result in results:
         if not result.faces:
-            table.add_row(_shown(result.image), "-", "-", "[dim]no face found[/dim]", "-", "-")
+            grid.add_row(_shown(result.image), "-", "-", "[dim]no face found[/dim]", "-", "-")
         for number, face in enumerate(result.faces, start=1):
             nearest = ", ".join(f"{_shown(c.subject)} {c.distance:.3f}" for c in face.candidates[:3]) or "-"
-            table.add_row(
+            grid.add_row(
                 _shown(result.image),
                 str(number),
                 ",".join(map(str, face.box.to_list())),
@@ -227,7 +227,7 @@ def _print_matches(results: list[MatchResult]) -> None:
                 f"{face.distance:.3f}" if face.distance is not None else "-",
                 nearest,
             )
-    out.print(table)
+    out.print(grid)
 
 
 @app.command()
@@ -314,9 +314,9 @@ def subjects(gallery: GalleryOption, as_json: JsonOption = False) -> None:
         for info in listing:
             print_json(info.to_dict())
         return
-    table = Table("Subject", "Templates", "Active purposes", "Consent", "Expires", "Jurisdiction")
+    grid = table("Subject", "Templates", "Active purposes", "Consent", "Expires", "Jurisdiction")
     for info in listing:
-        table.add_row(
+        grid.add_row(
             _shown(info.subject),
             str(info.templates),
             _shown(", ".join(info.active_purposes)) or "[red]none[/red]",
@@ -324,7 +324,7 @@ def subjects(gallery: GalleryOption, as_json: JsonOption = False) -> None:
             ", ".join(day(c.expires_at) for c in info.consents),
             _shown(", ".join(c.jurisdiction or "-" for c in info.consents)),
         )
-    out.print(table)
+    out.print(grid)
     out.print(f"{len(listing)} subject(s).")
 
 

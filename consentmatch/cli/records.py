@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Any, Optional, TYPE_CHECKING
 
 import typer
-from rich.table import Table
 
 from ..policy import POLICY
 from ..text import visible
@@ -16,6 +15,7 @@ if TYPE_CHECKING:
     from ..results import ConsentRecord
 
 from .common import (
+    table,
     settings,
     app,
     out,
@@ -129,15 +129,15 @@ def _print_consents(records: list[ConsentRecord], as_json: bool) -> None:
         for record in records:
             print_json(record.to_dict())
         return
-    table = Table("Reference", "Subject", "Purposes", "Granted", "Expires", "Jurisdiction", "Signer", "Evidence", "State")
+    grid = table("Reference", "Subject", "Purposes", "Granted", "Expires", "Jurisdiction", "Signer", "Evidence", "State")
     for r in records:
         state = "revoked " + day(r.revoked_at) if r.revoked_at else ("active" if r.active else "inactive")
-        table.add_row(
+        grid.add_row(
             _shown(r.reference), _shown(r.subject), _shown(", ".join(r.purposes)), day(r.granted_at),
             day(r.expires_at), _shown(r.jurisdiction or "-"), _shown(r.signer), _shown((r.evidence_sha256 or "-")[:12]),
             state,
         )
-    out.print(table)
+    out.print(grid)
 
 
 # -- policy, retention, opt-out --------------------------------------------------------------
@@ -201,11 +201,11 @@ def retention(gallery: GalleryOption, as_json: JsonOption = False) -> None:
         for entry in entries:
             print_json(entry.to_dict())
         return
-    table = Table("Subject", "Templates", "Destroy by", "Rule", "State")
+    grid = table("Subject", "Templates", "Destroy by", "Rule", "State")
     for e in entries:
-        table.add_row(_shown(e.subject), str(e.templates), day(e.destroy_by), _shown(e.rule),
+        grid.add_row(_shown(e.subject), str(e.templates), day(e.destroy_by), _shown(e.rule),
                       "[red]overdue[/red]" if e.overdue else "ok")
-    out.print(table)
+    out.print(grid)
 
 
 @app.command()
@@ -292,10 +292,10 @@ def optout_list(gallery: GalleryOption, as_json: JsonOption = False) -> None:
         for entry in entries:
             print_json(entry.to_dict())
         return
-    table = Table("Kind", "Value", "Added")
+    grid = table("Kind", "Value", "Added")
     for entry in entries:
-        table.add_row(_shown(entry.kind), _shown(entry.value), day(entry.added_at))
-    out.print(table)
+        grid.add_row(_shown(entry.kind), _shown(entry.value), day(entry.added_at))
+    out.print(grid)
 
 
 # -- audit and subject access ----------------------------------------------------------------
@@ -334,12 +334,12 @@ def audit_(
         for event in events:
             print_json(event.to_dict())
         return
-    table = Table("#", "When (UTC)", "Actor", "Action", "Subject", "Purpose", "Details")
+    grid = table("#", "When (UTC)", "Actor", "Action", "Subject", "Purpose", "Details")
     for e in events:
         details = ", ".join(f"{k}={v}" for k, v in e.details.items())
-        table.add_row(str(e.seq), f"{e.at:%Y-%m-%d %H:%M:%S}", _shown(e.actor), _shown(e.action), _shown(e.subject or "-"),
+        grid.add_row(str(e.seq), f"{e.at:%Y-%m-%d %H:%M:%S}", _shown(e.actor), _shown(e.action), _shown(e.subject or "-"),
                       _shown(e.purpose or "-"), _shown(details))
-    out.print(table)
+    out.print(grid)
 
 
 @app.command()
