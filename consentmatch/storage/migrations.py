@@ -160,7 +160,21 @@ MIGRATIONS: tuple[Step, ...] = (
         AND NOT EXISTS (SELECT 1 FROM optouts WHERE kind = 'email')
         AND NOT EXISTS (SELECT 1 FROM consents WHERE email_hash IS NOT NULL);
     """,
+    # 6: the purposes the gallery serves (a Python step: declared now, in the store's time format).
+    lambda conn: _declare_purposes(conn),
 )
+
+
+def _declare_purposes(conn: sqlite3.Connection) -> None:
+    """Step 6: a table of declared purposes, holding the purposes of every consent recorded so far
+    (so a gallery made before it keeps matching exactly as it did)."""
+    from datetime import datetime, timezone
+
+    from ..audit import timestamp
+
+    conn.execute("CREATE TABLE purposes (name TEXT PRIMARY KEY, declared_at TEXT NOT NULL)")
+    now = timestamp(datetime.now(timezone.utc))
+    conn.execute("INSERT INTO purposes (name, declared_at) SELECT DISTINCT purpose, ? FROM consent_purposes", (now,))
 
 
 def run_step(conn: sqlite3.Connection, step: Step) -> None:

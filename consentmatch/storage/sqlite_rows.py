@@ -79,19 +79,33 @@ class SqliteTransaction(Integrity):
         self.conn.execute("UPDATE meta SET value = ? WHERE key = 'audit_head'", (f"{seq}:{digest}",))
         return seq
 
-    def audit_events(self, subject: str | None = None) -> list[AuditEvent]:
-        """Events in order, all or those naming one subject (searches that returned them among others too)."""
-        query = "SELECT seq, at, actor, action, subject, purpose, details, prev_hash, hash FROM audit"
+    def audit_events(
+        self, subject: str | None = None, *, actor: str | None = None, action: str | None = None,
+        purpose: str | None = None, since: datetime | None = None, until: datetime | None = None,
+    ) -> list[AuditEvent]:
+        """Events in order, all or those matching every filter given. `subject`: events naming them,
+        and searches that returned or showed them among others; `since`/`until`: inclusive bounds."""
+        where: list[str] = []
         if subject:
-            query += """ WHERE subject = :subject
-                         OR EXISTS (SELECT 1 FROM json_each(details, '$.subjects') WHERE value = :subject)"""
-        rows = self.conn.execute(query + " ORDER BY seq", {"subject": subject})
+            where.append("""(subject = :subject OR EXISTS (SELECT 1 FROM json_each(details, '$.subjects') WHERE value = :subject)
+                          OR EXISTS (SELECT 1 FROM json_each(details, '$.shown') WHERE json_extract(value, '$.subject') = :subject))""")
+        for column, value in (("actor", actor), ("action", action), ("purpose", purpose)):
+            if value:
+                where.append(f"{column} = :{column}")
+        if since is not None:
+            where.append("at >= :since")
+        if until is not None:
+            where.append("at <= :until")
+        query = "SELECT seq, at, actor, action, subject, purpose, details, prev_hash, hash FROM audit"
+        params = {"subject": subject, "actor": actor, "action": action, "purpose": purpose,
+                  "since": _ts(since) if since else None, "until": _ts(until) if until else None}
+        rows = self.conn.execute(query + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq", params)
         return [
             AuditEvent(
-                seq=int(seq), at=datetime.fromisoformat(at), actor=actor, action=action, subject=subj, purpose=purpose,
+                seq=int(seq), at=datetime.fromisoformat(at), actor=actor_, action=action_, subject=subj, purpose=purpose_,
                 details=json.loads(details), prev_hash=prev, hash=digest,
             )
-            for seq, at, actor, action, subj, purpose, details, prev, digest in rows
+            for seq, at, actor_, action_, subj, purpose_, details, prev, digest in rows
         ]
 
     def verify_audit(self) -> AuditCheck:
@@ -577,3 +591,36 @@ class SqliteTransaction(Integrity):
         """The row id of a consent reference, if recorded."""
         row = self.conn.execute("SELECT id FROM consents WHERE reference = ?", (reference,)).fetchone()
         return None if row is None else int(row[0])
+
+    def photo_enrolled(self, subject_id: int, photo_sha256: str) -> bool:
+        """Whether this photo (by its SHA-256) is already a template of the subject: enrolling it again is a no-op."""
+        row = self.conn.execute(
+            "SELECT 1 FROM templates WHERE subject_id = ? AND photo_sha256 = ? LIMIT 1", (subject_id, photo_sha256)
+        ).fetchone()
+        return row is not None
+
+    # -- declared purposes --------------------------------------------------------------------
+
+    def declare_purpose(self, name: str, now: datetime) -> bool:
+        """Declare a purpose the gallery serves; False when it already was."""
+        cursor = self.conn.execute("INSERT OR IGNORE INTO purposes (name, declared_at) VALUES (?, ?)", (name, _ts(now)))
+        return cursor.rowcount > 0
+
+    def remove_purpose(self, name: str) -> bool:
+        """Withdraw a declared purpose; False when it was not declared."""
+        return self.conn.execute("DELETE FROM purposes WHERE name = ?", (name,)).rowcount > 0
+
+    def purposes(self, now: datetime) -> list[tuple[str, datetime, int, int]]:
+        """Each declared purpose: (name, declared at, active consents covering it, consents listing it at all)."""
+        rows = self.conn.execute(
+            """SELECT p.name, p.declared_at,
+                      (SELECT count(*) FROM consents c JOIN consent_purposes cp ON cp.consent_id = c.id
+                         JOIN subjects s ON s.id = c.subject_id
+                        WHERE cp.purpose = p.name AND c.revoked_at IS NULL
+                          AND (c.expires_at IS NULL OR c.expires_at > :now)
+                          AND (s.destroy_by IS NULL OR s.destroy_by > :now)),
+                      (SELECT count(*) FROM consent_purposes cp WHERE cp.purpose = p.name)
+               FROM purposes p ORDER BY p.name""",
+            {"now": _ts(now)},
+        )
+        return [(str(n), datetime.fromisoformat(d), int(a), int(t)) for n, d, a, t in rows]
