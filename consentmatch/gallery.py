@@ -17,20 +17,8 @@ from . import vision
 from .consent import Consent
 from .images import PhotoInput
 from .policy import DEFAULT_TOP_K, ENROLL_MIN_FACE_PX, PROBE_MIN_FACE_PX
-from .results import (
-    AuditCheck,
-    AuditEvent,
-    ConsentRecord,
-    Enrollment,
-    Erasure,
-    ImportReport,
-    KeyInfo,
-    MatchResult,
-    OptOut,
-    RetentionEntry,
-    SubjectInfo,
-    Verification,
-)
+from .results import (AuditCheck, AuditEvent, ConsentRecord, Enrollment, Erasure, ImportReport, KeyInfo, MatchResult,
+                      OptOut, RetentionEntry, SubjectInfo, Verification)
 from .services import consents, enrollment, erasure, governance, matching
 from .services.context import Clock, Context, check_name, default_actor, utcnow
 from .services.enrollment import Progress
@@ -42,12 +30,10 @@ __all__ = ["Gallery"]
 
 
 class Gallery:
-    """A consent-gated face gallery in one SQLite file.
-
-    The file is created on the first enrollment or consent; reading a missing one raises
-    `GalleryNotFoundError`. Safe to share between threads; several processes may open one file.
-    Every call is recorded in the audit trail under an actor: the `actor` argument of the
-    call, else the gallery's, else ``local:<OS user>``.
+    """A consent-gated face gallery in one SQLite file, created on the first enrollment or consent
+    (reading a missing one raises `GalleryNotFoundError`). Safe to share between threads; several
+    processes may open one file. Every call is audited under an actor: the call's `actor`, else
+    the gallery's, else ``local:<OS user>``.
 
     Args:
         path: the gallery file, e.g. ``visitors.db``.
@@ -67,23 +53,15 @@ class Gallery:
     """
 
     def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        encoder: Encoder | None = None,
-        clock: Clock | None = None,
-        actor: str | None = None,
-        key: bytes | str | None = None,
-        key_dir: str | os.PathLike[str] | None = None,
+        self, path: str | os.PathLike[str], *, encoder: Encoder | None = None, clock: Clock | None = None,
+        actor: str | None = None, key: bytes | str | None = None, key_dir: str | os.PathLike[str] | None = None,
         settings: Settings | None = None,
     ) -> None:
         self.path = Path(path)
         settings = settings if settings is not None else Settings.from_env()
         self._ctx = Context(
-            store=open_store(self.path, KeyRing(key, key_dir, settings), settings),
-            settings=settings,
-            encoder=encoder if encoder is not None else vision.default_encoder(settings),
-            clock=clock or utcnow,
+            store=open_store(self.path, KeyRing(key, key_dir, settings), settings), settings=settings,
+            encoder=encoder if encoder is not None else vision.default_encoder(settings), clock=clock or utcnow,
             actor=check_name(actor, "actor") if actor else default_actor(),
         )
 
@@ -98,8 +76,6 @@ class Gallery:
         with self._ctx.lock:
             self._ctx.cache.close()
             self._ctx.store.close()
-
-    # -- consent records -------------------------------------------------------------------
 
     def grant_consent(
         self, subject: str, consent: Consent, *, email: str | None = None, actor: str | None = None
@@ -131,7 +107,6 @@ class Gallery:
 
     def revoke_consent(self, reference: str, *, actor: str | None = None) -> Erasure:
         """Revoke a consent: the subject's templates are erased at once; the record stays as a tombstone.
-
         Idempotent: revoking again erases nothing more and says so in the receipt.
 
         Raises:
@@ -139,19 +114,10 @@ class Gallery:
         """
         return consents.revoke_consent(self._ctx, reference, actor)
 
-    # -- enrollment ------------------------------------------------------------------------
-
     def enroll(
-        self,
-        subject: str,
-        photos: Sequence[PhotoInput] | PhotoInput,
-        consent: Consent | str | None,
-        *,
-        email: str | None = None,
-        min_face_px: int = ENROLL_MIN_FACE_PX,
-        quality: str | None = None,
-        allow_duplicate: bool = False,
-        actor: str | None = None,
+        self, subject: str, photos: Sequence[PhotoInput] | PhotoInput, consent: Consent | str | None, *,
+        email: str | None = None, min_face_px: int = ENROLL_MIN_FACE_PX, quality: str | None = None,
+        allow_duplicate: bool = False, actor: str | None = None,
     ) -> Enrollment:
         """Enroll a consenting subject from one or more photos, all or nothing (see `services/enrollment.py`).
 
@@ -170,8 +136,7 @@ class Gallery:
             ConsentError: no consent, an inactive one, an opted-out subject, missing evidence.
             PolicyError: a photo was taken in an excluded region, or shows an enrolled subject.
             ImageError, FaceError (QualityError with its reasons): a photo cannot be used.
-            Nothing is stored on any error; a refusal (any of these) is recorded in the audit
-            trail of an existing gallery.
+            Nothing is stored on any error; a refusal is recorded in the audit trail.
         """
         name = check_name(subject, "subject name")
         with self._ctx.refusals("enroll", name, None, actor):
@@ -179,19 +144,12 @@ class Gallery:
                                      quality=quality, allow_duplicate=allow_duplicate, actor=actor)
 
     def import_manifest(
-        self,
-        manifest: str | os.PathLike[str],
-        *,
-        progress: Progress | None = None,
-        quality: str | None = None,
-        allow_duplicate: bool = False,
-        actor: str | None = None,
+        self, manifest: str | os.PathLike[str], *, progress: Progress | None = None, quality: str | None = None,
+        allow_duplicate: bool = False, actor: str | None = None,
     ) -> ImportReport:
-        """Enroll every usable row of a manifest CSV; bad rows are reported and skipped.
-
-        Columns: ``subject,photo,consent_ref,purposes,expires,jurisdiction`` (purposes
-        `;`-separated; photo paths absolute or relative to the manifest). Each row enrolls on
-        its own, with the result enrolling row by row gives; photos are read on a thread pool.
+        """Enroll every usable row of a manifest CSV (``subject,photo,consent_ref,purposes,expires,
+        jurisdiction``; purposes `;`-separated); bad rows are reported and skipped. Each row enrolls
+        on its own, as row by row would; photos are read on a thread pool.
 
         Args:
             progress: called with (rows done, rows in all) after each row.
@@ -203,17 +161,9 @@ class Gallery:
         return enrollment.import_manifest(self._ctx, manifest, progress=progress, quality=quality,
                                           allow_duplicate=allow_duplicate, actor=actor)
 
-    # -- search ----------------------------------------------------------------------------
-
     def match(
-        self,
-        photo: PhotoInput,
-        *,
-        purpose: str | None = None,
-        tolerance: float | None = None,
-        top_k: int = DEFAULT_TOP_K,
-        min_face_px: int = PROBE_MIN_FACE_PX,
-        actor: str | None = None,
+        self, photo: PhotoInput, *, purpose: str | None = None, tolerance: float | None = None,
+        top_k: int = DEFAULT_TOP_K, min_face_px: int = PROBE_MIN_FACE_PX, actor: str | None = None,
     ) -> MatchResult:
         """1:N: who, among the subjects consented for `purpose`, is each face of the probe.
 
@@ -223,11 +173,9 @@ class Gallery:
                 the gallery's policy sets `require_purpose` to false (then: any active consent).
             tolerance: the largest Euclidean distance that counts as the same person; lower is
                 stricter. Default: the gallery policy's (0.6, dlib's typical best).
-            top_k: how many nearest subjects to list per face, each once; at most the policy's
-                `max_top_k` (10 by default). Distances beyond the tolerance are shown rounded
-                (up, to 2 decimals): a list of near misses is no fine measure of a face.
-            min_face_px: the narrowest face looked for, in the photo's pixels (default 40,
-                face_recognition's reach); larger is faster on large photos.
+            top_k: nearest subjects listed per face, at most the policy's `max_top_k`; distances
+                beyond the tolerance are shown rounded up to 2 decimals.
+            min_face_px: the narrowest face looked for, in pixels (default 40); larger is faster.
 
         Returns:
             A `MatchResult`; a face with no subject within the tolerance has `subject=None`.
@@ -236,21 +184,14 @@ class Gallery:
             ImageError: the probe cannot be read (recorded in the audit trail as a refused match).
             GalleryNotFoundError: no gallery file.
             InvalidArgumentError: no purpose where the policy requires one; top_k over `max_top_k`.
-            TamperingError: a subject it would return (name, consents, template) was edited
-                outside consentmatch.
+            TamperingError: a subject it would return (name, consents, template) was edited outside consentmatch.
         """
         return matching.match(self._ctx, photo, purpose=purpose, tolerance=tolerance, top_k=top_k,
                               min_face_px=min_face_px, actor=actor)
 
     def match_many(
-        self,
-        photos: Sequence[PhotoInput] | PhotoInput,
-        *,
-        purpose: str | None = None,
-        tolerance: float | None = None,
-        top_k: int = DEFAULT_TOP_K,
-        min_face_px: int = PROBE_MIN_FACE_PX,
-        actor: str | None = None,
+        self, photos: Sequence[PhotoInput] | PhotoInput, *, purpose: str | None = None, tolerance: float | None = None,
+        top_k: int = DEFAULT_TOP_K, min_face_px: int = PROBE_MIN_FACE_PX, actor: str | None = None,
     ) -> Iterator[MatchResult]:
         """1:N on several probes: `match` on each, several photos at once (a thread pool, results in input order).
 
@@ -270,21 +211,12 @@ class Gallery:
                                    min_face_px=min_face_px, actor=actor)
 
     def verify(
-        self,
-        subject: str,
-        photo: PhotoInput,
-        *,
-        purpose: str | None = None,
-        tolerance: float | None = None,
-        min_face_px: int = PROBE_MIN_FACE_PX,
-        actor: str | None = None,
+        self, subject: str, photo: PhotoInput, *, purpose: str | None = None, tolerance: float | None = None,
+        min_face_px: int = PROBE_MIN_FACE_PX, actor: str | None = None,
     ) -> Verification:
-        """1:1: is the one face in the probe this subject (e.g. before a large transfer)?
-
-        The distance is to the subject's nearest template, exactly (beyond the tolerance:
-        rounded up, as in `match`). Not authentication on its own: there is no liveness check.
-        A subject not enrolled, without templates, or without active consent for `purpose`
-        gets one and the same answer; every refusal is audited under the subject named.
+        """1:1: is the one face in the probe this subject? The distance is to their nearest template
+        (rounded as in `match`); no liveness check. Not enrolled, no templates or no consent for
+        `purpose` get one and the same answer; every refusal is audited under the subject named.
 
         Raises:
             NoActiveEnrollmentError: not enrolled, or no active consent for `purpose` (both a
@@ -295,11 +227,8 @@ class Gallery:
         return matching.verify(self._ctx, subject, photo, purpose=purpose, tolerance=tolerance,
                                min_face_px=min_face_px, actor=actor)
 
-    # -- erasure and retention -------------------------------------------------------------
-
     def forget(self, subject: str, *, actor: str | None = None) -> Erasure:
         """Erase a subject: templates, consent records and index entries, at once and for good.
-
         The audit trail keeps the (non-biometric) record that it happened.
 
         Raises:
@@ -312,21 +241,15 @@ class Gallery:
         return erasure.retention(self._ctx)
 
     def purge(self, *, actor: str | None = None) -> list[Erasure]:
-        """Destroy the templates of every subject past their retention date.
-
-        Overdue subjects are never returned by `match` or `verify`, even before a purge.
-        """
+        """Destroy the templates of every subject past their retention date (overdue subjects are
+        never returned by `match` or `verify`, even before a purge)."""
         return erasure.purge(self._ctx, actor)
-
-    # -- opt-out registry ------------------------------------------------------------------
 
     def add_optout(
         self, *, subject: str | None = None, email: str | None = None, actor: str | None = None
     ) -> list[Erasure]:
-        """Put a subject reference or an e-mail on the do-not-enroll list; erase who it names.
-
-        The e-mail is kept only as a keyed hash (see `grant_consent`). Everyone it names has their consents
-        revoked and templates erased at once.
+        """Put a subject reference or an e-mail (kept as a keyed hash) on the do-not-enroll list;
+        everyone it names has their consents revoked and templates erased at once.
 
         Returns:
             One erasure receipt per subject erased (none when nobody was enrolled).
@@ -340,8 +263,6 @@ class Gallery:
     def optouts(self) -> list[OptOut]:
         """The do-not-enroll list: subject references, and e-mails as hashes."""
         return erasure.optouts(self._ctx)
-
-    # -- policy, audit, subject access -----------------------------------------------------
 
     def policy(self) -> dict[str, Any]:
         """The gallery's policy: every key of `policy.POLICY` with its value (see `policy set --help`)."""
@@ -360,12 +281,8 @@ class Gallery:
         return governance.audit(self._ctx, subject)
 
     def verify_audit(self) -> AuditCheck:
-        """Walk the hash chain: intact, or the first link that was edited, deleted or inserted.
-
-        Then check every subject, consent and template against its MAC or sealed binding: a
-        row edited outside consentmatch makes the check fail too (`broken_at` None, `problem`
-        names the row).
-        """
+        """Walk the hash chain (intact, or the first link edited, deleted or inserted), then check
+        every row against its MAC or sealed binding (a failing row: `broken_at` None, `problem` names it)."""
         return governance.verify_audit(self._ctx)
 
     def export(self, subject: str, *, actor: str | None = None) -> dict[str, Any]:
@@ -381,11 +298,8 @@ class Gallery:
         return governance.key_info(self._ctx)
 
     def rotate_key(self, *, new_key: bytes | str | None = None, actor: str | None = None) -> KeyInfo:
-        """Re-wrap every subject's data key under a new gallery key (audited).
-
-        A key file is replaced in place, crash-safely. A key held by the caller (the `key`
-        argument or CONSENTMATCH_KEY) is replaced by `new_key`, which the caller must have
-        stored first (a rotation cut short would otherwise lose it).
+        """Re-wrap every subject's data key under a new gallery key (audited). A key file is replaced
+        in place, crash-safely; a caller-held key (`key`, CONSENTMATCH_KEY) by `new_key`, stored first.
 
         Raises:
             EncryptionKeyError: a caller-held key without `new_key`.
