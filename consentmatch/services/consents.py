@@ -9,20 +9,14 @@ from ..consent import Consent
 from ..errors import ConsentError
 from ..policy import EVIDENCE_REQUIRED
 from ..results import ConsentRecord, Erasure
-from ..storage import Transaction, reference_taken
+from ..storage import Transaction, reference_taken, unknown_reference
 from .context import Context, check_name
 from .erasure import erase
 
 __all__ = [
     "check_consent", "check_enrollable", "consent", "consents", "existing_consent", "grant_consent", "record",
-    "revoke_consent", "unknown_reference",
+    "revoke_consent",
 ]
-
-
-def unknown_reference(reference: str, *, to_enroll: bool = False) -> ConsentError:
-    """The one refusal of a consent reference nobody recorded; `to_enroll`: advise recording it."""
-    advice = "record it first (`consentmatch consent grant`)" if to_enroll else "check it with `consentmatch consent list`"
-    return ConsentError(f"No consent has the reference '{reference}': {advice}.")
 
 
 def grant_consent(ctx: Context, subject: str, consent: Consent, email: str | None, actor: str | None) -> ConsentRecord:

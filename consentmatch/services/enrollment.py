@@ -24,8 +24,9 @@ from ..policy import ENROLL_MIN_FACE_PX, PROBE_MIN_FACE_PX, default_policy, pars
 from ..pool import pooled
 from ..quality import check_quality, single_face
 from ..results import Enrollment, ImportReport, Rejection
+from ..storage import unknown_reference
 from ..vision.types import DetectedFace
-from .consents import check_consent, check_enrollable, existing_consent, record, unknown_reference
+from .consents import check_consent, check_enrollable, existing_consent, record
 from .context import Context, check_name, region_error
 
 __all__ = ["Progress", "enroll", "import_manifest"]
