@@ -16,7 +16,6 @@ import csv
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +42,7 @@ from .evaluate_plot import plot
 from .images import load_photo
 from .manifest import open_csv, resolve_path
 from .policy import DEFAULT_TOLERANCE, PROBE_MIN_FACE_PX, check_tolerance
-from .pool import in_order, photo_pool
+from .pool import pooled
 from .quality import single_face
 from .settings import Settings
 from .vision.types import DetectedFace, Encoder
@@ -168,8 +167,8 @@ def _encode(
         decoded = load_photo(photo)
         return single_face(encoder.encode(decoded, PROBE_MIN_FACE_PX), decoded.name)
 
-    with photo_pool(len(photos), partial(vision.load_models, encoder)) as (pool, ahead):
-        for done, (photo, future) in enumerate(in_order(photos, lambda p: pool.submit(one, p), ahead), start=1):
+    with pooled(photos, lambda pool, p: pool.submit(one, p), encoder) as results:
+        for done, (photo, future) in enumerate(results, start=1):
             try:
                 face = future.result()
             except (ImageError, FaceError) as exc:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from typing import TypeVar
 
-__all__ = ["in_order", "photo_pool", "workers"]
+from . import vision
+from .vision.types import Encoder
+
+__all__ = ["in_order", "photo_pool", "pooled", "workers"]
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -66,3 +70,17 @@ def in_order(items: Iterable[T], start: Callable[[T], S], ahead: int) -> Iterato
             yield window.popleft()
     while window:
         yield window.popleft()
+
+
+@contextmanager
+def pooled(
+    items: Sequence[T], start: Callable[[Executor, T], S], encoder: Encoder
+) -> Iterator[Iterator[tuple[T, S]]]:
+    """(item, start(pool, item)) for each item, in input order, over a photo pool for the items
+    whose first task loads the encoder's models: the one loop of every batch of photos.
+
+    `start` runs in the consumer's thread (`in_order`): it submits the item's photo work to the
+    pool and returns what finishes it. On exit the pool is shut down (`photo_pool`).
+    """
+    with photo_pool(len(items), partial(vision.load_models, encoder)) as (pool, ahead):
+        yield in_order(items, partial(start, pool), ahead)

@@ -204,7 +204,7 @@ def test_forget_racing_a_reenrollment_of_the_name_shreds_the_new_key(
         raced: list[bool] = []
 
         def write(store: Store, **options: bool):  # type: ignore[no-untyped-def]
-            if store is first._store and not raced:  # just before the erasure's write: another process...
+            if store is first._ctx.store and not raced:  # just before the erasure's write: another process...
                 raced.append(True)
                 second.forget("alice")  # ...forgets alice and enrolls her again, under a new data key
                 second.enroll("alice", [second_photo], Consent("R2", [PURPOSE]))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from consentmatch import Consent, ConsentMatchError, Gallery, GalleryNotFoundError, InvalidArgumentError
-from consentmatch import gallery as gallery_module
+from consentmatch.services import enrollment as enrollment_module
 from consentmatch.images import Photo, PhotoInput
 from consentmatch.manifest import read_manifest
 from consentmatch.results import ImportReport
@@ -74,13 +74,13 @@ def test_match_many_checks_the_gallery_before_reading_any_photo(tmp_path: Path) 
 def decoded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The names of the photos the gallery decodes, in any thread."""
     names: list[str] = []
-    original = gallery_module.load_photo
+    original = enrollment_module.load_photo
 
     def spy(photo: PhotoInput, *, strict: bool = False) -> Photo:
         names.append(Path(str(photo)).name)
         return original(photo, strict=strict)
 
-    monkeypatch.setattr(gallery_module, "load_photo", spy)
+    monkeypatch.setattr(enrollment_module, "load_photo", spy)
     return names
 
 

@@ -119,10 +119,10 @@ def test_erasure_shreds_every_snapshot_key(tmp_path: Path, monkeypatch: pytest.M
         if live_index:
             gallery.match(_probe(tmp_path, 10), purpose=PURPOSE)
         receipt = gallery.forget("person-10")
-        keys = gallery._store.keys
+        keys = gallery._ctx.store.keys
         # Erased from the index read back from the snapshot too (no live index needed).
         assert receipt.verified and receipt.index_entries_removed == 1 and keys.index_key_ids() == set()
-        with gallery._store.read() as tx:
+        with gallery._ctx.store.read() as tx:
             state = tx.templates_state()
         old_state = _header_state(before)
         # The old snapshot holds person-10: with its key gone it opens for no state at all.
@@ -135,7 +135,7 @@ def test_erasure_shreds_every_snapshot_key(tmp_path: Path, monkeypatch: pytest.M
         result = gallery.match(_probe(tmp_path, 10), purpose=PURPOSE)
         assert result.faces[0].subject is None
         assert all(c.subject != "person-10" for c in result.faces[0].candidates)
-        index = gallery._index
+        index = gallery._ctx.cache.live
         assert index is not None and len(index) == 1
     assert rebuilds == []
 
@@ -147,7 +147,7 @@ def test_each_save_shreds_the_previous_snapshot_key(tmp_path: Path) -> None:
         gallery.enroll("person-30", [fake_photo(tmp_path, "p30.png", (30, 0))], Consent("R30", [PURPOSE]))
     with _gallery(path) as gallery:
         gallery.subjects()  # opens the keys
-        assert gallery._store.keys.index_key_ids() == {_header_key(snapshot.path_for(path))} != {first}
+        assert gallery._ctx.store.keys.index_key_ids() == {_header_key(snapshot.path_for(path))} != {first}
         assert gallery.key_info().data_keys == 3  # subjects' keys only
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..settings import Settings
-from .base import Commit, Searchable, Store, Transaction, reference_taken
+from .base import Commit, Searchable, Store, Transaction, reference_taken, unknown_reference
 from .keyring import KeyRing
 
-__all__ = ["Commit", "KeyRing", "Searchable", "Store", "Transaction", "open_store", "reference_taken"]
+__all__ = ["Commit", "KeyRing", "Searchable", "Store", "Transaction", "open_store", "reference_taken", "unknown_reference"]
 
 
 def open_store(location: Path, keys: KeyRing, settings: Settings) -> Store:

@@ -29,7 +29,7 @@ from ..results import AuditCheck, AuditEvent, Box, ConsentRecord, SubjectInfo
 from ..retention import ConsentTerm
 from .keyring import KeyRing
 
-__all__ = ["Commit", "Searchable", "Store", "Transaction", "reference_taken"]
+__all__ = ["Commit", "Searchable", "Store", "Transaction", "reference_taken", "unknown_reference"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,12 @@ def reference_taken(reference: str, owner: str) -> ConsentError:
         f"Consent reference '{reference}' already belongs to subject '{owner}': "
         "each signed release covers one person; use that person's own reference."
     )
+
+
+def unknown_reference(reference: str, *, to_enroll: bool = False) -> ConsentError:
+    """The one refusal of a consent reference nobody recorded; `to_enroll`: advise recording it."""
+    advice = "record it first (`consentmatch consent grant`)" if to_enroll else "check it with `consentmatch consent list`"
+    return ConsentError(f"No consent has the reference '{reference}': {advice}.")
 
 
 class Transaction(Protocol):

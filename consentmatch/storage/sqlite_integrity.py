@@ -149,7 +149,7 @@ class Integrity:
                 raise self._tampered(f"the template {template_id} of subject '{name}'")
             blob, name, key_id = row
             dek = self.keys.data_key(str(key_id)) if key_id is not None else None
-            if dek is None:  # the subject is being erased: its key goes first (see Gallery._erase)
+            if dek is None:  # the subject is being erased: its key goes first (see services/erasure.erase)
                 continue
             aad = self._binding(subject_id, str(name), str(key_id)) + str(template_id).encode()
             if unseal(dek, bytes(blob), aad) is None:

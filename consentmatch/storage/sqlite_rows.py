@@ -27,7 +27,7 @@ from ..policy import default_policy
 from ..results import AuditCheck, AuditEvent, Box, ConsentRecord, SubjectInfo
 from ..retention import ConsentTerm, destroy_by
 from ..vision.types import DIMENSIONS
-from .base import Searchable, reference_taken
+from .base import Searchable, reference_taken, unknown_reference
 from .keyring import KeyRing
 from .sqlite_integrity import CONSENT_FIELDS, SUBJECT_FIELDS, Integrity, consent_content, subject_content
 
@@ -463,7 +463,7 @@ class SqliteTransaction(Integrity):
         """
         row = self.conn.execute("SELECT subject_id, revoked_at FROM consents WHERE reference = ?", (reference,)).fetchone()
         if row is None:
-            raise ConsentError(f"No consent has the reference '{reference}': check it with `consentmatch consent list`.")
+            raise unknown_reference(reference)
         if row[1] is None:
             self.conn.execute("UPDATE consents SET revoked_at = ? WHERE reference = ?", (_ts(now), reference))
         return int(row[0]), row[1] is not None

@@ -1,0 +1,137 @@
+"""What every service shares: the store, settings, encoder, clock, default actor, lock and index
+cache of one open gallery, and the small steps several services take (the time, the actor, a
+subject by name, its retention date, recording a refused call)."""
+
+from __future__ import annotations
+
+import getpass
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..errors import (
+    ConsentError,
+    FaceError,
+    ImageError,
+    InvalidArgumentError,
+    PolicyError,
+    SubjectNotFoundError,
+)
+from ..retention import destroy_by
+from ..search.cache import IndexCache
+from ..settings import Settings
+from ..storage import Store, Transaction
+from ..text import check_text
+from ..vision.types import Encoder
+
+__all__ = ["Clock", "Context", "REFUSALS", "check_name", "default_actor", "region_error", "utcnow"]
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def default_actor() -> str:
+    try:
+        return f"local:{getpass.getuser()}"
+    except Exception:  # no user name in some containers
+        return "local:unknown"
+
+
+def check_name(value: str, what: str) -> str:
+    """A subject name or actor as stored: NFC, trimmed, printable (text.check_text)."""
+    return check_text(value, what)
+
+
+class _RegionError(PolicyError):
+    """A photo taken in an excluded region: audited without the region (the trail holds no location).
+    Private, so the audit names it by its public base class, PolicyError."""
+
+
+def region_error(message: str) -> PolicyError:
+    """The refusal of a photo taken in a region the policy excludes."""
+    return _RegionError(message)
+
+
+_REGION_REASON = "a photo was taken in a region this gallery's policy excludes (by its GPS metadata)"
+
+#: Errors that refuse a call (recorded in the audit trail); usage and storage errors are not refusals.
+REFUSALS = (ConsentError, SubjectNotFoundError, PolicyError, FaceError, ImageError)
+
+
+@dataclass
+class Context:
+    """One open gallery, as its services see it. The lock guards the index cache and the
+    store's writes of this gallery object; encoding runs outside it."""
+
+    store: Store
+    settings: Settings
+    encoder: Encoder
+    clock: Clock
+    actor: str
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    cache: IndexCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cache = IndexCache(self.store, self.lock)
+
+    @property
+    def path(self) -> Path:
+        return self.store.path
+
+    def now(self) -> datetime:
+        return self.clock().astimezone(timezone.utc)
+
+    def who(self, actor: str | None) -> str:
+        """The actor of a call: its own, else the gallery's."""
+        return check_name(actor, "actor") if actor else self.actor
+
+    @staticmethod
+    def subject_id(tx: Transaction, name: str) -> int:
+        found = tx.subject_id(name)
+        if found is None:
+            raise SubjectNotFoundError(f"'{name}' is not enrolled in this gallery: check the name with `consentmatch subjects`.")
+        return found
+
+    @staticmethod
+    def subject_name(tx: Transaction, subject_id: int) -> str:
+        return tx.subject_names([subject_id])[subject_id]
+
+    @staticmethod
+    def refresh_retention(tx: Transaction, subject_id: int, now: datetime) -> None:
+        """Work out the subject's destroy-by date again from their consents and last interaction."""
+        terms, enrolled, last = tx.retention_terms(subject_id)
+        date, rule = destroy_by(terms, enrolled, last)
+        tx.set_retention(subject_id, date, rule)
+
+    @contextmanager
+    def refusals(self, action: str, subject: str | None, purpose: str | None, actor: str | None) -> Iterator[None]:
+        """Record the call in the audit trail when it is refused (`record_refusal`), then let the error go on."""
+        try:
+            yield
+        except REFUSALS as exc:
+            self.record_refusal(action, subject, purpose, actor, exc)
+            raise
+
+    def record_refusal(
+        self, action: str, subject: str | None, purpose: str | None, actor: str | None, error: Exception
+    ) -> None:
+        """Audit a refused call: outcome "refused", the error's class and message (never a face or
+        a location), under the subject named. In its own transaction, never creating a gallery
+        file; a record that cannot be written never hides the refusal itself."""
+        if not isinstance(error, REFUSALS) or not self.store.exists():
+            return
+        try:
+            name = check_name(subject, "subject name") if subject is not None else None
+        except InvalidArgumentError:
+            name = None
+        kind = next(c.__name__ for c in type(error).__mro__ if not c.__name__.startswith("_"))
+        reason = _REGION_REASON if isinstance(error, _RegionError) else str(error)
+        with suppress(Exception), self.lock, self.store.write(bump=False) as tx:  # the refusal is what the caller must see
+            tx.append_audit(at=self.now(), actor=self.who(actor), action=action, subject=name, purpose=purpose,
+                            details={"outcome": "refused", "error": kind, "reason": reason})

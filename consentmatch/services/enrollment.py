@@ -1,0 +1,252 @@
+"""Enrollment: one subject from photos (`enroll`), or a manifest of rows (`import_manifest`).
+
+enroll: consent check -> decode -> region check -> detect -> quality -> encode -> duplicate check
+        -> store + audit (one transaction); the index cache follows the commit.
+A manifest's photo work runs on a thread pool, a few rows ahead; the store work stays in row order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NoReturn
+
+import numpy as np
+
+from ..consent import Consent
+from ..errors import ConsentError, ConsentMatchError, InvalidArgumentError, PolicyError
+from ..images import Photo, PhotoInput, load_photo, photo_name
+from ..manifest import ManifestRow, read_manifest
+from ..policy import ENROLL_MIN_FACE_PX, PROBE_MIN_FACE_PX, default_policy, parse_policy_value
+from ..pool import pooled
+from ..quality import check_quality, single_face
+from ..results import Enrollment, ImportReport, Rejection
+from ..storage import unknown_reference
+from ..vision.types import DetectedFace
+from .consents import check_consent, check_enrollable, existing_consent, record
+from .context import Context, check_name, region_error
+
+__all__ = ["Progress", "enroll", "import_manifest"]
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class _Admission:
+    """An enrollment past its consent, opt-out and policy checks, before any photo is read."""
+
+    name: str
+    consent: Consent | str
+    email: str | None
+    photos: tuple[PhotoInput, ...]
+    now: datetime
+    policy: dict[str, Any]
+    level: str
+    min_face_px: int
+
+
+def enroll(
+    ctx: Context, name: str, photos: Sequence[PhotoInput] | PhotoInput, consent: Consent | str | None, *,
+    email: str | None, min_face_px: int, quality: str | None, allow_duplicate: bool, actor: str | None,
+) -> Enrollment:
+    """Enroll a consenting subject (`name`, already checked) from photos, all or nothing.
+
+    Each photo must hold exactly one face at least `min_face_px` wide, pass the quality bar,
+    must not have been taken in a region the policy excludes (EXIF GPS), and must not match
+    another enrolled subject within the policy's `duplicate_tolerance`. The consent and the
+    templates are stored in one transaction. Refusals are not recorded here (`Gallery.enroll`
+    and `import_manifest` do).
+    """
+    admission = _admit(ctx, name, photos, consent, email=email, min_face_px=min_face_px, quality=quality)
+    return _commit(ctx, admission, _read_faces(ctx, admission), allow_duplicate=allow_duplicate, actor=actor)
+
+
+def _admit(
+    ctx: Context, subject: str, photos: Sequence[PhotoInput] | PhotoInput, consent: Consent | str | None, *,
+    email: str | None, min_face_px: int, quality: str | None,
+) -> _Admission:
+    """An enrollment's checks before any biometric processing: name, consent, opt-out, policy.
+
+    Reads the store, never a photo: a subject without a lawful basis is refused before
+    their photo is even decoded.
+    """
+    name = check_name(subject, "subject name")
+    if consent is None:
+        raise ConsentError(
+            f"Enrolling '{name}' needs a recorded consent: pass Consent(reference, purposes) "
+            "(CLI: --consent-ref REF --purpose P)."
+        )
+    now = ctx.now()
+    if isinstance(consent, Consent):
+        check_consent(consent, now)
+    batch = [photos] if isinstance(photos, (str, bytes, os.PathLike)) else list(photos)
+    if not batch:
+        raise InvalidArgumentError(f"No photos given for '{name}': name at least one photo of the person.")
+    policy = default_policy(ctx.settings.quality)
+    if ctx.store.exists():
+        with ctx.lock, ctx.store.read() as tx:
+            check_enrollable(ctx, tx, name, consent, email, now)
+            policy = tx.policy()
+    elif isinstance(consent, str):
+        raise unknown_reference(consent, to_enroll=True)
+    level = parse_policy_value("quality", quality) if quality is not None else policy["quality"]
+    return _Admission(name, consent, email, tuple(batch), now, policy, level, min_face_px)
+
+
+def _read_faces(ctx: Context, admission: _Admission) -> list[tuple[str, DetectedFace]]:
+    """Each admitted photo's SHA-256 and its one face: decode, region, detect, quality, encode.
+
+    Reads no store and writes nothing, so it may run on any thread.
+    """
+    excluded = admission.policy["excluded_regions"]
+    return [_enrollment_face(ctx, p, admission.min_face_px, excluded, admission.level) for p in admission.photos]
+
+
+def _commit(
+    ctx: Context, admission: _Admission, faces: Sequence[tuple[str, DetectedFace]], *, allow_duplicate: bool,
+    actor: str | None,
+) -> Enrollment:
+    """Store an admitted enrollment: the duplicate check, then one write transaction (the index follows it)."""
+    name, consent, email, now = admission.name, admission.consent, admission.email, admission.now
+    if not allow_duplicate:
+        _check_duplicates(ctx, name, admission.photos, [f for _, f in faces], admission.policy["duplicate_tolerance"])
+    with ctx.lock, ctx.store.write(create=True) as tx:
+        hashes = check_enrollable(ctx, tx, name, consent, email, now)  # again: the store may have changed
+        if isinstance(consent, Consent):
+            subject_id, consent_id = record(ctx, tx, name, consent, hashes, now, ctx.who(actor))
+            reference = consent.reference
+        else:
+            subject_id, consent_id, reference = existing_consent(ctx, tx, name, consent, now)
+        with tx.renewing(subject_id, strict=True):
+            ids = [tx.add_template(subject_id, consent_id, f.encoding, sha, f.box, now) for sha, f in faces]
+            total = tx.template_count(subject_id)
+            ctx.refresh_retention(tx, subject_id, now)
+        tx.append_audit(at=now, actor=ctx.who(actor), action="enroll", subject=name,
+                        details={"consent": reference, "templates_added": len(ids), "templates_total": total})
+    return Enrollment(
+        subject=name,
+        templates_added=len(ids),
+        templates_total=total,
+        consent_reference=reference,
+        photos=tuple(photo_name(p) for p in admission.photos),
+    )
+
+
+def import_manifest(
+    ctx: Context, manifest: str | os.PathLike[str], *, progress: Progress | None, quality: str | None,
+    allow_duplicate: bool, actor: str | None,
+) -> ImportReport:
+    """Enroll every usable row of a manifest CSV; bad rows are reported (and audited as refused) and skipped.
+
+    The report is the one enrolling row by row gives: while a row is stored, the photos of
+    the next few are decoded and encoded on a thread pool (one thread per CPU), and every
+    step that earlier rows can change (the duplicate check, the store writes) runs in row
+    order. A row's consent and opt-out are checked before its photo is read; a row whose
+    consent check an earlier row still in progress could change (the same consent reference
+    for another subject) waits for it.
+    """
+    rows = read_manifest(manifest)
+    enrolled: list[Enrollment] = []
+    rejected: list[Rejection] = []
+    unstored: dict[int, ManifestRow] = {}  # rows started ahead that may still enroll
+
+    def start(pool: Executor, numbered: tuple[int, ManifestRow]) -> Callable[[], Enrollment]:
+        """Admit a row and start reading its photo; returns what finishes it at its turn."""
+        number, row = numbered
+        try:
+            if row.problem is not None:
+                raise InvalidArgumentError(row.problem)
+            if any(_may_claim(earlier, row) for earlier in unstored.values()):
+                unstored[number] = row
+                return lambda: enroll(ctx, row.subject, [row.photo], row.consent, email=row.email,
+                                      min_face_px=ENROLL_MIN_FACE_PX, quality=quality,
+                                      allow_duplicate=allow_duplicate, actor=actor)
+            admission = _admit(ctx, row.subject, [row.photo], row.consent, email=row.email,
+                               min_face_px=ENROLL_MIN_FACE_PX, quality=quality)
+        except Exception as exc:  # reported at the row's turn, as enrolling row by row would
+            return _raising(exc)
+        unstored[number] = row
+        faces = pool.submit(_read_faces, ctx, admission)
+        return lambda: _commit(ctx, admission, faces.result(), allow_duplicate=allow_duplicate, actor=actor)
+
+    with pooled(list(enumerate(rows)), start, ctx.encoder) as started:
+        for done, ((number, row), finish) in enumerate(started, start=1):
+            try:
+                enrolled.append(finish())
+            except ConsentMatchError as exc:
+                rejected.append(Rejection(row=row.line, subject=row.subject, photo=row.photo, reason=str(exc)))
+                ctx.record_refusal("enroll", row.subject, None, actor, exc)
+            unstored.pop(number, None)
+            if progress is not None:
+                progress(done, len(rows))
+    return ImportReport(manifest=os.fspath(manifest), rows=len(rows), enrolled=tuple(enrolled), rejected=tuple(rejected))
+
+
+def _enrollment_face(
+    ctx: Context, photo: PhotoInput, min_face_px: int, excluded: Sequence[str], level: str
+) -> tuple[str, DetectedFace]:
+    decoded = load_photo(photo, strict=True)  # a corrupt JPEG that decodes is refused, not enrolled
+    _check_region(decoded, excluded)
+    found = ctx.encoder.encode(decoded, min(PROBE_MIN_FACE_PX, min_face_px))
+    face = single_face(found, decoded.name, min_face_px)
+    if level != "off":
+        check_quality(decoded, face, level=level, for_enrollment=True, min_face_px=min_face_px)
+    return decoded.sha256, face
+
+
+def _check_duplicates(
+    ctx: Context, name: str, photos: Sequence[PhotoInput], faces: Sequence[DetectedFace], tolerance: float
+) -> None:
+    """Refuse a face that is already enrolled under another subject: one person, one identity."""
+    if not ctx.store.exists():
+        return
+    with ctx.lock, ctx.store.read() as tx:
+        index = ctx.cache.index(tx)
+        if not len(index):
+            return
+        own = tx.subject_id(name)
+        own_count = tx.template_count(own) if own is not None else 0
+        # The nearest templates beyond the subject's own: k = own + 1 always reaches another subject's.
+        distances, ids = index.search(np.stack([f.encoding for f in faces]), own_count + 1)
+        for photo, row_distances, row_ids in zip(photos, distances, ids):
+            hits = [(float(d), int(t)) for d, t in zip(row_distances, row_ids) if t >= 0 and d <= tolerance]
+            owners = tx.template_owners([t for _, t in hits])
+            other = next(((d, owners[t]) for d, t in hits if owners.get(t, name) != name), None)
+            if other is not None:
+                distance, other_name = other
+                raise PolicyError(
+                    f"'{photo_name(photo)}' shows enrolled subject '{other_name}' (distance {distance:.2f} <= "
+                    f"{tolerance}): one person may not be enrolled under two names; pass allow_duplicate=True "
+                    "(--allow-duplicate) for twins or an intended duplicate."
+                )
+
+
+def _check_region(photo: Photo, excluded: Sequence[str]) -> None:
+    if not excluded or photo.gps is None:
+        return
+    from ..geo import region_codes
+
+    hit = next((code for code in region_codes(*photo.gps) if code in excluded), None)
+    if hit:
+        raise region_error(
+            f"'{photo.name}' was taken in {hit} (by its GPS metadata), a region this gallery's policy excludes: "
+            "use a photo taken elsewhere."
+        )
+
+
+def _may_claim(earlier: ManifestRow, row: ManifestRow) -> bool:
+    """Whether storing `earlier` can change `row`'s consent check: it claims the same reference for another subject."""
+    return (
+        earlier.consent is not None and row.consent is not None
+        and earlier.consent.reference == row.consent.reference and earlier.subject != row.subject
+    )
+
+
+def _raising(error: Exception) -> Callable[[], NoReturn]:
+    def finish() -> NoReturn:
+        raise error
+
+    return finish

@@ -1,0 +1,177 @@
+"""Erasure and what leads to it: forget, retention and purge, the opt-out registry.
+
+`erase` is the one owner of the erasure sequence; revoking a consent (consents.py) goes through
+it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timezone
+from functools import partial
+
+from ..errors import GalleryNotFoundError, InvalidArgumentError, SubjectNotFoundError
+from ..results import Erasure, OptOut, RetentionEntry
+from ..storage import Transaction
+from .context import Context, check_name
+
+__all__ = ["add_optout", "erase", "forget", "optouts", "purge", "remove_optout", "retention"]
+
+
+def erase(
+    ctx: Context, find: Callable[[Transaction], int], reason: str, change: Callable[[Transaction, int, int], int],
+) -> Erasure:
+    """The one way templates are erased. `find(tx)` names the subject's id inside the
+    erasure's transaction; `change(tx, subject_id, templates)` deletes the rows and audits
+    there too, returning the consents it removed.
+
+    Order, in one write transaction: find the subject -> read its templates (for the
+    post-check) and data key id -> delete rows -> destroy that data key as the last step ->
+    commit; then the WAL checkpoint and the index (the cache follows the commit). What is read,
+    deleted and shredded is one subject, by id: a forget and re-enrollment of the same name by
+    another process cannot slip between them. A write the gallery refuses (read-only, locked)
+    shreds nothing; from the shred on, no crash and no old copy of the gallery makes the
+    templates readable again (rows left by a crash between shred and commit are dropped at the
+    next open).
+
+    Raises:
+        SubjectNotFoundError: nobody of that name (ConsentError: no consent of that reference).
+    """
+    with ctx.lock:
+        ctx.cache.before_erasure()  # erase from the snapshot too, so close saves it current
+        with ctx.store.write() as tx:
+            subject_id = find(tx)
+            name = ctx.subject_name(tx, subject_id)
+            ids, vectors = tx.subject_templates(subject_id, strict=False)
+            key = tx.subject_key_id(subject_id)
+            with tx.renewing(subject_id, strict=False):  # an erasure is never refused
+                consents = change(tx, subject_id, len(ids))
+            # Index snapshots hold the templates too: their keys go with the subject's, at once.
+            tx.shred([key, *sorted(ctx.store.keys.index_key_ids())])
+        removed = ctx.cache.after_erasure()
+        ctx.store.checkpoint()
+        # The post-check: no row of the removed templates is left, and the live index finds none of them.
+        verified = True
+        if len(ids):
+            with ctx.store.read() as tx:
+                left = tx.templates_left(ids.tolist())
+            verified = left == 0 and ctx.cache.finds_none(ids, vectors)
+        return Erasure(subject=name, templates_removed=len(ids), index_entries_removed=removed,
+                       consents_removed=consents, reason=reason, verified=verified)
+
+
+def forget(ctx: Context, subject: str, actor: str | None) -> Erasure:
+    """Erase a subject: templates, consent records and index entries; the audit keeps the record that it happened."""
+    name = check_name(subject, "subject name")
+    now = ctx.now()
+
+    def change(tx: Transaction, subject_id: int, removed: int) -> int:
+        _, consents = tx.delete_subject(subject_id)
+        tx.append_audit(at=now, actor=ctx.who(actor), action="forget", subject=name,
+                        details={"templates_removed": removed, "consents_removed": consents})
+        return consents
+
+    return erase(ctx, lambda tx: ctx.subject_id(tx, name), "forget", change)
+
+
+def retention(ctx: Context) -> list[RetentionEntry]:
+    """When each enrolled subject's templates must be destroyed, soonest first (no date last)."""
+    if not ctx.store.exists():
+        return []
+    now = ctx.now()
+    with ctx.lock, ctx.store.read() as tx:
+        rows = tx.retention()
+    entries = [
+        RetentionEntry(subject=n, templates=c, destroy_by=d, rule=r, overdue=d is not None and d <= now)
+        for _, n, c, d, r in rows
+    ]
+    far = datetime.max.replace(tzinfo=timezone.utc)
+    return sorted(entries, key=lambda e: (e.destroy_by or far, e.subject))
+
+
+def purge(ctx: Context, actor: str | None) -> list[Erasure]:
+    """Destroy the templates of every subject past their retention date."""
+    if not ctx.store.exists():
+        return []
+    receipts = []
+    for entry in retention(ctx):
+        if not entry.overdue:
+            continue
+        now, due = ctx.now(), entry
+
+        def change(tx: Transaction, subject_id: int, removed: int) -> int:
+            tx.delete_templates(subject_id)
+            tx.append_audit(at=now, actor=ctx.who(actor), action="purge", subject=due.subject,
+                            details={"templates_removed": removed, "rule": due.rule,
+                                     "destroy_by": due.destroy_by.isoformat() if due.destroy_by else None})
+            return 0
+
+        receipts.append(erase(ctx, partial(ctx.subject_id, name=entry.subject), "purge", change))
+    return receipts
+
+
+# -- the opt-out registry ----------------------------------------------------------------
+
+
+def add_optout(ctx: Context, subject: str | None, email: str | None, actor: str | None) -> list[Erasure]:
+    """Put a subject or an e-mail (as keyed hashes) on the do-not-enroll list; revoke the consents
+    and erase the templates of everyone it names. One receipt per subject erased."""
+    kind, value = _optout_key(ctx, subject, email, create=True)
+    now = ctx.now()
+    receipts = []
+    with ctx.lock:
+        with ctx.store.write(create=True) as tx:
+            tx.add_optout(kind, _optout_values(tx, kind, value)[0], now)
+            hashes = tx.email_hashes(value) if kind == "email" else []
+            names = [value] if kind == "subject" else tx.subjects_with_email(hashes)
+            tx.append_audit(at=now, actor=ctx.who(actor), action="optout-add",
+                            subject=value if kind == "subject" else None, details={"kind": kind, "erases": names})
+
+        def opt_out(tx: Transaction, subject_id: int, removed: int) -> int:
+            tx.revoke_all(subject_id, now)
+            tx.delete_templates(subject_id)
+            ctx.refresh_retention(tx, subject_id, now)
+            return 0
+
+        for name in names:
+            try:
+                receipts.append(erase(ctx, partial(ctx.subject_id, name=name), "optout", opt_out))
+            except SubjectNotFoundError:  # named by the e-mail's consent, already forgotten
+                continue
+    return receipts
+
+
+def remove_optout(ctx: Context, subject: str | None, email: str | None, actor: str | None) -> bool:
+    """Take an entry off the do-not-enroll list; False if it was not there."""
+    kind, value = _optout_key(ctx, subject, email, create=False)
+    with ctx.lock, ctx.store.write() as tx:
+        removed = any([tx.remove_optout(kind, v) for v in _optout_values(tx, kind, value)])
+        tx.append_audit(at=ctx.now(), actor=ctx.who(actor), action="optout-remove",
+                        subject=value if kind == "subject" else None, details={"kind": kind, "removed": removed})
+    return removed
+
+
+def optouts(ctx: Context) -> list[OptOut]:
+    """The do-not-enroll list: subject references, and e-mails as hashes."""
+    if not ctx.store.exists():
+        return []
+    with ctx.lock, ctx.store.read() as tx:
+        return [OptOut(kind=k, value=v, added_at=a) for k, v, a in tx.optouts()]
+
+
+def _optout_key(ctx: Context, subject: str | None, email: str | None, *, create: bool) -> tuple[str, str]:
+    if (subject is None) == (email is None):
+        raise InvalidArgumentError("Give exactly one of a subject or an e-mail (CLI: --subject S or --email E).")
+    if subject is not None:
+        return "subject", check_name(subject, "subject name")
+    address = (email or "").strip().lower()
+    if "@" not in address or len(address) > 320:
+        raise InvalidArgumentError(f"{email!r} is not an e-mail address.")
+    if not create and not ctx.store.exists():
+        raise GalleryNotFoundError(f"No gallery at '{ctx.path}'.")
+    return "email", address
+
+
+def _optout_values(tx: Transaction, kind: str, value: str) -> list[str]:
+    """What the registry holds for an entry: the subject, or the e-mail's hashes (the one stored now first)."""
+    return tx.email_hashes(value) if kind == "email" else [value]

@@ -1,0 +1,220 @@
+"""Search: 1:N (`match`, `match_many`) and 1:1 (`verify`).
+
+match: decode -> detect -> encode -> index search among consented templates -> store lookup
+       -> decide -> audit. Several probes: the photo work on a thread pool, a few ahead; the
+       searches, decisions and audit events in input order.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..consent import check_purpose
+from ..errors import FaceError, GalleryNotFoundError, ImageError, InvalidArgumentError, NoActiveEnrollmentError
+from ..images import PhotoInput, load_photo, photo_name
+from ..policy import check_min_face, check_policy_top_k, check_tolerance, check_top_k
+from ..pool import pooled
+from ..quality import check_quality, single_face
+from ..results import Candidate, FaceMatch, MatchResult, Verification
+from ..storage import Transaction
+from ..vision.types import DetectedFace
+from .context import Context, check_name
+
+__all__ = ["match", "match_many", "verify"]
+
+
+def match(
+    ctx: Context, photo: PhotoInput, *, purpose: str | None, tolerance: float | None, top_k: int, min_face_px: int,
+    actor: str | None,
+) -> MatchResult:
+    """1:N on one probe: each face's nearest consented subjects, named within the tolerance."""
+    top_k, min_face_px = check_top_k(top_k), check_min_face(min_face_px)
+    label, tolerance, policy = _search_terms(ctx, purpose, tolerance)
+    top_k = check_policy_top_k(top_k, policy)
+    with ctx.refusals("match", None, label, actor):
+        probed = _probe(ctx, photo, min_face_px)
+    return _decide(ctx, *probed, label, tolerance, policy, top_k, actor)
+
+
+def match_many(
+    ctx: Context, photos: Sequence[PhotoInput] | PhotoInput, *, purpose: str | None, tolerance: float | None,
+    top_k: int, min_face_px: int, actor: str | None,
+) -> Iterator[MatchResult]:
+    """`match` on each probe, the terms checked once at the call (not when iterated)."""
+    top_k, min_face_px = check_top_k(top_k), check_min_face(min_face_px)
+    label, tolerance, policy = _search_terms(ctx, purpose, tolerance)
+    top_k = check_policy_top_k(top_k, policy)
+    batch = [photos] if isinstance(photos, (str, bytes, os.PathLike)) else list(photos)
+    return _matches(ctx, batch, label, tolerance, policy, top_k, min_face_px, actor)
+
+
+def _matches(
+    ctx: Context, photos: list[PhotoInput], label: str | None, tolerance: float, policy: dict[str, Any], top_k: int,
+    min_face_px: int, actor: str | None,
+) -> Iterator[MatchResult]:
+    with pooled(photos, lambda pool, p: pool.submit(_probe, ctx, p, min_face_px), ctx.encoder) as started:
+        for number, (photo, probed) in enumerate(started):
+            if number == 0:  # while the first photos are read: the index and who may be searched
+                with ctx.lock, ctx.store.read() as tx:
+                    ctx.cache.search_state(tx, label, ctx.now())
+            try:
+                name, faces = probed.result()
+            except (ImageError, FaceError) as exc:
+                ctx.record_refusal("match", None, label, actor, exc)
+                yield MatchResult(image=photo_name(photo), faces=(), purpose=label or "", tolerance=tolerance,
+                                  error=str(exc))
+                continue
+            yield _decide(ctx, name, faces, label, tolerance, policy, top_k, actor)
+
+
+def _probe(ctx: Context, photo: PhotoInput, min_face_px: int) -> tuple[str, list[DetectedFace]]:
+    """A probe's name and faces: the photo work of a match, safe on any thread."""
+    decoded = load_photo(photo)
+    return decoded.name, ctx.encoder.encode(decoded, min_face_px)
+
+
+def _decide(
+    ctx: Context, name: str, faces: list[DetectedFace], label: str | None, tolerance: float, policy: dict[str, Any],
+    top_k: int, actor: str | None,
+) -> MatchResult:
+    """Search the probe's faces among the consented templates, name them, and audit the search."""
+    with ctx.lock, ctx.store.read() as tx:
+        index, searchable = ctx.cache.search_state(tx, label, ctx.now())
+        if faces and len(searchable.template_ids):
+            k = min(len(searchable.template_ids), top_k * searchable.max_per_subject)
+            queries = np.stack([f.encoding for f in faces])
+            distances, ids = index.search(queries, k, searchable.template_ids)
+            positions = np.searchsorted(searchable.template_ids, np.maximum(ids, 0))
+            owners = searchable.subject_ids[np.minimum(positions, len(searchable.subject_ids) - 1)]
+            nearest = [_distinct(owners[row], distances[row], ids[row], top_k) for row in range(len(faces))]
+            names = tx.subject_names(sorted({s for row in nearest for s, _, _ in row}))
+            # Each subject shown, as consentmatch wrote it (name, consents, the template found):
+            # a few checks per search, whatever the size of the gallery.
+            tx.check_found(sorted({(s, t) for row in nearest for s, _, t in row}))
+        else:
+            nearest, names = [[] for _ in faces], {}
+    results = []
+    matched: dict[int, str] = {}
+    margin = float(policy["ambiguity_margin"])
+    for face, row in zip(faces, nearest):
+        candidates = tuple(Candidate(names[s], _shown(d, tolerance)) for s, d, _ in row)
+        within = bool(row) and row[0][1] <= tolerance
+        # Two subjects nearly as close: naming either would be a guess.
+        ambiguous = within and margin > 0 and len(row) > 1 and row[1][1] - row[0][1] < margin
+        if within and not ambiguous:
+            matched[row[0][0]] = names[row[0][0]]
+        results.append(
+            FaceMatch(
+                box=face.box,
+                subject=candidates[0].subject if within and not ambiguous else None,
+                distance=candidates[0].distance if within and not ambiguous else None,
+                candidates=candidates,
+                ambiguous=ambiguous,
+            )
+        )
+    _record_search(ctx, "match", label, actor, matched, {"faces": len(faces), "tolerance": tolerance, "top_k": top_k})
+    return MatchResult(image=name, faces=tuple(results), purpose=label or "", tolerance=tolerance)
+
+
+def verify(
+    ctx: Context, subject: str, photo: PhotoInput, *, purpose: str | None, tolerance: float | None, min_face_px: int,
+    actor: str | None,
+) -> Verification:
+    """1:1 against the subject's nearest template, exactly. A subject not enrolled, without templates
+    or without consent for `purpose` gets one and the same answer; every refusal is audited."""
+    name, min_face_px = check_name(subject, "subject name"), check_min_face(min_face_px)
+    label, tolerance, policy = _search_terms(ctx, purpose, tolerance)
+    with ctx.refusals("verify", name, label, actor):
+        with ctx.lock, ctx.store.read() as tx:  # consent first: no biometric work without it
+            subject_id = tx.subject_id(name)
+            if subject_id is not None:
+                tx.check_subject(subject_id)  # its name and consents, as consentmatch wrote them
+                if not _enrolled_for(ctx, tx, subject_id, label):
+                    subject_id = None
+        if subject_id is None:
+            raise _not_enrolled(name, label)
+        decoded = load_photo(photo)
+        face = single_face(ctx.encoder.encode(decoded, min_face_px), decoded.name)
+        if policy["quality"] != "off":
+            check_quality(decoded, face, level=policy["quality"], for_enrollment=False)
+        with ctx.lock, ctx.store.read() as tx:  # by id: a namesake enrolled meanwhile is someone else
+            _, templates = tx.subject_templates(subject_id)
+        if not len(templates):
+            raise _not_enrolled(name, label)
+    distance = float(np.linalg.norm(templates - face.encoding, axis=1).min())
+    match = distance <= tolerance
+    _record_search(ctx, "verify", label, actor, {subject_id: name} if match else {},
+                   {"subject": name, "match": match, "tolerance": tolerance}, subject=name)
+    return Verification(subject=name, image=decoded.name, match=match, distance=_shown(distance, tolerance),
+                        tolerance=tolerance, box=face.box)
+
+
+def _enrolled_for(ctx: Context, tx: Transaction, subject_id: int, label: str | None) -> bool:
+    """Whether the subject has templates and an active consent for the purpose (None: any)."""
+    purposes = tx.active_purposes(subject_id, ctx.now())
+    return bool(label in purposes if label else purposes) and tx.template_count(subject_id) > 0
+
+
+def _not_enrolled(name: str, purpose: str | None) -> NoActiveEnrollmentError:
+    """verify's one answer for a subject not enrolled, without templates, or without consent."""
+    return NoActiveEnrollmentError(
+        f"No active enrollment of '{name}' for purpose '{purpose or 'any'}': the subject is not enrolled, or has no "
+        "active consent that lists this purpose; check the name and the purpose."
+    )
+
+
+def _search_terms(ctx: Context, purpose: str | None, tolerance: float | None) -> tuple[str | None, float, dict[str, Any]]:
+    """The purpose and tolerance of a search, with the policy's rules and defaults; and the policy."""
+    if not ctx.store.exists():
+        raise GalleryNotFoundError(f"No gallery at '{ctx.path}': enroll someone first, or check --gallery.")
+    with ctx.lock, ctx.store.read() as tx:
+        policy = tx.policy()
+    if purpose is None and policy["require_purpose"]:
+        raise InvalidArgumentError(
+            "This gallery's policy requires a purpose for every search: pass purpose=... (CLI: --purpose P)."
+        )
+    label = check_purpose(purpose) if purpose is not None else None
+    return label, check_tolerance(policy["tolerance"] if tolerance is None else tolerance), policy
+
+
+def _record_search(
+    ctx: Context, action: str, purpose: str | None, actor: str | None, matched: dict[int, str], details: dict[str, Any],
+    *, subject: str | None = None,
+) -> None:
+    """Audit a match or verify; the subjects it returned count as an interaction (BIPA retention).
+
+    `subject`: the one the call named (verify), recorded whether or not it matched.
+    """
+    now = ctx.now()
+    with ctx.lock, ctx.store.write(bump=False) as tx:
+        for subject_id in matched:
+            with tx.renewing(subject_id, strict=False):
+                if tx.touch(subject_id, now):  # another process may have erased them meanwhile
+                    ctx.refresh_retention(tx, subject_id, now)
+        tx.append_audit(at=now, actor=ctx.who(actor), action=action, purpose=purpose,
+                        subject=subject or (next(iter(matched.values())) if len(matched) == 1 else None),
+                        details={**details, "subjects": sorted(matched.values())})
+
+
+def _shown(distance: float, tolerance: float) -> float:
+    """A distance as results show it: exact within the tolerance; beyond it rounded up to 2
+    decimals, so near misses are no fine oracle to tune a forged face against (and stay beyond)."""
+    if distance <= tolerance:
+        return distance
+    return max(math.ceil(round(distance * 100, 6)) / 100, math.nextafter(tolerance, math.inf))
+
+
+def _distinct(owners: np.ndarray, distances: np.ndarray, ids: np.ndarray, top_k: int) -> list[tuple[int, float, int]]:
+    """The first `top_k` distinct subjects of a nearest-first row, each at its nearest template:
+    (subject id, distance, template id)."""
+    seen: dict[int, tuple[float, int]] = {}
+    for owner, distance, template in zip(owners.tolist(), distances.tolist(), ids.tolist()):
+        if template < 0 or len(seen) == top_k:
+            break
+        seen.setdefault(owner, (distance, template))
+    return [(owner, distance, template) for owner, (distance, template) in seen.items()]
