@@ -16,7 +16,6 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import ConsentMatchError, InvalidArgumentError
-from ..policy import PROBE_MIN_FACE_PX
 from ..settings import Settings
 from ..text import shown as _shown
 from ..text import visible
@@ -24,7 +23,7 @@ from ..text import visible
 if TYPE_CHECKING:
     from ..consent import Consent
     from ..gallery import Gallery
-    from ..results import ConsentRecord, Erasure, MatchResult
+    from ..results import Erasure
 
 app = typer.Typer(
     name="consentmatch",

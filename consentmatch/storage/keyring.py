@@ -29,7 +29,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from ..crypto import KEY_BYTES, aead, parse_key, seal, unseal, unseal_with, write_private
 from ..errors import EncryptionKeyError

@@ -9,7 +9,6 @@ adds and deletes, so the store can tell the index after the commit (`Commit`).
 from __future__ import annotations
 
 import json
-import secrets
 import sqlite3
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
@@ -22,13 +21,14 @@ from numpy.typing import NDArray
 from .. import audit
 from ..consent import Consent
 from ..crypto import aead, unseal_with
-from ..errors import ConsentError, TamperingError
+from ..errors import ConsentError
 from ..policy import default_policy
-from ..results import AuditCheck, AuditEvent, Box, ConsentRecord, SubjectInfo
+from ..results import Box, ConsentRecord, SubjectInfo
 from ..retention import ConsentTerm, destroy_by
 from ..vision.types import DIMENSIONS
 from .base import Searchable, reference_taken, unknown_reference
 from .keyring import KeyRing
+from .sqlite_audit import AuditRows
 from .sqlite_integrity import CONSENT_FIELDS, SUBJECT_FIELDS, Integrity, consent_content, subject_content
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def _dt(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
-class SqliteTransaction(Integrity):
+class SqliteTransaction(Integrity, AuditRows):
     """One transaction on a gallery file: a read snapshot, or a write that commits as a whole."""
 
     def __init__(self, conn: sqlite3.Connection, store: SqliteStore) -> None:
@@ -54,83 +54,6 @@ class SqliteTransaction(Integrity):
         self._quality = store.quality
         self.added: list[tuple[int, NDArray[np.float32]]] = []  # template rows this write added
         self.removed: list[int] = []  # and deleted
-
-    # -- the audit trail (rules in audit.py) --------------------------------------------------
-
-    def _audit_head(self) -> tuple[int, str]:
-        (value,) = self.conn.execute("SELECT value FROM meta WHERE key = 'audit_head'").fetchone()
-        seq, _, digest = str(value).partition(":")
-        return int(seq), digest.lower()
-
-    def append_audit(
-        self, *, at: datetime, actor: str, action: str, subject: str | None = None, purpose: str | None = None,
-        details: dict[str, Any] | None = None,
-    ) -> int:
-        """Append one event to the chain inside this transaction; returns its seq."""
-        assert action in audit.ACTIONS, action
-        seq, prev = self._audit_head()
-        seq += 1
-        text, moment = audit.details_text(details), _ts(at)
-        digest = audit.digest(seq, moment, actor, action, subject, purpose, text, prev)
-        self.conn.execute(
-            "INSERT INTO audit (seq, at, actor, action, subject, purpose, details, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?)",
-            (seq, moment, actor, action, subject, purpose, text, prev, digest),
-        )
-        self.conn.execute("UPDATE meta SET value = ? WHERE key = 'audit_head'", (f"{seq}:{digest}",))
-        return seq
-
-    def audit_events(
-        self, subject: str | None = None, *, actor: str | None = None, action: str | None = None,
-        purpose: str | None = None, since: datetime | None = None, until: datetime | None = None,
-    ) -> list[AuditEvent]:
-        """Events in order, all or those matching every filter given. `subject`: events naming them,
-        and searches that returned or showed them among others; `since`/`until`: inclusive bounds."""
-        where: list[str] = []
-        if subject:
-            where.append("""(subject = :subject OR EXISTS (SELECT 1 FROM json_each(details, '$.subjects') WHERE value = :subject)
-                          OR EXISTS (SELECT 1 FROM json_each(details, '$.shown') WHERE json_extract(value, '$.subject') = :subject))""")
-        for column, value in (("actor", actor), ("action", action), ("purpose", purpose)):
-            if value:
-                where.append(f"{column} = :{column}")
-        if since is not None:
-            where.append("at >= :since")
-        if until is not None:
-            where.append("at <= :until")
-        query = "SELECT seq, at, actor, action, subject, purpose, details, prev_hash, hash FROM audit"
-        params = {"subject": subject, "actor": actor, "action": action, "purpose": purpose,
-                  "since": _ts(since) if since else None, "until": _ts(until) if until else None}
-        rows = self.conn.execute(query + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq", params)
-        return [
-            AuditEvent(
-                seq=int(seq), at=datetime.fromisoformat(at), actor=actor_, action=action_, subject=subj, purpose=purpose_,
-                details=json.loads(details), prev_hash=prev, hash=digest,
-            )
-            for seq, at, actor_, action_, subj, purpose_, details, prev, digest in rows
-        ]
-
-    def verify_audit(self) -> AuditCheck:
-        """Walk the whole chain against the recorded head."""
-        rows = self.conn.execute("SELECT seq, at, actor, action, subject, purpose, details, prev_hash, hash FROM audit ORDER BY seq")
-        return audit.check_chain(rows, self._audit_head())
-
-    def rotation_event(self, at: datetime, actor: str, data_keys: int, key_source: str) -> str:
-        """A key rotation's audit event, as the text the key store keeps with the rotation until the
-        gallery has it (`KeyRing.rotate`): it names the last event before it and has an id of its own."""
-        (last,) = self.conn.execute("SELECT coalesce(max(seq), 0) FROM audit").fetchone()
-        details = {"data_keys": data_keys, "key_source": key_source, "rotation": secrets.token_hex(8)}
-        return json.dumps({"at": _ts(at), "actor": actor, "after": int(last), "details": details})
-
-    def record_rotation(self, event: str) -> None:
-        """Append a rotation's audit event, unless the trail has it already (it then follows `after`)."""
-        fields = json.loads(event)
-        details = fields["details"]
-        recorded = self.conn.execute(
-            "SELECT 1 FROM audit WHERE seq > ? AND action = 'key-rotate' AND json_extract(details, '$.rotation') = ?",
-            (fields["after"], details["rotation"]),
-        ).fetchone()
-        if recorded is None:
-            self.append_audit(at=datetime.fromisoformat(fields["at"]), actor=fields["actor"], action="key-rotate",
-                              details=details)
 
     # -- subjects, consents, templates ------------------------------------------------------------
 
