@@ -18,7 +18,11 @@ if TYPE_CHECKING:
 
     from ..images import Photo
 
-__all__ = ["DIMENSIONS", "DetectedFace", "Encoder"]
+__all__ = ["DETECTORS", "DIMENSIONS", "DetectedFace", "Detector", "Encoder"]
+
+#: The face detectors `Settings.detector` may name: dlib's HOG (face_recognition's own pipeline,
+#: the default) and libfacedetection's CNN on ONNX Runtime (~10x cheaper, `vision.yunet`).
+DETECTORS = ("hog", "yunet")
 
 #: The length of a face encoding: dlib's face ResNet gives 128 numbers per face.
 DIMENSIONS = 128
@@ -43,5 +47,19 @@ class Encoder(Protocol):
         """Every face found, looking down to `min_face_px` wide (original pixels); top-to-bottom order.
 
         May be called from several threads at once (a gallery encodes several photos in parallel).
+        """
+        ...
+
+
+class Detector(Protocol):
+    """Finds faces for dlib's landmark predictor: `HogDetector` (dlib.py) and `YuNetDetector` (yunet.py)."""
+
+    #: How the detector is named in settings and on the CLI (a member of DETECTORS for ours).
+    name: str
+
+    def detect(self, photo: Photo, min_face_px: int) -> list[Box]:
+        """Boxes framed as dlib's HOG detector frames a face, in `photo.pixels` coordinates.
+
+        Looks down to faces `min_face_px` wide (original pixels). Thread-safe.
         """
         ...
