@@ -129,3 +129,27 @@ def test_the_settings_pick_the_detector(tmp_path: Path) -> None:
     assert default_encoder(Settings(cache_dir=tmp_path)).detector.name == "hog"  # type: ignore[attr-defined]
     with pytest.raises(EngineError, match="CONSENTMATCH_DETECTOR='cnn' is not a detector: use hog or yunet"):
         default_encoder(Settings(detector="cnn"))
+
+
+def test_match_and_verify_take_the_detector_and_decide_as_hog(real_gallery_path: Path) -> None:
+    from .test_cli import _lines, run
+
+    probes = sorted((EXAMPLES / "probes").glob("*"))
+    decided = {}
+    for detector in ("hog", "yunet"):
+        result = run("match", *probes, "-g", real_gallery_path, "-p", "visitor-check-in", "--detector", detector, "--json")
+        assert result.exit_code == 0, result.output
+        decided[detector] = [sorted(str(face["subject"]) for face in body["faces"]) for body in _lines(result.stdout)]
+    assert decided["yunet"] == decided["hog"]
+    result = run("verify", "obama", EXAMPLES / "probes" / "obama1.jpg", "-g", real_gallery_path, "-p", "visitor-check-in",
+                 "--detector", "yunet", "--json")
+    assert result.exit_code == 0 and _lines(result.stdout)[0]["match"] is True
+
+
+def test_an_unknown_detector_is_a_usage_error(real_gallery_path: Path) -> None:
+    from .test_cli import run
+
+    result = run("match", EXAMPLES / "probes" / "obama1.jpg", "-g", real_gallery_path, "-p", "visitor-check-in",
+                 "--detector", "cnn")
+    assert result.exit_code == 2 and "'cnn' is not a detector: use hog or yunet" in result.output
+    assert "Traceback" not in result.output

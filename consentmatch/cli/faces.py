@@ -28,6 +28,7 @@ from .common import (
     QualityOption,
     DuplicateOption,
     ActorOption,
+    DetectorOption,
     MinFaceOption,
     ToleranceOption,
     error,
@@ -75,6 +76,7 @@ def enroll(
     ] = None,
     quality: QualityOption = None,
     allow_duplicate: DuplicateOption = False,
+    detector: DetectorOption = None,
     actor: ActorOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -90,7 +92,7 @@ def enroll(
         consent: Consent | str | None = consent_ref
         if consent_ref is not None and (purpose or expires or jurisdiction or evidence):
             consent = consent_from(consent_ref, purpose, expires, jurisdiction, signer, evidence, notice_version)
-        with open_gallery(gallery, actor) as g:
+        with open_gallery(gallery, actor, detector) as g:
             result = g.enroll(subject, photos, consent, email=email, min_face_px=min_face_px, quality=quality,
                               allow_duplicate=allow_duplicate)
     if as_json:
@@ -110,6 +112,7 @@ def import_(
     gallery: GalleryOption,
     quality: QualityOption = None,
     allow_duplicate: DuplicateOption = False,
+    detector: DetectorOption = None,
     actor: ActorOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -124,7 +127,7 @@ def import_(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with mapped_errors(), open_gallery(gallery, actor) as g:
+    with mapped_errors(), open_gallery(gallery, actor, detector) as g:
         err = Console(stderr=True)
         progress = Progress(
             TextColumn("enrolling"),
@@ -178,6 +181,7 @@ def match(
         help="Nearest subjects listed per face, at most the policy's max_top_k (10 unless raised).",
     )] = 5,
     min_face_px: MinFaceOption = PROBE_MIN_FACE_PX,
+    detector: DetectorOption = None,
     actor: ActorOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -197,7 +201,7 @@ def match(
             check_purpose(purpose)
     results: list[MatchResult] = []
     failed = False
-    with mapped_errors(), open_gallery(gallery, actor) as g:
+    with mapped_errors(), open_gallery(gallery, actor, detector) as g:
         for result in g.match_many(photos, purpose=purpose, tolerance=tolerance, top_k=top_k, min_face_px=min_face_px):
             if result.error is not None:
                 failed = True
@@ -238,6 +242,7 @@ def verify(
     purpose: PurposeOption,
     tolerance: ToleranceOption = None,
     min_face_px: MinFaceOption = PROBE_MIN_FACE_PX,
+    detector: DetectorOption = None,
     actor: ActorOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -250,7 +255,7 @@ def verify(
 
     **Example:** `consentmatch verify alice selfie.jpg -g customers.db --purpose transfer-check --json`
     """
-    with mapped_errors(), open_gallery(gallery, actor) as g:
+    with mapped_errors(), open_gallery(gallery, actor, detector) as g:
         try:
             result = g.verify(subject, photo, purpose=purpose, tolerance=tolerance, min_face_px=min_face_px)
         except ConsentMatchError as exc:
