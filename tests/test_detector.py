@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -92,7 +93,9 @@ def test_encodings_through_the_cnn_are_close_to_the_hog_ones(cache: Path, cnn: Y
     distances = []
     for path in PHOTOS:
         photo = load_photo(path)
-        pairs = zip(by_hog.encode(photo, 40), by_cnn.encode(photo, 40))
+        found, boxed = by_hog.encode(photo, 40), by_cnn.encode(photo, 40)
+        assert {f.detector for f in found} <= {"hog"} and {f.detector for f in boxed} <= {"yunet"}
+        pairs = zip(found, boxed)
         distances += [float(np.linalg.norm(a.encoding - b.encoding)) for a, b in pairs]
     assert len(distances) >= 24
     assert np.median(distances) < 0.06 and max(distances) < 0.25  # far inside the 0.6 tolerance
@@ -153,3 +156,19 @@ def test_an_unknown_detector_is_a_usage_error(real_gallery_path: Path) -> None:
                  "--detector", "cnn")
     assert result.exit_code == 2 and "'cnn' is not a detector: use hog or yunet" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_template_records_the_detector_that_found_it(fake_gallery: Any, consent: Any, tmp_path: Path) -> None:
+    import sqlite3
+    from datetime import datetime, timezone
+
+    from .conftest import fake_encoding, fake_photo
+
+    fake_gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (1, 0))], consent)
+    with sqlite3.connect(fake_gallery.path) as raw:
+        subject_id, consent_id = raw.execute("SELECT subject_id, consent_id FROM templates").fetchone()
+    with fake_gallery._store.write() as tx:  # the step enrollment takes, with the detector named
+        tx.add_template(subject_id, consent_id, fake_encoding(1, 1), "0" * 64, Box(0, 10, 10, 0),
+                        datetime.now(timezone.utc), detector="yunet")
+    with sqlite3.connect(fake_gallery.path) as raw:
+        assert raw.execute("SELECT detector FROM templates ORDER BY id").fetchall() == [(None,), ("yunet",)]

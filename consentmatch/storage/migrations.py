@@ -160,6 +160,11 @@ MIGRATIONS: tuple[Step, ...] = (
         AND NOT EXISTS (SELECT 1 FROM optouts WHERE kind = 'email')
         AND NOT EXISTS (SELECT 1 FROM consents WHERE email_hash IS NOT NULL);
     """,
+    # 6: which face detector found each template's face ("hog", "yunet"); NULL for templates
+    #    enrolled before this step, which all came from dlib's HOG detector.
+    """
+    ALTER TABLE templates ADD COLUMN detector TEXT;
+    """,
 )
 
 

@@ -135,6 +135,7 @@ class DlibEncoder:
                 box=_box(rect, width, height, photo.scale),
                 encoding=vec,
                 landmarks=tuple((p.x * photo.scale, p.y * photo.scale) for p in shape.parts()),
+                detector=self.detector.name,
             )
             for rect, shape, vec in zip(rects, shapes, self._describe(photo, shapes))
         ]

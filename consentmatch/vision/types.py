@@ -38,6 +38,8 @@ class DetectedFace:
     #: eye on the photo's right, then of the eye on its left, then the base of the nose. None
     #: from an encoder that gives none (quality checks then skip the pose).
     landmarks: tuple[tuple[float, float], ...] | None = None
+    #: The detector that found the face (`Detector.name`: "hog", "yunet"); None from an encoder that does not say.
+    detector: str | None = None
 
 
 class Encoder(Protocol):
