@@ -34,6 +34,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cache_dir", "CONSENTMATCH_CACHE_DIR",
             "Where converted models are cached (default $XDG_CACHE_HOME/consentmatch)."),
     Setting("encoder", "CONSENTMATCH_ENCODER", "Force an encoder backend: onnx or dlib (default: the fastest that works)."),
+    Setting("detector", "CONSENTMATCH_DETECTOR",
+            "The face detector: hog (dlib's, face_recognition's own; the default) or yunet (~10x cheaper)."),
     Setting("quality", "CONSENTMATCH_QUALITY", "Default quality bar of new galleries: off, low, medium or high."),
     Setting("actor", "CONSENTMATCH_ACTOR", "Who is calling, for the audit trail (the CLI's --actor)."),
     Setting("debug", "CONSENTMATCH_DEBUG", "Set to 1 to show tracebacks of unexpected errors (CLI only)."),
@@ -50,6 +52,7 @@ class Settings:
     key_dir: Path | None = None
     cache_dir: Path | None = None
     encoder: str = ""
+    detector: str = ""
     quality: str | None = None
     actor: str | None = None
     debug: bool = False
@@ -69,6 +72,7 @@ class Settings:
             key_dir=_path(raw["key_dir"]) or data / "consentmatch" / "keys",
             cache_dir=_path(raw["cache_dir"]) or cache / "consentmatch",
             encoder=(raw["encoder"] or "").lower(),
+            detector=(raw["detector"] or "").lower(),
             quality=(raw["quality"] or "").lower() or None,
             actor=raw["actor"],
             debug=raw["debug"] not in (None, "0", "false", "no"),

@@ -48,3 +48,10 @@ def test_photos_benchmark_compares_decisions_with_the_peer(tmp_path: Path) -> No
 def test_encoder_benchmark() -> None:
     result = _run("encoder.py", "--rounds", "1")
     assert result["max_abs_diff"] < 1e-4 and result["faces"] > 0
+
+
+def test_detector_benchmark() -> None:
+    result = _run("detector.py", "--scales", "1,0.5", "--limit", "2", "--rounds", "1")
+    assert result["photos"] == 4 and result["threads"] == 1
+    assert result["hog_faces_x1"] == result["yunet_faces_x1"] == 2  # one face in each of the first two photos
+    assert result["ratio"] > 0 and result["hog_ms_per_photo_x0.5"] > 0 and result["yunet_ms_per_photo_x0.5"] > 0

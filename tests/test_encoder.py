@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from consentmatch.vision import default_encoder
-from consentmatch.vision.dlib import DlibEncoder, frontal_face_detector
+from consentmatch.vision.dlib import DlibEncoder, HogDetector, frontal_face_detector
 from consentmatch.images import load_photo
 from consentmatch.vision.onnx import OnnxEncoder
 
@@ -101,11 +101,12 @@ def test_an_unwritable_cache_still_detects(tmp_path: Path) -> None:
 
 
 def test_each_thread_has_its_own_detector(cached: Path) -> None:
-    encoder = DlibEncoder(cache=cached)
-    mine = encoder._detector()
+    hog = DlibEncoder(cache=cached).detector
+    assert isinstance(hog, HogDetector)
+    mine = hog._detector()
     with ThreadPoolExecutor(1) as pool:
-        theirs = pool.submit(encoder._detector).result()
-    assert encoder._detector() is mine and theirs is not mine
+        theirs = pool.submit(hog._detector).result()
+    assert hog._detector() is mine and theirs is not mine
 
 
 @pytest.mark.parametrize("backend", ["onnx", "dlib"])

@@ -107,6 +107,24 @@ MinFaceOption = Annotated[
         "Larger is faster when faces are always larger (a door camera: 80 halves the work on big photos).",
     ),
 ]
+def _detector_name(value: str | None) -> str | None:
+    from ..vision.types import DETECTORS
+
+    if value is not None and value.strip().lower() not in DETECTORS:
+        raise typer.BadParameter(f"{visible(value)!r} is not a detector: use {' or '.join(DETECTORS)}.")
+    return value.strip().lower() if value is not None else None
+
+
+DetectorOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--detector",
+        help="Face detector: hog (dlib's, face_recognition's own; the default) or yunet (libfacedetection's CNN, "
+        "~10x cheaper; Linux x86-64). Default: CONSENTMATCH_DETECTOR, else hog.",
+        callback=_detector_name,
+        show_default=False,
+    ),
+]
 ToleranceOption = Annotated[
     Optional[float],
     typer.Option(
@@ -142,15 +160,18 @@ def mapped_errors() -> Iterator[None]:
         fail(str(exc), 1)
 
 
-def settings() -> Settings:
-    """The environment's settings: read here, at the CLI's entry, and passed down from here."""
-    return Settings.from_env()
+def settings(detector: str | None = None) -> Settings:
+    """The environment's settings: read here, at the CLI's entry, and passed down from here.
+
+    `detector` is the command's --detector, which wins over CONSENTMATCH_DETECTOR.
+    """
+    return Settings.from_env().replace(detector=detector)
 
 
-def open_gallery(path: Path, actor: str | None = None) -> Gallery:
+def open_gallery(path: Path, actor: str | None = None, detector: str | None = None) -> Gallery:
     from ..gallery import Gallery
 
-    return Gallery(path, actor=actor, settings=settings())
+    return Gallery(path, actor=actor, settings=settings(detector))
 
 
 def table(*columns: str, title: str | None = None) -> Table:

@@ -18,17 +18,20 @@ from .common import (
     out,
     JsonOption,
     ActorOption,
+    DetectorOption,
     error,
     fail,
     mapped_errors,
     open_gallery,
     print_json,
+    settings,
 )
 
 # -- evaluate / calibrate --------------------------------------------------------------------
 
 if TYPE_CHECKING:
     from ..evaluate import Failure
+    from ..settings import Settings
 
 EvaluateToleranceOption = Annotated[
     float,
@@ -86,6 +89,7 @@ def evaluate(
         Optional[Path],
         typer.Option("--plot", help="Write the DET curve and the two distance histograms to this PNG.", show_default=False),
     ] = None,
+    detector: DetectorOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Measure accuracy on your own people: 1:1 pairs (FMR, FNMR, EER) or open-set 1:N.
@@ -100,16 +104,16 @@ def evaluate(
     **Example:** `consentmatch evaluate pairs.csv --tolerance 0.6 --plot det.png --json`
     """
     if pairs is not None and identities is None:
-        _evaluate_pairs(pairs, tolerance, plot, as_json)
+        _evaluate_pairs(pairs, tolerance, plot, as_json, settings(detector))
     elif identities is not None and pairs is None:
         if plot is not None:
             fail("--plot draws the curves of a pairs file: use it with PAIRS.csv, not --identities.", 2)
-        _evaluate_identities(identities, tolerance, as_json)
+        _evaluate_identities(identities, tolerance, as_json, settings(detector))
     else:
         fail("Give PAIRS.csv or --identities DIR, exactly one: see consentmatch evaluate --help.", 2)
 
 
-def _evaluate_pairs(pairs: Path, tolerance: float, plot: Path | None, as_json: bool) -> None:
+def _evaluate_pairs(pairs: Path, tolerance: float, plot: Path | None, as_json: bool, settings: Settings) -> None:
     from .. import evaluate as evaluation
     from ..policy import check_tolerance
 
@@ -117,7 +121,7 @@ def _evaluate_pairs(pairs: Path, tolerance: float, plot: Path | None, as_json: b
     with mapped_errors():
         check_tolerance(tolerance)
         with progress:
-            scores = evaluation.score_pairs(pairs, progress=advance)
+            scores = evaluation.score_pairs(pairs, progress=advance, settings=settings)
         result = evaluation.evaluate(scores, tolerance)
         if plot is not None:
             evaluation.plot(scores, result, plot)
@@ -142,7 +146,7 @@ def _evaluate_pairs(pairs: Path, tolerance: float, plot: Path | None, as_json: b
         out.print(f"Plot written to {_shown(plot)}.")
 
 
-def _evaluate_identities(folder: Path, tolerance: float, as_json: bool) -> None:
+def _evaluate_identities(folder: Path, tolerance: float, as_json: bool, settings: Settings) -> None:
     from ..evaluate import evaluate_identities
     from ..policy import check_tolerance
 
@@ -150,7 +154,7 @@ def _evaluate_identities(folder: Path, tolerance: float, as_json: bool) -> None:
     with mapped_errors():
         check_tolerance(tolerance)
         with progress:
-            result = evaluate_identities(folder, tolerance, progress=advance)
+            result = evaluate_identities(folder, tolerance, progress=advance, settings=settings)
     _print_failures(result.failures)
     if as_json:
         print_json(result.to_dict())

@@ -27,6 +27,7 @@ from .common import (
     QualityOption,
     DuplicateOption,
     ActorOption,
+    DetectorOption,
     MinFaceOption,
     ToleranceOption,
     error,
@@ -74,6 +75,7 @@ def enroll(
     ] = None,
     quality: QualityOption = None,
     allow_duplicate: DuplicateOption = False,
+    detector: DetectorOption = None,
     actor: ActorOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -89,7 +91,7 @@ def enroll(
         consent: Consent | str | None = consent_ref
         if consent_ref is not None and (purpose or expires or jurisdiction or evidence):
             consent = consent_from(consent_ref, purpose, expires, jurisdiction, signer, evidence, notice_version)
-        with open_gallery(gallery, actor) as g:
+        with open_gallery(gallery, actor, detector) as g:
             result = g.enroll(subject, photos, consent, email=email, min_face_px=min_face_px, quality=quality,
                               allow_duplicate=allow_duplicate)
     if as_json:
@@ -109,6 +111,7 @@ def import_(
     gallery: GalleryOption,
     quality: QualityOption = None,
     allow_duplicate: DuplicateOption = False,
+    detector: DetectorOption = None,
     actor: ActorOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -123,7 +126,7 @@ def import_(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with mapped_errors(), open_gallery(gallery, actor) as g:
+    with mapped_errors(), open_gallery(gallery, actor, detector) as g:
         err = Console(stderr=True)
         progress = Progress(
             TextColumn("enrolling"),
@@ -177,6 +180,7 @@ def match(
         help="Nearest subjects listed per face, at most the policy's max_top_k (10 unless raised).",
     )] = 5,
     min_face_px: MinFaceOption = PROBE_MIN_FACE_PX,
+    detector: DetectorOption = None,
     actor: ActorOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -196,7 +200,7 @@ def match(
             check_purpose(purpose)
     results: list[MatchResult] = []
     failed = False
-    with mapped_errors(), open_gallery(gallery, actor) as g:
+    with mapped_errors(), open_gallery(gallery, actor, detector) as g:
         for result in g.match_many(photos, purpose=purpose, tolerance=tolerance, top_k=top_k, min_face_px=min_face_px):
             if result.error is not None:
                 failed = True
@@ -237,6 +241,7 @@ def verify(
     purpose: PurposeOption,
     tolerance: ToleranceOption = None,
     min_face_px: MinFaceOption = PROBE_MIN_FACE_PX,
+    detector: DetectorOption = None,
     actor: ActorOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -249,7 +254,7 @@ def verify(
 
     **Example:** `consentmatch verify alice selfie.jpg -g customers.db --purpose transfer-check --json`
     """
-    with mapped_errors(), open_gallery(gallery, actor) as g:
+    with mapped_errors(), open_gallery(gallery, actor, detector) as g:
         try:
             result = g.verify(subject, photo, purpose=purpose, tolerance=tolerance, min_face_px=min_face_px)
         except ConsentMatchError as exc:

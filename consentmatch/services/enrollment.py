@@ -121,7 +121,7 @@ def _commit(
         else:
             subject_id, consent_id, reference = existing_consent(ctx, tx, name, consent, now)
         with tx.renewing(subject_id, strict=True):
-            ids = [tx.add_template(subject_id, consent_id, f.encoding, sha, f.box, now) for sha, f in faces]
+            ids = [tx.add_template(subject_id, consent_id, f.encoding, sha, f.box, now, detector=f.detector) for sha, f in faces]
             total = tx.template_count(subject_id)
             ctx.refresh_retention(tx, subject_id, now)
         tx.append_audit(at=now, actor=ctx.who(actor), action="enroll", subject=name,

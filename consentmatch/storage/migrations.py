@@ -162,6 +162,11 @@ MIGRATIONS: tuple[Step, ...] = (
     """,
     # 6: the purposes the gallery serves (a Python step: declared now, in the store's time format).
     lambda conn: _declare_purposes(conn),
+    # 7: which face detector found each template's face ("hog", "yunet"); NULL for templates
+    #    enrolled before this step, which all came from dlib's HOG detector.
+    """
+    ALTER TABLE templates ADD COLUMN detector TEXT;
+    """,
 )
 
 

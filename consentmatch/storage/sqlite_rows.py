@@ -168,16 +168,20 @@ class SqliteTransaction(Integrity, AuditRows):
 
     def add_template(
         self, subject_id: int, consent_id: int, embedding: NDArray[np.float32], photo_sha256: str, box: Box,
-        now: datetime,
+        now: datetime, detector: str | None = None,
     ) -> int:
-        """Seal and store one template of a subject; returns its row id (the index's id for it)."""
+        """Seal and store one template of a subject; returns its row id (the index's id for it).
+
+        `detector` names what found the face (`DetectedFace.detector`), kept for audits of enrollments.
+        """
         plain = np.ascontiguousarray(embedding, dtype=_EMBEDDING).tobytes()
         key_id = self._subject_key(subject_id)
         (name,) = self.conn.execute("SELECT name FROM subjects WHERE id = ?", (subject_id,)).fetchone()
         # The row first, for its id: the sealed template is bound to it (`_binding`).
         cursor = self.conn.execute(
-            "INSERT INTO templates (subject_id, consent_id, embedding, photo_sha256, box, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (subject_id, consent_id, b"", photo_sha256, json.dumps(box.to_list()), _ts(now)),
+            "INSERT INTO templates (subject_id, consent_id, embedding, photo_sha256, box, created_at, detector)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (subject_id, consent_id, b"", photo_sha256, json.dumps(box.to_list()), _ts(now), detector),
         )
         template_id = int(cursor.lastrowid or 0)
         aad = self._binding(subject_id, str(name), key_id) + str(template_id).encode()

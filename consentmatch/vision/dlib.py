@@ -30,10 +30,12 @@ from ..errors import EngineError
 from ..images import Photo
 from ..results import Box
 from .cache import read_checked, write_checked
-from .types import DIMENSIONS, DetectedFace
+from .types import DIMENSIONS, DetectedFace, Detector
 
 __all__ = [
     "DlibEncoder",
+    "HogDetector",
+    "load_detector",
     "detection_scale",
     "face_chips",
     "frontal_face_detector",
@@ -82,30 +84,23 @@ class DlibEncoder:
     The descriptor step is `_describe`; `OnnxEncoder` keeps the detection and landmarks and
     replaces only that step.
 
-    Safe to call from several threads, which then detect in parallel: each thread gets its own
-    detector (dlib's object detector keeps its scanning state in itself, so one must never scan
-    two photos at once), read from the cache in ~2 ms (`frontal_face_detector`). The landmark
+    Safe to call from several threads, which then detect in parallel (`HogDetector` keeps one
+    dlib detector per thread; `vision.yunet.YuNetDetector` may replace it). The landmark
     predictor is shared: its call only reads the model. dlib's ResNet runs one call at a time,
     under a lock: a dlib network keeps every layer's output in itself.
 
     Args:
         cache: the folder that keeps dlib's detector between processes (`Settings.cache_dir`);
             None keeps nothing on disk, and each thread decodes dlib's built-in detector.
+        detector: what finds the faces; dlib's HOG (`HogDetector`, face_recognition's own) by default.
     """
 
-    def __init__(self, *, cache: Path | None = None) -> None:
+    def __init__(self, *, cache: Path | None = None, detector: Detector | None = None) -> None:
         self._cache = cache
+        self.detector: Detector = detector if detector is not None else HogDetector(cache=cache)
         self._lock = threading.Lock()  # loading the models, and every call of dlib's ResNet
-        self._local = threading.local()  # this thread's own detector
         self._predictor: Any = None
         self._net: Any = None
-
-    def _detector(self) -> Any:
-        """This thread's HOG face detector, loaded on its first photo."""
-        detector = getattr(self._local, "detector", None)
-        if detector is None:
-            detector = self._local.detector = frontal_face_detector(self._cache)
-        return detector
 
     def _landmarks(self) -> Any:
         """dlib's 5-point landmark predictor, one for all threads."""
@@ -118,7 +113,8 @@ class DlibEncoder:
         return self._predictor
 
     def load_models(self) -> None:
-        """Load the landmark predictor and the network now rather than at the first face."""
+        """Load the detector, the landmark predictor and the network now rather than at the first face."""
+        load_detector(self.detector)
         self._landmarks()
         with self._lock:
             self._load_net()
@@ -139,6 +135,7 @@ class DlibEncoder:
                 box=_box(rect, width, height, photo.scale),
                 encoding=vec,
                 landmarks=tuple((p.x * photo.scale, p.y * photo.scale) for p in shape.parts()),
+                detector=self.detector.name,
             )
             for rect, shape, vec in zip(rects, shapes, self._describe(photo, shapes))
         ]
@@ -147,27 +144,14 @@ class DlibEncoder:
         """The faces' dlib rectangles in the photo's pixels, top to bottom, and their landmarks."""
         import dlib
 
-        pixels = photo.pixels
-        height, width = pixels.shape[:2]
-        scale = detection_scale(width, height, min_face_px / photo.scale)
-        if abs(scale - 1.0) > 1e-3:
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            small = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR))
-        else:
-            scale, small = 1.0, pixels
-        detector, landmarks = self._detector(), self._landmarks()
+        boxes = self.detector.detect(photo, min_face_px)
+        landmarks = self._landmarks()
+        rects = [dlib.rectangle(b.left, b.top, b.right, b.bottom) for b in boxes]
+        rects.sort(key=lambda r: (r.top(), r.left()))
+        shapes = dlib.full_object_detections()
         try:
-            found = detector(small, 0)
-            rects = [
-                dlib.rectangle(
-                    round(r.left() / scale), round(r.top() / scale), round(r.right() / scale), round(r.bottom() / scale)
-                )
-                for r in found
-            ]
-            rects.sort(key=lambda r: (r.top(), r.left()))
-            shapes = dlib.full_object_detections()
             for rect in rects:
-                shapes.append(landmarks(pixels, rect))
+                shapes.append(landmarks(photo.pixels, rect))
         except RuntimeError as exc:
             raise EngineError(f"dlib failed on '{photo.name}' ({exc}).") from None
         return rects, shapes
@@ -195,6 +179,58 @@ class DlibEncoder:
             except RuntimeError as exc:
                 raise EngineError(f"dlib failed to encode {len(chips)} face chips ({exc}).") from None
         return _rows(vectors)
+
+
+class HogDetector:
+    """dlib's HOG face detector on a copy resized so the smallest wanted face reaches its window.
+
+    face_recognition's own detector: boxes equal its `face_locations` at the same scale. Each
+    thread gets its own dlib detector (dlib's object detector keeps its scanning state in
+    itself, so one must never scan two photos at once), read from the cache in ~2 ms
+    (`frontal_face_detector`); dlib releases the GIL while it scans.
+
+    Args:
+        cache: the folder that keeps dlib's detector between processes; None decodes dlib's copy.
+    """
+
+    name = "hog"
+
+    def __init__(self, *, cache: Path | None = None) -> None:
+        self._cache = cache
+        self._local = threading.local()  # this thread's own detector
+
+    def _detector(self) -> Any:
+        """This thread's HOG face detector, loaded on its first photo."""
+        detector = getattr(self._local, "detector", None)
+        if detector is None:
+            detector = self._local.detector = frontal_face_detector(self._cache)
+        return detector
+
+    def detect(self, photo: Photo, min_face_px: int) -> list[Box]:
+        pixels = photo.pixels
+        height, width = pixels.shape[:2]
+        scale = detection_scale(width, height, min_face_px / photo.scale)
+        if abs(scale - 1.0) > 1e-3:
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            small = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR))
+        else:
+            scale, small = 1.0, pixels
+        try:
+            found = self._detector()(small, 0)
+        except RuntimeError as exc:
+            raise EngineError(f"dlib failed on '{photo.name}' ({exc}).") from None
+        return [
+            Box(top=round(r.top() / scale), right=round(r.right() / scale), bottom=round(r.bottom() / scale),
+                left=round(r.left() / scale))
+            for r in found
+        ]
+
+
+def load_detector(detector: Detector) -> None:
+    """Load a detector's model now, when it can say (ours can)."""
+    load = getattr(detector, "load_models", None)
+    if load is not None:
+        load()
 
 
 def _loaded(make: Callable[[Any], T]) -> T:

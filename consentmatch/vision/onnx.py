@@ -20,8 +20,8 @@ from ..errors import EngineError
 from ..images import Photo
 from . import dlib_format as fmt
 from .cache import read_checked, write_checked
-from .dlib import RESNET_FILE, DlibEncoder, face_chips, model_dir
-from .types import DIMENSIONS
+from .dlib import RESNET_FILE, DlibEncoder, load_detector, face_chips, model_dir
+from .types import DIMENSIONS, Detector
 
 __all__ = ["OnnxEncoder", "convert", "converted_model"]
 
@@ -183,10 +183,18 @@ class OnnxEncoder(DlibEncoder):
             None keeps nothing on disk: the model is converted in memory, once per encoder.
         threads: ONNX Runtime's intra-op threads; by default one per physical core.
         fallback: when the model cannot be converted or loaded, encode with dlib instead of raising.
+        detector: what finds the faces; dlib's HOG by default (`DlibEncoder`).
     """
 
-    def __init__(self, *, cache: Path | None = None, threads: int | None = None, fallback: bool = False) -> None:
-        super().__init__(cache=cache)
+    def __init__(
+        self,
+        *,
+        cache: Path | None = None,
+        threads: int | None = None,
+        fallback: bool = False,
+        detector: Detector | None = None,
+    ) -> None:
+        super().__init__(cache=cache, detector=detector)
         self._threads = threads
         self._fallback = fallback
         self._session: Any = None
@@ -211,7 +219,8 @@ class OnnxEncoder(DlibEncoder):
             return self._session
 
     def load_models(self) -> None:
-        """Load the landmark predictor and the ONNX session (or, falling back, dlib's network) now."""
+        """Load the detector, the landmark predictor and the ONNX session (or, falling back, dlib's network) now."""
+        load_detector(self.detector)
         self._landmarks()
         if self._load_session() is None:
             super().load_models()

