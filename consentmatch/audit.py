@@ -34,6 +34,8 @@ ACTIONS = (
     "optout-add",
     "optout-remove",
     "policy-set",
+    "purpose-add",
+    "purpose-remove",
     "export",
     "key-rotate",
 )

@@ -18,7 +18,7 @@ from .consent import Consent
 from .images import PhotoInput
 from .policy import DEFAULT_TOP_K, ENROLL_MIN_FACE_PX, PROBE_MIN_FACE_PX
 from .results import (AuditCheck, AuditEvent, ConsentRecord, Enrollment, Erasure, ImportReport, KeyInfo, MatchResult,
-                      OptOut, RetentionEntry, SubjectInfo, Verification)
+                      OptOut, PurposeInfo, RetentionEntry, SubjectInfo, Verification)
 from .services import consents, enrollment, erasure, governance, matching
 from .services.context import Clock, Context, check_name, default_actor, utcnow
 from .services.enrollment import Progress
@@ -275,6 +275,27 @@ class Gallery:
             InvalidArgumentError: unknown key or bad value.
         """
         return governance.set_policy(self._ctx, key, value, actor)
+
+    def declare_purpose(self, name: str, *, actor: str | None = None) -> PurposeInfo:
+        """Declare a purpose this gallery serves (audited); match and verify may name only declared
+        purposes. A consent's purposes declare themselves unless the policy's `closed_purposes` is on.
+
+        Raises:
+            InvalidArgumentError: not a purpose label.
+        """
+        return governance.declare_purpose(self._ctx, name, actor)
+
+    def remove_purpose(self, name: str, *, actor: str | None = None) -> bool:
+        """Withdraw a declared purpose (audited). False if it was not declared.
+
+        Raises:
+            InvalidArgumentError: a consent, active or not, still lists it.
+        """
+        return governance.remove_purpose(self._ctx, name, actor)
+
+    def purposes(self) -> list[PurposeInfo]:
+        """The purposes this gallery serves, by name, each with how many active consents cover it."""
+        return governance.purposes(self._ctx)
 
     def audit(self, subject: str | None = None) -> list[AuditEvent]:
         """The audit trail, oldest first: all of it, or the events naming one subject."""

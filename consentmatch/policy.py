@@ -170,6 +170,8 @@ POLICY: tuple[PolicyKey, ...] = (
               "the quality bar of enrollment photos: off, low, medium or high (CONSENTMATCH_QUALITY sets the default)"),
     PolicyKey("max_top_k", DEFAULT_MAX_TOP_K, _top_k_limit,
               "the most subjects match lists per face: no browsing a purpose's roster"),
+    PolicyKey("closed_purposes", False, _boolean,
+              "consents may list only declared purposes (`consentmatch purpose add`); false: a consent declares its own"),
 )
 _KEYS = {key.name: key for key in POLICY}
 

@@ -22,6 +22,7 @@ __all__ = [
     "KeyInfo",
     "MatchResult",
     "OptOut",
+    "PurposeInfo",
     "Rejection",
     "RetentionEntry",
     "SubjectInfo",
@@ -302,6 +303,20 @@ class OptOut:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "value": self.value, "added_at": _iso(self.added_at)}
+
+
+@dataclass(frozen=True)
+class PurposeInfo:
+    """A purpose the gallery serves: searches and verifies may name only these."""
+
+    purpose: str
+    declared_at: datetime
+    active_consents: int  # active consents that list it: who a search for it may find
+    consents: int  # consents that list it at all, revoked and expired included
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"purpose": self.purpose, "declared_at": _iso(self.declared_at),
+                "active_consents": self.active_consents, "consents": self.consents}
 
 
 @dataclass(frozen=True)

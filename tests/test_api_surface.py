@@ -16,7 +16,7 @@ def test_public_names_are_pinned() -> None:
         "AuditCheck", "AuditEvent", "Box", "Candidate", "Consent", "ConsentError", "ConsentMatchError", "ConsentRecord", "EncryptionKeyError", "EngineError",
         "Enrollment", "Erasure", "FaceError", "FaceMatch", "FaceTooSmallError", "Gallery", "GalleryNotFoundError",
         "ImageError", "ImportReport", "KeyInfo", "InvalidArgumentError", "ManifestError", "MatchResult", "MultipleFacesError",
-        "NoActiveEnrollmentError", "NoFaceError", "QualityError", "OptOut", "PolicyError", "Rejection", "RetentionEntry", "StorageError", "SubjectInfo", "SubjectNotFoundError", "TamperingError", "Verification", "__version__",
+        "NoActiveEnrollmentError", "NoFaceError", "QualityError", "OptOut", "PolicyError", "PurposeInfo", "Rejection", "RetentionEntry", "StorageError", "SubjectInfo", "SubjectNotFoundError", "TamperingError", "Verification", "__version__",
     ])
     for name in consentmatch.__all__:
         assert getattr(consentmatch, name) is not None
@@ -36,6 +36,7 @@ VERBS = {
     "consent revoke": "revoke_consent", "policy show": "policy", "policy set": "set_policy",
     "optout add": "add_optout", "optout remove": "remove_optout", "optout list": "optouts",
     "key info": "key_info", "key rotate": "rotate_key",
+    "purpose add": "declare_purpose", "purpose remove": "remove_purpose", "purpose list": "purposes",
 }
 NOT_GALLERY_VERBS = {"demo", "evaluate", "calibrate", "key generate"}  # the CLI's own tools, beside the mirror
 

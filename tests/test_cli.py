@@ -144,12 +144,13 @@ def test_match_reports_each_bad_photo_and_processes_the_rest(fake_cli: None, tmp
         (["enroll", "bob", "{photo}", "-c", "R9", "-p", "door", "--jurisdiction", "Illinois"], 2, "ISO 3166"),
         (["enroll", "bob", "{two}", "-c", "R9", "-p", "door"], 1, "2 faces found in"),
         (["enroll", "bob", "{photo}", "-c", "R1", "-p", "door"], 1, "already belongs to subject 'alice'"),
-        (["match", "{photo}"], 2, "Missing option"),
+        (["match", "{photo}"], 2, "requires a purpose for every search"),  # the policy decides, not the CLI
         (["match", "{photo}", "-p", "door", "--tolerance", "3"], 2, "Invalid value"),
         (["match", "{photo}", "-p", "bad purpose!"], 2, "not a purpose label"),
         (["match", "{photo}", "-p", "door", "--top-k", "11"], 2, "over this gallery's limit of 10 (policy max_top_k)"),
         (["verify", "zed", "{photo}", "-p", "door"], 1, "No active enrollment of 'zed' for purpose 'door'"),
         (["verify", "alice", "{photo}", "-p", "payroll"], 1, "No active enrollment of 'alice' for purpose 'payroll'"),
+        (["verify", "alice", "{photo}", "-p", "dor"], 2, "'dor' is not a purpose this gallery serves: did you mean 'door'?"),
         (["forget", "zed", "--yes"], 1, "'zed' is not enrolled"),
         (["import", "{folder}/nope.csv"], 1, "does not exist"),
     ],
@@ -161,6 +162,7 @@ def test_errors_are_one_line_with_the_right_exit_code(
     photo = fake_photo(tmp_path, "a.png", (10, 0))
     two = fake_photo(tmp_path, "two.png", (20, 0), (30, 0))
     assert run("enroll", "alice", photo, "-g", gallery, "-c", "R1", "-p", "door").exit_code == 0
+    assert run("purpose", "add", "payroll", "-g", gallery).exit_code == 0  # declared, alice not consented
     before, rows = gallery.read_bytes(), gallery_rows(gallery)
     filled = [a.format(photo=photo, two=two, folder=tmp_path) for a in args]
     result = run(*filled, "-g", gallery)

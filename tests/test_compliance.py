@@ -327,6 +327,7 @@ def test_verify_gives_one_answer_whether_enrolled_or_not_and_records_it(
     alice, bob = fake_photo(tmp_path, "a.png", (10, 0)), fake_photo(tmp_path, "b.png", (20, 0))
     gallery.enroll("alice", [alice], Consent("R1", ["door"]))
     gallery.grant_consent("carol", Consent("R3", ["door"]))  # consented, but no photo enrolled
+    gallery.declare_purpose("payroll")  # declared: alice's missing consent for it is the answer tested
     calls = FakeEncoder.calls
     answers = {}
     for name, purpose in [("zed", "door"), ("alice", "payroll"), ("carol", "door")]:

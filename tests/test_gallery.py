@@ -83,7 +83,10 @@ def test_match_searches_only_the_purpose(fake_gallery: Gallery, tmp_path: Path) 
     assert [f.subject for f in door.faces] == ["alice", None]
     assert {c.subject for f in door.faces for c in f.candidates} == {"alice"}
     assert [f.subject for f in fake_gallery.match(probe, purpose="payroll").faces] == [None, "bob"]
+    fake_gallery.declare_purpose("marketing")  # declared, but no consent covers it: an answer
     assert all(not f.candidates for f in fake_gallery.match(probe, purpose="marketing").faces)
+    with pytest.raises(InvalidArgumentError, match="did you mean 'payroll'"):  # undeclared: a usage error
+        fake_gallery.match(probe, purpose="payrol")
 
 
 def test_purpose_filter_is_exact_not_a_post_filter(fake_gallery: Gallery, tmp_path: Path) -> None:

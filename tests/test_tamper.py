@@ -30,6 +30,10 @@ def _gallery(path: Path, **kwargs: object) -> Gallery:
     return Gallery(path, encoder=FakeEncoder(), key_dir=path.parent / "keys", **kwargs)  # type: ignore[arg-type]
 
 
+# A forger declares the purpose too (the purposes table carries no MAC): the consent's MAC catches it.
+_DECLARED = "INSERT OR IGNORE INTO purposes (name, declared_at) VALUES ('law-enforcement', '2026-01-01T00:00:00.000000+00:00')"
+
+
 def _raw(path: Path, *statements: str) -> None:
     """Edit the gallery file as someone with write access to it, and no keys."""
     conn = sqlite3.connect(path, isolation_level=None)
@@ -105,7 +109,7 @@ def test_a_template_moved_to_another_subject_is_refused_even_from_a_snapshot(
 def test_a_forged_purpose_is_refused(tmp_path: Path) -> None:
     path, _, bob = _two(tmp_path)
     _raw(path, "INSERT INTO consent_purposes (consent_id, purpose) "
-               "SELECT id, 'law-enforcement' FROM consents WHERE reference = 'R2'")
+               "SELECT id, 'law-enforcement' FROM consents WHERE reference = 'R2'", _DECLARED)
     with _gallery(path) as gallery:
         with pytest.raises(TamperingError, match="the consent record 'R2'"):
             gallery.match(bob, purpose="law-enforcement")
@@ -122,7 +126,7 @@ def test_a_forged_purpose_is_refused(tmp_path: Path) -> None:
 def test_a_forged_row_with_its_mac_cleared_is_still_refused(tmp_path: Path) -> None:
     """Rows without a MAC are not 'from before the upgrade' once the key store says the gallery is bound."""
     path, _, bob = _two(tmp_path)
-    _raw(path, "INSERT INTO consent_purposes (consent_id, purpose) SELECT id, 'law-enforcement' FROM consents",
+    _raw(path, "INSERT INTO consent_purposes (consent_id, purpose) SELECT id, 'law-enforcement' FROM consents", _DECLARED,
          "UPDATE consents SET mac = NULL", "UPDATE subjects SET mac = NULL",
          "UPDATE meta SET value = 'x' WHERE key = 'keys_checked'")
     with _gallery(path) as gallery, pytest.raises(TamperingError, match="the subject '(alice|bob)'"):
@@ -172,7 +176,7 @@ def test_a_plaintext_template_forged_into_a_bound_gallery_is_never_sealed(tmp_pa
 def test_erasure_still_works_on_a_tampered_subject(tmp_path: Path) -> None:
     path, alice, bob = _two(tmp_path)
     _raw(path, "INSERT INTO consent_purposes (consent_id, purpose) "
-               "SELECT id, 'law-enforcement' FROM consents WHERE reference = 'R2'")
+               "SELECT id, 'law-enforcement' FROM consents WHERE reference = 'R2'", _DECLARED)
     with _gallery(path) as gallery:
         assert gallery.revoke_consent("R2").templates_removed == 1
         with pytest.raises(TamperingError, match="the consent record 'R2'"):
@@ -213,7 +217,7 @@ def test_audit_verify_reports_tampering(tmp_path: Path, monkeypatch: pytest.Monk
     runner = CliRunner()
     assert runner.invoke(app, ["audit", "-g", str(path), "--verify"]).exit_code == 0
     _raw(path, "INSERT INTO consent_purposes (consent_id, purpose) "
-               "SELECT id, 'law-enforcement' FROM consents WHERE reference = 'R2'")
+               "SELECT id, 'law-enforcement' FROM consents WHERE reference = 'R2'", _DECLARED)
     result = runner.invoke(app, ["audit", "-g", str(path), "--verify"])
     assert result.exit_code == 1
     assert "the consent record 'R2' fails its integrity check" in result.output
@@ -331,7 +335,7 @@ def test_the_issue_swap_with_real_photos(real_gallery_path: Path) -> None:
 
 def test_a_forged_purpose_with_real_photos(real_gallery_path: Path) -> None:
     _raw(real_gallery_path, "INSERT INTO consent_purposes (consent_id, purpose) "
-                            "SELECT id, 'law-enforcement' FROM consents WHERE reference = 'REL-2026-0001'")
+                            "SELECT id, 'law-enforcement' FROM consents WHERE reference = 'REL-2026-0001'", _DECLARED)
     with Gallery(real_gallery_path) as gallery:
         with pytest.raises(TamperingError, match="REL-2026-0001"):
             gallery.match(EXAMPLES / "probes" / "alex_lacamoire1.jpg", purpose="law-enforcement")

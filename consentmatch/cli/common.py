@@ -222,10 +222,10 @@ def print_erasure(receipt: Erasure) -> None:
     )
 
 
-def confirm(yes: bool, question: str) -> None:
+def confirm(yes: bool, question: str, refused: str = "Nothing erased (not confirmed): pass --yes to erase without asking.") -> None:
     try:
         confirmed = yes or typer.confirm(question, err=True)
     except typer.Abort:  # no answer (stdin closed, Ctrl-C)
         confirmed = False
     if not confirmed:
-        fail("Nothing erased (not confirmed): pass --yes to erase without asking.")
+        fail(refused)

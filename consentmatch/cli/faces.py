@@ -173,7 +173,7 @@ def match(
         typer.Argument(help="Probe photos; every face in each is matched.", show_default=False),
     ],
     gallery: GalleryOption,
-    purpose: PurposeOption,
+    purpose: PurposeOption = None,
     tolerance: ToleranceOption = None,
     top_k: Annotated[int, typer.Option(
         "--top-k", "-k", min=1, max=1000,
@@ -238,7 +238,7 @@ def verify(
     subject: Annotated[str, typer.Argument(help="The enrolled person to check against.")],
     photo: Annotated[Path, typer.Argument(help="A probe photo holding exactly one face.")],
     gallery: GalleryOption,
-    purpose: PurposeOption,
+    purpose: PurposeOption = None,
     tolerance: ToleranceOption = None,
     min_face_px: MinFaceOption = PROBE_MIN_FACE_PX,
     detector: DetectorOption = None,

@@ -140,6 +140,70 @@ def _print_consents(records: list[ConsentRecord], as_json: bool) -> None:
     out.print(grid)
 
 
+# -- declared purposes ----------------------------------------------------------------------
+
+purpose_app = typer.Typer(
+    help="The purposes this gallery serves: match and verify may name only these.", no_args_is_help=True
+)
+app.add_typer(purpose_app, name="purpose")
+PurposeName = Annotated[str, typer.Argument(help="A purpose label, e.g. visitor-check-in.")]
+
+
+@purpose_app.command("add")
+def purpose_add(name: PurposeName, gallery: GalleryOption, actor: ActorOption = None, as_json: JsonOption = False) -> None:
+    """Declare a purpose ahead of its consents (a consent's purposes declare themselves, unless
+    the policy's closed_purposes is on).
+
+    **Example:** `consentmatch purpose add visitor-check-in -g visitors.db`
+    """
+    with mapped_errors(), open_gallery(gallery, actor) as g:
+        info = g.declare_purpose(name)
+    if as_json:
+        print_json(info.to_dict())
+    else:
+        out.print(f"Purpose '{_shown(info.purpose)}' declared: {info.active_consents} active consent(s) cover it.")
+
+
+@purpose_app.command("list")
+def purpose_list(gallery: GalleryOption, as_json: JsonOption = False) -> None:
+    """List the declared purposes, each with how many active consents cover it (0: matches nobody).
+
+    **Example:** `consentmatch purpose list -g visitors.db`
+    """
+    with mapped_errors(), open_gallery(gallery) as g:
+        infos = g.purposes()
+    if as_json:
+        for info in infos:
+            print_json(info.to_dict())
+        return
+    grid = table("Purpose", "Active consents", "All consents", "Declared")
+    for info in infos:
+        grid.add_row(_shown(info.purpose), str(info.active_consents), str(info.consents), day(info.declared_at))
+    out.print(grid)
+
+
+@purpose_app.command("remove")
+def purpose_remove(
+    name: PurposeName,
+    gallery: GalleryOption,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    actor: ActorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Withdraw a declared purpose; refused while any consent lists it.
+
+    **Example:** `consentmatch purpose remove visitor-check-in -g visitors.db --yes`
+    """
+    confirm(yes, f"Withdraw the purpose '{visible(name)}'? Searches for it will then be refused.",
+            "Purpose kept (not confirmed): pass --yes to remove it without asking.")
+    with mapped_errors(), open_gallery(gallery, actor) as g:
+        removed = g.remove_purpose(name)
+    if as_json:
+        print_json({"purpose": name, "removed": removed})
+    else:
+        out.print(f"Purpose '{_shown(name)}' removed." if removed else f"'{_shown(name)}' was not a declared purpose.")
+
+
 # -- policy, retention, opt-out --------------------------------------------------------------
 
 policy_app = typer.Typer(help=f"The gallery's policy: {', '.join(k.name for k in POLICY)}.", no_args_is_help=True)

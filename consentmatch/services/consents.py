@@ -10,11 +10,11 @@ from ..errors import ConsentError
 from ..policy import EVIDENCE_REQUIRED
 from ..results import ConsentRecord, Erasure
 from ..storage import Transaction, reference_taken, unknown_reference
-from .context import Context, check_name
+from .context import Context, check_declared, check_name
 from .erasure import erase
 
 __all__ = [
-    "check_consent", "check_enrollable", "consent", "consents", "existing_consent", "grant_consent", "record",
+    "check_consent", "check_enrollable", "check_purposes", "consent", "consents", "existing_consent", "grant_consent", "record",
     "revoke_consent",
 ]
 
@@ -28,6 +28,7 @@ def grant_consent(ctx: Context, subject: str, consent: Consent, email: str | Non
         hashes = tx.email_hashes(email) if email else []
         if tx.is_opted_out(name, hashes):
             raise ConsentError(f"'{name}' is on the do-not-enroll list (opt-out): no consent can be recorded for them.")
+        check_purposes(tx, consent, now)
         record(ctx, tx, name, consent, hashes, now, ctx.who(actor))
         (granted,) = tx.consent_records(now, reference=consent.reference)
     return granted
@@ -106,7 +107,16 @@ def check_enrollable(
         owner = tx.consent_owner(consent.reference)
         if owner is not None and owner != name:
             raise reference_taken(consent.reference, owner)
+        check_purposes(tx, consent, now)
     return hashes
+
+
+def check_purposes(tx: Transaction, consent: Consent, now: datetime) -> None:
+    """Under the policy's `closed_purposes`, a new consent may list only declared purposes."""
+    if tx.policy()["closed_purposes"]:
+        for purpose in consent.purposes:
+            check_declared(tx, purpose, now, ConsentError,
+                           f"declare it first (`consentmatch purpose add {purpose}`): the policy's closed_purposes is on.")
 
 
 def existing_consent(ctx: Context, tx: Transaction, name: str, reference: str, now: datetime) -> tuple[int, int, str]:
@@ -129,7 +139,10 @@ def record(
     ctx: Context, tx: Transaction, name: str, consent: Consent, hashes: Sequence[str], now: datetime, actor: str
 ) -> tuple[int, int]:
     """Record a consent (its subject checked against the opt-outs already) and audit it; returns
-    (subject id, consent id). `hashes`: the subject's e-mail hashes, the one to store first."""
+    (subject id, consent id). `hashes`: the subject's e-mail hashes, the one to store first.
+    Its purposes declare themselves (unless declared already): existing scripts keep working."""
+    for purpose in consent.purposes:
+        tx.declare_purpose(purpose, now)
     subject_id = tx.ensure_subject(name, now)
     with tx.renewing(subject_id, strict=True):
         consent_id = tx.record_consent(subject_id, consent, now, hashes[0] if hashes else None)

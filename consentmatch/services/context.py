@@ -4,6 +4,7 @@ subject by name, its retention date, recording a refused call)."""
 
 from __future__ import annotations
 
+import difflib
 import getpass
 import threading
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from ..errors import (
     ConsentError,
+    ConsentMatchError,
     FaceError,
     ImageError,
     InvalidArgumentError,
@@ -27,7 +29,7 @@ from ..storage import Store, Transaction
 from ..text import check_text
 from ..vision.types import Encoder
 
-__all__ = ["Clock", "Context", "REFUSALS", "check_name", "default_actor", "region_error", "utcnow"]
+__all__ = ["Clock", "Context", "REFUSALS", "check_declared", "check_name", "default_actor", "region_error", "utcnow"]
 
 Clock = Callable[[], datetime]
 
@@ -51,6 +53,20 @@ def check_name(value: str, what: str) -> str:
 class _RegionError(PolicyError):
     """A photo taken in an excluded region: audited without the region (the trail holds no location).
     Private, so the audit names it by its public base class, PolicyError."""
+
+
+def check_declared(
+    tx: Transaction, purpose: str, now: datetime, error: type[ConsentMatchError] = InvalidArgumentError,
+    fix: str = "`consentmatch purpose list` shows them.",
+) -> None:
+    """Raise `error` unless the gallery declares `purpose`, naming the closest declared one: a typo
+    must not read as "nobody consented" (a declared purpose nobody covers is an answer)."""
+    declared = [name for name, *_ in tx.purposes(now)]
+    if purpose in declared:
+        return
+    close = difflib.get_close_matches(purpose, declared, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise error(f"'{purpose}' is not a purpose this gallery serves: {hint}{fix}")
 
 
 def region_error(message: str) -> PolicyError:

@@ -1,16 +1,22 @@
-"""Governance: the policy, the audit trail and its check, subject access, the keys, the subject list."""
+"""Governance: the policy, the declared purposes, the audit trail and its check, subject access, the keys, the subject list."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
+from ..consent import check_purpose
 from ..crypto import parse_key
-from ..errors import SubjectNotFoundError
+from ..errors import InvalidArgumentError, SubjectNotFoundError
 from ..policy import default_policy, parse_policy_value
-from ..results import AuditCheck, AuditEvent, KeyInfo, SubjectInfo
+from ..results import AuditCheck, AuditEvent, KeyInfo, PurposeInfo, SubjectInfo
+from ..storage import Transaction
 from .context import Context, check_name
 
-__all__ = ["audit", "export", "key_info", "policy", "rotate_key", "set_policy", "subjects", "verify_audit"]
+__all__ = [
+    "audit", "declare_purpose", "export", "key_info", "policy", "purposes", "remove_purpose", "rotate_key", "set_policy",
+    "subjects", "verify_audit",
+]
 
 
 def policy(ctx: Context) -> dict[str, Any]:
@@ -30,6 +36,49 @@ def set_policy(ctx: Context, key: str, value: Any, actor: str | None) -> dict[st
         tx.append_audit(at=ctx.now(), actor=ctx.who(actor), action="policy-set",
                         details={"key": key, "old": old, "new": parsed})
         return tx.policy()
+
+
+def declare_purpose(ctx: Context, name: str, actor: str | None) -> PurposeInfo:
+    """Declare a purpose the gallery serves (audited when new); declaring it again changes nothing."""
+    label = check_purpose(name)
+    now = ctx.now()
+    with ctx.lock, ctx.store.write(create=True) as tx:
+        if tx.declare_purpose(label, now):
+            tx.append_audit(at=now, actor=ctx.who(actor), action="purpose-add", purpose=label)
+        return _purpose(tx, label, now)
+
+
+def remove_purpose(ctx: Context, name: str, actor: str | None) -> bool:
+    """Withdraw a declared purpose no consent lists (audited); False when it was not declared."""
+    label = check_purpose(name)
+    now = ctx.now()
+    if not ctx.store.exists():
+        return False
+    with ctx.lock, ctx.store.write() as tx:
+        listed = next((p for p in tx.purposes(now) if p[0] == label), None)
+        if listed is None:
+            return False
+        if listed[3]:
+            raise InvalidArgumentError(
+                f"Purpose '{label}' is listed by {listed[3]} consent(s) ({listed[2]} active): it stays declared "
+                "while they exist; revoke them first (`consentmatch consent list`)."
+            )
+        tx.remove_purpose(label)
+        tx.append_audit(at=now, actor=ctx.who(actor), action="purpose-remove", purpose=label)
+        return True
+
+
+def purposes(ctx: Context) -> list[PurposeInfo]:
+    """The declared purposes by name, each with how many active consents cover it."""
+    if not ctx.store.exists():
+        return []
+    now = ctx.now()
+    with ctx.lock, ctx.store.read() as tx:
+        return [PurposeInfo(*row) for row in tx.purposes(now)]
+
+
+def _purpose(tx: Transaction, label: str, now: datetime) -> PurposeInfo:
+    return next(PurposeInfo(*row) for row in tx.purposes(now) if row[0] == label)
 
 
 def audit(ctx: Context, subject: str | None) -> list[AuditEvent]:

@@ -23,7 +23,7 @@ from ..quality import check_quality, single_face
 from ..results import Candidate, FaceMatch, MatchResult, Verification
 from ..storage import Transaction
 from ..vision.types import DetectedFace
-from .context import Context, check_name
+from .context import Context, check_declared, check_name
 
 __all__ = ["match", "match_many", "verify"]
 
@@ -172,13 +172,15 @@ def _search_terms(ctx: Context, purpose: str | None, tolerance: float | None) ->
     """The purpose and tolerance of a search, with the policy's rules and defaults; and the policy."""
     if not ctx.store.exists():
         raise GalleryNotFoundError(f"No gallery at '{ctx.path}': enroll someone first, or check --gallery.")
+    label = check_purpose(purpose) if purpose is not None else None
     with ctx.lock, ctx.store.read() as tx:
         policy = tx.policy()
+        if label is not None:
+            check_declared(tx, label, ctx.now())  # a typo is a usage error, not "nobody consented"
     if purpose is None and policy["require_purpose"]:
         raise InvalidArgumentError(
             "This gallery's policy requires a purpose for every search: pass purpose=... (CLI: --purpose P)."
         )
-    label = check_purpose(purpose) if purpose is not None else None
     return label, check_tolerance(policy["tolerance"] if tolerance is None else tolerance), policy
 
 
