@@ -154,10 +154,10 @@ def single_face(faces: Sequence[DetectedFace], photo: str, min_face_px: int = 0)
     Raises:
         NoFaceError, MultipleFacesError, FaceTooSmallError: naming the photo and the fix.
     """
-    if not faces:
+    if not faces:  # the caller's floor (40 px for a probe), else the enrollment default
         raise NoFaceError(
             f"No face found in '{photo}': use a frontal, well-lit photo with the face at least "
-            f"{max(min_face_px, 80)} px wide.",
+            f"{min_face_px or 80} px wide.",
             photo,
         )
     if len(faces) > 1:

@@ -9,16 +9,23 @@ import tempfile
 from pathlib import Path
 
 from consentmatch import Consent, ConsentError, Gallery
+from consentmatch.consent import evidence_digest
 
 HERE = Path(__file__).resolve().parent
 PURPOSE = "visitor-check-in"
 
 with tempfile.TemporaryDirectory() as tmp, Gallery(Path(tmp) / "visitors.db") as gallery:
-    # Enroll: only with a recorded consent, one face per photo, all photos or none.
+    # Enroll: only with a recorded consent, one face per photo, all photos or none. In Illinois
+    # (BIPA) the consent needs its written release: only the file's SHA-256 is kept.
     gallery.enroll(
         "obama",
         [HERE / "people/obama/obama.jpg", HERE / "people/obama/obama2.jpg"],
-        Consent("REL-2026-0004", [PURPOSE], expires_at=None, jurisdiction="US-IL"),
+        Consent(
+            "REL-2026-0004",
+            [PURPOSE],
+            jurisdiction="US-IL",
+            evidence_sha256=evidence_digest(HERE / "releases/REL-2026-0004.txt"),
+        ),
     )
     gallery.enroll("biden", [HERE / "people/biden/biden.jpg"], Consent("REL-2026-0002", [PURPOSE]))
 

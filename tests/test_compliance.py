@@ -484,7 +484,7 @@ def test_compliance_commands(tmp_path: Path, release: Path, monkeypatch: pytest.
     assert "excluded_regions = US-TX" in run("policy", "show")
     (entry,) = [json.loads(line) for line in run("retention", "--json").splitlines()]
     assert entry["subject"] == "alice" and entry["rule"].startswith("BIPA")
-    assert "Purged 0 subject(s)." in run("purge", "--yes")
+    assert "Nothing is due" in run("purge")  # nothing to confirm, so nothing asked (exit 0 off a terminal)
     receipt = json.loads(run("consent", "revoke", "R1", "--yes", "--json"))
     assert receipt["templates_removed"] == 1 and receipt["verified"] is True
     run("optout", "add", "--email", "bob@example.com")
@@ -521,3 +521,41 @@ def test_far_dates_and_odd_evidence_are_clean_errors(gallery: Gallery, tmp_path:
         evidence_digest("/dev/zero")
     with pytest.raises(InvalidArgumentError, match="not a regular file"):
         evidence_digest(tmp_path)
+
+
+def test_purge_asks_only_when_something_is_due(tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing due: said, exit 0, no question (a script without a terminal is not failed).
+    Someone due: asked, and the receipt reads as a receipt (issue 14: 11)."""
+    monkeypatch.setattr("consentmatch.vision.default_encoder", lambda settings=None: FakeEncoder())
+    path = tmp_path / "g.db"
+    runner = CliRunner()
+    with Gallery(path, encoder=FakeEncoder(), clock=clock) as gallery:
+        gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], Consent("R1", ["door"], jurisdiction="GB",
+                                                                                  expires_at=START + YEAR))
+    nothing = runner.invoke(app, ["purge", "-g", str(path)], input="")
+    assert nothing.exit_code == 0 and "Nothing is due" in nothing.stdout and "[y/N]" not in nothing.output
+    assert runner.invoke(app, ["purge", "-g", str(path), "--json"]).stdout == ""
+    with Gallery(path, encoder=FakeEncoder(), clock=clock) as gallery:  # a consent that ended long ago
+        gallery.enroll("bob", [fake_photo(tmp_path, "b.png", (20, 0))], Consent("R2", ["door"], jurisdiction="GB",
+                                                                                expires_at=START + timedelta(days=1)))
+    asked = runner.invoke(app, ["purge", "-g", str(path)], input="")
+    assert asked.exit_code == 1 and "1 subject(s) past their retention date?" in asked.output
+    done = runner.invoke(app, ["purge", "-g", str(path), "--yes"])
+    assert done.exit_code == 0, done.output
+    assert "Erased 'bob' (purge): 1 template(s) deleted" in done.stdout
+    assert " 0 " not in done.stdout and "Purged 1 subject(s)." in done.stdout
+
+
+def test_an_erasure_receipt_says_what_a_zero_means(tmp_path: Path, release: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """'0 consent record(s) ... 0 entries from the index' read like a failure: a revoked
+    record is kept as a tombstone, and a process that loaded no index had nothing to remove."""
+    monkeypatch.setattr("consentmatch.vision.default_encoder", lambda settings=None: FakeEncoder())
+    env = {"CONSENTMATCH_GALLERY": str(tmp_path / "g.db")}
+    runner = CliRunner()
+    photo = fake_photo(tmp_path, "a.png", (10, 0))
+    assert runner.invoke(app, ["enroll", "alice", str(photo), "-c", "R1", "-p", "door"], env=env).exit_code == 0
+    revoked = runner.invoke(app, ["consent", "revoke", "R1", "--yes"], env=env).stdout
+    assert revoked.startswith("Erased 'alice' (revoke): 1 template(s) deleted, consent records kept as non-biometric "
+                              "tombstones, the search index is rebuilt from the store at the next search; post-check passed")
+    forgotten = runner.invoke(app, ["forget", "alice", "--yes"], env=env).stdout
+    assert forgotten.startswith("Erased 'alice' (forget): no template left to delete, 1 consent record(s) deleted; ")

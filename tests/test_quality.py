@@ -25,6 +25,7 @@ from consentmatch.quality import (
     SMALL_BOUNDING_BOX,
     assess,
     check_quality,
+    single_face,
 )
 from consentmatch.results import Box
 
@@ -262,3 +263,12 @@ def test_levels_and_overrides() -> None:
         assess(photo, face, level="strict")
     assert assess(photo, face, level="high", min_face_px=300).reasons == (SMALL_BOUNDING_BOX,)
     assert assess(photo, face).to_dict()["reasons"] == []
+
+
+def test_no_face_advice_names_the_floor_of_the_call() -> None:
+    """A probe is looked at down to 40 px: telling its caller 80 px was advice for enrollment
+    (issue 14: 11)."""
+    with pytest.raises(FaceError, match="at least 40 px wide"):
+        single_face([], "selfie.jpg", 40)
+    with pytest.raises(FaceError, match="at least 80 px wide"):
+        single_face([], "alice.jpg")

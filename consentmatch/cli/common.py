@@ -214,12 +214,22 @@ def consent_from(
 
 
 def print_erasure(receipt: Erasure) -> None:
-    check = "post-check passed: none of them can be found" if receipt.verified else "[red]POST-CHECK FAILED[/red]"
-    out.print(
-        f"Erased '{_shown(receipt.subject)}' ({_shown(receipt.reason)}): {receipt.templates_removed} template(s) and "
-        f"{receipt.consents_removed} consent record(s) from the store, {receipt.index_entries_removed} "
-        f"entries from the index; {check}."
+    """A receipt in plain words: a zero is said as what it means (nothing left to delete, a
+    record kept as a tombstone, no index loaded in this process), not as a count that reads
+    like a failure."""
+    templates = f"{receipt.templates_removed} template(s) deleted" if receipt.templates_removed else "no template left to delete"
+    consents = (
+        f"{receipt.consents_removed} consent record(s) deleted"
+        if receipt.consents_removed
+        else "consent records kept as non-biometric tombstones"
     )
+    if receipt.index_entries_removed or not receipt.templates_removed:
+        index = f"{receipt.index_entries_removed} search index entries removed" if receipt.index_entries_removed else ""
+    else:
+        index = "the search index is rebuilt from the store at the next search"
+    check = "post-check passed: none of them can be found" if receipt.verified else "[red]POST-CHECK FAILED[/red]"
+    done = ", ".join(part for part in (templates, consents, index) if part)
+    out.print(f"Erased '{_shown(receipt.subject)}' ({_shown(receipt.reason)}): {done}; {check}.")
 
 
 def confirm(yes: bool, question: str, refused: str = "Nothing erased (not confirmed): pass --yes to erase without asking.") -> None:

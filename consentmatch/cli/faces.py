@@ -84,8 +84,9 @@ def enroll(
     Every photo must hold exactly one face, at least 80 px wide. Without --consent-ref the
     enrollment is refused. With --purpose the consent is recorded in the same step; without
     it, --consent-ref names a consent already recorded with `consentmatch consent grant`.
+    With --jurisdiction US-IL or US-TX the consent also needs --evidence (the signed release).
 
-    **Example:** `consentmatch enroll alice alice1.jpg alice2.jpg -g visitors.db --consent-ref FORM-17 --purpose visitor-check-in --expires 2027-12-31 --jurisdiction US-IL`
+    **Example:** `consentmatch enroll alice alice1.jpg alice2.jpg -g visitors.db --consent-ref FORM-17 --purpose visitor-check-in --expires 2027-12-31`
     """
     with mapped_errors():
         consent: Consent | str | None = consent_ref

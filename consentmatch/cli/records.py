@@ -281,10 +281,17 @@ def purge(
 ) -> None:
     """Destroy the templates of everyone past their retention date.
 
+    When nobody is past it, says so and exits 0 without asking.
+
     **Example:** `consentmatch purge -g visitors.db --yes`
     """
-    confirm(yes, "Destroy the templates of everyone past their retention date?")
     with mapped_errors(), open_gallery(gallery, actor) as g:
+        due = sum(entry.overdue for entry in g.retention())
+        if not due:
+            if not as_json:
+                out.print("Nothing is due: nobody is past their retention date.")
+            return
+        confirm(yes, f"Destroy the templates of {due} subject(s) past their retention date?")
         receipts = g.purge()
     if as_json:
         for receipt in receipts:
