@@ -87,7 +87,8 @@ def check_consent(consent: Consent, now: datetime) -> None:
     if statute and not consent.evidence_sha256:
         raise ConsentError(
             f"Consent '{consent.reference}' ({consent.jurisdiction}) needs a written release under {statute}: "
-            "give its file as evidence (--evidence FILE; only its SHA-256 is kept)."
+            "give the signed release as evidence (CLI: --evidence FILE; a manifest: its evidence column; Python: "
+            "Consent(evidence_sha256=evidence_digest(FILE))); only its SHA-256 is kept."
         )
 
 
