@@ -140,6 +140,7 @@ class Enrollment:
     templates_total: int
     consent_reference: str
     photos: tuple[str, ...]
+    already_enrolled: int = 0  # photos whose SHA-256 was already a template of the subject: not stored again
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -148,6 +149,7 @@ class Enrollment:
             "templates_total": self.templates_total,
             "consent_reference": self.consent_reference,
             "photos": list(self.photos),
+            "already_enrolled": self.already_enrolled,
         }
 
 
@@ -262,11 +264,17 @@ class ImportReport:
     def subjects(self) -> tuple[str, ...]:
         return tuple(sorted({e.subject for e in self.enrolled}))
 
+    @property
+    def already_enrolled(self) -> int:
+        """Rows whose photos were all already templates of their subject (a manifest run again): nothing stored."""
+        return sum(1 for e in self.enrolled if e.templates_added == 0 and e.already_enrolled > 0)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "manifest": self.manifest,
             "rows": self.rows,
             "enrolled": len(self.enrolled),
+            "already_enrolled": self.already_enrolled,
             "subjects": list(self.subjects),
             "rejected": [r.to_dict() for r in self.rejected],
         }

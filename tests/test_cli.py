@@ -101,7 +101,8 @@ def test_enroll_match_forget_cycle(fake_cli: None, tmp_path: Path) -> None:
                  "--expires", "2099-01-01", "--jurisdiction", "US-CA", "--json")
     assert result.exit_code == 0, result.output
     assert _lines(result.stdout) == [
-        {"subject": "alice", "templates_added": 1, "templates_total": 1, "consent_reference": "R1", "photos": [str(photo)]}
+        {"subject": "alice", "templates_added": 1, "templates_total": 1, "consent_reference": "R1", "photos": [str(photo)],
+         "already_enrolled": 0}
     ]
     (body,) = _lines(run("match", photo, "-g", gallery, "-p", "lobby", "--json").stdout)
     assert body["faces"][0]["subject"] == "alice"

@@ -99,6 +99,7 @@ def enroll(
         out.print(
             f"Enrolled '{_shown(result.subject)}': {result.templates_added} template(s) added, "
             f"{result.templates_total} in all, under consent {_shown(result.consent_reference)}."
+            + (f" {result.already_enrolled} photo(s) already enrolled, not stored again." if result.already_enrolled else "")
         )
 
 
@@ -150,7 +151,8 @@ def import_(
     else:
         out.print(
             f"Imported {len(report.enrolled)} of {report.rows} row(s): {len(report.subjects)} subject(s) enrolled, "
-            f"{len(report.rejected)} row(s) rejected."
+            f"{len(report.rejected)} row(s) rejected"
+            + (f", {report.already_enrolled} row(s) already enrolled (nothing stored again)." if report.already_enrolled else ".")
         )
         if report.rejected:
             grid = table("Row", "Subject", "Photo", "Reason", title="Rejected")
