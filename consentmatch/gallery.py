@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -276,9 +277,14 @@ class Gallery:
         """
         return governance.set_policy(self._ctx, key, value, actor)
 
-    def audit(self, subject: str | None = None) -> list[AuditEvent]:
-        """The audit trail, oldest first: all of it, or the events naming one subject."""
-        return governance.audit(self._ctx, subject)
+    def audit(
+        self, subject: str | None = None, *, actor: str | None = None, action: str | None = None,
+        purpose: str | None = None, since: datetime | None = None, until: datetime | None = None,
+    ) -> list[AuditEvent]:
+        """The audit trail, oldest first: all of it, or the events matching every filter given:
+        naming `subject` (searches that showed them included), by `actor`, of `action`, for
+        `purpose`, at or after `since`, at or before `until` (naive times are UTC)."""
+        return governance.audit(self._ctx, subject, actor=actor, action=action, purpose=purpose, since=since, until=until)
 
     def verify_audit(self) -> AuditCheck:
         """Walk the hash chain (intact, or the first link edited, deleted or inserted), then check

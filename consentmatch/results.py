@@ -104,9 +104,17 @@ class MatchResult:
     purpose: str
     tolerance: float
     error: str | None = None
+    # Evidence, to tie the result to its record: when it was decided, the probe's SHA-256, the
+    # audit event (seq) that recorded it and the model; None where the photo could not be read.
+    at: datetime | None = None
+    image_sha256: str | None = None
+    audit_event: int | None = None
+    model: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"image": self.image, "faces": [f.to_dict() for f in self.faces], "error": self.error}
+        return {"image": self.image, "faces": [f.to_dict() for f in self.faces], "error": self.error,
+                "at": _iso(self.at), "image_sha256": self.image_sha256, "audit_event": self.audit_event,
+                "model": self.model}
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,10 @@ class Verification:
     distance: float
     tolerance: float
     box: Box
+    at: datetime | None = None  # evidence, as in MatchResult
+    image_sha256: str | None = None
+    audit_event: int | None = None
+    model: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -128,6 +140,10 @@ class Verification:
             "distance": round(self.distance, 6),
             "tolerance": self.tolerance,
             "error": None,
+            "at": _iso(self.at),
+            "image_sha256": self.image_sha256,
+            "audit_event": self.audit_event,
+            "model": self.model,
         }
 
 

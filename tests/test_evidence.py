@@ -66,3 +66,93 @@ def test_cli_import_twice_says_already_enrolled(fake_cli: None, manifest: Path, 
     assert result.exit_code == 0 and "3 row(s) already enrolled" in result.stdout
     report = json.loads(run("import", manifest, "-g", db, "--json").stdout)
     assert report["already_enrolled"] == 3 and report["enrolled"] == 3
+
+
+# -- a complete audit ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_people(fake_gallery: Gallery, tmp_path: Path) -> Gallery:
+    fake_gallery.enroll("ann", [fake_photo(tmp_path, "ann.png", (10, 0))], Consent("R-1", [PURPOSE]))
+    fake_gallery.enroll("bob", [fake_photo(tmp_path, "bob.png", (20, 0))], Consent("R-2", [PURPOSE]))
+    return fake_gallery
+
+
+def test_match_records_every_subject_shown(two_people: Gallery, tmp_path: Path) -> None:
+    stranger = fake_photo(tmp_path, "stranger.png", (30, 0))
+    result = two_people.match(stranger, purpose=PURPOSE)
+    assert [f.subject for f in result.faces] == [None] and len(result.faces[0].candidates) == 2
+    (event,) = two_people.audit(action="match")
+    assert event.details["subjects"] == []
+    assert sorted(s["subject"] for s in event.details["shown"]) == ["ann", "bob"]
+    assert all(s["distance"] == round(s["distance"], 2) > 0.6 for s in event.details["shown"])
+    # candidates beyond the tolerance are found by subject, and in the subject access export
+    assert [e.seq for e in two_people.audit("ann", action="match")] == [event.seq]
+    assert event.seq in [e["seq"] for e in two_people.export("bob")["audit"]]
+    assert two_people.verify_audit().intact
+
+
+def test_failed_verify_is_recorded_under_the_subject_with_its_distance(two_people: Gallery, tmp_path: Path) -> None:
+    result = two_people.verify("ann", fake_photo(tmp_path, "bob2.png", (20, 2)), purpose=PURPOSE)
+    assert not result.match
+    (event,) = two_people.audit("ann", action="verify")
+    assert event.details["shown"] == [{"subject": "ann", "distance": round(result.distance, 2)}]
+
+
+def test_audit_filters(two_people: Gallery, tmp_path: Path) -> None:
+    two_people.match(fake_photo(tmp_path, "p.png", (10, 1)), purpose=PURPOSE, actor="desk-1")
+    everything = two_people.audit()
+    assert [e.action for e in two_people.audit(actor="desk-1")] == ["match"]
+    assert {e.action for e in two_people.audit(action="enroll")} == {"enroll"}
+    assert [e.action for e in two_people.audit(purpose=PURPOSE)] == ["match"]
+    last = everything[-1].at
+    assert two_people.audit(since=last) == [everything[-1]]
+    early = two_people.audit(until=everything[0].at)
+    assert early[0] == everything[0] and all(e.at == everything[0].at for e in early)
+    assert two_people.audit("ann", action="match", until=last.replace(year=2000)) == []
+
+
+def test_cli_audit_filters(fake_cli: None, tmp_path: Path) -> None:
+    db = tmp_path / "g.db"
+    photo = fake_photo(tmp_path, "a.png", (10, 0))
+    assert run("enroll", "ann", photo, "-g", db, "-c", "R1", "-p", PURPOSE).exit_code == 0
+    assert run("match", photo, "-g", db, "-p", PURPOSE, "--actor", "desk-1").exit_code == 0
+    lines = [json.loads(x) for x in run("audit", "-g", db, "--actor", "desk-1", "--since", "2000-01-01",
+                                       "--until", "2999-12-31", "--json").stdout.splitlines()]
+    assert [e["action"] for e in lines] == ["match"] and {"seq", "hash"} <= set(lines[0])
+    assert run("audit", "-g", db, "--action", "match", "--until", "2000-01-01", "--json").stdout == ""
+    assert "ann" in run("audit", "-g", db, "--subject", "ann", "--purpose", PURPOSE).stdout
+    bad = run("audit", "-g", db, "--since", "yesterday")
+    assert bad.exit_code == 2 and "--since 'yesterday' is not a date" in bad.output and "Traceback" not in bad.output
+
+
+# -- evidence-grade results ------------------------------------------------------------------
+
+
+def test_match_and_verify_cite_their_record(two_people: Gallery, tmp_path: Path) -> None:
+    import hashlib
+
+    import consentmatch
+
+    probe = fake_photo(tmp_path, "p.png", (10, 1))
+    sha = hashlib.sha256(probe.read_bytes()).hexdigest()
+    body = two_people.match(probe, purpose=PURPOSE).to_dict()
+    event = two_people.audit()[-1]
+    assert (body["audit_event"], body["image_sha256"], body["at"]) == (event.seq, sha, event.at.isoformat())
+    assert body["model"] == {"encoder": "FakeEncoder", "version": consentmatch.__version__}
+    assert body["faces"][0]["subject"] == "ann"  # the existing fields are unchanged
+    verified = two_people.verify("ann", probe, purpose=PURPOSE).to_dict()
+    event = two_people.audit()[-1]
+    assert (verified["audit_event"], verified["image_sha256"], verified["at"]) == (event.seq, sha, event.at.isoformat())
+    assert verified["match"] is True and verified["model"]["encoder"] == "FakeEncoder"
+
+
+def test_match_json_carries_the_evidence(fake_cli: None, tmp_path: Path) -> None:
+    db = tmp_path / "g.db"
+    photo = fake_photo(tmp_path, "a.png", (10, 0))
+    assert run("enroll", "ann", photo, "-g", db, "-c", "R1", "-p", PURPOSE).exit_code == 0
+    (body,) = [json.loads(x) for x in run("match", photo, "-g", db, "-p", PURPOSE, "--json").stdout.splitlines()]
+    assert {"image", "faces", "error", "at", "image_sha256", "audit_event", "model"} <= set(body)
+    assert isinstance(body["audit_event"], int) and body["at"].endswith("+00:00")
+    verified = json.loads(run("verify", "ann", photo, "-g", db, "-p", PURPOSE, "--json").stdout)
+    assert verified["audit_event"] == body["audit_event"] + 1 and verified["image_sha256"] == body["image_sha256"]

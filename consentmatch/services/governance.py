@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
+from ..consent import utc
 from ..crypto import parse_key
 from ..errors import SubjectNotFoundError
 from ..policy import default_policy, parse_policy_value
@@ -32,12 +34,18 @@ def set_policy(ctx: Context, key: str, value: Any, actor: str | None) -> dict[st
         return tx.policy()
 
 
-def audit(ctx: Context, subject: str | None) -> list[AuditEvent]:
-    """The audit trail, oldest first: all of it, or the events naming one subject."""
+def audit(
+    ctx: Context, subject: str | None, *, actor: str | None = None, action: str | None = None,
+    purpose: str | None = None, since: datetime | None = None, until: datetime | None = None,
+) -> list[AuditEvent]:
+    """The audit trail, oldest first: all of it, or the events matching every filter given
+    (`since`/`until` inclusive; a naive time is UTC)."""
     if not ctx.store.exists():
         return []
     with ctx.lock, ctx.store.read() as tx:
-        return tx.audit_events(subject)
+        return tx.audit_events(subject, actor=actor, action=action, purpose=purpose,
+                               since=utc(since) if since is not None else None,
+                               until=utc(until) if until is not None else None)
 
 
 def verify_audit(ctx: Context) -> AuditCheck:
