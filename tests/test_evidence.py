@@ -156,3 +156,33 @@ def test_match_json_carries_the_evidence(fake_cli: None, tmp_path: Path) -> None
     assert isinstance(body["audit_event"], int) and body["at"].endswith("+00:00")
     verified = json.loads(run("verify", "ann", photo, "-g", db, "-p", PURPOSE, "--json").stdout)
     assert verified["audit_event"] == body["audit_event"] + 1 and verified["image_sha256"] == body["image_sha256"]
+
+
+# -- match --annotate ------------------------------------------------------------------------
+
+
+def test_match_annotate_writes_reviewable_copies(fake_cli: None, tmp_path: Path) -> None:
+    from PIL import Image
+
+    db, out = tmp_path / "g.db", tmp_path / "review"
+    assert run("enroll", "ann", fake_photo(tmp_path, "ann.png", (10, 0)), "-g", db, "-c", "R1", "-p", PURPOSE).exit_code == 0
+    group = fake_photo(tmp_path, "group.png", (10, 2), (30, 0))  # ann and a stranger
+    jpeg = tmp_path / "door.jpg"
+    Image.open(group).save(jpeg, quality=100)
+    result = run("match", group, jpeg, "-g", db, "-p", PURPOSE, "--annotate", out)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["door.jpg", "group.png"]
+    copy = Image.open(out / "group.png").convert("RGB")
+    assert Image.open(out / "door.jpg").format == "JPEG" and copy.size == Image.open(group).size
+    assert copy.getpixel((10, 60)) == (255, 215, 0) and copy.getpixel((120, 60)) == (255, 215, 0)  # both boxes
+
+
+def test_annotate_labels_only_what_the_result_names(monkeypatch: pytest.MonkeyPatch, fake_cli: None, tmp_path: Path) -> None:
+    drawn: list[Any] = []
+    monkeypatch.setattr("consentmatch.images.annotate", lambda photo, labels, target: drawn.append(labels))
+    db = tmp_path / "g.db"
+    assert run("enroll", "ann", fake_photo(tmp_path, "ann.png", (10, 0)), "-g", db, "-c", "R1", "-p", PURPOSE).exit_code == 0
+    assert run("enroll", "bob", fake_photo(tmp_path, "bob.png", (20, 0)), "-g", db, "-c", "R2", "-p", PURPOSE).exit_code == 0
+    group = fake_photo(tmp_path, "group.png", (10, 2), (30, 0))  # ann, then a stranger whose candidates are beyond it
+    assert run("match", group, "-g", db, "-p", PURPOSE, "--annotate", tmp_path / "out").exit_code == 0
+    assert [label for _, label in drawn[0]] == ["ann", "no match"]

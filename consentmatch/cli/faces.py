@@ -31,6 +31,7 @@ from .common import (
     MinFaceOption,
     ToleranceOption,
     error,
+    fail,
     mapped_errors,
     open_gallery,
     print_json,
@@ -182,13 +183,18 @@ def match(
     min_face_px: MinFaceOption = PROBE_MIN_FACE_PX,
     actor: ActorOption = None,
     as_json: JsonOption = False,
+    annotate: Annotated[Optional[Path], typer.Option(
+        "--annotate", help="Write a copy of each probe into this folder with its face boxes and names drawn, for review.",
+    )] = None,
 ) -> None:
     """1:N: who is in each photo, among the people consented for the purpose.
 
     Prints, for every face, its box, the best subject within the tolerance (or none) and the
     top-k nearest subjects, photo by photo in the order given (several photos are read at once,
     one per CPU). No match is a result (exit 0); an unreadable photo is reported on stderr and
-    gives exit 1 after the others are processed.
+    gives exit 1 after the others are processed. With --annotate DIR, a copy of each probe
+    (same base name, JPEG or PNG) shows every face's box labelled with the subject matched
+    within the tolerance, else "no match" or "ambiguous": never a candidate the result does not name.
 
     **Example:** `consentmatch match door1.jpg door2.jpg -g visitors.db --purpose visitor-check-in --json`
     """
@@ -199,6 +205,7 @@ def match(
             check_purpose(purpose)
     results: list[MatchResult] = []
     failed = False
+    written: set[str] = set()
     with mapped_errors(), open_gallery(gallery, actor) as g:
         for result in g.match_many(photos, purpose=purpose, tolerance=tolerance, top_k=top_k, min_face_px=min_face_px):
             if result.error is not None:
@@ -206,12 +213,35 @@ def match(
                 error(result.error)
             else:
                 results.append(result)
+                if annotate is not None:
+                    _annotate(result, annotate, written)
             if as_json:
                 print_json(result.to_dict())
     if not as_json:
         _print_matches(results)
     if failed:
         raise typer.Exit(1)
+
+
+def _annotate(result: MatchResult, folder: Path, written: set[str]) -> None:
+    """Write the probe's reviewed copy: each face's box and the name the result gives it, nothing more."""
+    from ..images import annotate
+
+    source = Path(result.image)
+    suffix = ".jpg" if source.suffix.lower() in (".jpg", ".jpeg") else ".png"
+    stem, number = source.stem, 1
+    while f"{stem}{suffix}" in written:  # two probes of one base name from different folders
+        number += 1
+        stem = f"{source.stem}-{number}"
+    written.add(f"{stem}{suffix}")
+    labels = [((f.box.top, f.box.right, f.box.bottom, f.box.left), f.subject or ("ambiguous" if f.ambiguous else "no match"))
+              for f in result.faces]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        annotate(source, labels, folder / f"{stem}{suffix}")
+    except OSError as exc:
+        fail(f"Cannot write the annotated copy of '{_shown(result.image)}' into '{_shown(str(folder))}' "
+             f"({exc.strerror or exc}): check --annotate.", 1)
 
 
 def _print_matches(results: list[MatchResult]) -> None:
