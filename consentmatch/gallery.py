@@ -60,11 +60,17 @@ class Gallery:
     ) -> None:
         self.path = Path(path)
         settings = settings if settings is not None else Settings.from_env()
+        self._keys = KeyRing(key, key_dir, settings)
         self._ctx = Context(
-            store=open_store(self.path, KeyRing(key, key_dir, settings), settings), settings=settings,
+            store=open_store(self.path, self._keys, settings), settings=settings,
             encoder=encoder if encoder is not None else vision.default_encoder(settings), clock=clock or utcnow,
             actor=check_name(actor, "actor") if actor else default_actor(),
         )
+
+    @property
+    def created_key_file(self) -> Path | None:
+        """The gallery key file this object created (the first enrollment), else None: back it up apart from the gallery."""
+        return self._keys.created_key_file
 
     def __enter__(self) -> Gallery:
         return self

@@ -186,3 +186,36 @@ def test_annotate_labels_only_what_the_result_names(monkeypatch: pytest.MonkeyPa
     group = fake_photo(tmp_path, "group.png", (10, 2), (30, 0))  # ann, then a stranger whose candidates are beyond it
     assert run("match", group, "-g", db, "-p", PURPOSE, "--annotate", tmp_path / "out").exit_code == 0
     assert [label for _, label in drawn[0]] == ["ann", "no match"]
+
+
+# -- the first-run key notice ----------------------------------------------------------------
+
+
+def test_first_enrollment_says_where_the_key_was_created(fake_cli: None, tmp_path: Path) -> None:
+    db = tmp_path / "g.db"
+    first = run("enroll", "ann", fake_photo(tmp_path, "ann.png", (10, 0)), "-g", db, "-c", "R1", "-p", PURPOSE)
+    assert first.exit_code == 0, first.output
+    (note,) = [line for line in first.stderr.splitlines() if line.startswith("note:")]
+    assert "created the gallery key" in note and "back it up apart from the gallery" in note
+    key_file = Path(note.split("created the gallery key ")[1].split(": back it up")[0])
+    assert key_file.is_file()
+    again = run("enroll", "bob", fake_photo(tmp_path, "bob.png", (20, 0)), "-g", db, "-c", "R2", "-p", PURPOSE)
+    assert again.exit_code == 0 and "note:" not in again.stderr  # once
+
+
+def test_key_notice_on_import_and_grant_but_not_with_json(fake_cli: None, manifest: Path, tmp_path: Path) -> None:
+    assert "created the gallery key" in run("import", manifest, "-g", tmp_path / "a.db").stderr
+    granted = run("consent", "grant", "ann", "-g", tmp_path / "b.db", "--ref", "R1", "-p", PURPOSE)
+    assert granted.exit_code == 0 and "created the gallery key" in granted.stderr
+    quiet = run("import", manifest, "-g", tmp_path / "c.db", "--json")
+    assert quiet.exit_code == 0 and "note:" not in quiet.stderr
+
+
+def test_gallery_created_key_file(tmp_path: Path, consent: Consent) -> None:
+    with Gallery(tmp_path / "g.db", encoder=FakeEncoder()) as g:
+        assert g.created_key_file is None
+        g.enroll("ann", [fake_photo(tmp_path, "a.png", (10, 0))], consent)
+        assert g.created_key_file is not None and g.created_key_file.is_file()
+    with Gallery(tmp_path / "g.db", encoder=FakeEncoder()) as g:
+        g.enroll("ann", [fake_photo(tmp_path, "b.png", (10, 2))], consent)
+        assert g.created_key_file is None

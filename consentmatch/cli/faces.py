@@ -32,6 +32,7 @@ from .common import (
     ToleranceOption,
     error,
     fail,
+    key_notice,
     mapped_errors,
     open_gallery,
     print_json,
@@ -91,7 +92,7 @@ def enroll(
         consent: Consent | str | None = consent_ref
         if consent_ref is not None and (purpose or expires or jurisdiction or evidence):
             consent = consent_from(consent_ref, purpose, expires, jurisdiction, signer, evidence, notice_version)
-        with open_gallery(gallery, actor) as g:
+        with open_gallery(gallery, actor) as g, key_notice(g, as_json):
             result = g.enroll(subject, photos, consent, email=email, min_face_px=min_face_px, quality=quality,
                               allow_duplicate=allow_duplicate)
     if as_json:
@@ -126,7 +127,7 @@ def import_(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with mapped_errors(), open_gallery(gallery, actor) as g:
+    with mapped_errors(), open_gallery(gallery, actor) as g, key_notice(g, as_json):
         err = Console(stderr=True)
         progress = Progress(
             TextColumn("enrolling"),

@@ -25,6 +25,7 @@ from .common import (
     JsonOption,
     ActorOption,
     fail,
+    key_notice,
     mapped_errors,
     open_gallery,
     print_json,
@@ -68,7 +69,7 @@ def consent_grant(
     """
     with mapped_errors():
         consent = consent_from(ref, purpose, expires, jurisdiction, signer, evidence, notice_version)
-        with open_gallery(gallery, actor) as g:
+        with open_gallery(gallery, actor) as g, key_notice(g, as_json):
             record = g.grant_consent(subject, consent, email=email)
     _print_consents([record], as_json)
 
