@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -59,11 +60,17 @@ class Gallery:
     ) -> None:
         self.path = Path(path)
         settings = settings if settings is not None else Settings.from_env()
+        self._keys = KeyRing(key, key_dir, settings)
         self._ctx = Context(
-            store=open_store(self.path, KeyRing(key, key_dir, settings), settings), settings=settings,
+            store=open_store(self.path, self._keys, settings), settings=settings,
             encoder=encoder if encoder is not None else vision.default_encoder(settings), clock=clock or utcnow,
             actor=check_name(actor, "actor") if actor else default_actor(),
         )
+
+    @property
+    def created_key_file(self) -> Path | None:
+        """The gallery key file this object created (the first enrollment), else None: back it up apart from the gallery."""
+        return self._keys.created_key_file
 
     def __enter__(self) -> Gallery:
         return self
@@ -297,9 +304,14 @@ class Gallery:
         """The purposes this gallery serves, by name, each with how many active consents cover it."""
         return governance.purposes(self._ctx)
 
-    def audit(self, subject: str | None = None) -> list[AuditEvent]:
-        """The audit trail, oldest first: all of it, or the events naming one subject."""
-        return governance.audit(self._ctx, subject)
+    def audit(
+        self, subject: str | None = None, *, actor: str | None = None, action: str | None = None,
+        purpose: str | None = None, since: datetime | None = None, until: datetime | None = None,
+    ) -> list[AuditEvent]:
+        """The audit trail, oldest first: all of it, or the events matching every filter given:
+        naming `subject` (searches that showed them included), by `actor`, of `action`, for
+        `purpose`, at or after `since`, at or before `until` (naive times are UTC)."""
+        return governance.audit(self._ctx, subject, actor=actor, action=action, purpose=purpose, since=since, until=until)
 
     def verify_audit(self) -> AuditCheck:
         """Walk the hash chain (intact, or the first link edited, deleted or inserted), then check

@@ -187,3 +187,25 @@ def _to_rgb(image: Image.Image) -> NDArray[np.uint8]:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
     return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+
+
+def annotate(photo: PhotoInput, labels: list[tuple[tuple[int, int, int, int], str]], target: Path) -> None:
+    """Write a copy of the upright photo with each (top, right, bottom, left) box and its label
+    drawn, for a person to review a match; JPEG for a .jpg/.jpeg target, else PNG.
+
+    Boxes are in the original photo's pixels, as results give them (scaled back here when a
+    huge JPEG was decoded at reduced size).
+    """
+    from PIL import ImageDraw
+
+    decoded = load_photo(photo)
+    image = Image.fromarray(decoded.pixels)
+    draw = ImageDraw.Draw(image)
+    width = max(2, round(max(image.size) / 400))
+    for (top, right, bottom, left), label in labels:
+        box = [round(v / decoded.scale) for v in (left, top, right, bottom)]
+        draw.rectangle(box, outline=(255, 215, 0), width=width)
+        text_top = max(0, box[1] - 14)
+        draw.rectangle(draw.textbbox((box[0], text_top), label), fill=(0, 0, 0))
+        draw.text((box[0], text_top), label, fill=(255, 215, 0))
+    image.save(target, format="JPEG" if target.suffix.lower() in (".jpg", ".jpeg") else "PNG")

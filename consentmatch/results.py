@@ -105,9 +105,17 @@ class MatchResult:
     purpose: str
     tolerance: float
     error: str | None = None
+    # Evidence, to tie the result to its record: when it was decided, the probe's SHA-256, the
+    # audit event (seq) that recorded it and the model; None where the photo could not be read.
+    at: datetime | None = None
+    image_sha256: str | None = None
+    audit_event: int | None = None
+    model: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"image": self.image, "faces": [f.to_dict() for f in self.faces], "error": self.error}
+        return {"image": self.image, "faces": [f.to_dict() for f in self.faces], "error": self.error,
+                "at": _iso(self.at), "image_sha256": self.image_sha256, "audit_event": self.audit_event,
+                "model": self.model}
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,10 @@ class Verification:
     distance: float
     tolerance: float
     box: Box
+    at: datetime | None = None  # evidence, as in MatchResult
+    image_sha256: str | None = None
+    audit_event: int | None = None
+    model: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -129,6 +141,10 @@ class Verification:
             "distance": round(self.distance, 6),
             "tolerance": self.tolerance,
             "error": None,
+            "at": _iso(self.at),
+            "image_sha256": self.image_sha256,
+            "audit_event": self.audit_event,
+            "model": self.model,
         }
 
 
@@ -141,6 +157,7 @@ class Enrollment:
     templates_total: int
     consent_reference: str
     photos: tuple[str, ...]
+    already_enrolled: int = 0  # photos whose SHA-256 was already a template of the subject: not stored again
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -149,6 +166,7 @@ class Enrollment:
             "templates_total": self.templates_total,
             "consent_reference": self.consent_reference,
             "photos": list(self.photos),
+            "already_enrolled": self.already_enrolled,
         }
 
 
@@ -263,11 +281,17 @@ class ImportReport:
     def subjects(self) -> tuple[str, ...]:
         return tuple(sorted({e.subject for e in self.enrolled}))
 
+    @property
+    def already_enrolled(self) -> int:
+        """Rows whose photos were all already templates of their subject (a manifest run again): nothing stored."""
+        return sum(1 for e in self.enrolled if e.templates_added == 0 and e.already_enrolled > 0)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "manifest": self.manifest,
             "rows": self.rows,
             "enrolled": len(self.enrolled),
+            "already_enrolled": self.already_enrolled,
             "subjects": list(self.subjects),
             "rejected": [r.to_dict() for r in self.rejected],
         }

@@ -39,7 +39,7 @@ def test_match_json_contract_on_real_photos(real_gallery_path: Path) -> None:
     result = run("match", *probes, "-g", real_gallery_path, "--purpose", "visitor-check-in", "--top-k", "2", "--json")
     assert result.exit_code == 0, result.output
     first, second = _lines(result.stdout)
-    assert set(first) == {"image", "faces", "error"} and first["error"] is None
+    assert set(first) == {"image", "faces", "error", "at", "image_sha256", "audit_event", "model"} and first["error"] is None
     assert first["image"] == str(probes[0])
     for face in first["faces"]:
         assert set(face) == {"box", "subject", "distance", "candidates", "ambiguous"}  # issue 2's keys, extended
@@ -60,7 +60,8 @@ def test_verify_json_contract(real_gallery_path: Path) -> None:
     result = run("verify", "obama", probe, "-g", real_gallery_path, "-p", "visitor-check-in", "--json")
     assert result.exit_code == 0, result.output
     (body,) = _lines(result.stdout)
-    assert set(body) == {"subject", "image", "match", "distance", "tolerance", "error"}
+    assert set(body) == {"subject", "image", "match", "distance", "tolerance", "error",
+                         "at", "image_sha256", "audit_event", "model"}  # issue 14 extended it
     assert body["match"] is True and body["distance"] < 0.6 and body["tolerance"] == 0.6
     result = run("verify", "obama", probe, "-g", real_gallery_path, "-p", "visitor-check-in", "-t", "0.2", "--json")
     assert result.exit_code == 0 and _lines(result.stdout)[0]["match"] is False
@@ -101,7 +102,8 @@ def test_enroll_match_forget_cycle(fake_cli: None, tmp_path: Path) -> None:
                  "--expires", "2099-01-01", "--jurisdiction", "US-CA", "--json")
     assert result.exit_code == 0, result.output
     assert _lines(result.stdout) == [
-        {"subject": "alice", "templates_added": 1, "templates_total": 1, "consent_reference": "R1", "photos": [str(photo)]}
+        {"subject": "alice", "templates_added": 1, "templates_total": 1, "consent_reference": "R1", "photos": [str(photo)],
+         "already_enrolled": 0}
     ]
     (body,) = _lines(run("match", photo, "-g", gallery, "-p", "lobby", "--json").stdout)
     assert body["faces"][0]["subject"] == "alice"

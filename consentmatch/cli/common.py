@@ -144,6 +144,18 @@ def error(message: str) -> None:
     print(f"error: {visible(' '.join(message.split()))}", file=sys.stderr, flush=True)
 
 
+@contextmanager
+def key_notice(g: Gallery, as_json: bool) -> Iterator[None]:
+    """Say once, on stderr, where a call created the gallery key (silent with --json): losing
+    it loses the gallery, so it must be backed up apart from it. Said even if the call then fails."""
+    try:
+        yield
+    finally:
+        if g.created_key_file is not None and not as_json:
+            print(f"note: created the gallery key {visible(str(g.created_key_file))}: back it up apart from the gallery; "
+                  "without it the gallery cannot be read.", file=sys.stderr, flush=True)
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     error(message)
     raise typer.Exit(code)

@@ -31,6 +31,8 @@ from .common import (
     MinFaceOption,
     ToleranceOption,
     error,
+    fail,
+    key_notice,
     mapped_errors,
     open_gallery,
     print_json,
@@ -92,7 +94,7 @@ def enroll(
         consent: Consent | str | None = consent_ref
         if consent_ref is not None and (purpose or expires or jurisdiction or evidence):
             consent = consent_from(consent_ref, purpose, expires, jurisdiction, signer, evidence, notice_version)
-        with open_gallery(gallery, actor, detector) as g:
+        with open_gallery(gallery, actor, detector) as g, key_notice(g, as_json):
             result = g.enroll(subject, photos, consent, email=email, min_face_px=min_face_px, quality=quality,
                               allow_duplicate=allow_duplicate)
     if as_json:
@@ -101,6 +103,7 @@ def enroll(
         out.print(
             f"Enrolled '{_shown(result.subject)}': {result.templates_added} template(s) added, "
             f"{result.templates_total} in all, under consent {_shown(result.consent_reference)}."
+            + (f" {result.already_enrolled} photo(s) already enrolled, not stored again." if result.already_enrolled else "")
         )
 
 
@@ -127,7 +130,7 @@ def import_(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with mapped_errors(), open_gallery(gallery, actor, detector) as g:
+    with mapped_errors(), open_gallery(gallery, actor, detector) as g, key_notice(g, as_json):
         err = Console(stderr=True)
         progress = Progress(
             TextColumn("enrolling"),
@@ -153,7 +156,8 @@ def import_(
     else:
         out.print(
             f"Imported {len(report.enrolled)} of {report.rows} row(s): {len(report.subjects)} subject(s) enrolled, "
-            f"{len(report.rejected)} row(s) rejected."
+            f"{len(report.rejected)} row(s) rejected"
+            + (f", {report.already_enrolled} row(s) already enrolled (nothing stored again)." if report.already_enrolled else ".")
         )
         if report.rejected:
             grid = table("Row", "Subject", "Photo", "Reason", title="Rejected")
@@ -184,13 +188,18 @@ def match(
     detector: DetectorOption = None,
     actor: ActorOption = None,
     as_json: JsonOption = False,
+    annotate: Annotated[Optional[Path], typer.Option(
+        "--annotate", help="Write a copy of each probe into this folder with its face boxes and names drawn, for review.",
+    )] = None,
 ) -> None:
     """1:N: who is in each photo, among the people consented for the purpose.
 
     Prints, for every face, its box, the best subject within the tolerance (or none) and the
     top-k nearest subjects, photo by photo in the order given (several photos are read at once,
     one per CPU). No match is a result (exit 0); an unreadable photo is reported on stderr and
-    gives exit 1 after the others are processed.
+    gives exit 1 after the others are processed. With --annotate DIR, a copy of each probe
+    (same base name, JPEG or PNG) shows every face's box labelled with the subject matched
+    within the tolerance, else "no match" or "ambiguous": never a candidate the result does not name.
 
     **Example:** `consentmatch match door1.jpg door2.jpg -g visitors.db --purpose visitor-check-in --json`
     """
@@ -201,6 +210,7 @@ def match(
             check_purpose(purpose)
     results: list[MatchResult] = []
     failed = False
+    written: set[str] = set()
     with mapped_errors(), open_gallery(gallery, actor, detector) as g:
         for result in g.match_many(photos, purpose=purpose, tolerance=tolerance, top_k=top_k, min_face_px=min_face_px):
             if result.error is not None:
@@ -208,12 +218,35 @@ def match(
                 error(result.error)
             else:
                 results.append(result)
+                if annotate is not None:
+                    _annotate(result, annotate, written)
             if as_json:
                 print_json(result.to_dict())
     if not as_json:
         _print_matches(results)
     if failed:
         raise typer.Exit(1)
+
+
+def _annotate(result: MatchResult, folder: Path, written: set[str]) -> None:
+    """Write the probe's reviewed copy: each face's box and the name the result gives it, nothing more."""
+    from ..images import annotate
+
+    source = Path(result.image)
+    suffix = ".jpg" if source.suffix.lower() in (".jpg", ".jpeg") else ".png"
+    stem, number = source.stem, 1
+    while f"{stem}{suffix}" in written:  # two probes of one base name from different folders
+        number += 1
+        stem = f"{source.stem}-{number}"
+    written.add(f"{stem}{suffix}")
+    labels = [((f.box.top, f.box.right, f.box.bottom, f.box.left), f.subject or ("ambiguous" if f.ambiguous else "no match"))
+              for f in result.faces]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        annotate(source, labels, folder / f"{stem}{suffix}")
+    except OSError as exc:
+        fail(f"Cannot write the annotated copy of '{_shown(result.image)}' into '{_shown(str(folder))}' "
+             f"({exc.strerror or exc}): check --annotate.", 1)
 
 
 def _print_matches(results: list[MatchResult]) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Optional, TYPE_CHECKING
 
 import typer
 
+from ..consent import utc
 from ..policy import POLICY
 from ..text import visible
 from ..text import shown as _shown
@@ -23,6 +25,7 @@ from .common import (
     JsonOption,
     ActorOption,
     fail,
+    key_notice,
     mapped_errors,
     open_gallery,
     print_json,
@@ -66,7 +69,7 @@ def consent_grant(
     """
     with mapped_errors():
         consent = consent_from(ref, purpose, expires, jurisdiction, signer, evidence, notice_version)
-        with open_gallery(gallery, actor) as g:
+        with open_gallery(gallery, actor) as g, key_notice(g, as_json):
             record = g.grant_consent(subject, consent, email=email)
     _print_consents([record], as_json)
 
@@ -372,25 +375,45 @@ def optout_list(gallery: GalleryOption, as_json: JsonOption = False) -> None:
 # -- audit and subject access ----------------------------------------------------------------
 
 
+def _moment(text: str | None, option: str, *, end_of_day: bool = False) -> datetime | None:
+    """An audit bound: a bare date is 00:00 UTC that day (for --until, the whole day counts); a naive time is UTC."""
+    if text is None:
+        return None
+    try:
+        moment = utc(datetime.fromisoformat(text.strip()))
+        if end_of_day and len(text.strip()) == 10:  # YYYY-MM-DD: through the end of that day
+            moment += timedelta(days=1) - timedelta(microseconds=1)
+    except (ValueError, OverflowError):  # OverflowError: past year 9999
+        fail(f"{option} '{visible(text)}' is not a date or time: write YYYY-MM-DD or an ISO time such as 2026-03-01T09:30.", 2)
+    return moment
+
+
 @app.command("audit")
 def audit_(
     gallery: GalleryOption,
-    subject: Annotated[Optional[str], typer.Option("--subject", "-s", help="Only events naming this person.")] = None,
+    subject: Annotated[Optional[str], typer.Option("--subject", "-s", help="Only events naming this person (searches that showed them included).")] = None,
+    actor: Annotated[Optional[str], typer.Option("--actor", help="Only events by this actor.")] = None,
+    action: Annotated[Optional[str], typer.Option("--action", help="Only events of this action: match, verify, enroll, ...")] = None,
+    purpose: Annotated[Optional[str], typer.Option("--purpose", "-p", help="Only events for this purpose.")] = None,
+    since: Annotated[Optional[str], typer.Option("--since", help="Only events at or after: YYYY-MM-DD (00:00 UTC) or an ISO time (UTC unless it names a zone).")] = None,
+    until: Annotated[Optional[str], typer.Option("--until", help="Only events at or before: YYYY-MM-DD (through that whole day, UTC) or an ISO time.")] = None,
     check: Annotated[bool, typer.Option("--verify", help="Walk the hash chain and check every record: exit 0 intact, 1 broken.")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """The audit trail: who did what, when, for which purpose. Never an image or an embedding.
 
+    The filters combine (every one given must hold); --json gives each event's seq and hash.
     With --verify, walks the hash chain and names the first edited, deleted or inserted event,
     then checks every subject, consent and template for edits made outside consentmatch.
 
-    **Example:** `consentmatch audit -g visitors.db --verify`
+    **Example:** `consentmatch audit -g visitors.db --action match --since 2026-03-01 --until 2026-03-31 --json`
     """
+    start, end = _moment(since, "--since"), _moment(until, "--until", end_of_day=True)
     with mapped_errors(), open_gallery(gallery) as g:
         if check:
             result = g.verify_audit()
         else:
-            events = g.audit(subject)
+            events = g.audit(subject, actor=actor, action=action, purpose=purpose, since=start, until=end)
     if check:
         if as_json:
             print_json(result.to_dict())

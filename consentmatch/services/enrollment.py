@@ -24,7 +24,7 @@ from ..policy import ENROLL_MIN_FACE_PX, PROBE_MIN_FACE_PX, default_policy, pars
 from ..pool import pooled
 from ..quality import check_quality, single_face
 from ..results import Enrollment, ImportReport, Rejection
-from ..storage import unknown_reference
+from ..storage import Transaction, unknown_reference
 from ..vision.types import DetectedFace
 from .consents import check_consent, check_enrollable, existing_consent, record
 from .context import Context, check_name, region_error
@@ -120,19 +120,36 @@ def _commit(
             reference = consent.reference
         else:
             subject_id, consent_id, reference = existing_consent(ctx, tx, name, consent, now)
+        fresh = _not_enrolled(tx, subject_id, faces)
         with tx.renewing(subject_id, strict=True):
-            ids = [tx.add_template(subject_id, consent_id, f.encoding, sha, f.box, now, detector=f.detector) for sha, f in faces]
+            ids = [tx.add_template(subject_id, consent_id, f.encoding, sha, f.box, now, detector=f.detector)
+                   for sha, f in fresh]
             total = tx.template_count(subject_id)
             ctx.refresh_retention(tx, subject_id, now)
+        already = len(faces) - len(fresh)
         tx.append_audit(at=now, actor=ctx.who(actor), action="enroll", subject=name,
-                        details={"consent": reference, "templates_added": len(ids), "templates_total": total})
+                        details={"consent": reference, "templates_added": len(ids), "templates_total": total,
+                                 "already_enrolled": already})
     return Enrollment(
         subject=name,
         templates_added=len(ids),
         templates_total=total,
         consent_reference=reference,
         photos=tuple(photo_name(p) for p in admission.photos),
+        already_enrolled=already,
     )
+
+
+def _not_enrolled(
+    tx: Transaction, subject_id: int, faces: Sequence[tuple[str, DetectedFace]]
+) -> list[tuple[str, DetectedFace]]:
+    """The faces whose photo (by SHA-256) is not yet a template of the subject: enrolling a photo
+    twice (a manifest run again) is reported as already enrolled, never stored as a second template."""
+    fresh: list[tuple[str, DetectedFace]] = []
+    for sha, face in faces:
+        if not tx.photo_enrolled(subject_id, sha) and all(sha != seen for seen, _ in fresh):
+            fresh.append((sha, face))
+    return fresh
 
 
 def import_manifest(

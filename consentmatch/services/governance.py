@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from ..consent import check_purpose
+from ..consent import check_purpose, utc
 from ..crypto import parse_key
 from ..errors import InvalidArgumentError, SubjectNotFoundError
 from ..policy import default_policy, parse_policy_value
@@ -81,12 +81,18 @@ def _purpose(tx: Transaction, label: str, now: datetime) -> PurposeInfo:
     return next(PurposeInfo(*row) for row in tx.purposes(now) if row[0] == label)
 
 
-def audit(ctx: Context, subject: str | None) -> list[AuditEvent]:
-    """The audit trail, oldest first: all of it, or the events naming one subject."""
+def audit(
+    ctx: Context, subject: str | None, *, actor: str | None = None, action: str | None = None,
+    purpose: str | None = None, since: datetime | None = None, until: datetime | None = None,
+) -> list[AuditEvent]:
+    """The audit trail, oldest first: all of it, or the events matching every filter given
+    (`since`/`until` inclusive; a naive time is UTC)."""
     if not ctx.store.exists():
         return []
     with ctx.lock, ctx.store.read() as tx:
-        return tx.audit_events(subject)
+        return tx.audit_events(subject, actor=actor, action=action, purpose=purpose,
+                               since=utc(since) if since is not None else None,
+                               until=utc(until) if until is not None else None)
 
 
 def verify_audit(ctx: Context) -> AuditCheck:

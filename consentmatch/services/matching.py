@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator, Sequence
+from datetime import datetime
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -63,24 +65,24 @@ def _matches(
                 with ctx.lock, ctx.store.read() as tx:
                     ctx.cache.search_state(tx, label, ctx.now())
             try:
-                name, faces = probed.result()
+                name, sha256, faces = probed.result()
             except (ImageError, FaceError) as exc:
                 ctx.record_refusal("match", None, label, actor, exc)
                 yield MatchResult(image=photo_name(photo), faces=(), purpose=label or "", tolerance=tolerance,
                                   error=str(exc))
                 continue
-            yield _decide(ctx, name, faces, label, tolerance, policy, top_k, actor)
+            yield _decide(ctx, name, sha256, faces, label, tolerance, policy, top_k, actor)
 
 
-def _probe(ctx: Context, photo: PhotoInput, min_face_px: int) -> tuple[str, list[DetectedFace]]:
-    """A probe's name and faces: the photo work of a match, safe on any thread."""
+def _probe(ctx: Context, photo: PhotoInput, min_face_px: int) -> tuple[str, str, list[DetectedFace]]:
+    """A probe's name, SHA-256 and faces: the photo work of a match, safe on any thread."""
     decoded = load_photo(photo)
-    return decoded.name, ctx.encoder.encode(decoded, min_face_px)
+    return decoded.name, decoded.sha256, ctx.encoder.encode(decoded, min_face_px)
 
 
 def _decide(
-    ctx: Context, name: str, faces: list[DetectedFace], label: str | None, tolerance: float, policy: dict[str, Any],
-    top_k: int, actor: str | None,
+    ctx: Context, name: str, sha256: str, faces: list[DetectedFace], label: str | None, tolerance: float,
+    policy: dict[str, Any], top_k: int, actor: str | None,
 ) -> MatchResult:
     """Search the probe's faces among the consented templates, name them, and audit the search."""
     with ctx.lock, ctx.store.read() as tx:
@@ -117,8 +119,13 @@ def _decide(
                 ambiguous=ambiguous,
             )
         )
-    _record_search(ctx, "match", label, actor, matched, {"faces": len(faces), "tolerance": tolerance, "top_k": top_k})
-    return MatchResult(image=name, faces=tuple(results), purpose=label or "", tolerance=tolerance)
+    shown: dict[str, float] = {}
+    for candidate in (c for r in results for c in r.candidates):
+        shown[candidate.subject] = min(candidate.distance, shown.get(candidate.subject, math.inf))
+    seq, at = _record_search(ctx, "match", label, actor, matched,
+                             {"faces": len(faces), "tolerance": tolerance, "top_k": top_k}, shown=shown)
+    return MatchResult(image=name, faces=tuple(results), purpose=label or "", tolerance=tolerance, at=at,
+                       image_sha256=sha256, audit_event=seq, model=_model(ctx))
 
 
 def verify(
@@ -148,10 +155,13 @@ def verify(
             raise _not_enrolled(name, label)
     distance = float(np.linalg.norm(templates - face.encoding, axis=1).min())
     match = distance <= tolerance
-    _record_search(ctx, "verify", label, actor, {subject_id: name} if match else {},
-                   {"subject": name, "match": match, "tolerance": tolerance}, subject=name)
-    return Verification(subject=name, image=decoded.name, match=match, distance=_shown(distance, tolerance),
-                        tolerance=tolerance, box=face.box)
+    shown_distance = _shown(distance, tolerance)
+    seq, at = _record_search(ctx, "verify", label, actor, {subject_id: name} if match else {},
+                             {"subject": name, "match": match, "tolerance": tolerance}, subject=name,
+                             shown={name: shown_distance})
+    return Verification(subject=name, image=decoded.name, match=match, distance=shown_distance,
+                        tolerance=tolerance, box=face.box, at=at, image_sha256=decoded.sha256, audit_event=seq,
+                        model=_model(ctx))
 
 
 def _enrolled_for(ctx: Context, tx: Transaction, subject_id: int, label: str | None) -> bool:
@@ -186,11 +196,14 @@ def _search_terms(ctx: Context, purpose: str | None, tolerance: float | None) ->
 
 def _record_search(
     ctx: Context, action: str, purpose: str | None, actor: str | None, matched: dict[int, str], details: dict[str, Any],
-    *, subject: str | None = None,
-) -> None:
+    *, subject: str | None = None, shown: dict[str, float],
+) -> tuple[int, datetime]:
     """Audit a match or verify; the subjects it returned count as an interaction (BIPA retention).
+    Returns the audit event's seq and time, for the result to cite.
 
-    `subject`: the one the call named (verify), recorded whether or not it matched.
+    `subject`: the one the call named (verify), recorded whether or not it matched. `shown`: every
+    subject the caller sees (candidates beyond the tolerance included) at its distance, recorded
+    rounded to 2 decimals under details "shown", so `audit --subject` and `export` find them.
     """
     now = ctx.now()
     with ctx.lock, ctx.store.write(bump=False) as tx:
@@ -198,9 +211,30 @@ def _record_search(
             with tx.renewing(subject_id, strict=False):
                 if tx.touch(subject_id, now):  # another process may have erased them meanwhile
                     ctx.refresh_retention(tx, subject_id, now)
-        tx.append_audit(at=now, actor=ctx.who(actor), action=action, purpose=purpose,
-                        subject=subject or (next(iter(matched.values())) if len(matched) == 1 else None),
-                        details={**details, "subjects": sorted(matched.values())})
+        seq = tx.append_audit(
+            at=now, actor=ctx.who(actor), action=action, purpose=purpose,
+            subject=subject or (next(iter(matched.values())) if len(matched) == 1 else None),
+            details={**details, "subjects": sorted(matched.values()),
+                     "shown": [{"subject": s, "distance": round(d, 2)} for s, d in sorted(shown.items(), key=lambda i: i[1])]},
+        )
+    return seq, now
+
+
+def _model(ctx: Context) -> dict[str, str]:
+    """The model behind a result: the encoder (its `name` attribute, else its class name) and
+    consentmatch's version, which pins the encoder's weights and the index."""
+    return {"encoder": str(getattr(ctx.encoder, "name", type(ctx.encoder).__name__)), "version": _version()}
+
+
+@cache
+def _version() -> str:
+    # consentmatch.__version__ itself: importing the package from here would close an import cycle.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("consentmatch")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _shown(distance: float, tolerance: float) -> float:

@@ -107,6 +107,9 @@ class KeyRing:
         self._conn: sqlite3.Connection | None = None
         self._check: bytes | None = None  # the key check `_kek` opened: another one means the key was rotated
         self.gallery_id: str | None = None
+        #: The key file this ring created (a gallery's first write), for the caller to say once
+        #: that it must be backed up apart from the gallery; None when it found one.
+        self.created_key_file: Path | None = None
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -253,6 +256,7 @@ class KeyRing:
         if create and not named:
             key = secrets.token_bytes(KEY_BYTES)
             if write_private(path, key.hex().encode(), exclusive=True):
+                self.created_key_file = path
                 return key
             return parse_key(read_key_file(path), str(path))  # another process created it first
         raise EncryptionKeyError(
