@@ -157,7 +157,7 @@ def single_face(faces: Sequence[DetectedFace], photo: str, min_face_px: int = 0)
     if not faces:  # the caller's floor (40 px for a probe), else the enrollment default
         raise NoFaceError(
             f"No face found in '{photo}': use a frontal, well-lit photo with the face at least "
-            f"{min_face_px or 80} px wide.",
+            f"{min_face_px or 80} px wide (a photo shown sideways without EXIF orientation needs rotating upright first).",
             photo,
         )
     if len(faces) > 1:

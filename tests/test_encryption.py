@@ -62,8 +62,11 @@ def test_missing_or_wrong_key_is_a_clear_error(tmp_path: Path, monkeypatch: pyte
         gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], Consent("R1", ["door"]))
     with pytest.raises(EncryptionKeyError, match="data keys of this gallery are missing"):
         _gallery(path, key_dir=tmp_path / "elsewhere").subjects()
-    with pytest.raises(EncryptionKeyError, match="does not open this gallery"):
+    with pytest.raises(EncryptionKeyError, match=r"\(argument\) does not open this gallery: pass the key it was created with as Gallery\(key=\.\.\.\)"):
         _gallery(path, key=generate_key(), key_dir=tmp_path / "keys").subjects()
+    monkeypatch.setenv("CONSENTMATCH_KEY", generate_key())
+    with pytest.raises(EncryptionKeyError, match="does not open this gallery: set CONSENTMATCH_KEY to the key"):
+        _gallery(path, key_dir=tmp_path / "keys").subjects()
     monkeypatch.setenv("CONSENTMATCH_KEY", "not-hex")
     with pytest.raises(EncryptionKeyError, match="64 hex digits"):
         _gallery(path, key_dir=tmp_path / "keys").subjects()

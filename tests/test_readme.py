@@ -187,7 +187,7 @@ HELP_EXAMPLES = [
     for source in CLI_SOURCES
     for example in re.findall(r"\*\*Example:\*\* `([^`]+)`", source.read_text(encoding="utf-8"))
 ]
-GROUPS = {"consent", "policy", "optout", "key"}
+GROUPS = {"consent", "policy", "optout", "key", "purpose"}
 
 # The files the examples name, as copies of the example photos.
 HELP_FILES = {
@@ -222,6 +222,9 @@ HELP_ORDER = [
     ("desk", "consent revoke"),
     ("desk", "forget"),
     ("office", "key generate"),
+    ("office", "purpose add"),
+    ("office", "purpose list"),
+    ("office", "purpose remove"),
     ("office", "policy set"),
     ("office", "policy show"),
     ("office", "optout add"),
@@ -253,7 +256,10 @@ HELP_EXPECTED = {
     "optout add": ["Opt-out recorded."],
     "optout list": ["email"],
     "optout remove": ["No such opt-out."],
-    "audit": ["Audit trail intact"],
+    "audit": ['"action": "key-rotate"'],
+    "purpose add": ["visitor-check-in"],
+    "purpose list": ["visitor-check-in"],
+    "purpose remove": ["visitor-check-in"],
     "export": ["Wrote alice-dsar.json."],
     "key info": ["data keys in"],
     "key rotate": ["Rotated the gallery key"],

@@ -406,7 +406,7 @@ def audit_(
     With --verify, walks the hash chain and names the first edited, deleted or inserted event,
     then checks every subject, consent and template for edits made outside consentmatch.
 
-    **Example:** `consentmatch audit -g visitors.db --action match --since 2026-03-01 --until 2026-03-31 --json`
+    **Example:** `consentmatch audit -g visitors.db --action key-rotate --since 2026-01-01 --json`
     """
     start, end = _moment(since, "--since"), _moment(until, "--until", end_of_day=True)
     with mapped_errors(), open_gallery(gallery) as g:

@@ -236,10 +236,12 @@ class KeyRing:
                 f"The gallery key was rotated by another process, and the key this gallery was opened with "
                 f"({self.source}) no longer opens it: nothing was written; open the gallery again with the new key."
             )
-        raise EncryptionKeyError(
-            "The gallery key does not open this gallery: set CONSENTMATCH_KEY or CONSENTMATCH_KEY_FILE "
-            "to the key it was created with."
-        )
+        kind = self._source(self.gallery_id).kind
+        fix = {
+            "argument": "pass the key it was created with as Gallery(key=...)",
+            "CONSENTMATCH_KEY": "set CONSENTMATCH_KEY to the key it was created with",
+        }.get(kind, "set CONSENTMATCH_KEY_FILE (or CONSENTMATCH_KEY) to the key it was created with")
+        raise EncryptionKeyError(f"The gallery key ({self.source}) does not open this gallery: {fix}.")
 
     def _source(self, gallery_id: str | None) -> KeySource:
         return key_source(self._settings, self._given, gallery_id)
