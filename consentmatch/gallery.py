@@ -42,7 +42,7 @@ class Gallery:
         clock: returns the current UTC time; consents and retention run by it (tests freeze it).
         actor: who is calling, for the audit trail, e.g. ``desk-3:jsmith``.
         key: the gallery key (32 bytes or 64 hex digits); None: CONSENTMATCH_KEY, the file
-            CONSENTMATCH_KEY_FILE, or a key file created with the gallery (see keys.py).
+            CONSENTMATCH_KEY_FILE, or a key file created with the gallery (storage/keyring.py).
         key_dir: where the key files live; None: CONSENTMATCH_KEY_DIR or the user data folder.
         settings: the environment's settings (`Settings.from_env()`, read here when None): key
             sources, key and cache folders, encoder, the default quality bar.
