@@ -15,9 +15,10 @@ import contextlib
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["read_checked", "write_checked"]
+__all__ = ["converted", "read_checked", "write_checked"]
 
 
 def _checksum_file(target: Path) -> Path:
@@ -49,3 +50,16 @@ def write_checked(target: Path, data: bytes) -> bool:
                 partial.unlink(missing_ok=True)
             return False
     return True
+
+
+def converted(folder: Path | None, name: str, build: Callable[[], bytes]) -> bytes:
+    """A model converted from foreign weights: the checked copy cached as `name` in `folder`, else
+    `build()` now, cached for the next process (a folder that cannot be written: built again then)."""
+    target = folder / name if folder is not None else None
+    cached = read_checked(target) if target is not None else None
+    if cached is not None:
+        return cached
+    model = build()
+    if target is not None:
+        write_checked(target, model)
+    return model

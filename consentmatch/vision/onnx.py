@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from ..errors import EngineError
 from ..images import Photo
 from . import dlib_format as fmt
-from .cache import read_checked, write_checked
+from .cache import converted
 from .dlib import RESNET_FILE, DlibEncoder, load_detector, face_chips, model_dir
 from .types import DIMENSIONS, Detector
 
@@ -161,14 +161,8 @@ def converted_model(folder: Path | None) -> bytes:
         digest = hashlib.sha256(source.read_bytes()).hexdigest()
     except OSError as exc:
         raise EngineError(f"The face ResNet '{source}' cannot be read ({exc.strerror}): reinstall face_recognition_models.") from None
-    target = folder / f"{source.stem}-{digest[:16]}-c{CONVERTER_VERSION}.onnx" if folder is not None else None
-    cached = read_checked(target) if target is not None else None
-    if cached is not None:
-        return cached
-    model = convert(fmt.read_network(source))
-    if target is not None:
-        write_checked(target, model)  # a folder that cannot be written: converted again next process
-    return model
+    return converted(folder, f"{source.stem}-{digest[:16]}-c{CONVERTER_VERSION}.onnx",
+                     lambda: convert(fmt.read_network(source)))
 
 
 class OnnxEncoder(DlibEncoder):

@@ -26,7 +26,7 @@ from ..errors import EngineError
 from ..images import Photo
 from ..results import Box
 from . import yunet_format as fmt
-from .cache import read_checked, write_checked
+from .cache import converted
 
 __all__ = ["YuNetDetector", "convert", "converted_model", "hog_like_box"]
 
@@ -162,14 +162,7 @@ def converted_model(folder: Path | None, library: Path | None = None) -> bytes:
         raise EngineError(f"'{library}' cannot be read ({exc.strerror}): reinstall consentmatch, or use --detector hog.") from None
     if digest != fmt.LIBRARY_SHA256:
         fmt.read_layers(library)  # raises the one message for a foreign build
-    target = folder / f"yunet-{digest[:16]}-c{CONVERTER_VERSION}.onnx" if folder is not None else None
-    cached = read_checked(target) if target is not None else None
-    if cached is not None:
-        return cached
-    model = convert(fmt.read_layers(library))
-    if target is not None:
-        write_checked(target, model)
-    return model
+    return converted(folder, f"yunet-{digest[:16]}-c{CONVERTER_VERSION}.onnx", lambda: convert(fmt.read_layers(library)))
 
 
 def hog_like_box(landmarks: NDArray[np.float32]) -> tuple[float, float, float, float]:
