@@ -312,6 +312,8 @@ def test_sigkill_during_enroll_import_forget_never_corrupts_or_resurrects(tmp_pa
     kills_in_flight = 0
     with Gallery(gallery_path, encoder=fake.FakeEncoder(), actor="watcher") as watcher:
         watcher.set_policy("max_top_k", 1000)  # _check_gallery lists every subject
+        for purpose in (DOOR, PAYROLL):  # searched before a kill may have let any consent declare them
+            watcher.declare_purpose(purpose)
         for trial in range(TRIALS):
             where = f"[trial {trial}; replay with CONSENTMATCH_CRASH_SEED={seed}]"
             process = subprocess.Popen(
