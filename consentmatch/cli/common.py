@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -193,6 +193,12 @@ def table(*columns: str, title: str | None = None) -> Table:
     for column in columns:
         grid.add_column(column, overflow="fold")
     return grid
+
+
+def print_json_lines(results: Iterable[Any]) -> None:
+    """A listing as JSON Lines: each result's `to_dict()`, one per line."""
+    for result in results:
+        print_json(result.to_dict())
 
 
 def print_json(data: Any) -> None:

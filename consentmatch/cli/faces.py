@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from ..results import MatchResult
 
 from .common import (
+    print_json_lines,
     table,
     app,
     out,
@@ -349,8 +350,7 @@ def subjects(gallery: GalleryOption, as_json: JsonOption = False) -> None:
     with mapped_errors(), open_gallery(gallery) as g:
         listing = g.subjects()
     if as_json:
-        for info in listing:
-            print_json(info.to_dict())
+        print_json_lines(listing)
         return
     grid = table("Subject", "Templates", "Active purposes", "Consent", "Expires", "Jurisdiction")
     for info in listing:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from ..results import ConsentRecord
 
 from .common import (
+    print_json_lines,
     table,
     settings,
     app,
@@ -129,8 +130,7 @@ def consent_revoke(
 
 def _print_consents(records: list[ConsentRecord], as_json: bool) -> None:
     if as_json:
-        for record in records:
-            print_json(record.to_dict())
+        print_json_lines(records)
         return
     grid = table("Reference", "Subject", "Purposes", "Granted", "Expires", "Jurisdiction", "Signer", "Evidence", "State")
     for r in records:
@@ -176,8 +176,7 @@ def purpose_list(gallery: GalleryOption, as_json: JsonOption = False) -> None:
     with mapped_errors(), open_gallery(gallery) as g:
         infos = g.purposes()
     if as_json:
-        for info in infos:
-            print_json(info.to_dict())
+        print_json_lines(infos)
         return
     grid = table("Purpose", "Active consents", "All consents", "Declared")
     for info in infos:
@@ -265,8 +264,7 @@ def retention(gallery: GalleryOption, as_json: JsonOption = False) -> None:
     with mapped_errors(), open_gallery(gallery) as g:
         entries = g.retention()
     if as_json:
-        for entry in entries:
-            print_json(entry.to_dict())
+        print_json_lines(entries)
         return
     grid = table("Subject", "Templates", "Destroy by", "Rule", "State")
     for e in entries:
@@ -297,8 +295,7 @@ def purge(
         confirm(yes, f"Destroy the templates of {due} subject(s) past their retention date?")
         receipts = g.purge()
     if as_json:
-        for receipt in receipts:
-            print_json(receipt.to_dict())
+        print_json_lines(receipts)
         return
     for receipt in receipts:
         print_erasure(receipt)
@@ -363,8 +360,7 @@ def optout_list(gallery: GalleryOption, as_json: JsonOption = False) -> None:
     with mapped_errors(), open_gallery(gallery) as g:
         entries = g.optouts()
     if as_json:
-        for entry in entries:
-            print_json(entry.to_dict())
+        print_json_lines(entries)
         return
     grid = table("Kind", "Value", "Added")
     for entry in entries:
@@ -425,8 +421,7 @@ def audit_(
             fail(f"Audit trail broken at event {result.broken_at}: {result.problem}.")
         return
     if as_json:
-        for event in events:
-            print_json(event.to_dict())
+        print_json_lines(events)
         return
     grid = table("#", "When (UTC)", "Actor", "Action", "Subject", "Purpose", "Details")
     for e in events:

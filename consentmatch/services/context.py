@@ -45,9 +45,8 @@ def default_actor() -> str:
         return "local:unknown"
 
 
-def check_name(value: str, what: str) -> str:
-    """A subject name or actor as stored: NFC, trimmed, printable (text.check_text)."""
-    return check_text(value, what)
+#: A subject name or actor as stored: NFC, trimmed, printable.
+check_name = check_text
 
 
 class _RegionError(PolicyError):

@@ -324,7 +324,7 @@ class SqliteStore:
                     if conn.in_transaction:  # SQLite rolls back by itself on some errors (disk full)
                         conn.execute("ROLLBACK")
                     raise
-            if bump:
+            if bump and self._listeners:  # nobody listening (a bulk load): no vectors gathered
                 ids = np.array([i for i, _ in tx.added], dtype=np.int64)
                 vectors = np.stack([v for _, v in tx.added]) if tx.added else np.empty((0, 0), dtype=np.float32)
                 commit = Commit(before, before + 1, ids, vectors, np.array(tx.removed, dtype=np.int64))
