@@ -6,6 +6,8 @@ method under the key's name and returns the result's `to_dict()`: the JSON of th
 is the most used ASGI stack for exactly this (typed forms and uploads, an OpenAPI document from
 the code, a test client), on uvicorn.
 
+Handlers that take uploads check the key, read the upload, then do the blocking work (the photo
+work, the store) on the thread pool: the event loop never runs a model.
 Photos never touch the disk: uploads are kept in memory up to the decoder's size limit (larger
 bodies are refused with 413 before they are read), and nothing logs a photo or an embedding.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -22,6 +24,7 @@ from fastapi import FastAPI, File, Form, Header, Path, Query, Request, UploadFil
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -199,12 +202,10 @@ def create_app(gallery: Gallery) -> FastAPI:
         found.require(*roles, purpose=purpose)
         return found
 
-    async def idempotent(
-        request: Request, caller: Caller, key: str | None, fingerprint: str, run: Callable[[], Awaitable[JSONResponse]]
-    ) -> Response:
+    def idempotent(caller: Caller, key: str | None, fingerprint: str, run: Callable[[], JSONResponse]) -> Response:
         """Answer a retried call (same Idempotency-Key, same request) with its first answer."""
         if key is None:
-            return await run()
+            return run()
         key = check_text(key, "Idempotency-Key")
         kept = gallery.recall_answer(caller.name, key)
         if kept is not None:
@@ -212,7 +213,7 @@ def create_app(gallery: Gallery) -> FastAPI:
                 raise InvalidArgumentError("This Idempotency-Key was used for a different request: use a new key "
                                            "for each new request.")
             return Response(kept[2], status_code=kept[1], media_type="application/json", headers=_NO_STORE)
-        answer = await run()
+        answer = run()
         gallery.keep_answer(caller.name, key, fingerprint, answer.status_code, bytes(answer.body).decode())
         return answer
 
@@ -230,13 +231,13 @@ def create_app(gallery: Gallery) -> FastAPI:
     # -- consents (enroller)
 
     @app.post("/v1/consents", status_code=201, tags=["consents"], summary="Record a consent")
-    async def grant(
+    def grant(
         request: Request, body: ConsentIn,
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     ) -> Response:
         found = who(request, "enroller")
 
-        async def run() -> JSONResponse:
+        def run() -> JSONResponse:
             consent = Consent(body.reference, tuple(body.purposes), _date(body.expires, "expires"), body.jurisdiction,
                               signer=body.signer, evidence_sha256=body.evidence_sha256,
                               notice_version=body.notice_version)
@@ -244,7 +245,7 @@ def create_app(gallery: Gallery) -> FastAPI:
             return _json(record.to_dict(), 201)
 
         fingerprint = hashlib.sha256(b"consent#" + body.model_dump_json().encode()).hexdigest()
-        return await idempotent(request, found, idempotency_key, fingerprint, run)
+        return idempotent(found, idempotency_key, fingerprint, run)
 
     @app.get("/v1/consents", tags=["consents"], summary="Consent records, of everyone or one subject")
     def consents(request: Request, subject: Annotated[str | None, Query(max_length=200)] = None) -> JSONResponse:
@@ -273,20 +274,24 @@ def create_app(gallery: Gallery) -> FastAPI:
         allow_duplicate: Annotated[bool, Form()] = False,
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     ) -> Response:
-        found = who(request, "enroller")
+        found = await run_in_threadpool(who, request, "enroller")
         if not 1 <= len(photos) <= 20:
             raise InvalidArgumentError("Send 1 to 20 photos per enrollment call.")
         data = [await _read(p) for p in photos]
-        digest = hashlib.sha256(json.dumps([subject, consent_ref, quality, allow_duplicate]).encode())
-        for item in data:
-            digest.update(hashlib.sha256(item).digest())
 
-        async def run() -> JSONResponse:
-            result = gallery.enroll(subject, data, consent_ref, quality=quality, allow_duplicate=allow_duplicate,
-                                    actor=found.name)
-            return _json(result.to_dict(), 201)
+        def work() -> Response:
+            digest = hashlib.sha256(json.dumps([subject, consent_ref, quality, allow_duplicate]).encode())
+            for item in data:
+                digest.update(hashlib.sha256(item).digest())
 
-        return await idempotent(request, found, idempotency_key, digest.hexdigest(), run)
+            def run() -> JSONResponse:
+                result = gallery.enroll(subject, data, consent_ref, quality=quality, allow_duplicate=allow_duplicate,
+                                        actor=found.name)
+                return _json(result.to_dict(), 201)
+
+            return idempotent(found, idempotency_key, digest.hexdigest(), run)
+
+        return await run_in_threadpool(work)
 
     @app.get("/v1/subjects", tags=["subjects"], summary="Everyone enrolled (never templates)")
     def subjects(request: Request) -> JSONResponse:
@@ -316,17 +321,21 @@ def create_app(gallery: Gallery) -> FastAPI:
         case_ref: Annotated[str | None, Form(max_length=200)] = None,
         reason: Annotated[str | None, Form(max_length=200)] = None,
     ) -> JSONResponse:
-        found = who(request, "operator", purpose=purpose)
+        found = await run_in_threadpool(who, request, "operator", purpose=purpose)
         data = await _read(photo)
-        try:
-            return _json(gallery.match(data, purpose=purpose, tolerance=tolerance, top_k=top_k,
-                                       actor=found.name).to_dict())
-        except ApprovalRequiredError:
-            if not case_ref or not reason:
-                raise
-        held = gallery.request_match(data, purpose=purpose, case_ref=case_ref, reason=reason, tolerance=tolerance,
-                                     top_k=top_k, actor=found.name)
-        return _json(held.to_dict(), 202)
+
+        def work() -> JSONResponse:
+            try:
+                return _json(gallery.match(data, purpose=purpose, tolerance=tolerance, top_k=top_k,
+                                           actor=found.name).to_dict())
+            except ApprovalRequiredError:
+                if not case_ref or not reason:
+                    raise
+            held = gallery.request_match(data, purpose=purpose, case_ref=case_ref, reason=reason, tolerance=tolerance,
+                                         top_k=top_k, actor=found.name)
+            return _json(held.to_dict(), 202)
+
+        return await run_in_threadpool(work)
 
     @app.post("/v1/verify", tags=["search"], summary="1:1: is the one face of the photo this subject?",
               responses={202: {"description": "The purpose needs approval: a search request is pending"}})
@@ -339,17 +348,21 @@ def create_app(gallery: Gallery) -> FastAPI:
         case_ref: Annotated[str | None, Form(max_length=200)] = None,
         reason: Annotated[str | None, Form(max_length=200)] = None,
     ) -> JSONResponse:
-        found = who(request, "operator", purpose=purpose)
+        found = await run_in_threadpool(who, request, "operator", purpose=purpose)
         data = await _read(photo)
-        try:
-            return _json(gallery.verify(subject, data, purpose=purpose, tolerance=tolerance,
-                                        actor=found.name).to_dict())
-        except ApprovalRequiredError:
-            if not case_ref or not reason:
-                raise
-        held = gallery.request_verify(subject, data, purpose=purpose, case_ref=case_ref, reason=reason,
-                                      tolerance=tolerance, actor=found.name)
-        return _json(held.to_dict(), 202)
+
+        def work() -> JSONResponse:
+            try:
+                return _json(gallery.verify(subject, data, purpose=purpose, tolerance=tolerance,
+                                            actor=found.name).to_dict())
+            except ApprovalRequiredError:
+                if not case_ref or not reason:
+                    raise
+            held = gallery.request_verify(subject, data, purpose=purpose, case_ref=case_ref, reason=reason,
+                                          tolerance=tolerance, actor=found.name)
+            return _json(held.to_dict(), 202)
+
+        return await run_in_threadpool(work)
 
     # -- approval (operator files, approver decides)
 
