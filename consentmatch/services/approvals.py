@@ -110,11 +110,15 @@ def decide(ctx: Context, request_id: str, *, approve: bool, reason: str, approve
         decided = replace(current, status="approved" if approve else "denied", decided_by=who, decided_at=ctx.now(),
                           decision_reason=reason)
         tx.update_request(decided)
+        # The probe leaves the store with the decision: a crash after this commit loses at most
+        # the result, never leaves a probe behind.
+        tx.shred([tx.destroy_probe(request.request_id)])
         tx.append_audit(at=ctx.now(), actor=who, action=action, subject=current.subject, purpose=current.purpose,
                         details={"request": current.request_id, "requester": current.requester, "reason": reason})
     if approve and probe is not None:
         decided = _run(ctx, decided, probe)
-    _close(ctx, decided)
+        with ctx.lock, ctx.store.write(bump=False) as tx:
+            tx.update_request(decided)
     return decided
 
 
@@ -131,14 +135,6 @@ def _run(ctx: Context, request: SearchRequest, probe: bytes) -> SearchRequest:
             min_face_px=PROBE_MIN_FACE_PX, actor=request.requester, approved=True).to_dict())
     except REFUSALS as exc:  # the decision stands; the search's refusal (no face, no consent) is its answer
         return replace(request, error=str(exc))
-
-
-def _close(ctx: Context, request: SearchRequest) -> None:
-    """Record the outcome and destroy the held probe: the row loses it, its data key is shredded."""
-    with ctx.lock, ctx.store.write(bump=False) as tx:
-        tx.update_request(request)
-        key = tx.destroy_probe(request.request_id)
-        tx.shred([key])
 
 
 def _find(ctx: Context, request_id: str) -> SearchRequest:
