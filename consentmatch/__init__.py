@@ -48,6 +48,7 @@ from .results import (
 
 if TYPE_CHECKING:
     from .gallery import Gallery
+    from .runners import RayRunner
 
 __version__ = "0.1.0"
 
@@ -58,6 +59,10 @@ def __getattr__(name: str) -> Any:
         from .gallery import Gallery
 
         return Gallery
+    if name == "RayRunner":  # ray itself loads only when a RayRunner is made
+        from .runners import RayRunner
+
+        return RayRunner
     raise AttributeError(f"module 'consentmatch' has no attribute {name!r}")
 
 
@@ -95,6 +100,7 @@ __all__ = [
     "RetentionEntry",
     "StorageError",
     "PurposeInfo",
+    "RayRunner",
     "SubjectInfo",
     "SubjectNotFoundError",
     "TamperingError",
