@@ -125,7 +125,8 @@ class RayRunner:
                 detail = " ".join(str(exc).split())[:200]
                 raise EngineError(
                     f"Cannot reach the Ray cluster at {self.address or 'RAY_ADDRESS'!r} ({detail}): check the address "
-                    "that `ray start --head` printed, or leave it out to run Ray on this machine."
+                    "that `ray start --head` printed and, where it asks for a token, set RAY_AUTH_MODE=token and its "
+                    "token (SECURITY.md), or use --ray local to run Ray on this machine."
                 ) from None
         actors: list[Any] = []
         try:
