@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, Union
 
 from . import vision
-from .errors import ConsentMatchError, EngineError
+from .errors import ConsentMatchError, EngineError, InvalidArgumentError
 from .pool import in_order, pooled
 from .settings import Settings
 from .vision.types import Encoder
@@ -76,7 +76,7 @@ class LocalRunner:
 
 
 class RayRunner:
-    """The actors of a Ray cluster, models loaded once per actor (`import --ray [ADDRESS]`).
+    """The actors of a Ray cluster, models loaded once per actor (`import --ray ADDRESS`).
 
     Each actor takes one CPU and runs `batch_size` photo jobs per call; Ray restarts an actor
     whose process dies and retries its calls (`max_retries` times), so a lost worker costs
@@ -86,15 +86,16 @@ class RayRunner:
     a custom `Gallery(encoder=...)` is sent to the workers, so it must be serializable by Ray.
 
     Args:
-        address: the cluster (`ray start --head` prints it; "auto" finds a running one). None:
-            RAY_ADDRESS, else a Ray started on this machine for the import. A Ray already
-            initialized in this process is used as it is.
+        address: the cluster (`ray start --head` prints it; "auto" finds one running on this
+            machine; "local" starts Ray on this machine for the import). None: RAY_ADDRESS, else
+            "local". A Ray already initialized in this process is used as it is.
         concurrency: actors to start; default: the cluster's CPUs.
         batch_size: photo jobs per actor call (fewer round trips; more work redone on a retry).
         max_retries: how often a call is retried on a new actor after its actor died.
 
     Raises:
         EngineError: Ray is not installed (the message says how to install it).
+        InvalidArgumentError: `concurrency` or `batch_size` below 1.
     """
 
     def __init__(
@@ -103,9 +104,9 @@ class RayRunner:
     ) -> None:
         _ray()  # fail here, before any gallery is opened, when Ray is missing
         if concurrency is not None and concurrency < 1:
-            raise EngineError(f"concurrency={concurrency} starts no worker: use 1 or more, or None for one per CPU.")
+            raise InvalidArgumentError(f"concurrency={concurrency} starts no worker: use 1 or more, or None for one per CPU.")
         if batch_size < 1:
-            raise EngineError(f"batch_size={batch_size} sends no photo: use 1 or more.")
+            raise InvalidArgumentError(f"batch_size={batch_size} sends no photo: use 1 or more.")
         self.address = address
         self.concurrency = concurrency
         self.batch_size = batch_size
@@ -132,7 +133,7 @@ class RayRunner:
         try:
             cpus = int(ray.cluster_resources().get("CPU", 1))
             wanted = -(-len(items) // self.batch_size)
-            count = max(1, min(self.concurrency or cpus, wanted))
+            count = min(self.concurrency or max(1, cpus), wanted)  # an empty manifest starts no actor
             # Our own encoders are rebuilt on the workers from their choice; a custom one travels as it is.
             spec: _EncoderSpec = (
                 (settings.encoder, settings.detector) if encoder is vision.default_encoder(settings) else encoder

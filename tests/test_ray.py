@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from consentmatch import ConsentMatchError, EngineError, Gallery, ImportReport, RayRunner
+from consentmatch import ConsentMatchError, EngineError, Gallery, ImportReport, InvalidArgumentError, RayRunner
 from consentmatch.cli import app
 from consentmatch.runners import RAY_INSTALL_HINT
 
@@ -214,3 +214,10 @@ def test_ray_missing_gives_the_install_hint(monkeypatch: pytest.MonkeyPatch, tmp
     assert result.exit_code == 1
     assert result.output.strip() == f"error: {RAY_INSTALL_HINT}"
     assert not gallery.exists()
+
+
+def test_ray_runner_refuses_settings_that_start_no_work() -> None:
+    with pytest.raises(InvalidArgumentError, match="concurrency=0"):
+        RayRunner(concurrency=0)
+    with pytest.raises(InvalidArgumentError, match="batch_size=0"):
+        RayRunner(batch_size=0)
