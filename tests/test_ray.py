@@ -26,7 +26,7 @@ from consentmatch import ConsentMatchError, EngineError, Gallery, ImportReport, 
 from consentmatch.cli import app
 from consentmatch.runners import RAY_INSTALL_HINT
 
-from .conftest import EXAMPLES, PURPOSE
+from .conftest import EXAMPLES, PURPOSE, FakeEncoder, fake_photo
 
 #: The stores every test here runs against. PostgreSQL (storage/postgres.py, branch pg): add
 #: "postgresql" and give `gallery_at` a branch that yields a fresh database's URL; nothing else
@@ -143,6 +143,33 @@ def test_ray_import_gives_the_local_imports_result(ray_address: str, gallery_at:
     assert isinstance(report, dict) and report["enrolled"] == 9 and len(report["rejected"]) == 4
     assert [error for _, _, error, _ in refusals] == ["ImageError", "MultipleFacesError", "PolicyError"]
     assert any(probe == "obama1.jpg" and subject == "obama" for probe, subject, _ in matches)  # type: ignore[misc]
+
+
+def test_a_custom_encoder_travels_to_the_workers(ray_address: str, gallery_at: GalleryAt, tmp_path: Path) -> None:
+    """`Gallery(encoder=...)` of the caller's own is sent to the workers as it is (here the fake
+    encoder, imported there by name): a Ray import gives the local import's result with it too,
+    an empty manifest included."""
+    rows = [[f"p{n}", str(fake_photo(tmp_path, f"p{n}.png", (n + 1, 0))), f"F-{n}", PURPOSE] for n in range(6)]
+    rows.append(["twin", str(fake_photo(tmp_path, "twin.png", (1, 1))), "F-twin", PURPOSE])  # p0's face: refused
+    rows.append(["two", str(fake_photo(tmp_path, "two.png", (20, 0), (21, 0))), "F-two", PURPOSE])  # two faces
+    manifest = _manifest(tmp_path, 0, rows)
+    (tmp_path / "empty").mkdir()
+    empty = _manifest(tmp_path / "empty", 0)
+    outcomes, calls_here = [], []
+    for runner in (None, RayRunner(batch_size=3)):
+        path = gallery_at()
+        with Gallery(path, encoder=FakeEncoder()) as gallery:
+            before = FakeEncoder.calls
+            report = gallery.import_manifest(manifest, runner=runner)
+            calls_here.append(FakeEncoder.calls - before)
+            nothing = gallery.import_manifest(empty, runner=runner)
+            subjects = sorted((s.subject, s.templates) for s in gallery.subjects())
+        outcomes.append((report.to_dict(), nothing.to_dict(), subjects))
+    assert outcomes[0] == outcomes[1]
+    assert calls_here == [8, 0]  # on Ray, no photo was encoded in this process
+    report_dict = outcomes[0][0]
+    assert report_dict["enrolled"] == 6 and [r["subject"] for r in report_dict["rejected"]] == ["twin", "two"]
+    assert outcomes[0][1]["rows"] == 0
 
 
 @pytest.mark.slow
