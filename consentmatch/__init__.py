@@ -58,6 +58,7 @@ from .results import (
 
 if TYPE_CHECKING:
     from .gallery import Gallery
+    from .runners import RayRunner
 
 __version__ = "0.1.0"
 
@@ -68,6 +69,10 @@ def __getattr__(name: str) -> Any:
         from .gallery import Gallery
 
         return Gallery
+    if name == "RayRunner":  # ray itself loads only when a RayRunner is made
+        from .runners import RayRunner
+
+        return RayRunner
     raise AttributeError(f"module 'consentmatch' has no attribute {name!r}")
 
 
@@ -114,6 +119,7 @@ __all__ = [
     "SearchRequest",
     "StorageError",
     "PurposeInfo",
+    "RayRunner",
     "SubjectInfo",
     "SubjectNotFoundError",
     "TamperingError",

@@ -21,6 +21,7 @@ from .policy import DEFAULT_TOP_K, ENROLL_MIN_FACE_PX, PROBE_MIN_FACE_PX
 from .results import (ApiKeyInfo, AuditCheck, AuditEvent, ConsentRecord, Enrollment, Erasure, ImportReport, KeyInfo,
                       MatchResult, NewApiKey, OptOut, PurposeInfo, RetentionEntry, SearchRequest, SubjectInfo,
                       Verification)
+from .runners import Runner
 from .services import access, approvals, consents, enrollment, erasure, governance, matching
 from .services.context import Clock, Context, check_name, default_actor, utcnow
 from .services.enrollment import Progress
@@ -153,7 +154,7 @@ class Gallery:
 
     def import_manifest(
         self, manifest: str | os.PathLike[str], *, progress: Progress | None = None, quality: str | None = None,
-        allow_duplicate: bool = False, actor: str | None = None,
+        allow_duplicate: bool = False, actor: str | None = None, runner: Runner | None = None,
     ) -> ImportReport:
         """Enroll every usable row of a manifest CSV (``subject,photo,consent_ref,purposes,expires,
         jurisdiction``; purposes `;`-separated); bad rows are reported and skipped. Each row enrolls
@@ -162,12 +163,16 @@ class Gallery:
         Args:
             progress: called with (rows done, rows in all) after each row.
             quality, allow_duplicate: as for `enroll`.
+            runner: where the photo work runs: this process's threads by default, or
+                `RayRunner(address)` for a Ray cluster's workers (this process still admits and
+                stores every row, in order: the same report).
 
         Raises:
             ManifestError: the file cannot be read or lacks a required column (nothing enrolled).
+            EngineError: the Ray cluster cannot be reached.
         """
         return enrollment.import_manifest(self._ctx, manifest, progress=progress, quality=quality,
-                                          allow_duplicate=allow_duplicate, actor=actor)
+                                          allow_duplicate=allow_duplicate, actor=actor, runner=runner)
 
     def match(
         self, photo: PhotoInput, *, purpose: str | None = None, tolerance: float | None = None,

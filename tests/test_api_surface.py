@@ -16,7 +16,7 @@ def test_public_names_are_pinned() -> None:
         "AuditCheck", "AuditEvent", "Box", "Candidate", "Consent", "ConsentError", "ConsentMatchError", "ConsentRecord", "EncryptionKeyError", "EngineError",
         "Enrollment", "Erasure", "FaceError", "FaceMatch", "FaceTooSmallError", "Gallery", "GalleryNotFoundError",
         "ImageError", "ImportReport", "KeyInfo", "InvalidArgumentError", "ManifestError", "MatchResult", "MultipleFacesError",
-        "NoActiveEnrollmentError", "NoFaceError", "QualityError", "OptOut", "PolicyError", "PurposeInfo", "Rejection", "RetentionEntry", "StorageError", "SubjectInfo", "SubjectNotFoundError", "TamperingError", "Verification", "__version__",
+        "NoActiveEnrollmentError", "NoFaceError", "QualityError", "OptOut", "PolicyError", "PurposeInfo", "RayRunner", "Rejection", "RetentionEntry", "StorageError", "SubjectInfo", "SubjectNotFoundError", "TamperingError", "Verification", "__version__",
         # the service (`consentmatch serve`)
         "AccessError", "ApiKeyInfo", "ApprovalRequiredError", "AuthenticationError", "NewApiKey", "PermissionDeniedError",
         "RateLimitError", "RequestNotFoundError", "SearchRequest", "UnknownReferenceError",

@@ -125,6 +125,17 @@ def import_(
     detector: DetectorOption = None,
     actor: ActorOption = None,
     as_json: JsonOption = False,
+    ray: Annotated[
+        Optional[str],
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Run the photo work on a Ray cluster: its address (HOST:PORT, or auto for the one running here), "
+            "or local to start Ray on this machine for the import. Needs pip install 'consentmatch[ray]'. "
+            "This process still checks and stores every row.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Bulk enrollment from a manifest CSV; bad rows are reported and skipped.
 
@@ -132,11 +143,16 @@ def import_(
     ;-separated, photo paths absolute or relative to the manifest, expires and jurisdiction
     may be empty, and several rows may name one subject. Optional columns: evidence (the
     release file or its SHA-256), signer, notice_version, email. Exit 1 if any row was rejected.
+    Run again on the same manifest (after a crash), it stores only the rows not yet stored.
 
     **Example:** `consentmatch import examples/consents.csv -g visitors.db`
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from ..runners import RayRunner
+
+    with mapped_errors():
+        runner = RayRunner(ray) if ray is not None else None  # Ray missing: the install hint, before any work
     with mapped_errors(), open_gallery(gallery, actor, detector) as g, key_notice(g, as_json):
         err = Console(stderr=True)
         progress = Progress(
@@ -155,6 +171,7 @@ def import_(
                 progress=lambda done, total: progress.update(task, completed=done, total=total),
                 quality=quality,
                 allow_duplicate=allow_duplicate,
+                runner=runner,
             )
     for rejection in report.rejected:
         error(f"{rejection.photo or '-'} (row {rejection.row}): {rejection.reason}")

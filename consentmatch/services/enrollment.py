@@ -2,14 +2,14 @@
 
 enroll: consent check -> decode -> region check -> detect -> quality -> encode -> duplicate check
         -> store + audit (one transaction); the index cache follows the commit.
-A manifest's photo work runs on a thread pool, a few rows ahead; the store work stays in row order.
+A manifest's photo work runs on a runner (`runners.py`: this process's threads, or a Ray cluster's
+actors), a few rows ahead; the store work stays here, in row order.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn
@@ -21,15 +21,15 @@ from ..errors import ConsentError, ConsentMatchError, InvalidArgumentError, Poli
 from ..images import Photo, PhotoInput, load_photo, photo_name
 from ..manifest import ManifestRow, read_manifest
 from ..policy import ENROLL_MIN_FACE_PX, PROBE_MIN_FACE_PX, default_policy, parse_policy_value
-from ..pool import pooled
 from ..quality import check_quality, single_face
 from ..results import Enrollment, ImportReport, Rejection
+from ..runners import LocalRunner, Runner, Submit
 from ..storage import Transaction, unknown_reference
-from ..vision.types import DetectedFace
+from ..vision.types import DetectedFace, Encoder
 from .consents import check_consent, check_enrollable, existing_consent, record
 from .context import Context, check_name, region_error
 
-__all__ = ["Progress", "enroll", "import_manifest"]
+__all__ = ["PhotoJob", "Progress", "enroll", "import_manifest", "photo_work"]
 
 Progress = Callable[[int, int], None]
 
@@ -46,6 +46,20 @@ class _Admission:
     policy: dict[str, Any]
     level: str
     min_face_px: int
+
+
+@dataclass(frozen=True)
+class PhotoJob:
+    """An admitted enrollment's photo work, as plain data a worker elsewhere can run: no name,
+    consent or e-mail."""
+
+    photos: tuple[PhotoInput, ...]
+    min_face_px: int
+    excluded_regions: tuple[str, ...]
+    level: str
+
+
+Faces = list[tuple[str, DetectedFace]]
 
 
 def enroll(
@@ -96,13 +110,22 @@ def _admit(
     return _Admission(name, consent, email, tuple(batch), now, policy, level, min_face_px)
 
 
-def _read_faces(ctx: Context, admission: _Admission) -> list[tuple[str, DetectedFace]]:
-    """Each admitted photo's SHA-256 and its one face: decode, region, detect, quality, encode.
+def _read_faces(ctx: Context, admission: _Admission) -> Faces:
+    return photo_work(ctx.encoder, _job(admission))
 
-    Reads no store and writes nothing, so it may run on any thread.
+
+def _job(admission: _Admission) -> PhotoJob:
+    return PhotoJob(admission.photos, admission.min_face_px, tuple(admission.policy["excluded_regions"]),
+                    admission.level)
+
+
+def photo_work(encoder: Encoder, job: PhotoJob) -> Faces:
+    """Each photo's SHA-256 and its one face: decode, region, detect, quality, encode.
+
+    Reads no store and writes nothing, so it may run on any thread, or on a Ray worker
+    (`runners.RayRunner`), which imports it by name.
     """
-    excluded = admission.policy["excluded_regions"]
-    return [_enrollment_face(ctx, p, admission.min_face_px, excluded, admission.level) for p in admission.photos]
+    return [_enrollment_face(encoder, p, job.min_face_px, job.excluded_regions, job.level) for p in job.photos]
 
 
 def _commit(
@@ -154,23 +177,24 @@ def _not_enrolled(
 
 def import_manifest(
     ctx: Context, manifest: str | os.PathLike[str], *, progress: Progress | None, quality: str | None,
-    allow_duplicate: bool, actor: str | None,
+    allow_duplicate: bool, actor: str | None, runner: Runner | None = None,
 ) -> ImportReport:
     """Enroll every usable row of a manifest CSV; bad rows are reported (and audited as refused) and skipped.
 
     The report is the one enrolling row by row gives: while a row is stored, the photos of
-    the next few are decoded and encoded on a thread pool (one thread per CPU), and every
-    step that earlier rows can change (the duplicate check, the store writes) runs in row
-    order. A row's consent and opt-out are checked before its photo is read; a row whose
-    consent check an earlier row still in progress could change (the same consent reference
-    for another subject) waits for it.
+    the next few are decoded and encoded by `runner` (default: a thread pool, one thread per
+    CPU; `RayRunner`: a Ray cluster), and every step that earlier rows can change (the
+    duplicate check, the store writes) runs here, in row order. A row's consent and opt-out
+    are checked before its photo is read; a row whose consent check an earlier row still in
+    progress could change (the same consent reference for another subject) waits for it, and
+    is then enrolled here, as `enroll` would.
     """
     rows = read_manifest(manifest)
     enrolled: list[Enrollment] = []
     rejected: list[Rejection] = []
     unstored: dict[int, ManifestRow] = {}  # rows started ahead that may still enroll
 
-    def start(pool: Executor, numbered: tuple[int, ManifestRow]) -> Callable[[], Enrollment]:
+    def start(submit: Submit[PhotoJob, Faces], numbered: tuple[int, ManifestRow]) -> Callable[[], Enrollment]:
         """Admit a row and start reading its photo; returns what finishes it at its turn."""
         number, row = numbered
         try:
@@ -186,10 +210,11 @@ def import_manifest(
         except Exception as exc:  # reported at the row's turn, as enrolling row by row would
             return _raising(exc)
         unstored[number] = row
-        faces = pool.submit(_read_faces, ctx, admission)
-        return lambda: _commit(ctx, admission, faces.result(), allow_duplicate=allow_duplicate, actor=actor)
+        faces = submit(_job(admission))
+        return lambda: _commit(ctx, admission, faces(), allow_duplicate=allow_duplicate, actor=actor)
 
-    with pooled(list(enumerate(rows)), start, ctx.encoder) as started:
+    runner = runner if runner is not None else LocalRunner()
+    with runner.started(list(enumerate(rows)), start, photo_work, ctx.encoder, ctx.settings) as started:
         for done, ((number, row), finish) in enumerate(started, start=1):
             try:
                 enrolled.append(finish())
@@ -203,11 +228,11 @@ def import_manifest(
 
 
 def _enrollment_face(
-    ctx: Context, photo: PhotoInput, min_face_px: int, excluded: Sequence[str], level: str
+    encoder: Encoder, photo: PhotoInput, min_face_px: int, excluded: Sequence[str], level: str
 ) -> tuple[str, DetectedFace]:
     decoded = load_photo(photo, strict=True)  # a corrupt JPEG that decodes is refused, not enrolled
     _check_region(decoded, excluded)
-    found = ctx.encoder.encode(decoded, min(PROBE_MIN_FACE_PX, min_face_px))
+    found = encoder.encode(decoded, min(PROBE_MIN_FACE_PX, min_face_px))
     face = single_face(found, decoded.name, min_face_px)
     if level != "off":
         check_quality(decoded, face, level=level, for_enrollment=True, min_face_px=min_face_px)
