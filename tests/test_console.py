@@ -96,6 +96,8 @@ def server(_real_gallery_file: Path, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail("CI runs the console's browser tests: .ci/run installs Debian's chromium as root")
         pytest.skip("Debian's chromium is not installed (apt-get install -y chromium; .ci/run does it)")
     profile = tmp_path_factory.mktemp("chromium-profile")  # a fresh profile for this session
     with playwright.sync_playwright() as pw:
@@ -347,8 +349,10 @@ def test_audit_search_chain_status_export_and_retention(browser: object, server:
         actions = page.locator("#audit-table tbody tr td:nth-child(4)").all_inner_texts()
         assert actions == ["apikey-create"] * 7
         page.get_by_label("Action").fill("")
+        page.locator("#audit-purpose").fill("staff-access")  # the approved search's trail
         page.get_by_role("button", name="Search").click()
-        page.locator("#audit-table tbody tr").first.wait_for()
+        expect(page.locator("#audit-table tbody")).to_contain_text("request-approve")
+        assert set(page.locator("#audit-table tbody tr td:nth-child(6)").all_inner_texts()) == {"staff-access"}
         auditor.shot("audit")
         auditor.go("Subjects")
         row = page.locator("#subjects-table tbody tr", has_text="obama")

@@ -469,7 +469,7 @@ async function searchAudit() {
   }
   const events = (await api("GET", `/v1/audit?${query}`)).body.slice(-500).reverse();
   const rows = events.map((e) => el("tr", {}, el("td", { text: String(e.seq) }),
-    el("td", { text: e.at.slice(0, 19).replace("T", " ") }), el("td", { text: e.actor }),
+    el("td", { class: "when", text: e.at.slice(0, 19).replace("T", " ") }), el("td", { text: e.actor }),
     el("td", { text: e.action }), el("td", { text: e.subject || "" }), el("td", { text: e.purpose || "" }),
     el("td", { class: "details", text: JSON.stringify(e.details) })));
   $("audit-table").tBodies[0].replaceChildren(...rows);
