@@ -251,6 +251,8 @@ def test_teller_check_and_its_refusal(browser: object, server: Server) -> None:
         teller.sign_in()
         teller.go("Teller check")
         page = teller.page
+        page.locator("#teller-form").get_by_role("button", name="Use the camera").click()
+        expect(page.get_by_role("alert")).to_contain_text("upload a photo instead")  # headless: no camera
         page.get_by_label("Customer (subject id)").fill("obama")
         page.locator("#teller-purpose").select_option("visitor-check-in")
         teller.upload("Photo", PROBES / "obama1.jpg")

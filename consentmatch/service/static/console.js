@@ -136,7 +136,12 @@ async function startCamera(prefix) {
     throw new Error("This browser gives no camera here (the console must be opened over https or on this " +
                     "machine): upload a photo instead.");
   }
-  const stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
+  } catch (error) {
+    throw new Error(`No camera could be opened (${error.name}): allow the camera for this page, or upload a photo instead.`);
+  }
   state.streams[prefix] = stream;
   const video = $(`${prefix}-video`);
   video.srcObject = stream;
