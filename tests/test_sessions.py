@@ -145,6 +145,8 @@ def test_the_console_page_is_self_only_and_never_cached(console: Console) -> Non
     script = console.client.get("/console/console.js")
     assert script.status_code == 200 and "text/javascript" in script.headers["content-type"]
     assert script.headers["content-security-policy"] == csp
+    style = console.client.get("/console/console.css")
+    assert style.status_code == 200 and style.headers["content-type"].startswith("text/css")
     assert console.client.get("/console/../app.py").status_code == 404
     assert console.client.get("/console/index.htm").status_code == 404
 
