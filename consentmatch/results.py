@@ -117,7 +117,7 @@ class MatchResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"image": self.image, "faces": [f.to_dict() for f in self.faces], "error": self.error,
-                "at": _iso(self.at), "image_sha256": self.image_sha256, "audit_event": self.audit_event,
+                "purpose": self.purpose, "tolerance": self.tolerance, "at": _iso(self.at), "image_sha256": self.image_sha256, "audit_event": self.audit_event,
                 "model": self.model}
 
 

@@ -39,7 +39,9 @@ def test_match_json_contract_on_real_photos(real_gallery_path: Path) -> None:
     result = run("match", *probes, "-g", real_gallery_path, "--purpose", "visitor-check-in", "--top-k", "2", "--json")
     assert result.exit_code == 0, result.output
     first, second = _lines(result.stdout)
-    assert set(first) == {"image", "faces", "error", "at", "image_sha256", "audit_event", "model"} and first["error"] is None
+    assert set(first) == {"image", "faces", "error", "purpose", "tolerance", "at", "image_sha256", "audit_event",
+                          "model"} and first["error"] is None  # issue 18 added purpose and tolerance
+    assert first["purpose"] == "visitor-check-in" and first["tolerance"] == 0.6
     assert first["image"] == str(probes[0])
     for face in first["faces"]:
         assert set(face) == {"box", "subject", "distance", "candidates", "ambiguous"}  # issue 2's keys, extended

@@ -34,7 +34,7 @@ def test_match_many_on_real_photos_equals_match_one_at_a_time(real_gallery: Gall
     failed = results.pop(3)
     assert failed.faces == () and failed.error is not None and "corrupt.jpg" in failed.error
     assert failed.to_dict() == {"image": str(corrupt), "faces": [], "error": failed.error,
-                                "at": None, "image_sha256": None, "audit_event": None, "model": None}
+                                "purpose": PURPOSE, "tolerance": failed.tolerance, "at": None, "image_sha256": None, "audit_event": None, "model": None}
     for got, expected in zip(results, one_by_one):
         assert got.error is None
         assert [(f.box, f.subject, [c.subject for c in f.candidates]) for f in got.faces] == \

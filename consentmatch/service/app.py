@@ -36,6 +36,7 @@ from ..gallery import Gallery
 from ..images import MAX_FILE_BYTES
 from ..text import check_text
 from .auth import Caller, RateLimiter, caller
+from .console import mount_console
 from .problems import PROBLEM_JSON, problem, problem_for
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
@@ -474,5 +475,6 @@ def create_app(gallery: Gallery) -> FastAPI:
         found = who(request, "admin")
         return _json({"name": name, "removed": gallery.remove_purpose(name, actor=found.name)})
 
+    mount_console(app, gallery, limiter)  # the browser console at / and its sign-in (console.py)
     return app
 

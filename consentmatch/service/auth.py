@@ -1,4 +1,5 @@
-"""Who is calling: the bearer key checked by the gallery, its role and purposes, its rate.
+"""Who is calling: the bearer key checked by the gallery (or the console's session cookie,
+`sessions.py`), its role and purposes, its rate.
 
 A route names the roles it accepts (`Allow`); the key must hold one of them. The audit actor of
 every call is the key's name (`Caller.name`), never a header or field the caller chooses.
@@ -16,6 +17,7 @@ from fastapi import Request
 from ..errors import PermissionDeniedError, RateLimitError
 from ..gallery import Gallery
 from ..results import ApiKeyInfo
+from .sessions import Sessions
 
 __all__ = ["Caller", "RateLimiter", "bearer", "caller"]
 
@@ -77,7 +79,13 @@ def bearer(request: Request) -> str | None:
 
 def caller(request: Request, gallery: Gallery, limiter: RateLimiter) -> Caller:
     """Authenticate the request's key (AuthenticationError otherwise) and count it against its
-    rate: its own, else the gallery policy's `rate_limit`."""
-    key = gallery.authenticate(bearer(request))
+    rate: its own, else the gallery policy's `rate_limit`. Without a bearer key, the console's
+    session cookie stands for the key it was signed in with (its CSRF token checked)."""
+    presented = bearer(request)
+    sessions = getattr(request.app.state, "sessions", None)
+    if presented is None and isinstance(sessions, Sessions):
+        key = sessions.authenticate(request, gallery)
+    else:
+        key = gallery.authenticate(presented)
     limiter.take(key.name, key.rate_limit or int(gallery.policy()["rate_limit"]))
     return Caller(key)
