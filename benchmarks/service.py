@@ -8,7 +8,7 @@ go through `consentmatch match` as one whole process each (what a script calling
 pays) and through face_recognition's CLI, one process per photo (`--cpus 1`). Ratios are of the
 time per photo: a whole process's over the service's p50 latency.
 
-    uv run python benchmarks/service.py [--requests 45] [--concurrency 2] [--json]
+    uv run python benchmarks/service.py [--requests 45] [--concurrency 2] [--detector hog|yunet] [--json]
 """
 
 from __future__ import annotations
@@ -88,12 +88,14 @@ def _per_process(commands: list[list[str]], env: dict[str, str]) -> float:
     return statistics.median(spent)
 
 
-def run(requests: int, concurrency: int) -> dict[str, Any]:
+def run(requests: int, concurrency: int, detector: str | None = None) -> dict[str, Any]:
     ours, peer = _tool("consentmatch"), _tool("face_recognition")
     with tempfile.TemporaryDirectory(prefix="consentmatch-service-") as folder:
         work = Path(folder)
         env = {**os.environ, "CONSENTMATCH_KEY_DIR": str(work / "keys"), "PYTHONWARNINGS": "ignore"}
         env.pop("CONSENTMATCH_GALLERY", None)
+        if detector is not None:  # the service's and our CLI's (face_recognition's is always HOG)
+            env["CONSENTMATCH_DETECTOR"] = detector
         gallery = str(work / "bench.db")
         subprocess.run([ours, "import", str(EXAMPLES / "consents.csv"), "-g", gallery], env=env, check=True,
                        capture_output=True)
@@ -134,6 +136,7 @@ def run(requests: int, concurrency: int) -> dict[str, Any]:
         peer_s = _per_process([[peer, "--cpus", "1", str(known), str(p)] for p in PROBES], env)
     service_s = match["p50_ms"] / 1000
     return {
+        "detector": detector or "default",
         "concurrency": concurrency,
         "service_start_s": round(start_s, 2),
         "match": match,
@@ -149,9 +152,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=45, help="requests per endpoint (default 45)")
     parser.add_argument("--concurrency", type=int, default=2, help="requests in flight at once (default 2)")
+    parser.add_argument("--detector", choices=("hog", "yunet"), help="our detector (default: the default's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    report(run(args.requests, args.concurrency), args.json)
+    report(run(args.requests, args.concurrency, args.detector), args.json)
 
 
 if __name__ == "__main__":
