@@ -183,3 +183,19 @@ def test_enrollment_records_the_detector_that_found_each_face(real_gallery_path:
     finally:
         conn.close()
     assert detectors == {"hog"}
+
+
+def test_a_large_jpeg_decodes_at_half_size_and_keeps_its_80_px_faces(tmp_path: Path, cache: Path) -> None:
+    """A camera-sized group photo (3,600 px, faces 88-109 px) decodes at 1,800 px; both detectors
+    still find all three faces, boxed in the original's pixels."""
+    canvas = Image.new("RGB", (3600, 2400), (128, 128, 128))
+    with Image.open(EXAMPLES / "probes" / "obama_and_biden.jpg") as image:
+        canvas.paste(image.resize((1200, 857), Image.Resampling.LANCZOS), (1200, 800))
+    canvas.save(tmp_path / "group.jpg", quality=92)
+    photo = load_photo(tmp_path / "group.jpg")
+    assert photo.scale == 2.0 and photo.pixels.shape[:2] == (1200, 1800)
+    for detector in (None, YuNetDetector(cache=cache)):
+        faces = OnnxEncoder(cache=cache, detector=detector).encode(photo, 40)
+        assert len(faces) == 3
+        assert all(1200 <= f.box.left and f.box.right <= 2400 and 800 <= f.box.top and f.box.bottom <= 1657 for f in faces)
+        assert all(75 <= f.box.width <= 140 for f in faces)  # HOG-framed boxes of 88-109 px faces

@@ -207,12 +207,17 @@ class YuNetDetector:
 
     def detect(self, photo: Photo, min_face_px: int) -> list[Box]:
         """HOG-like boxes of the faces in `photo.pixels` coordinates, looking down to `min_face_px` (original pixels)."""
-        return [_box(hog_like_box(face[6:16])) for face in self.faces(photo.pixels, min_face_px / photo.scale)]
+        return [_box(hog_like_box(face[6:16])) for face in self.faces(photo.pixels, min_face_px, photo.scale)]
 
-    def faces(self, pixels: NDArray[np.uint8], min_face_px: float) -> NDArray[np.float32]:
-        """The faces found, (n, 16): score, unused, box (x0, y0, x1, y1), 5 landmarks (x, y), best first."""
+    def faces(self, pixels: NDArray[np.uint8], min_face_px: float, decoded_at: float = 1.0) -> NDArray[np.float32]:
+        """The faces found, (n, 16): score, unused, box (x0, y0, x1, y1), 5 landmarks (x, y), best first.
+
+        `min_face_px` is in the original's pixels, of which `decoded_at` make one of `pixels`
+        (`Photo.scale`); boxes and landmarks are in `pixels`.
+        """
         height, width = pixels.shape[:2]
-        smallest = max(min_face_px, min(max(width, height) / 40, 80.0))  # as the HOG path's reach
+        # As the HOG path's reach (vision.dlib.detection_scale), in the original's pixels.
+        smallest = max(min_face_px, min(max(width, height) * decoded_at / 40, 80.0)) / decoded_at
         scale = min(MAX_UPSCALE, TARGET_FACE_PX / smallest)
         small = _resized(pixels, scale)
         found = [self._pass(small, width / small.shape[1])]
