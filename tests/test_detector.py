@@ -88,6 +88,16 @@ def test_a_selfie_whose_face_fills_the_frame(crop: tuple[int, int, int, int], ho
     assert len(hog.detect(photo, 80)) == len(cnn.detect(photo, 80)) == 1
 
 
+@pytest.mark.parametrize(("name", "crop"), [("obama1.jpg", (550, 180, 990, 708)), ("two_people.jpg", (236, 20, 418, 238))])
+def test_a_phone_selfie_whose_face_fills_a_2400_px_frame(name: str, crop: tuple[int, int, int, int], hog: HogDetector,
+                                                         cnn: YuNetDetector) -> None:
+    """The network alone misses faces this large; its second, downscaled pass finds them."""
+    with Image.open(EXAMPLES / "probes" / name) as image:
+        photo = _photo(image.crop(crop).resize((2000, 2400), Image.Resampling.BILINEAR))
+    (found,), (boxed,) = hog.detect(photo, 80), cnn.detect(photo, 80)
+    assert boxed.width > 1200 and _overlap(found, boxed) > 0.5
+
+
 def test_encodings_through_the_cnn_are_close_to_the_hog_ones(cache: Path, cnn: YuNetDetector) -> None:
     by_hog, by_cnn = OnnxEncoder(cache=cache), OnnxEncoder(cache=cache, detector=cnn)
     distances = []
