@@ -98,6 +98,20 @@ def test_a_phone_selfie_whose_face_fills_a_2400_px_frame(name: str, crop: tuple[
     assert boxed.width > 1200 and _overlap(found, boxed) > 0.5
 
 
+@pytest.mark.parametrize(("name", "faces"), [("probes/obama_and_biden.jpg", 3), ("people/biden/biden2.jpg", 1)])
+def test_faces_the_cnn_is_unsure_of_are_kept_only_when_hog_confirms_them(name: str, faces: int, cache: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Down to a score of 0.5 the network also boxes a painting (0.70) and shadows (0.61-0.75);
+    the HOG check on a crop keeps them out and keeps every real face."""
+    import consentmatch.vision.yunet as yunet
+
+    monkeypatch.setattr(yunet, "SCORE_THRESHOLD", 0.5)
+    photo = load_photo(EXAMPLES / name)
+    assert len(YuNetDetector(cache=cache).detect(photo, 40)) == faces
+    monkeypatch.setattr(yunet, "CONFIRM_SCORE", 0.0)  # no confirmation: the false faces come through
+    assert len(YuNetDetector(cache=cache).detect(photo, 40)) > faces
+
+
 def test_encodings_through_the_cnn_are_close_to_the_hog_ones(cache: Path, cnn: YuNetDetector) -> None:
     by_hog, by_cnn = OnnxEncoder(cache=cache), OnnxEncoder(cache=cache, detector=cnn)
     distances = []
