@@ -22,8 +22,8 @@ models: all but the photo work), `startup_s` a whole `consentmatch --version` (i
 CLI imports). A perfect split of the photo work over `--cpus` cores would take `fixed_s +
 photo_cpu_s / cpus`: `ratio_match_ceiling` is the peer's time over that.
 
-`--detector yunet` runs our import and match with that detector (`--detector` on both
-commands). `--large` first upscales the unknown photos (Lanczos; JPEGs at quality 92) so their long
+`--detector hog|yunet` runs our import and match with that detector (`--detector` on both
+commands); without it, the default (yunet where it runs). `--large` first upscales the unknown photos (Lanczos; JPEGs at quality 92) so their long
 sides spread evenly over 3,000-4,600 px, as a camera's photos are, and runs both tools on those.
 
     uv run python benchmarks/photos.py [--known examples/people] [--unknown examples/probes] [--runs 5] [--json]
@@ -102,7 +102,7 @@ def _expected(path: Path) -> dict[str, list[str]]:
         return {Path(row["file"]).name: sorted(set(row["subjects"].split())) for row in csv.DictReader(handle)}
 
 
-def _photo_cpu(probes: list[Path], min_face_px: int, detector: str, rounds: int = 3) -> dict[str, float]:
+def _photo_cpu(probes: list[Path], min_face_px: int, detector: str | None, rounds: int = 3) -> dict[str, float]:
     """The CPU seconds our match's photo work takes on `probes`, one at a time, by step: median over rounds.
 
     The steps are those `DlibEncoder.encode` takes (its detector, dlib's landmark predictor, the
@@ -110,7 +110,8 @@ def _photo_cpu(probes: list[Path], min_face_px: int, detector: str, rounds: int 
     """
     import dlib
 
-    encoder: Any = default_encoder(Settings.from_env({**os.environ, "CONSENTMATCH_DETECTOR": detector}))
+    chosen = {"CONSENTMATCH_DETECTOR": detector} if detector is not None else {}
+    encoder: Any = default_encoder(Settings.from_env({**os.environ, **chosen}))
     load_models(encoder)
     steps: dict[str, list[float]] = {"decode": [], "detect": [], "landmarks": [], "encode": []}
     for _ in range(rounds):
@@ -153,12 +154,12 @@ def _upscaled(unknown: list[Path], folder: Path) -> list[Path]:
 
 
 def run(known: Path, unknown: Path, expected: Path | None, runs: int, cpus: int, min_face_px: int | None = None,
-        detector: str = "hog", large: bool = False) -> dict[str, Any]:
+        detector: str | None = None, large: bool = False) -> dict[str, Any]:
     people = {p.name: sorted(f for f in p.iterdir() if f.suffix.lower() in PHOTO_SUFFIXES) for p in sorted(known.iterdir()) if p.is_dir()}
     probes = sorted(f for f in unknown.iterdir() if f.suffix.lower() in PHOTO_SUFFIXES)
     peer, ours = _tool("face_recognition"), _tool("consentmatch")
     reach = ["--min-face-px", str(min_face_px)] if min_face_px is not None else []
-    chosen = ["--detector", detector]
+    chosen = ["--detector", detector] if detector is not None else []
     reach_px = min_face_px or PROBE_MIN_FACE_PX
     peer_s: list[float] = []
     import_s: list[float] = []
@@ -217,7 +218,7 @@ def run(known: Path, unknown: Path, expected: Path | None, runs: int, cpus: int,
         "unknown_long_side_px": [LARGE_PX[0], LARGE_PX[1]] if large else "as given",
         "runs": runs,
         "min_face_px": reach_px,
-        "detector": detector,
+        "detector": detector or f"default ({default_encoder().detector.name})",  # type: ignore[attr-defined]
         "face_recognition_s": round(peer_total, 2),
         "consentmatch_import_s": round(import_total, 2),
         "consentmatch_match_s": round(match_total, 2),
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=5, help="runs of each tool, alternating (default 5)")
     parser.add_argument("--cpus", type=int, default=2, help="face_recognition's --cpus (default 2)")
     parser.add_argument("--min-face-px", type=int, help="our match's --min-face-px (default: 40, the peer's reach)")
-    parser.add_argument("--detector", choices=("hog", "yunet"), default="hog", help="our import's and match's --detector")
+    parser.add_argument("--detector", choices=("hog", "yunet"), help="our import's and match's --detector (default: theirs)")
     parser.add_argument("--large", action="store_true", help="upscale the unknown photos to 3,000-4,600 px first")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
