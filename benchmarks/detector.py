@@ -5,7 +5,8 @@ resizes the photo for the reach it is asked for), on one thread, on the project'
 copies made on the fly at other scales (`--scales`: 0.25 shrinks the group photos' faces to
 30-45 px, 3 upscales the examples to 2,000-6,600 px). Models are loaded before timing; rounds
 alternate between the detectors; the median round per photo is kept. Reports ms per photo for
-each, the ratio, and the faces each found.
+each, the ratio, and the faces each found; at scales up to 1 also the faces face_recognition's
+own `face_locations(img, 1)` finds (HOG, upsampled once: its CLI's reach), untimed.
 
     uv run python benchmarks/detector.py --json
     uv run python benchmarks/detector.py --scales 1 --limit 3 --rounds 1 --json   # smoke test
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import face_recognition
 import numpy as np
 from PIL import Image
 
@@ -72,6 +74,8 @@ def main(argv: list[str] | None = None) -> None:
                     faces = detector.detect(photo, args.min_face_px)
                     times[name].append(1000 * (time.perf_counter() - start))
                     found[name] = len(faces)
+            if scale <= 1:  # face_recognition's own reach, untimed (upsampling 3x copies would take minutes)
+                found["peer"] = len(face_recognition.face_locations(photo.pixels, 1))
             rows.append({"scale": scale, "hog_ms": statistics.median(times["hog"]),
                          "yunet_ms": statistics.median(times["yunet"]), **{f"{k}_faces": v for k, v in found.items()}})
     result: dict[str, Any] = {"photos": len(rows), "scales": scales, "threads": 1, "min_face_px": args.min_face_px}
@@ -87,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
             f"hog_faces{suffix}": sum(r["hog_faces"] for r in chosen),
             f"yunet_faces{suffix}": sum(r["yunet_faces"] for r in chosen),
         }
+        if scale is not None and scale <= 1:
+            result[f"face_locations_upsample1_faces{suffix}"] = sum(r["peer_faces"] for r in chosen)
     result["photos_with_other_counts"] = sum(r["hog_faces"] != r["yunet_faces"] for r in rows)
     report(result, args.json)
 

@@ -88,6 +88,30 @@ def test_a_selfie_whose_face_fills_the_frame(crop: tuple[int, int, int, int], ho
     assert len(hog.detect(photo, 80)) == len(cnn.detect(photo, 80)) == 1
 
 
+@pytest.mark.parametrize(("name", "crop"), [("obama1.jpg", (550, 180, 990, 708)), ("two_people.jpg", (236, 20, 418, 238))])
+def test_a_phone_selfie_whose_face_fills_a_2400_px_frame(name: str, crop: tuple[int, int, int, int], hog: HogDetector,
+                                                         cnn: YuNetDetector) -> None:
+    """The network alone misses faces this large; its second, downscaled pass finds them."""
+    with Image.open(EXAMPLES / "probes" / name) as image:
+        photo = _photo(image.crop(crop).resize((2000, 2400), Image.Resampling.BILINEAR))
+    (found,), (boxed,) = hog.detect(photo, 80), cnn.detect(photo, 80)
+    assert boxed.width > 1200 and _overlap(found, boxed) > 0.5
+
+
+@pytest.mark.parametrize(("name", "faces"), [("probes/obama_and_biden.jpg", 3), ("people/biden/biden2.jpg", 1)])
+def test_faces_the_cnn_is_unsure_of_are_kept_only_when_hog_confirms_them(name: str, faces: int, cache: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Down to a score of 0.5 the network also boxes a painting (0.70) and shadows (0.61-0.75);
+    the HOG check on a crop keeps them out and keeps every real face."""
+    import consentmatch.vision.yunet as yunet
+
+    monkeypatch.setattr(yunet, "SCORE_THRESHOLD", 0.5)
+    photo = load_photo(EXAMPLES / name)
+    assert len(YuNetDetector(cache=cache).detect(photo, 40)) == faces
+    monkeypatch.setattr(yunet, "CONFIRM_SCORE", 0.0)  # no confirmation: the false faces come through
+    assert len(YuNetDetector(cache=cache).detect(photo, 40)) > faces
+
+
 def test_encodings_through_the_cnn_are_close_to_the_hog_ones(cache: Path, cnn: YuNetDetector) -> None:
     by_hog, by_cnn = OnnxEncoder(cache=cache), OnnxEncoder(cache=cache, detector=cnn)
     distances = []
@@ -183,3 +207,19 @@ def test_enrollment_records_the_detector_that_found_each_face(real_gallery_path:
     finally:
         conn.close()
     assert detectors == {"hog"}
+
+
+def test_a_large_jpeg_decodes_at_half_size_and_keeps_its_80_px_faces(tmp_path: Path, cache: Path) -> None:
+    """A camera-sized group photo (3,600 px, faces 88-109 px) decodes at 1,800 px; both detectors
+    still find all three faces, boxed in the original's pixels."""
+    canvas = Image.new("RGB", (3600, 2400), (128, 128, 128))
+    with Image.open(EXAMPLES / "probes" / "obama_and_biden.jpg") as image:
+        canvas.paste(image.resize((1200, 857), Image.Resampling.LANCZOS), (1200, 800))
+    canvas.save(tmp_path / "group.jpg", quality=92)
+    photo = load_photo(tmp_path / "group.jpg")
+    assert photo.scale == 2.0 and photo.pixels.shape[:2] == (1200, 1800)
+    for detector in (None, YuNetDetector(cache=cache)):
+        faces = OnnxEncoder(cache=cache, detector=detector).encode(photo, 40)
+        assert len(faces) == 3
+        assert all(1200 <= f.box.left and f.box.right <= 2400 and 800 <= f.box.top and f.box.bottom <= 1657 for f in faces)
+        assert all(75 <= f.box.width <= 140 for f in faces)  # HOG-framed boxes of 88-109 px faces

@@ -120,7 +120,7 @@ DetectorOption = Annotated[
     typer.Option(
         "--detector",
         help="Face detector: hog (dlib's, face_recognition's own; the default) or yunet (libfacedetection's CNN, "
-        "~10x cheaper; Linux x86-64). Default: CONSENTMATCH_DETECTOR, else hog.",
+        "6-8x cheaper; Linux x86-64). Default: CONSENTMATCH_DETECTOR, else hog.",
         callback=_detector_name,
         show_default=False,
     ),

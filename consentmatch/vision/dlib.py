@@ -209,7 +209,8 @@ class HogDetector:
     def detect(self, photo: Photo, min_face_px: int) -> list[Box]:
         pixels = photo.pixels
         height, width = pixels.shape[:2]
-        scale = detection_scale(width, height, min_face_px / photo.scale)
+        # The reach is the original's (a big JPEG may be decoded at half size: images.HALF_DECODE_PX).
+        scale = detection_scale(round(width * photo.scale), round(height * photo.scale), min_face_px) * photo.scale
         if abs(scale - 1.0) > 1e-3:
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             small = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR))
