@@ -63,6 +63,8 @@ class Gallery:
         settings = settings if settings is not None else Settings.from_env()
         self._keys = KeyRing(key, key_dir, settings)
         store = open_store(os.fspath(path), self._keys, settings)
+        #: Where the gallery is, as given: a file path or a PostgreSQL URL.
+        self.location = os.fspath(path)
         #: The gallery file; for a PostgreSQL gallery, this machine's own file of it (its index snapshot).
         self.path: Path = store.path
         self._ctx = Context(
