@@ -12,6 +12,7 @@ processed (no match is a result), 1 an input or the gallery failed, 2 a usage er
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 
@@ -27,6 +28,9 @@ def main() -> None:
     # Pillow warns about corrupt EXIF and big images; the decoder already turns what matters into
     # one-line errors, so the warnings would only add noise (with file paths) to stderr.
     warnings.filterwarnings("ignore", module="PIL")
+    # psycopg's pool logs each failed reconnection while a PostgreSQL server is down; the
+    # command's own one-line error says it (storage/postgres.py), so they are not printed.
+    logging.getLogger("psycopg").addHandler(logging.NullHandler())
     try:
         app()
     except Exception as exc:  # a bug: say so in one line; the traceback only on request

@@ -46,7 +46,7 @@ _GALLERY_LOCK = 0x434D4154_0001  # advisory lock ids: schema steps of a gallery 
 _KEYS_LOCK = 0x434D4154_0002  # writes of its keys database
 _CHANNEL = "consentmatch"
 _CONNECT_TIMEOUT_S = 5
-_POOL_TIMEOUT_S = 10.0  # how long a call waits for a connection before StorageError
+_POOL_TIMEOUT_S = 5.0  # how long a call waits for a connection before StorageError
 _CHANGES_KEPT = 1000  # generations of template changes kept: a node further behind reloads its index
 
 
@@ -148,33 +148,33 @@ class PgStore:
             return self._pool
 
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
-        """Apply the missing steps in one transaction under an advisory lock: nodes starting at once take turns."""
-        conn.execute("BEGIN")
+        """Apply the missing steps in one transaction under an advisory lock: nodes starting at once take
+        turns. The lock is the session's, taken before the transaction begins, so the transaction's
+        view of the catalog is from after the previous holder's commit."""
+        conn.execute("SELECT pg_advisory_lock(%s)", (_GALLERY_LOCK,))
         try:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_GALLERY_LOCK,))
-            row = conn.execute("SELECT to_regclass('consentmatch_schema') IS NOT NULL").fetchone()
-            if row != (True,):
-                tables = conn.execute(
-                    "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()"
-                ).fetchone()
-                if tables and tables[0]:
+            with conn.transaction():
+                row = conn.execute("SELECT to_regclass('consentmatch_schema') IS NOT NULL").fetchone()
+                if row != (True,):
+                    tables = conn.execute(
+                        "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()"
+                    ).fetchone()
+                    if tables and tables[0]:
+                        raise StorageError(
+                            f"'{self.location}' holds tables but no consentmatch gallery: name an empty database."
+                        )
+                    conn.execute("CREATE TABLE consentmatch_schema (version INTEGER NOT NULL)")
+                    conn.execute("INSERT INTO consentmatch_schema (version) VALUES (0)")
+                (version,) = conn.execute("SELECT version FROM consentmatch_schema").fetchone() or (0,)
+                if version > len(STEPS):
                     raise StorageError(
-                        f"'{self.location}' holds tables but no consentmatch gallery: name an empty database."
+                        f"'{self.location}' was written by a newer consentmatch (schema {version}): upgrade consentmatch."
                     )
-                conn.execute("CREATE TABLE consentmatch_schema (version INTEGER NOT NULL)")
-                conn.execute("INSERT INTO consentmatch_schema (version) VALUES (0)")
-            (version,) = conn.execute("SELECT version FROM consentmatch_schema").fetchone() or (0,)
-            if version > len(STEPS):
-                raise StorageError(
-                    f"'{self.location}' was written by a newer consentmatch (schema {version}): upgrade consentmatch."
-                )
-            for step in STEPS[version:]:
-                conn.execute(step.encode())
-            conn.execute("UPDATE consentmatch_schema SET version = %s", (len(STEPS),))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.rollback()
-            raise
+                for step in STEPS[version:]:
+                    conn.execute(step.encode())
+                conn.execute("UPDATE consentmatch_schema SET version = %s", (len(STEPS),))
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_GALLERY_LOCK,))
 
     def _connect_keys(self) -> KeyDb:
         """The keys database (created on the same server when missing, if the user may), with its tables."""
@@ -187,7 +187,7 @@ class PgStore:
             with self._connect() as conn:
                 try:
                     conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self._keys_db)))
-                except psycopg.errors.DuplicateDatabase:
+                except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
                     pass  # another node created it first
                 except psycopg.errors.InsufficientPrivilege:
                     raise StorageError(
@@ -195,11 +195,13 @@ class PgStore:
                         "and this user may not create: create it (README.md, 'Many machines')."
                     ) from None
             raw = self._connect(conninfo)
-        keys = PgConnection(raw, _KEYS_LOCK, reconnect=lambda: self._connect(conninfo))
-        keys.execute("BEGIN IMMEDIATE")
-        raw.execute(KEYS_SCHEMA.encode())
-        keys.execute("COMMIT")
-        return keys
+        raw.execute("SELECT pg_advisory_lock(%s)", (_KEYS_LOCK,))  # before the transaction: see `_migrate`
+        try:
+            with raw.transaction():
+                raw.execute(KEYS_SCHEMA.encode())
+        finally:
+            raw.execute("SELECT pg_advisory_unlock(%s)", (_KEYS_LOCK,))
+        return PgConnection(raw, _KEYS_LOCK, reconnect=lambda: self._connect(conninfo))
 
     def _open_keys(self, pool: ConnectionPool) -> None:
         """Open the gallery's keys; drop rows whose key was shredded (a backup restored after an

@@ -87,9 +87,17 @@ class PgConnection:
         return self.raw.info.transaction_status != TransactionStatus.IDLE
 
     def execute(self, sql: str, parameters: Sequence[Any] | Mapping[str, Any] = (), /) -> PgCursor:
-        if self._reconnect is not None and (self.raw.broken or self.raw.closed):
-            self.raw.close()
-            self.raw = self._reconnect()
+        if self._reconnect is not None and not self.in_transaction:
+            try:
+                return self._execute(sql, parameters)
+            except psycopg.OperationalError:
+                if not self.raw.broken:
+                    raise
+                self.raw.close()  # lost (a restarted server): outside a transaction nothing ran, so run it again
+                self.raw = self._reconnect()
+        return self._execute(sql, parameters)
+
+    def _execute(self, sql: str, parameters: Sequence[Any] | Mapping[str, Any]) -> PgCursor:
         if sql.strip().upper() == "BEGIN IMMEDIATE":
             self.raw.execute("BEGIN")
             return PgCursor(self, self.raw.execute("SELECT pg_advisory_xact_lock(%s)", (self._lock_id,)))
