@@ -7,6 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 from .consent import Consent
 from .errors import (
+    AccessError,
+    ApprovalRequiredError,
+    AuthenticationError,
     ConsentError,
     ConsentMatchError,
     EncryptionKeyError,
@@ -20,13 +23,18 @@ from .errors import (
     MultipleFacesError,
     NoActiveEnrollmentError,
     NoFaceError,
+    PermissionDeniedError,
     PolicyError,
     QualityError,
+    RateLimitError,
+    RequestNotFoundError,
     StorageError,
     SubjectNotFoundError,
     TamperingError,
+    UnknownReferenceError,
 )
 from .results import (
+    ApiKeyInfo,
     AuditCheck,
     AuditEvent,
     Box,
@@ -38,10 +46,12 @@ from .results import (
     ImportReport,
     KeyInfo,
     MatchResult,
+    NewApiKey,
     OptOut,
     PurposeInfo,
     Rejection,
     RetentionEntry,
+    SearchRequest,
     SubjectInfo,
     Verification,
 )
@@ -62,8 +72,12 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AccessError",
+    "ApiKeyInfo",
+    "ApprovalRequiredError",
     "AuditCheck",
     "AuditEvent",
+    "AuthenticationError",
     "Box",
     "Candidate",
     "Consent",
@@ -87,17 +101,23 @@ __all__ = [
     "MatchResult",
     "MultipleFacesError",
     "NoActiveEnrollmentError",
+    "NewApiKey",
     "NoFaceError",
     "OptOut",
+    "PermissionDeniedError",
     "PolicyError",
     "QualityError",
+    "RateLimitError",
     "Rejection",
+    "RequestNotFoundError",
     "RetentionEntry",
+    "SearchRequest",
     "StorageError",
     "PurposeInfo",
     "SubjectInfo",
     "SubjectNotFoundError",
     "TamperingError",
+    "UnknownReferenceError",
     "Verification",
     "__version__",
 ]

@@ -38,6 +38,12 @@ ACTIONS = (
     "purpose-remove",
     "export",
     "key-rotate",
+    "apikey-create",
+    "apikey-revoke",
+    "request",
+    "request-approve",
+    "request-deny",
+    "request-expire",
 )
 
 #: An event as stored: seq, at, actor, action, subject, purpose, details (JSON text), prev_hash, hash.

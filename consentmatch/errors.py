@@ -8,11 +8,18 @@
     │   ├── FaceTooSmallError
     │   └── QualityError          below the quality bar (blurred, dark, turned, cut): `reasons` says why
     ├── ConsentError              no consent, or one that is expired or does not cover the purpose
+    │   └── UnknownReferenceError no consent has the reference given
     ├── SubjectNotFoundError      the subject is not enrolled
     │   └── NoActiveEnrollmentError   verify: not enrolled or no consent for the purpose (also a ConsentError)
     ├── GalleryNotFoundError      reading a gallery file that does not exist
     ├── ManifestError             an import manifest or evaluation pairs file that cannot be read as a whole
     ├── PolicyError               the gallery's policy forbids the call (e.g. a photo taken in an excluded region)
+    │   └── ApprovalRequiredError a search for a purpose that needs a department's approval: file a request
+    ├── RequestNotFoundError      no search request has the id given
+    ├── AccessError               the caller may not do this (the service's API keys)
+    │   ├── AuthenticationError   no key, an unknown, revoked or expired one
+    │   ├── PermissionDeniedError the key's roles or purposes do not allow the call
+    │   └── RateLimitError        the key is over its rate: retry after a moment
     ├── InvalidArgumentError      a bad value passed to the API (subject name, purpose, tolerance)
     ├── StorageError              SQLite failed: locked, read-only, disk full, corrupt
     │   └── TamperingError        a row fails its integrity check: the file was edited outside consentmatch
@@ -26,6 +33,9 @@ callers never need to catch anything else.
 from __future__ import annotations
 
 __all__ = [
+    "AccessError",
+    "ApprovalRequiredError",
+    "AuthenticationError",
     "ConsentError",
     "ConsentMatchError",
     "EncryptionKeyError",
@@ -39,11 +49,15 @@ __all__ = [
     "MultipleFacesError",
     "NoActiveEnrollmentError",
     "NoFaceError",
+    "PermissionDeniedError",
     "PolicyError",
     "QualityError",
+    "RateLimitError",
+    "RequestNotFoundError",
     "StorageError",
     "SubjectNotFoundError",
     "TamperingError",
+    "UnknownReferenceError",
 ]
 
 
@@ -91,6 +105,10 @@ class ConsentError(ConsentMatchError):
     """No consent, or one that is expired, revoked or does not cover the purpose."""
 
 
+class UnknownReferenceError(ConsentError):
+    """No consent has the reference given (HTTP: 404, where other consent refusals are 409)."""
+
+
 class SubjectNotFoundError(ConsentMatchError):
     """The subject is not enrolled in this gallery."""
 
@@ -110,6 +128,35 @@ class ManifestError(ConsentMatchError):
 
 class PolicyError(ConsentMatchError):
     """The gallery's policy forbids the call."""
+
+
+class ApprovalRequiredError(PolicyError):
+    """The purpose needs a department's approval (policy `approval_purposes`): the search runs only
+    once an approver other than the requester approves its request (`Gallery.request_search`)."""
+
+
+class RequestNotFoundError(ConsentMatchError):
+    """No search request has the id given (or it is not the caller's to read)."""
+
+
+class AccessError(ConsentMatchError):
+    """The caller may not do this: the service's API keys, roles and purposes."""
+
+
+class AuthenticationError(AccessError):
+    """No API key, or an unknown, revoked or expired one."""
+
+
+class PermissionDeniedError(AccessError):
+    """The key's roles or purposes do not allow the call."""
+
+
+class RateLimitError(AccessError):
+    """The key made more requests than its rate allows; `retry_after` is in seconds."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class InvalidArgumentError(ConsentMatchError, ValueError):

@@ -18,9 +18,10 @@ from . import vision
 from .consent import Consent
 from .images import PhotoInput
 from .policy import DEFAULT_TOP_K, ENROLL_MIN_FACE_PX, PROBE_MIN_FACE_PX
-from .results import (AuditCheck, AuditEvent, ConsentRecord, Enrollment, Erasure, ImportReport, KeyInfo, MatchResult,
-                      OptOut, PurposeInfo, RetentionEntry, SubjectInfo, Verification)
-from .services import consents, enrollment, erasure, governance, matching
+from .results import (ApiKeyInfo, AuditCheck, AuditEvent, ConsentRecord, Enrollment, Erasure, ImportReport, KeyInfo,
+                      MatchResult, NewApiKey, OptOut, PurposeInfo, RetentionEntry, SearchRequest, SubjectInfo,
+                      Verification)
+from .services import access, approvals, consents, enrollment, erasure, governance, matching
 from .services.context import Clock, Context, check_name, default_actor, utcnow
 from .services.enrollment import Progress
 from .settings import Settings
@@ -348,3 +349,103 @@ class Gallery:
     def subjects(self) -> list[SubjectInfo]:
         """Everyone enrolled, by name, with template count and consents (never templates)."""
         return governance.subjects(self._ctx)
+
+    # -- the service's API keys and the department approval of searches
+
+    def create_api_key(
+        self, name: str, *, roles: Sequence[str], purposes: Sequence[str] = (), expires: datetime | None = None,
+        rate_limit: int | None = None, actor: str | None = None,
+    ) -> NewApiKey:
+        """Create an API key for `consentmatch serve` (audited). The key is in the result only:
+        the gallery keeps a salted scrypt hash.
+
+        Args:
+            roles: any of admin, enroller, operator, approver, auditor (`services/access.ROLES`).
+            purposes: what the key may search for; none: every purpose.
+            expires: when it stops working; None: never (revoke it instead).
+            rate_limit: requests a minute; None: the policy's `rate_limit`.
+
+        Raises:
+            InvalidArgumentError: an unknown role, a bad purpose, a past expiry, a name used before.
+        """
+        return access.create_api_key(self._ctx, name, roles, purposes, expires, rate_limit, actor)
+
+    def api_keys(self) -> list[ApiKeyInfo]:
+        """The service's API keys by name, revoked ones included (never a key or its hash)."""
+        return access.api_keys(self._ctx)
+
+    def revoke_api_key(self, name: str, *, actor: str | None = None) -> bool:
+        """Revoke an API key at once (audited). False if no active key has this name."""
+        return access.revoke_api_key(self._ctx, name, actor)
+
+    def authenticate(self, key: str | None) -> ApiKeyInfo:
+        """The active API key `key` is, for the service to check roles against.
+
+        Raises:
+            AuthenticationError: no key, or an unknown, revoked or expired one.
+        """
+        return access.authenticate(self._ctx, key)
+
+    def request_match(
+        self, photo: PhotoInput, *, purpose: str, case_ref: str, reason: str, tolerance: float | None = None,
+        top_k: int | None = None, actor: str | None = None,
+    ) -> SearchRequest:
+        """File a 1:N search for a purpose that needs approval (policy `approval_purposes`): the probe
+        is held sealed until an approver other than `actor` approves (the search runs then) or denies
+        it, or it expires; the result is for the requester only (`search_request`).
+
+        Raises:
+            InvalidArgumentError: a purpose that needs no approval; a missing case reference or reason.
+            ImageError: the probe cannot be read.
+        """
+        return approvals.request_search(self._ctx, "match", photo, purpose=purpose, case_ref=case_ref, reason=reason,
+                                        tolerance=tolerance, top_k=top_k, requester=actor)
+
+    def request_verify(
+        self, subject: str, photo: PhotoInput, *, purpose: str, case_ref: str, reason: str,
+        tolerance: float | None = None, actor: str | None = None,
+    ) -> SearchRequest:
+        """File a 1:1 check for a purpose that needs approval, as `request_match`."""
+        return approvals.request_search(self._ctx, "verify", photo, purpose=purpose, case_ref=case_ref, reason=reason,
+                                        subject=subject, tolerance=tolerance, requester=actor)
+
+    def search_requests(self, *, status: str | None = None) -> list[SearchRequest]:
+        """Search requests, oldest first (pending, approved, denied or expired), without results."""
+        return approvals.search_requests(self._ctx, status)
+
+    def search_request(self, request_id: str, *, actor: str | None = None) -> SearchRequest:
+        """One search request; its result only if `actor` filed it.
+
+        Raises:
+            RequestNotFoundError: no request has this id.
+        """
+        return approvals.search_request(self._ctx, request_id, reader=actor)
+
+    def request_probe(self, request_id: str) -> bytes:
+        """The probe a pending request holds, for the approver deciding it.
+
+        Raises:
+            RequestNotFoundError: no such request, or it was decided (its probe destroyed).
+        """
+        return approvals.request_probe(self._ctx, request_id)
+
+    def approve_request(self, request_id: str, *, reason: str, actor: str | None = None) -> SearchRequest:
+        """Approve a pending request: its search runs now, under the requester's name; the probe is destroyed.
+
+        Raises:
+            PermissionDeniedError: `actor` filed the request.
+            InvalidArgumentError: it is no longer pending.
+        """
+        return approvals.decide(self._ctx, request_id, approve=True, reason=reason, approver=actor)
+
+    def deny_request(self, request_id: str, *, reason: str, actor: str | None = None) -> SearchRequest:
+        """Deny a pending request; its probe is destroyed, no search runs."""
+        return approvals.decide(self._ctx, request_id, approve=False, reason=reason, approver=actor)
+
+    def recall_answer(self, owner: str, key: str) -> tuple[str, int, str] | None:
+        """The service's first answer to a call retried with the same Idempotency-Key, if kept."""
+        return access.recall(self._ctx, owner, key)
+
+    def keep_answer(self, owner: str, key: str, fingerprint: str, status: int, body: str) -> None:
+        """Keep the service's answer to a call made with an Idempotency-Key, for its retries."""
+        access.remember(self._ctx, owner, key, fingerprint, status, body)

@@ -32,7 +32,7 @@ from .errors import ImageError
 from .files import FileKind, read_file
 from .jpeg import corruption
 
-__all__ = ["ALLOWED_FORMATS", "MAX_DECODE_PIXELS", "MAX_FILE_BYTES", "Photo", "PhotoInput", "load_photo"]
+__all__ = ["ALLOWED_FORMATS", "MAX_DECODE_PIXELS", "MAX_FILE_BYTES", "Photo", "PhotoInput", "load_photo", "photo_bytes"]
 
 #: A photo given by path or as the encoded file's bytes.
 PhotoInput = Union[str, "os.PathLike[str]", bytes]
@@ -83,9 +83,7 @@ def load_photo(photo: PhotoInput, *, strict: bool = False) -> Photo:
         ImageError: missing, unreadable, empty, unsupported, corrupt, multi-frame or too large.
     """
     name = photo_name(photo)
-    if "://" in name[:12]:
-        raise ImageError(f"'{name}' is a URL: photos are never fetched from the web; use a file you or the subject supplied.", name)
-    data = photo if isinstance(photo, bytes) else _read(Path(os.fspath(photo)), name)
+    data = photo_bytes(photo)
     if not data:
         raise ImageError(f"'{name}' is empty (0 bytes): {_HINT}.", name)
     try:
@@ -116,6 +114,17 @@ def load_photo(photo: PhotoInput, *, strict: bool = False) -> Photo:
         detail = " ".join(str(exc).split()) or type(exc).__name__
         raise ImageError(f"'{name}' is truncated or corrupt ({detail}): re-export the photo.", name) from None
     return Photo(name=name, pixels=pixels, sha256=hashlib.sha256(data).hexdigest(), scale=scale, gps=gps)
+
+
+def photo_bytes(photo: PhotoInput) -> bytes:
+    """A photo's encoded bytes as given (read under the size limit), not decoded: what a search
+    request holds until it is decided."""
+    name = photo_name(photo)
+    if isinstance(photo, bytes):
+        return photo
+    if "://" in name[:12]:
+        raise ImageError(f"'{name}' is a URL: photos are never fetched from the web; use a file you or the subject supplied.", name)
+    return _read(Path(name), name)
 
 
 def _read(path: Path, name: str) -> bytes:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .consent import check_purpose
 from .errors import InvalidArgumentError
 from .geo import ISO_REGION
 
@@ -135,14 +136,22 @@ def _quality(key: str, value: Any) -> str:
     return level
 
 
-def _top_k_limit(key: str, value: Any) -> int:
-    try:
-        limit = int(str(value).strip()) if not isinstance(value, bool) else 0
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= 1000:
-        raise InvalidArgumentError(f"{key} takes a whole number from 1 to 1000, e.g. 10, not {value!r}.")
-    return limit
+def _purposes(key: str, value: Any) -> list[str]:
+    items = value.replace(";", ",").split(",") if isinstance(value, str) else list(value)
+    return sorted({check_purpose(str(item)) for item in items if str(item).strip()})
+
+
+def _whole(low: int, high: int, example: int) -> Callable[[str, Any], int]:
+    def parse(key: str, value: Any) -> int:
+        try:
+            number = int(str(value).strip()) if not isinstance(value, bool) else 0
+        except ValueError:
+            number = low - 1
+        if not low <= number <= high:
+            raise InvalidArgumentError(f"{key} takes a whole number from {low} to {high}, e.g. {example}, not {value!r}.")
+        return number
+
+    return parse
 
 
 @dataclass(frozen=True)
@@ -168,10 +177,16 @@ POLICY: tuple[PolicyKey, ...] = (
               "an enrollment is refused when another subject's template is this near"),
     PolicyKey("quality", "medium", _quality,
               "the quality bar of enrollment photos: off, low, medium or high (CONSENTMATCH_QUALITY sets the default)"),
-    PolicyKey("max_top_k", DEFAULT_MAX_TOP_K, _top_k_limit,
+    PolicyKey("max_top_k", DEFAULT_MAX_TOP_K, _whole(1, 1000, DEFAULT_MAX_TOP_K),
               "the most subjects match lists per face: no browsing a purpose's roster"),
     PolicyKey("closed_purposes", False, _boolean,
               "consents may list only declared purposes (`consentmatch purpose add`); false: a consent declares its own"),
+    PolicyKey("approval_purposes", [], _purposes,
+              "purposes whose searches need a department's approval: a match or verify becomes a request an approver decides"),
+    PolicyKey("request_ttl_hours", 72, _whole(1, 8760, 72),
+              "hours a search request waits for a decision before it expires (its held probe destroyed)"),
+    PolicyKey("rate_limit", 600, _whole(1, 1_000_000, 600),
+              "requests a minute each API key of the service may make (a key's own `--rate-limit` overrides it)"),
 )
 _KEYS = {key.name: key for key in POLICY}
 

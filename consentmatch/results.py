@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 __all__ = [
+    "ApiKeyInfo",
     "Box",
     "Candidate",
     "AuditCheck",
@@ -21,10 +22,12 @@ __all__ = [
     "ImportReport",
     "KeyInfo",
     "MatchResult",
+    "NewApiKey",
     "OptOut",
     "PurposeInfo",
     "Rejection",
     "RetentionEntry",
+    "SearchRequest",
     "SubjectInfo",
     "Verification",
 ]
@@ -403,3 +406,74 @@ class KeyInfo:
     def to_dict(self) -> dict[str, Any]:
         return {"gallery_id": self.gallery_id, "key_source": self.key_source, "key_dir": self.key_dir,
                 "data_keys": self.data_keys}
+
+
+@dataclass(frozen=True)
+class ApiKeyInfo:
+    """An API key of the service, as listed: never the key, nor its hash."""
+
+    name: str
+    roles: tuple[str, ...]
+    purposes: tuple[str, ...]  # the purposes it may search for; empty: all
+    expires: datetime | None
+    created_at: datetime
+    revoked_at: datetime | None = None
+    rate_limit: int | None = None  # requests a minute; None: the policy's `rate_limit`
+
+    def active(self, now: datetime) -> bool:
+        return self.revoked_at is None and (self.expires is None or now < self.expires)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "roles": list(self.roles), "purposes": list(self.purposes),
+                "expires": _iso(self.expires), "created_at": _iso(self.created_at),
+                "revoked_at": _iso(self.revoked_at), "rate_limit": self.rate_limit}
+
+
+@dataclass(frozen=True)
+class NewApiKey:
+    """A key just created: the only time the key itself is shown (only a salted hash is kept)."""
+
+    name: str
+    key: str
+    roles: tuple[str, ...]
+    purposes: tuple[str, ...]
+    expires: datetime | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "key": self.key, "roles": list(self.roles), "purposes": list(self.purposes),
+                "expires": _iso(self.expires)}
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """A match or verify for a purpose that needs approval, held until an approver decides.
+
+    `status`: pending, approved, denied or expired. `result` (the search's JSON, or its error) is
+    filled in on approval and shown only to the requester; the probe itself is destroyed then.
+    """
+
+    request_id: str
+    kind: str  # "match" or "verify"
+    status: str
+    requester: str
+    purpose: str
+    case_ref: str
+    reason: str
+    created_at: datetime
+    expires_at: datetime
+    subject: str | None = None  # verify: who the probe is checked against
+    tolerance: float | None = None
+    top_k: int | None = None
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    decision_reason: str | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None  # the approved search could not run (e.g. no face in the probe)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"request_id": self.request_id, "kind": self.kind, "status": self.status, "requester": self.requester,
+                "purpose": self.purpose, "subject": self.subject, "case_ref": self.case_ref, "reason": self.reason,
+                "tolerance": self.tolerance, "top_k": self.top_k, "created_at": _iso(self.created_at),
+                "expires_at": _iso(self.expires_at), "decided_by": self.decided_by,
+                "decided_at": _iso(self.decided_at), "decision_reason": self.decision_reason,
+                "result": self.result, "error": self.error}

@@ -17,6 +17,9 @@ def test_public_names_are_pinned() -> None:
         "Enrollment", "Erasure", "FaceError", "FaceMatch", "FaceTooSmallError", "Gallery", "GalleryNotFoundError",
         "ImageError", "ImportReport", "KeyInfo", "InvalidArgumentError", "ManifestError", "MatchResult", "MultipleFacesError",
         "NoActiveEnrollmentError", "NoFaceError", "QualityError", "OptOut", "PolicyError", "PurposeInfo", "Rejection", "RetentionEntry", "StorageError", "SubjectInfo", "SubjectNotFoundError", "TamperingError", "Verification", "__version__",
+        # the service (`consentmatch serve`)
+        "AccessError", "ApiKeyInfo", "ApprovalRequiredError", "AuthenticationError", "NewApiKey", "PermissionDeniedError",
+        "RateLimitError", "RequestNotFoundError", "SearchRequest", "UnknownReferenceError",
     ])
     for name in consentmatch.__all__:
         assert getattr(consentmatch, name) is not None
@@ -37,8 +40,11 @@ VERBS = {
     "optout add": "add_optout", "optout remove": "remove_optout", "optout list": "optouts",
     "key info": "key_info", "key rotate": "rotate_key",
     "purpose add": "declare_purpose", "purpose remove": "remove_purpose", "purpose list": "purposes",
+    "apikey create": "create_api_key", "apikey list": "api_keys", "apikey revoke": "revoke_api_key",
+    "request list": "search_requests", "request show": "search_request", "request approve": "approve_request",
+    "request deny": "deny_request",
 }
-NOT_GALLERY_VERBS = {"demo", "evaluate", "calibrate", "key generate"}  # the CLI's own tools, beside the mirror
+NOT_GALLERY_VERBS = {"demo", "evaluate", "calibrate", "key generate", "serve"}  # the CLI's own tools, beside the mirror
 
 
 def _commands() -> set[str]:
@@ -53,8 +59,10 @@ def test_cli_mirrors_the_gallery_verbs() -> None:
     assert set(VERBS) <= commands
     assert commands - set(VERBS) <= NOT_GALLERY_VERBS
     public = {name for name, _ in inspect.getmembers(consentmatch.Gallery, inspect.isfunction) if not name.startswith("_")}
-    # audit --verify; match PHOTO... calls match_many (match is its one-photo form); close is the context manager's
-    assert public - set(VERBS.values()) == {"close", "verify_audit", "match_many"}
+    # audit --verify; match PHOTO... calls match_many (match is its one-photo form); close is the context manager's;
+    # match/verify --case-ref file requests; the rest serve the HTTP service (authenticate, a held probe, idempotency)
+    assert public - set(VERBS.values()) == {"close", "verify_audit", "match_many", "request_match", "request_verify",
+                                            "authenticate", "request_probe", "recall_answer", "keep_answer"}
 
 
 def test_import_is_light_and_side_effect_free() -> None:

@@ -117,6 +117,8 @@ README_EXPECTED = {
         "Erased 'obama' (forget)",
     ],
     'Consent("REL-2026-0002"': [" biden 0."],
+    "consentmatch serve -g office.db": ['"subject":"obama"', '"match":true', '"status":"approved"',
+                                        '"decided_by":"lt.jones"'],
     "uv run pytest          #": [],  # Development: every line is the checkout's own tooling (SKIPPED)
 }
 
@@ -187,7 +189,7 @@ HELP_EXAMPLES = [
     for source in CLI_SOURCES
     for example in re.findall(r"\*\*Example:\*\* `([^`]+)`", source.read_text(encoding="utf-8"))
 ]
-GROUPS = {"consent", "policy", "optout", "key", "purpose"}
+GROUPS = {"consent", "policy", "optout", "key", "purpose", "apikey", "request"}
 
 # The files the examples name, as copies of the example photos.
 HELP_FILES = {
@@ -213,6 +215,8 @@ HELP_ORDER = [
     ("desk", "consent grant"),
     ("desk", "enroll"),
     ("desk", "match"),
+    ("desk", "apikey create"),
+    ("desk", "request list"),
     ("desk", "subjects"),
     ("desk", "consent show"),
     ("desk", "consent list"),
@@ -246,6 +250,8 @@ HELP_EXPECTED = {
     "consent grant": ["FORM-17", "US-IL", "active"],
     "enroll": ["Enrolled 'alice': 2 template(s) added"],
     "match": ['"subject": "alice"', '"image": "door2.jpg"'],
+    "apikey create": ["API key 'desk-3' (operator; purposes: visitor-check-in", "cm_"],
+    "request list": ["Request", "Status"],
     "subjects": ['"subject": "alice"', '"templates": 2'],
     "consent show": ['"reference": "FORM-17"'],
     "consent list": ["FORM-17"],

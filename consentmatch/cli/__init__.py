@@ -8,6 +8,7 @@ processed (no match is a result), 1 an input or the gallery failed, 2 a usage er
     faces.py        enroll, import, match, verify, forget, subjects, demo
     records.py      consent, policy, retention, purge, optout, audit, export, key
     evaluation.py   evaluate, calibrate
+    service.py      serve, apikey, request
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import sys
 import warnings
 
-from . import evaluation, faces, records  # noqa: F401  (each registers its commands on `app`)
+from . import evaluation, faces, records, service  # noqa: F401  (each registers its commands on `app`)
 from .common import app, error, settings
 
 __all__ = ["app", "main"]

@@ -23,7 +23,7 @@ from ..text import visible
 if TYPE_CHECKING:
     from ..consent import Consent
     from ..gallery import Gallery
-    from ..results import Erasure
+    from ..results import Erasure, SearchRequest
 
 app = typer.Typer(
     name="consentmatch",
@@ -199,6 +199,18 @@ def print_json_lines(results: Iterable[Any]) -> None:
     """A listing as JSON Lines: each result's `to_dict()`, one per line."""
     for result in results:
         print_json(result.to_dict())
+
+
+def print_requests(requests: list[SearchRequest], as_json: bool) -> None:
+    """Search requests held for approval: a table, or JSON Lines."""
+    if as_json:
+        print_json_lines(requests)
+        return
+    grid = table("Request", "Status", "Kind", "Purpose", "Requester", "Case", "Reason", "Expires")
+    for r in requests:
+        grid.add_row(r.request_id, r.status, r.kind, r.purpose, _shown(r.requester), _shown(r.case_ref),
+                     _shown(r.reason), day(r.expires_at))
+    out.print(grid)
 
 
 def print_json(data: Any) -> None:

@@ -37,11 +37,17 @@ from .common import (
     mapped_errors,
     open_gallery,
     print_json,
+    print_requests,
     day,
     consent_from,
     print_erasure,
     confirm,
 )
+
+CaseRefOption = Annotated[Optional[str], typer.Option(
+    "--case-ref", help="For a purpose that needs approval: the case this search is for (files a request).")]
+ReasonOption = Annotated[Optional[str], typer.Option(
+    "--reason", help="For a purpose that needs approval: why the search is needed (files a request).")]
 
 # -- enroll / import -------------------------------------------------------------------------
 
@@ -192,6 +198,8 @@ def match(
     annotate: Annotated[Optional[Path], typer.Option(
         "--annotate", help="Write a copy of each probe into this folder with its face boxes and names drawn, for review.",
     )] = None,
+    case_ref: CaseRefOption = None,
+    reason: ReasonOption = None,
 ) -> None:
     """1:N: who is in each photo, among the people consented for the purpose.
 
@@ -202,6 +210,9 @@ def match(
     (same base name, JPEG or PNG) shows every face's box labelled with the subject matched
     within the tolerance, else "no match" or "ambiguous": never a candidate the result does not name.
 
+    A purpose that needs a department's approval (policy approval_purposes) is not searched:
+    with --case-ref and --reason each photo becomes a pending request (`consentmatch request`).
+
     **Example:** `consentmatch match door1.jpg door2.jpg -g visitors.db --purpose visitor-check-in --json`
     """
     from ..consent import check_purpose
@@ -209,6 +220,13 @@ def match(
     with mapped_errors():
         if purpose is not None:
             check_purpose(purpose)
+    if case_ref is not None or reason is not None:
+        with mapped_errors(), open_gallery(gallery, actor, detector) as g:
+            held = [g.request_match(photo, purpose=_approval_purpose(purpose), case_ref=_given(case_ref, "--case-ref"),
+                                    reason=_given(reason, "--reason"), tolerance=tolerance, top_k=top_k)
+                    for photo in photos]
+        print_requests(held, as_json)
+        return
     results: list[MatchResult] = []
     failed = False
     written: set[str] = set()
@@ -279,16 +297,26 @@ def verify(
     detector: DetectorOption = None,
     actor: ActorOption = None,
     as_json: JsonOption = False,
+    case_ref: CaseRefOption = None,
+    reason: ReasonOption = None,
 ) -> None:
     """1:1: is the one face in the photo this subject? (e.g. before a large transfer)
 
     Exit 0 with match true or false; exit 1 when the check could not be made (no active
     enrollment of the subject for the purpose, one answer whether or not they are enrolled;
     no face or several faces). Refusals are recorded in the audit trail.
-    Not authentication on its own: there is no liveness check.
+    Not authentication on its own: there is no liveness check. A purpose that needs approval
+    takes --case-ref and --reason and files a request instead (`consentmatch request`).
 
     **Example:** `consentmatch verify alice selfie.jpg -g customers.db --purpose transfer-check --json`
     """
+    if case_ref is not None or reason is not None:
+        with mapped_errors(), open_gallery(gallery, actor, detector) as g:
+            held = g.request_verify(subject, photo, purpose=_approval_purpose(purpose),
+                                    case_ref=_given(case_ref, "--case-ref"), reason=_given(reason, "--reason"),
+                                    tolerance=tolerance)
+        print_requests([held], as_json)
+        return
     with mapped_errors(), open_gallery(gallery, actor, detector) as g:
         try:
             result = g.verify(subject, photo, purpose=purpose, tolerance=tolerance, min_face_px=min_face_px)
@@ -308,6 +336,18 @@ def verify(
             f"{verdict}: '{_shown(result.image)}' vs '{_shown(result.subject)}': distance {result.distance:.3f} "
             f"{sign} tolerance {result.tolerance:.2f}"
         )
+
+
+def _given(value: str | None, option: str) -> str:
+    if value is None:
+        fail(f"A search request needs both --case-ref and --reason: add {option}.", 2)
+    return value
+
+
+def _approval_purpose(purpose: str | None) -> str:
+    if purpose is None:
+        fail("A search request names its purpose: add --purpose P (one in the policy's approval_purposes).", 2)
+    return purpose
 
 
 def _policy_tolerance(gallery: Gallery) -> float:

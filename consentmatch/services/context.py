@@ -91,6 +91,8 @@ class Context:
     actor: str
     lock: threading.RLock = field(default_factory=threading.RLock)
     cache: IndexCache = field(init=False)
+    #: API keys whose scrypt check passed in this process (digests of stored hash + key): checked once.
+    verified_keys: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.cache = IndexCache(self.store, self.lock)

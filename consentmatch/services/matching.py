@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from ..consent import check_purpose
-from ..errors import FaceError, GalleryNotFoundError, ImageError, InvalidArgumentError, NoActiveEnrollmentError
+from ..errors import (ApprovalRequiredError, FaceError, GalleryNotFoundError, ImageError, InvalidArgumentError,
+                      NoActiveEnrollmentError)
 from ..images import PhotoInput, load_photo, photo_name
 from ..policy import check_min_face, check_policy_top_k, check_tolerance, check_top_k
 from ..pool import pooled
@@ -27,16 +28,17 @@ from ..storage import Transaction
 from ..vision.types import DetectedFace
 from .context import Context, check_declared, check_name
 
-__all__ = ["match", "match_many", "verify"]
+__all__ = ["match", "match_many", "search_terms", "verify"]
 
 
 def match(
     ctx: Context, photo: PhotoInput, *, purpose: str | None, tolerance: float | None, top_k: int, min_face_px: int,
-    actor: str | None,
+    actor: str | None, approved: bool = False,
 ) -> MatchResult:
-    """1:N on one probe: each face's nearest consented subjects, named within the tolerance."""
+    """1:N on one probe: each face's nearest consented subjects, named within the tolerance.
+    `approved`: the search of a request an approver approved (services/approvals.py)."""
     top_k, min_face_px = check_top_k(top_k), check_min_face(min_face_px)
-    label, tolerance, policy = _search_terms(ctx, purpose, tolerance)
+    label, tolerance, policy = search_terms(ctx, purpose, tolerance, approved=approved)
     top_k = check_policy_top_k(top_k, policy)
     with ctx.refusals("match", None, label, actor):
         probed = _probe(ctx, photo, min_face_px)
@@ -49,7 +51,7 @@ def match_many(
 ) -> Iterator[MatchResult]:
     """`match` on each probe, the terms checked once at the call (not when iterated)."""
     top_k, min_face_px = check_top_k(top_k), check_min_face(min_face_px)
-    label, tolerance, policy = _search_terms(ctx, purpose, tolerance)
+    label, tolerance, policy = search_terms(ctx, purpose, tolerance)
     top_k = check_policy_top_k(top_k, policy)
     batch = [photos] if isinstance(photos, (str, bytes, os.PathLike)) else list(photos)
     return _matches(ctx, batch, label, tolerance, policy, top_k, min_face_px, actor)
@@ -130,12 +132,12 @@ def _decide(
 
 def verify(
     ctx: Context, subject: str, photo: PhotoInput, *, purpose: str | None, tolerance: float | None, min_face_px: int,
-    actor: str | None,
+    actor: str | None, approved: bool = False,
 ) -> Verification:
     """1:1 against the subject's nearest template, exactly. A subject not enrolled, without templates
     or without consent for `purpose` gets one and the same answer; every refusal is audited."""
     name, min_face_px = check_name(subject, "subject name"), check_min_face(min_face_px)
-    label, tolerance, policy = _search_terms(ctx, purpose, tolerance)
+    label, tolerance, policy = search_terms(ctx, purpose, tolerance, approved=approved)
     with ctx.refusals("verify", name, label, actor):
         with ctx.lock, ctx.store.read() as tx:  # consent first: no biometric work without it
             subject_id = tx.subject_id(name)
@@ -178,8 +180,11 @@ def _not_enrolled(name: str, purpose: str | None) -> NoActiveEnrollmentError:
     )
 
 
-def _search_terms(ctx: Context, purpose: str | None, tolerance: float | None) -> tuple[str | None, float, dict[str, Any]]:
-    """The purpose and tolerance of a search, with the policy's rules and defaults; and the policy."""
+def search_terms(
+    ctx: Context, purpose: str | None, tolerance: float | None, *, approved: bool = False
+) -> tuple[str | None, float, dict[str, Any]]:
+    """The purpose and tolerance of a search, with the policy's rules and defaults; and the policy.
+    A purpose that needs approval is refused unless `approved` (ApprovalRequiredError)."""
     if not ctx.store.exists():
         raise GalleryNotFoundError(f"No gallery at '{ctx.path}': enroll someone first, or check --gallery.")
     label = check_purpose(purpose) if purpose is not None else None
@@ -190,6 +195,11 @@ def _search_terms(ctx: Context, purpose: str | None, tolerance: float | None) ->
     if purpose is None and policy["require_purpose"]:
         raise InvalidArgumentError(
             "This gallery's policy requires a purpose for every search: pass purpose=... (CLI: --purpose P)."
+        )
+    if label in policy["approval_purposes"] and not approved:
+        raise ApprovalRequiredError(
+            f"Searches for purpose '{label}' need a department's approval: file a request with a case reference and "
+            "a reason (CLI: --case-ref C --reason R; HTTP: case_ref and reason), then an approver decides it."
         )
     return label, check_tolerance(policy["tolerance"] if tolerance is None else tolerance), policy
 

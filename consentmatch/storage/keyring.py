@@ -41,6 +41,7 @@ __all__ = ["INDEX_KEY_PREFIX", "MAC_KEY_ID", "KeyDb", "KeyRing"]
 INDEX_KEY_PREFIX = "index-"  # data keys of index snapshots, not of subjects
 MAC_KEY_PREFIX = "mac-"  # the gallery's MAC key: neither a subject's nor an index's, never shredded
 MAC_KEY_ID = MAC_KEY_PREFIX + "1"
+REQUEST_KEY_PREFIX = "request-"  # data keys of probes held for approval, shredded when decided
 _CHECK = b"consentmatch gallery key check"
 
 
@@ -344,6 +345,10 @@ class KeyRing:
         key_id = self._new_key(INDEX_KEY_PREFIX + secrets.token_hex(16))
         return key_id, self._deks[key_id]
 
+    def new_request_key(self) -> str:
+        """Create and store a data key for a probe held until its request is decided; returns its id."""
+        return self._new_key(REQUEST_KEY_PREFIX + secrets.token_hex(16))
+
     def _new_key(self, key_id: str) -> str:
         """Wrap a new data key under the gallery key that is current in the same transaction: one
         loaded before another process rotated it would wrap a key that no longer opens anything."""
@@ -407,7 +412,7 @@ class KeyRing:
         """The subjects' data key ids."""
         with self._lock:
             return {str(r[0]) for r in self._db().execute("SELECT key_id FROM deks")
-                    if not str(r[0]).startswith((INDEX_KEY_PREFIX, MAC_KEY_PREFIX))}
+                    if not str(r[0]).startswith((INDEX_KEY_PREFIX, MAC_KEY_PREFIX, REQUEST_KEY_PREFIX))}
 
     def index_key_ids(self) -> set[str]:
         """The index snapshots' data key ids (normally one, none after an erasure)."""
@@ -428,7 +433,7 @@ class KeyRing:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.executemany("DELETE FROM deks WHERE key_id = ?", [(k,) for k in key_ids])
-                if any(not k.startswith(INDEX_KEY_PREFIX) for k in key_ids):
+                if any(not k.startswith((INDEX_KEY_PREFIX, REQUEST_KEY_PREFIX)) for k in key_ids):
                     conn.execute(_UPSERT_META, ("shred_stamp", secrets.token_hex(16).encode()))
                 conn.execute("COMMIT")
             except BaseException:

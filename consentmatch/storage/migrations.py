@@ -167,6 +167,56 @@ MIGRATIONS: tuple[Step, ...] = (
     """
     ALTER TABLE templates ADD COLUMN detector TEXT;
     """,
+    # 8: the service (`consentmatch serve`): API keys (a salted scrypt hash, never the key), search
+    #    requests held for a department's approval (the probe sealed under a data key of its own),
+    #    and the remembered answers of calls retried with an Idempotency-Key. Keys and requests
+    #    carry a MAC like subjects and consents.
+    """
+    CREATE TABLE api_keys (
+        key_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        secret_hash TEXT NOT NULL,
+        roles TEXT NOT NULL,
+        purposes TEXT NOT NULL,
+        expires TEXT,
+        rate_limit INTEGER,
+        created_at TEXT NOT NULL,
+        revoked_at TEXT,
+        mac TEXT NOT NULL
+    );
+    CREATE TABLE search_requests (
+        request_id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        status TEXT NOT NULL,
+        requester TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        subject TEXT,
+        case_ref TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        tolerance REAL,
+        top_k INTEGER,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        decided_by TEXT,
+        decided_at TEXT,
+        decision_reason TEXT,
+        result TEXT,
+        error TEXT,
+        probe_key TEXT,
+        probe BLOB,
+        mac TEXT NOT NULL
+    );
+    CREATE INDEX search_requests_status ON search_requests(status, created_at);
+    CREATE TABLE idempotency (
+        owner TEXT NOT NULL,
+        key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (owner, key)
+    );
+    """,
 )
 
 

@@ -1,6 +1,7 @@
 """Numbered schema steps of a PostgreSQL gallery, and of its keys database. Never edit a shipped step.
 
-Step 1 is the SQLite gallery at its step 7 (`migrations.py`), column for column, so that the
+Step N mirrors the SQLite gallery's steps (`migrations.py`): step 1 is SQLite's steps 1-7, step 2 its
+step 8, column for column, so that the
 same queries (`sqlite_rows.py`) and the same MACs serve both, and `consentmatch copy` moves
 rows between them unchanged: times are the same fixed-width ISO 8601 UTC text, compared as
 text (collation "C", as SQLite compares); templates are the same sealed bytes (BYTEA). Two
@@ -115,6 +116,54 @@ STEPS: tuple[str, ...] = (
         FOR EACH ROW EXECUTE FUNCTION consentmatch_append_only();
     CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
         FOR EACH STATEMENT EXECUTE FUNCTION consentmatch_append_only();
+    """,
+    # 2: SQLite's step 8, the service: API keys, search requests held for approval (the probe
+    #    sealed under a data key of its own), remembered answers of idempotent calls.
+    f"""
+    CREATE TABLE api_keys (
+        key_id {_TEXT} PRIMARY KEY,
+        name {_TEXT} NOT NULL UNIQUE,
+        secret_hash {_TEXT} NOT NULL,
+        roles {_TEXT} NOT NULL,
+        purposes {_TEXT} NOT NULL,
+        expires {_TEXT},
+        rate_limit INTEGER,
+        created_at {_TEXT} NOT NULL,
+        revoked_at {_TEXT},
+        mac {_TEXT} NOT NULL
+    );
+    CREATE TABLE search_requests (
+        request_id {_TEXT} PRIMARY KEY,
+        kind {_TEXT} NOT NULL,
+        status {_TEXT} NOT NULL,
+        requester {_TEXT} NOT NULL,
+        purpose {_TEXT} NOT NULL,
+        subject {_TEXT},
+        case_ref {_TEXT} NOT NULL,
+        reason {_TEXT} NOT NULL,
+        tolerance DOUBLE PRECISION,
+        top_k INTEGER,
+        created_at {_TEXT} NOT NULL,
+        expires_at {_TEXT} NOT NULL,
+        decided_by {_TEXT},
+        decided_at {_TEXT},
+        decision_reason {_TEXT},
+        result {_TEXT},
+        error {_TEXT},
+        probe_key {_TEXT},
+        probe BYTEA,
+        mac {_TEXT} NOT NULL
+    );
+    CREATE INDEX search_requests_status ON search_requests(status, created_at);
+    CREATE TABLE idempotency (
+        owner {_TEXT} NOT NULL,
+        key {_TEXT} NOT NULL,
+        fingerprint {_TEXT} NOT NULL,
+        status INTEGER NOT NULL,
+        body {_TEXT} NOT NULL,
+        created_at {_TEXT} NOT NULL,
+        PRIMARY KEY (owner, key)
+    );
     """,
 )
 

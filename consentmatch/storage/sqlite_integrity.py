@@ -63,6 +63,12 @@ class Integrity:
     def optout_salt(self) -> str | None:
         raise NotImplementedError
 
+    def api_keys(self) -> Any:
+        raise NotImplementedError
+
+    def search_requests(self, *, request_id: str | None = None, status: str | None = None) -> Any:
+        raise NotImplementedError
+
     def _binding(self, subject_id: int, name: str, key_id: str) -> bytes:
         """The associated data of a subject's templates, less the template id that ends it: a
         template moved to another row or subject, or its subject renamed, no longer unseals."""
@@ -179,7 +185,7 @@ class Integrity:
                 self.seal_consent(int(consent_id))
 
     def check_all(self) -> str | None:
-        """Check every subject, consent and template of the gallery; the first that fails, or None."""
+        """Check every subject, consent, template, API key and search request; the first that fails, or None."""
         for row in self.conn.execute(f"SELECT {SUBJECT_FIELDS}, s.mac FROM subjects s ORDER BY s.id"):
             if not self._holds(subject_content(row), row[7]):
                 return f"the subject '{row[1]}'"
@@ -188,6 +194,8 @@ class Integrity:
                 return f"the consent record '{row[2]}'"
         try:
             self.all_templates()
+            self.api_keys()
+            self.search_requests()
         except TamperingError as exc:
             return exc.row
         return None

@@ -28,6 +28,7 @@ from ..retention import ConsentTerm, destroy_by
 from ..vision.types import DIMENSIONS
 from .base import Searchable, reference_taken, unknown_reference
 from .keyring import KeyRing
+from .sqlite_access import AccessRows
 from .sqlite_audit import AuditRows
 from .sqlite_integrity import SUBJECT_FIELDS, Integrity, consent_content, subject_content
 
@@ -44,7 +45,7 @@ def _dt(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
-class SqliteTransaction(Integrity, AuditRows):
+class SqliteTransaction(AccessRows, Integrity, AuditRows):
     """One transaction on a gallery file: a read snapshot, or a write that commits as a whole."""
 
     def __init__(self, conn: sqlite3.Connection, store: SqliteStore) -> None:

@@ -1,0 +1,128 @@
+"""Who may call the service: API keys with roles and purposes.
+
+A key is ``cm_<id>_<secret>``: the id finds its row, the secret is checked against a salted
+scrypt hash (only the hash is stored, so a copy of the gallery gives no key away). Keys are
+managed from the CLI, which holds the gallery key, or over HTTP by a key with the `admin` role.
+The audit actor of a call is its key's name, never anything the caller sends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Sequence
+from datetime import datetime
+
+from ..consent import check_purpose
+from ..errors import AuthenticationError, InvalidArgumentError
+from ..results import ApiKeyInfo, NewApiKey
+from .context import Context, check_name
+
+__all__ = ["ROLES", "api_keys", "authenticate", "create_api_key", "recall", "remember", "revoke_api_key"]
+
+#: What each role may do (README, "Service"): one key may hold several.
+ROLES = {
+    "admin": "API keys, policy, purposes",
+    "enroller": "consents, enrollment, import",
+    "operator": "match and verify",
+    "approver": "approve or deny search requests",
+    "auditor": "audit trail, subject export, retention",
+}
+_KEY = re.compile(r"cm_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}  # 16 MiB, ~50 ms: checked once per key per process (see `authenticate`)
+
+
+def _hash(secret: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(secret.encode(), salt=salt, dklen=32, **_SCRYPT)
+
+
+def create_api_key(
+    ctx: Context, name: str, roles: Sequence[str], purposes: Sequence[str], expires: datetime | None,
+    rate_limit: int | None, actor: str | None,
+) -> NewApiKey:
+    """A new key, shown once; its salted hash and terms stored, the creation audited."""
+    name = check_name(name, "API key name")
+    wanted = sorted(set(roles))
+    unknown = [r for r in wanted if r not in ROLES]
+    if not wanted or unknown:
+        raise InvalidArgumentError(f"{'Unknown role ' + repr(unknown[0]) if unknown else 'No role'}: "
+                                   f"give one or more of {', '.join(ROLES)} (--role R).")
+    labels = sorted({check_purpose(p) for p in purposes})
+    now = ctx.now()
+    if expires is not None and expires <= now:
+        raise InvalidArgumentError(f"The expiry {expires.date().isoformat()} has passed: give a date in the future.")
+    if rate_limit is not None and not 1 <= rate_limit <= 1_000_000:
+        raise InvalidArgumentError(f"Rate limit {rate_limit} is out of range: use 1 to 1000000 requests a minute.")
+    key_id, secret, salt = secrets.token_hex(8), secrets.token_urlsafe(32), secrets.token_bytes(16)
+    stored = f"scrypt${salt.hex()}${_hash(secret, salt).hex()}"
+    info = ApiKeyInfo(name=name, roles=tuple(wanted), purposes=tuple(labels), expires=expires, created_at=now,
+                      rate_limit=rate_limit)
+    with ctx.lock, ctx.store.write(create=True, bump=False) as tx:
+        tx.add_api_key(key_id, stored, info)
+        tx.append_audit(at=now, actor=ctx.who(actor), action="apikey-create",
+                        details={"name": name, "roles": list(info.roles), "purposes": list(labels),
+                                 "expires": expires.isoformat() if expires else None})
+    return NewApiKey(name=name, key=f"cm_{key_id}_{secret}", roles=info.roles, purposes=info.purposes,
+                     expires=expires)
+
+
+def api_keys(ctx: Context) -> list[ApiKeyInfo]:
+    """Every key by name, revoked ones included (never a key or its hash)."""
+    if not ctx.store.exists():
+        return []
+    with ctx.lock, ctx.store.read() as tx:
+        return tx.api_keys()
+
+
+def revoke_api_key(ctx: Context, name: str, actor: str | None) -> bool:
+    """Revoke a key at once (audited); False if no active key has the name."""
+    name = check_name(name, "API key name")
+    if not ctx.store.exists():
+        return False
+    with ctx.lock, ctx.store.write(bump=False) as tx:
+        revoked = tx.revoke_api_key(name, ctx.now())
+        if revoked:
+            tx.append_audit(at=ctx.now(), actor=ctx.who(actor), action="apikey-revoke", details={"name": name})
+    return revoked
+
+
+def authenticate(ctx: Context, presented: str | None) -> ApiKeyInfo:
+    """The active key a request presents, or AuthenticationError (one message for every failure,
+    so a caller learns nothing about which keys exist). The scrypt check runs once per key and
+    process; revocation and expiry are read from the store on every call."""
+    refused = AuthenticationError("No valid API key: send 'Authorization: Bearer <key>' with a key from "
+                                  "`consentmatch apikey create` that is neither revoked nor expired.")
+    found = _KEY.fullmatch(presented or "")
+    if found is None or not ctx.store.exists():
+        raise refused
+    key_id, secret = found.groups()
+    with ctx.lock, ctx.store.read() as tx:
+        row = tx.api_key(key_id)
+    if row is None:
+        raise refused
+    info, stored = row
+    digest = hashlib.sha256(f"{stored}#{presented}".encode()).hexdigest()
+    if digest not in ctx.verified_keys:
+        _, salt, expected = stored.split("$")
+        if not hmac.compare_digest(_hash(secret, bytes.fromhex(salt)).hex(), expected):
+            raise refused
+        ctx.verified_keys.add(digest)
+    if not info.active(ctx.now()):
+        raise refused
+    return info
+
+
+def recall(ctx: Context, owner: str, key: str) -> tuple[str, int, str] | None:
+    """The first answer to a call retried with the same Idempotency-Key: (request fingerprint, status, body)."""
+    if not ctx.store.exists():
+        return None
+    with ctx.lock, ctx.store.read() as tx:
+        return tx.recalled(owner, key)
+
+
+def remember(ctx: Context, owner: str, key: str, fingerprint: str, status: int, body: str) -> None:
+    """Keep a call's answer for its retries (the first one kept stays)."""
+    with ctx.lock, ctx.store.write(bump=False) as tx:
+        tx.remember(owner, key, fingerprint, status, body, ctx.now())

@@ -1,0 +1,173 @@
+"""Department approval: searches for a purpose in the policy's `approval_purposes` (e.g.
+law-enforcement) run only once an approver other than the requester approves them.
+
+request -> (held: the probe sealed under a data key of its own, a case reference and a reason)
+        -> approve: the search runs under the requester's name, its result kept for the
+           requester only; or deny; or, unanswered, expire after `request_ttl_hours`
+        -> the probe destroyed (its data key shredded) whatever the outcome.
+Every step is an audit event; an expired request is found and closed by whoever looks next.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import replace
+from datetime import timedelta
+
+from ..errors import InvalidArgumentError, PermissionDeniedError, RequestNotFoundError
+from ..images import PhotoInput, load_photo, photo_bytes
+from ..policy import DEFAULT_TOP_K, PROBE_MIN_FACE_PX, check_policy_top_k, check_top_k
+from ..results import SearchRequest
+from ..text import check_text
+from . import matching
+from .context import REFUSALS, Context, check_name
+
+__all__ = ["decide", "request_probe", "request_search", "search_request", "search_requests"]
+
+STATUSES = ("pending", "approved", "denied", "expired")
+
+
+def request_search(
+    ctx: Context, kind: str, photo: PhotoInput, *, purpose: str, case_ref: str, reason: str,
+    subject: str | None = None, tolerance: float | None = None, top_k: int | None = None, requester: str | None = None,
+) -> SearchRequest:
+    """Hold a match (kind "match") or verify ("verify") for a purpose that needs approval."""
+    if kind not in ("match", "verify"):
+        raise InvalidArgumentError(f"A search request is a match or a verify, not {kind!r}.")
+    case_ref, reason = check_text(case_ref, "case reference"), check_text(reason, "reason")
+    name = check_name(subject, "subject name") if kind == "verify" and subject is not None else None
+    if kind == "verify" and name is None:
+        raise InvalidArgumentError("A verify request names the subject the probe is checked against.")
+    label, checked_tolerance, policy = matching.search_terms(ctx, purpose, tolerance, approved=True)
+    assert label is not None
+    if label not in policy["approval_purposes"]:
+        raise InvalidArgumentError(f"Purpose '{label}' needs no approval: search directly (approval_purposes: "
+                                   f"{', '.join(policy['approval_purposes']) or 'none'}).")
+    if top_k is not None:
+        check_policy_top_k(check_top_k(top_k), policy)
+    who = ctx.who(requester)
+    with ctx.refusals("request", name, label, requester):
+        data = photo_bytes(photo)
+        load_photo(data)  # a photo that cannot be read is refused now, not after an approver's time
+    now = ctx.now()
+    request = SearchRequest(
+        request_id=f"req_{secrets.token_hex(8)}", kind=kind, status="pending", requester=who, purpose=label,
+        subject=name, case_ref=case_ref, reason=reason, created_at=now,
+        expires_at=now + timedelta(hours=int(policy["request_ttl_hours"])),
+        tolerance=None if tolerance is None else checked_tolerance, top_k=top_k,
+    )
+    with ctx.lock, ctx.store.write(bump=False) as tx:
+        tx.add_request(request, data)
+        tx.append_audit(at=now, actor=who, action="request", subject=name, purpose=label,
+                        details={"request": request.request_id, "kind": kind, "case_ref": case_ref, "reason": reason})
+    return request
+
+
+def search_requests(ctx: Context, status: str | None = None) -> list[SearchRequest]:
+    """Requests, oldest first (all, or of one status), overdue ones closed first; results left out."""
+    if status is not None and status not in STATUSES:
+        raise InvalidArgumentError(f"Unknown request status {status!r}: use one of {', '.join(STATUSES)}.")
+    if not ctx.store.exists():
+        return []
+    _expire(ctx)
+    with ctx.lock, ctx.store.read() as tx:
+        return [replace(r, result=None) for r in tx.search_requests(status=status)]
+
+
+def search_request(ctx: Context, request_id: str, *, reader: str | None = None) -> SearchRequest:
+    """One request; its result only when `reader` is its requester (None: the gallery's actor)."""
+    request = _find(ctx, request_id)
+    return request if request.requester == ctx.who(reader) else replace(request, result=None)
+
+
+def request_probe(ctx: Context, request_id: str) -> bytes:
+    """The probe of a pending request, for the approver deciding it; gone once it is decided."""
+    request = _find(ctx, request_id)
+    with ctx.lock, ctx.store.read() as tx:
+        probe = tx.request_probe(request.request_id) if request.status == "pending" else None
+    if probe is None:
+        raise RequestNotFoundError(f"Request '{request_id}' holds no probe: it was {request.status}, and its probe "
+                                   "destroyed.")
+    return probe
+
+
+def decide(ctx: Context, request_id: str, *, approve: bool, reason: str, approver: str | None) -> SearchRequest:
+    """Approve (the search runs now, for the requester) or deny a pending request; the probe is
+    destroyed either way. The requester may not decide their own request."""
+    reason = check_text(reason, "reason")
+    who = ctx.who(approver)
+    request = _find(ctx, request_id)
+    if request.status != "pending":
+        raise InvalidArgumentError(f"Request '{request_id}' is {request.status}, no longer pending: nothing to decide.")
+    if request.requester == who:
+        raise PermissionDeniedError(f"'{who}' filed request '{request_id}': another approver must decide it.")
+    action = "request-approve" if approve else "request-deny"
+    with ctx.lock, ctx.store.write(bump=False) as tx:  # decided once: a second approver finds it decided
+        current = tx.search_requests(request_id=request.request_id)[0]
+        if current.status != "pending":
+            raise InvalidArgumentError(f"Request '{request_id}' is {current.status}, no longer pending: nothing to decide.")
+        probe = tx.request_probe(request.request_id)
+        decided = replace(current, status="approved" if approve else "denied", decided_by=who, decided_at=ctx.now(),
+                          decision_reason=reason)
+        tx.update_request(decided)
+        tx.append_audit(at=ctx.now(), actor=who, action=action, subject=current.subject, purpose=current.purpose,
+                        details={"request": current.request_id, "requester": current.requester, "reason": reason})
+    if approve and probe is not None:
+        decided = _run(ctx, decided, probe)
+    _close(ctx, decided)
+    return decided
+
+
+def _run(ctx: Context, request: SearchRequest, probe: bytes) -> SearchRequest:
+    """The approved search, under the requester's name (audited as theirs, like any search)."""
+    try:
+        if request.kind == "match":
+            return replace(request, result=matching.match(
+                ctx, probe, purpose=request.purpose, tolerance=request.tolerance, top_k=request.top_k or DEFAULT_TOP_K,
+                min_face_px=PROBE_MIN_FACE_PX, actor=request.requester, approved=True).to_dict())
+        assert request.subject is not None
+        return replace(request, result=matching.verify(
+            ctx, request.subject, probe, purpose=request.purpose, tolerance=request.tolerance,
+            min_face_px=PROBE_MIN_FACE_PX, actor=request.requester, approved=True).to_dict())
+    except REFUSALS as exc:  # the decision stands; the search's refusal (no face, no consent) is its answer
+        return replace(request, error=str(exc))
+
+
+def _close(ctx: Context, request: SearchRequest) -> None:
+    """Record the outcome and destroy the held probe: the row loses it, its data key is shredded."""
+    with ctx.lock, ctx.store.write(bump=False) as tx:
+        tx.update_request(request)
+        key = tx.destroy_probe(request.request_id)
+        tx.shred([key])
+
+
+def _find(ctx: Context, request_id: str) -> SearchRequest:
+    missing = RequestNotFoundError(f"No search request has the id '{request_id}': `consentmatch request list` "
+                                   "shows them.")
+    if not ctx.store.exists():
+        raise missing
+    _expire(ctx)
+    with ctx.lock, ctx.store.read() as tx:
+        found = tx.search_requests(request_id=request_id)
+    if not found:
+        raise missing
+    return found[0]
+
+
+def _expire(ctx: Context) -> None:
+    """Close every pending request past its time: status expired, probe destroyed, audited."""
+    now = ctx.now()
+    with ctx.lock, ctx.store.read() as tx:
+        overdue = [r for r in tx.search_requests(status="pending") if r.expires_at <= now]
+    if not overdue:
+        return
+    with ctx.lock, ctx.store.write(bump=False) as tx:
+        for request in overdue:
+            current = tx.search_requests(request_id=request.request_id)[0]
+            if current.status != "pending":  # decided meanwhile by another process
+                continue
+            tx.update_request(replace(current, status="expired", decided_at=now))
+            tx.shred([tx.destroy_probe(current.request_id)])
+            tx.append_audit(at=now, actor=ctx.actor, action="request-expire", subject=current.subject,
+                            purpose=current.purpose, details={"request": current.request_id,
+                                                              "requester": current.requester})

@@ -1,0 +1,182 @@
+"""The service's rows in an SQLite gallery: API keys, search requests held for approval, and
+remembered answers of idempotent calls.
+
+API key and request rows carry a MAC (sqlite_integrity.py) like subjects and consents: a writer
+of the file without the keys can neither add a key with the admin role nor approve a request.
+A held probe is sealed under a data key of its own (keyring.py), shredded when the request is
+decided or expires, so no copy of the file can give the probe back afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from .. import audit
+from ..crypto import seal, unseal
+from ..errors import EncryptionKeyError, InvalidArgumentError, TamperingError
+from ..results import ApiKeyInfo, SearchRequest
+from .keyring import KeyRing
+
+__all__ = ["AccessRows"]
+
+_ts = audit.timestamp
+_KEY_FIELDS = "key_id, name, secret_hash, roles, purposes, expires, rate_limit, created_at, revoked_at"
+_REQUEST_FIELDS = (
+    "request_id, kind, status, requester, purpose, subject, case_ref, reason, tolerance, top_k, created_at, "
+    "expires_at, decided_by, decided_at, decision_reason, result, error, probe_key"
+)
+
+
+def _dt(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+def _api_key(row: Sequence[Any]) -> ApiKeyInfo:
+    return ApiKeyInfo(name=row[1], roles=tuple(json.loads(row[3])), purposes=tuple(json.loads(row[4])),
+                      expires=_dt(row[5]), rate_limit=row[6], created_at=_dt(row[7]) or datetime.min,
+                      revoked_at=_dt(row[8]))
+
+
+def _request(row: Sequence[Any]) -> SearchRequest:
+    return SearchRequest(
+        request_id=row[0], kind=row[1], status=row[2], requester=row[3], purpose=row[4], subject=row[5],
+        case_ref=row[6], reason=row[7], tolerance=row[8], top_k=row[9], created_at=_dt(row[10]) or datetime.min,
+        expires_at=_dt(row[11]) or datetime.min, decided_by=row[12], decided_at=_dt(row[13]),
+        decision_reason=row[14], result=json.loads(row[15]) if row[15] else None, error=row[16],
+    )
+
+
+class AccessRows:
+    """The service half of an SQLite transaction (`SqliteTransaction` inherits it)."""
+
+    conn: sqlite3.Connection
+    keys: KeyRing
+    # from sqlite_integrity.Integrity (declared, not defined: a definition here would shadow it)
+    _holds: Callable[[list[Any], str | None], bool]
+    _mac: Callable[[list[Any]], str]
+    _tampered: Callable[[str], TamperingError]
+
+    # -- API keys
+
+    def add_api_key(self, key_id: str, secret_hash: str, info: ApiKeyInfo) -> None:
+        """Store a new key's salted hash and terms. Raises InvalidArgumentError if the name was ever used."""
+        if self.conn.execute("SELECT 1 FROM api_keys WHERE name = ?", (info.name,)).fetchone():
+            raise InvalidArgumentError(
+                f"An API key named '{info.name}' exists (or existed: names stay in the audit trail): choose another name."
+            )
+        row = (key_id, info.name, secret_hash, json.dumps(list(info.roles)), json.dumps(list(info.purposes)),
+               _ts(info.expires) if info.expires else None, info.rate_limit, _ts(info.created_at), None)
+        self.conn.execute(f"INSERT INTO api_keys ({_KEY_FIELDS}, mac) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                          (*row, self._mac(["api_key", *row])))
+
+    def _checked_key(self, row: Sequence[Any]) -> ApiKeyInfo:
+        if not self._holds(["api_key", *row[:9]], row[9]):
+            raise self._tampered(f"the API key '{row[1]}'")
+        return _api_key(row)
+
+    def api_keys(self) -> list[ApiKeyInfo]:
+        """Every key, revoked ones included, by name."""
+        rows = self.conn.execute(f"SELECT {_KEY_FIELDS}, mac FROM api_keys ORDER BY name").fetchall()
+        return [self._checked_key(row) for row in rows]
+
+    def api_key(self, key_id: str) -> tuple[ApiKeyInfo, str] | None:
+        """A key by its public id, with its salted hash to check the secret against; None if unknown."""
+        row = self.conn.execute(f"SELECT {_KEY_FIELDS}, mac FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
+        return None if row is None else (self._checked_key(row), str(row[2]))
+
+    def revoke_api_key(self, name: str, now: datetime) -> bool:
+        """Revoke a key by name; False if no key has it or it was revoked already."""
+        row = self.conn.execute(f"SELECT {_KEY_FIELDS}, mac FROM api_keys WHERE name = ? AND revoked_at IS NULL",
+                                (name,)).fetchone()
+        if row is None:
+            return False
+        self._checked_key(row)
+        revoked = (*row[:8], _ts(now))
+        self.conn.execute("UPDATE api_keys SET revoked_at = ?, mac = ? WHERE key_id = ?",
+                          (_ts(now), self._mac(["api_key", *revoked]), row[0]))
+        return True
+
+    # -- search requests
+
+    def _request_row(self, request: SearchRequest, probe_key: str | None) -> tuple[Any, ...]:
+        return (request.request_id, request.kind, request.status, request.requester, request.purpose, request.subject,
+                request.case_ref, request.reason, request.tolerance, request.top_k, _ts(request.created_at),
+                _ts(request.expires_at), request.decided_by, _ts(request.decided_at) if request.decided_at else None,
+                request.decision_reason, json.dumps(request.result) if request.result is not None else None,
+                request.error, probe_key)
+
+    def add_request(self, request: SearchRequest, probe: bytes) -> None:
+        """Hold a request and its probe, sealed under a data key of its own."""
+        probe_key = self.keys.new_request_key()
+        dek = self.keys.data_key(probe_key)
+        assert dek is not None
+        row = self._request_row(request, probe_key)
+        sealed = seal(dek, probe, f"probe#{self.keys.gallery_id}#{request.request_id}".encode())
+        self.conn.execute(f"INSERT INTO search_requests ({_REQUEST_FIELDS}, probe, mac) VALUES "
+                          f"({', '.join('?' * len(row))}, ?, ?)", (*row, sealed, self._mac(["request", *row])))
+
+    def _checked_request(self, row: Sequence[Any]) -> SearchRequest:
+        if not self._holds(["request", *row[:18]], row[18]):
+            raise self._tampered(f"the search request '{row[0]}'")
+        return _request(row)
+
+    def search_requests(self, *, request_id: str | None = None, status: str | None = None) -> list[SearchRequest]:
+        """Requests, oldest first: one by id, those of one status, or all."""
+        where, args = [], []
+        if request_id is not None:
+            where.append("request_id = ?")
+            args.append(request_id)
+        if status is not None:
+            where.append("status = ?")
+            args.append(status)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self.conn.execute(f"SELECT {_REQUEST_FIELDS}, mac FROM search_requests {clause} "
+                                 "ORDER BY created_at, request_id", args).fetchall()
+        return [self._checked_request(row) for row in rows]
+
+    def update_request(self, request: SearchRequest) -> None:
+        """Record a decision (status, decider, reason, result) on a request that exists."""
+        (probe_key,) = self.conn.execute("SELECT probe_key FROM search_requests WHERE request_id = ?",
+                                         (request.request_id,)).fetchone()
+        row = self._request_row(request, probe_key)
+        self.conn.execute(
+            "UPDATE search_requests SET status = ?, decided_by = ?, decided_at = ?, decision_reason = ?, result = ?, "
+            "error = ?, mac = ? WHERE request_id = ?",
+            (row[2], row[12], row[13], row[14], row[15], row[16], self._mac(["request", *row]), request.request_id),
+        )
+
+    def request_probe(self, request_id: str) -> bytes | None:
+        """The held probe, unsealed; None once destroyed."""
+        row = self.conn.execute("SELECT probe_key, probe FROM search_requests WHERE request_id = ?",
+                                (request_id,)).fetchone()
+        if row is None or row[1] is None:
+            return None
+        dek = self.keys.data_key(str(row[0]))
+        probe = None if dek is None else unseal(dek, bytes(row[1]), f"probe#{self.keys.gallery_id}#{request_id}".encode())
+        if dek is not None and probe is None:
+            raise EncryptionKeyError(f"The probe held by request '{request_id}' does not open: restore the gallery "
+                                     "from a backup.")
+        return probe
+
+    def destroy_probe(self, request_id: str) -> str | None:
+        """Drop the held probe; returns its data key id for the caller to shred after the commit."""
+        row = self.conn.execute("SELECT probe_key FROM search_requests WHERE request_id = ?", (request_id,)).fetchone()
+        self.conn.execute("UPDATE search_requests SET probe = NULL WHERE request_id = ?", (request_id,))
+        return None if row is None or row[0] is None else str(row[0])
+
+    # -- idempotent calls
+
+    def recalled(self, owner: str, key: str) -> tuple[str, int, str] | None:
+        """The remembered answer of a call: (fingerprint of its request, status, body)."""
+        row = self.conn.execute("SELECT fingerprint, status, body FROM idempotency WHERE owner = ? AND key = ?",
+                                (owner, key)).fetchone()
+        return None if row is None else (str(row[0]), int(row[1]), str(row[2]))
+
+    def remember(self, owner: str, key: str, fingerprint: str, status: int, body: str, now: datetime) -> None:
+        """Keep a call's answer for its retries (the first answer stays)."""
+        self.conn.execute("INSERT OR IGNORE INTO idempotency (owner, key, fingerprint, status, body, created_at) "
+                          "VALUES (?,?,?,?,?,?)", (owner, key, fingerprint, status, body, _ts(now)))
