@@ -268,3 +268,24 @@ def test_a_database_with_other_tables_is_refused(pg_cluster: Cluster, pg_url: st
         with pytest.raises(StorageError, match="holds tables but no consentmatch gallery"):
             gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], Consent("R1", [PURPOSE]))
     assert pg_cluster.psql(database, "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'").strip() == "1"
+
+
+def test_the_service_rows_on_both_stores(store_gallery: Gallery, tmp_path: Path) -> None:
+    """API keys and requests held for approval (the service's rows) behave alike on both stores."""
+    gallery = store_gallery
+    gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], Consent("R1", [PURPOSE, "staff-access"]))
+    desk = gallery.create_api_key("desk-1", roles=["operator"], purposes=[PURPOSE])
+    gallery.create_api_key("chief-1", roles=["approver"])
+    assert gallery.authenticate(desk.key).name == "desk-1"
+    assert [k.name for k in gallery.api_keys()] == ["chief-1", "desk-1"]
+    gallery.set_policy("approval_purposes", "staff-access")
+    held = gallery.request_match(fake_photo(tmp_path, "p.png", (10, 2)), purpose="staff-access", case_ref="C-1",
+                                 reason="badge lost", actor="desk-1")
+    assert held.status == "pending" and gallery.request_probe(held.request_id)
+    decided = gallery.approve_request(held.request_id, reason="ok", actor="chief-1")
+    assert decided.status == "approved"
+    result = gallery.search_request(held.request_id, actor="desk-1").result
+    assert result is not None and result["faces"][0]["subject"] == "alice"
+    assert gallery.revoke_api_key("desk-1") and not gallery.revoke_api_key("desk-1")
+    check = gallery.verify_audit()
+    assert check.intact and check.problem is None
