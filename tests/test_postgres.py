@@ -289,3 +289,52 @@ def test_the_service_rows_on_both_stores(store_gallery: Gallery, tmp_path: Path)
     assert gallery.revoke_api_key("desk-1") and not gallery.revoke_api_key("desk-1")
     check = gallery.verify_audit()
     assert check.intact and check.problem is None
+
+
+def test_copy_moves_a_gallery_to_postgresql_and_back(pg_cluster: Cluster, pg_url: str, tmp_path: Path) -> None:
+    source, back = tmp_path / "desk.db", tmp_path / "back.db"
+    alice = fake_photo(tmp_path, "a.png", (10, 0))
+    with Gallery(source, encoder=FakeEncoder()) as gallery:
+        gallery.enroll("alice", [alice, fake_photo(tmp_path, "a2.png", (10, 1))], Consent("R1", [PURPOSE], jurisdiction="GB"))
+        gallery.enroll("bob", [fake_photo(tmp_path, "b.png", (20, 0))], Consent("R2", [PURPOSE]))
+        gallery.create_api_key("desk-1", roles=["operator"])
+        gallery.match(alice, purpose=PURPOSE)
+        head, gallery_id = gallery.verify_audit().head, gallery.key_info().gallery_id
+    result = CliRunner().invoke(app, ["copy", str(source), pg_url, "--json"])
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["subjects"], report["templates"], report["consents"], report["audit_head"]) == (2, 3, 2, head)
+    with Gallery(pg_url, encoder=FakeEncoder()) as copied:  # the same gallery key opens it: no re-enrollment
+        assert copied.match(alice, purpose=PURPOSE).faces[0].subject == "alice"
+        assert [k.name for k in copied.api_keys()] == ["desk-1"]
+        copied.forget("bob")  # erasures on the copy shred the copy's keys
+        assert copied.verify_audit().intact
+    again = CliRunner().invoke(app, ["copy", str(source), pg_url])
+    assert again.exit_code == 1 and "holds a gallery already" in again.stderr
+    refused = CliRunner().invoke(app, ["copy", pg_url, str(back)])  # the source's own key store is still here
+    assert refused.exit_code == 1 and "holds keys already" in refused.stderr and not back.exists()
+    deks = Path(os.environ["CONSENTMATCH_KEY_DIR"]) / f"{gallery_id}.deks"
+    deks.rename(tmp_path / "retired.deks")  # the desk's gallery retired: back again
+    result = CliRunner().invoke(app, ["copy", pg_url, str(back)])
+    assert result.exit_code == 0, result.stderr
+    assert "audit chain verified at both ends" in result.stdout
+    with Gallery(back, encoder=FakeEncoder()) as returned:
+        assert [s.subject for s in returned.subjects()] == ["alice"]
+        assert returned.match(alice, purpose=PURPOSE).faces[0].subject == "alice"
+        assert returned.verify_audit().intact
+
+
+def test_copy_refuses_a_tampered_source_and_writes_nothing(pg_cluster: Cluster, pg_url: str, tmp_path: Path) -> None:
+    import sqlite3
+
+    source = tmp_path / "desk.db"
+    with Gallery(source, encoder=FakeEncoder()) as gallery:
+        gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], Consent("R1", [PURPOSE]))
+    conn = sqlite3.connect(source)
+    conn.execute("UPDATE subjects SET name = 'mallory'")
+    conn.commit()
+    conn.close()
+    result = CliRunner().invoke(app, ["copy", str(source), pg_url])
+    assert result.exit_code == 1 and "the subject 'mallory'" in result.stderr and "nothing was copied" in result.stderr
+    database = pg_url.split("?")[0].rsplit("/", 1)[1]
+    assert pg_cluster.psql(database, "SELECT to_regclass('subjects') IS NULL").strip() == "t"

@@ -9,6 +9,7 @@ processed (no match is a result), 1 an input or the gallery failed, 2 a usage er
     records.py      consent, policy, retention, purge, optout, audit, export, key
     evaluation.py   evaluate, calibrate
     service.py      serve, apikey, request
+    transfer.py     copy (a gallery to another store)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import logging
 import sys
 import warnings
 
-from . import evaluation, faces, records, service  # noqa: F401  (each registers its commands on `app`)
+from . import evaluation, faces, records, service, transfer  # noqa: F401  (each registers its commands on `app`)
 from .common import app, error, settings
 
 __all__ = ["app", "main"]

@@ -567,6 +567,50 @@ class KeyRing:
         with self._lock, contextlib.suppress(sqlite3.OperationalError):
             self._db().execute("DELETE FROM meta WHERE key = 'unrecorded_rotation' AND value = ?", (record.encode(),))
 
+    # -- copying a gallery (storage/transfer.py) ------------------------------------------------
+
+    def wrapped_keys(self) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+        """Every data key as stored (wrapped by the gallery key, never unwrapped here) and the key
+        store's meta rows: what a copy of the gallery to another store takes along."""
+        with self._lock:
+            conn = self._db()
+            deks = [(str(k), bytes(w)) for k, w in conn.execute("SELECT key_id, wrapped FROM deks ORDER BY key_id")]
+            meta = [(str(k), bytes(v) if isinstance(v, (bytes, memoryview)) else str(v).encode())
+                    for k, v in conn.execute("SELECT key, value FROM meta ORDER BY key")]
+            return deks, meta
+
+    def adopt(self, gallery_id: str, deks: list[tuple[str, bytes]], meta: list[tuple[str, bytes]]) -> None:
+        """Fill this ring's (empty) data-key store for `gallery_id` with another store's wrapped keys, in
+        one transaction; the ring is left closed (the copied gallery opens it as usual).
+
+        Raises:
+            EncryptionKeyError: the store holds data keys already.
+        """
+        with self._lock:
+            self.close()
+            self.gallery_id = gallery_id
+            self._open_deks(self.key_dir / f"{gallery_id}.deks")
+            conn = self._conn
+            assert conn is not None
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    if conn.execute("SELECT 1 FROM deks UNION ALL SELECT 1 FROM meta WHERE key = 'check'").fetchone():
+                        raise EncryptionKeyError(
+                            f"The data-key store of the copy ({self.keys_at or self.key_dir / f'{gallery_id}.deks'}) "
+                            "holds keys already (of an earlier copy of this gallery): retire that copy and move "
+                            "its key store away first, or copy to another key folder (CONSENTMATCH_KEY_DIR)."
+                        )
+                    conn.executemany("INSERT INTO deks (key_id, wrapped) VALUES (?, ?)", deks)
+                    conn.executemany(_UPSERT_META, meta)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            finally:
+                self.close()
+
     @property
     def source(self) -> str:
         """Where the gallery key comes from: argument, CONSENTMATCH_KEY, or a key file."""

@@ -291,6 +291,23 @@ class PgStore:
         if tx.bump:
             self._announce(before, tx)
 
+    @contextmanager
+    def loading(self) -> Iterator[PgConnection]:
+        """The gallery's schema with no rows and no keys, for a copy to fill in one transaction
+        (storage/transfer.py): nothing stays written if the copy fails.
+
+        Raises:
+            StorageError: the database holds a gallery already.
+        """
+        with self._mapped(), self._connect() as raw:
+            self._migrate(raw)
+            with raw.transaction():
+                if raw.execute("SELECT 1 FROM audit LIMIT 1").fetchone() is not None:
+                    raise StorageError(f"'{self.location}' holds a gallery already: name an empty database to copy to.")
+                yield PgConnection(raw, _GALLERY_LOCK)
+                for table in ("subjects", "consents", "templates", "optouts"):  # new rows' ids follow the copied ones
+                    raw.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), coalesce(max(id), 0) + 1, false) FROM {table}")
+
     def _record(self, tx: PgTransaction, after: int) -> None:
         """Move the generation, log the template rows this write added and deleted, and tell the other nodes."""
         conn = tx.conn
