@@ -338,3 +338,22 @@ def test_copy_refuses_a_tampered_source_and_writes_nothing(pg_cluster: Cluster, 
     assert result.exit_code == 1 and "the subject 'mallory'" in result.stderr and "nothing was copied" in result.stderr
     database = pg_url.split("?")[0].rsplit("/", 1)[1]
     assert pg_cluster.psql(database, "SELECT to_regclass('subjects') IS NULL").strip() == "t"
+
+
+def test_nodes_need_only_the_grants_the_readme_lists(pg_cluster: Cluster, pg_url: str, tmp_path: Path) -> None:
+    """The owner creates the gallery; a node's role with the README's grants (no DDL) does everything else."""
+    database = pg_url.split("?")[0].rsplit("/", 1)[1]
+    alice = fake_photo(tmp_path, "a.png", (10, 0))
+    with Gallery(pg_url, encoder=FakeEncoder()) as gallery:
+        gallery.enroll("alice", [alice], Consent("R1", [PURPOSE]))
+    role = f"node_{database}"
+    pg_cluster.psql("postgres", f"CREATE ROLE {role} LOGIN")
+    for name in (database, f"{database}_keys"):
+        pg_cluster.psql(name, f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}; "
+                              f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}")
+    node = pg_url.replace("user=postgres", f"user={role}")
+    with Gallery(node, encoder=FakeEncoder()) as gallery:
+        gallery.enroll("bob", [fake_photo(tmp_path, "b.png", (20, 0))], Consent("R2", [PURPOSE]))
+        assert gallery.match(alice, purpose=PURPOSE).faces[0].subject == "alice"
+        assert gallery.forget("alice").verified
+        assert gallery.verify_audit().intact

@@ -83,6 +83,7 @@ class PgStore:
         self._listeners: list[Callable[[Commit], None]] = []
         self._known: int | None = None  # the generation the listeners have heard of
         self._known_lock = threading.Lock()
+        self._writing = False  # a write of this store is between its commit and its announcement
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -172,7 +173,8 @@ class PgStore:
                     )
                 for step in STEPS[version:]:
                     conn.execute(step.encode())
-                conn.execute("UPDATE consentmatch_schema SET version = %s", (len(STEPS),))
+                if version < len(STEPS):  # nodes that only use the gallery need no more than DML grants
+                    conn.execute("UPDATE consentmatch_schema SET version = %s", (len(STEPS),))
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_GALLERY_LOCK,))
 
@@ -195,12 +197,13 @@ class PgStore:
                         "and this user may not create: create it (README.md, 'Many machines')."
                     ) from None
             raw = self._connect(conninfo)
-        raw.execute("SELECT pg_advisory_lock(%s)", (_KEYS_LOCK,))  # before the transaction: see `_migrate`
-        try:
-            with raw.transaction():
-                raw.execute(KEYS_SCHEMA.encode())
-        finally:
-            raw.execute("SELECT pg_advisory_unlock(%s)", (_KEYS_LOCK,))
+        if raw.execute("SELECT to_regclass('deks') IS NULL").fetchone() == (True,):
+            raw.execute("SELECT pg_advisory_lock(%s)", (_KEYS_LOCK,))  # before the transaction: see `_migrate`
+            try:
+                with raw.transaction():
+                    raw.execute(KEYS_SCHEMA.encode())
+            finally:
+                raw.execute("SELECT pg_advisory_unlock(%s)", (_KEYS_LOCK,))
         return PgConnection(raw, _KEYS_LOCK, reconnect=lambda: self._connect(conninfo))
 
     def _open_keys(self, pool: ConnectionPool) -> None:
@@ -284,8 +287,12 @@ class PgStore:
                 yield tx
                 if tx.bump:
                     self._record(tx, before + 1)
+                    with self._known_lock:
+                        self._writing = True  # this commit is announced by this thread (`_announce`), not a catch-up
                 raw.execute("COMMIT")
             except BaseException:
+                with self._known_lock:
+                    self._writing = False
                 _end(raw)
                 raise
         if tx.bump:
@@ -323,6 +330,7 @@ class PgStore:
     def _announce(self, before: int, tx: PgTransaction) -> None:
         """Tell the listeners of this node's own commit (unless a catch-up already told them)."""
         with self._known_lock:
+            self._writing = False
             if self._known is not None and self._known != before:
                 return
             self._known = before + 1
@@ -341,8 +349,8 @@ class PgStore:
             return
         with self._known_lock:
             known = self._known
-            if known is not None and known >= generation:
-                return
+            if self._writing or (known is not None and known >= generation):
+                return  # a commit of this node's own is being announced: its writer tells it, with its vectors
             self._known = generation
         if known is None:
             return  # nothing heard before: whatever index exists is checked against the generation itself
