@@ -19,6 +19,7 @@ queries are `postgres_rows.PgTransaction`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import threading
@@ -142,6 +143,8 @@ class PgStore:
                 pool.open(wait=True, timeout=_POOL_TIMEOUT_S)
                 self._pool = pool
             self._open_keys(self._pool)
+            with contextlib.suppress(OSError):  # this node's folder for the index snapshot (a cache: optional)
+                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._opened = True
             if self._listeners and self._watcher is None:
                 self._watcher = threading.Thread(target=self._watch, name="consentmatch-notify", daemon=True)
