@@ -427,7 +427,7 @@ class KeyInfo:
 
     gallery_id: str
     key_source: str
-    key_dir: str
+    key_dir: str  # the key folder; for a PostgreSQL gallery, the database its data keys are in
     data_keys: int
 
     def to_dict(self) -> dict[str, Any]:

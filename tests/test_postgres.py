@@ -223,7 +223,8 @@ def test_the_keys_live_in_their_own_database_and_an_erasure_shreds_them(
         assert pg_cluster.psql(database, "SELECT to_regclass('deks') IS NULL").strip() == "t"  # none in the gallery
         gallery.forget("alice")
         assert pg_cluster.psql(f"{database}_keys", subject_keys).strip() == "1"
-        assert gallery.key_info().to_dict()["data_keys"] == 1
+        info = gallery.key_info().to_dict()
+        assert info["data_keys"] == 1 and info["key_dir"] == f"PostgreSQL database {database}_keys"
 
 
 def test_rows_edited_by_sql_are_refused_and_the_audit_trail_is_append_only(
