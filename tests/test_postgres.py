@@ -189,6 +189,9 @@ def test_an_unreachable_server_is_one_line_and_exit_1(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["subjects", "-g", url])
     assert result.exit_code == 1 and result.stderr.startswith("error: Gallery 'postgresql:///nothing")
     assert "unreachable" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    bad = CliRunner().invoke(app, ["subjects", "-g", "postgresql://desk:secret@db.internal/visitors?bogus=1"])
+    assert bad.exit_code == 1 and "is not a PostgreSQL URL libpq reads" in bad.stderr
+    assert "secret" not in bad.stderr and "desk:***@" in bad.stderr  # never a password
 
 
 def test_a_dump_holds_no_window_of_any_template(pg_cluster: Cluster, pg_url: str, tmp_path: Path) -> None:

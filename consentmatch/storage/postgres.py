@@ -74,7 +74,13 @@ class PgStore:
         self.quality = quality
         #: This node's own file for the gallery (its index snapshot is `<path>.index`): nothing is shared.
         self.path = cache_dir / "galleries" / f"{hashlib.sha256(self.location.encode()).hexdigest()[:16]}.gallery"
-        info = conninfo_to_dict(url)
+        try:
+            info = conninfo_to_dict(url)
+        except psycopg.Error as exc:
+            raise StorageError(
+                f"'{self.location}' is not a PostgreSQL URL libpq reads ({_first_line(exc)}): "
+                "write postgresql://user@host[:port]/database."
+            ) from None
         self._keys_db = f"{info.get('dbname') or info.get('user') or 'consentmatch'}_keys"
         keys.keep_keys_in(self._connect_keys, f"PostgreSQL database {self._keys_db}")
         self._pool: ConnectionPool | None = None
