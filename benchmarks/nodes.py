@@ -66,13 +66,15 @@ def photo(person: int) -> bytes:
     return buffer.getvalue()
 
 
-def writer(location: str, first: int, count: int, start_at: float) -> None:
+def writer(location: str, first: int, count: int) -> None:
+    """Enroll `count` people from `first` on, from the start time the parent sends once all writers are ready."""
     from consentmatch import Consent, Gallery
 
     photos = {p: photo(p) for p in range(first, first + count)}
     with Gallery(location, encoder=SquareEncoder(), actor=f"writer-{first}") as gallery:
         gallery.subjects()  # connected and opened before the clock starts
-        time.sleep(max(0.0, start_at - time.time()))
+        print("ready", flush=True)
+        time.sleep(max(0.0, float(sys.stdin.readline()) - time.time()))
         for person, data in photos.items():
             gallery.enroll(f"p{person}", data, Consent(f"R{person}", [PURPOSE]))
     print(json.dumps({"done": time.time()}), flush=True)
@@ -109,14 +111,22 @@ def _database(base: str, name: str) -> str:
 
 def _node(*args: object) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, str(HERE), "--node", *map(str, args)], text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def throughput(location: str, subjects: int, writers: int) -> float:
     """Subjects enrolled per second by `writers` processes at once, `subjects` in all."""
-    start_at = time.time() + 8.0  # every writer has imported and connected by then
     share = subjects // writers
-    processes = [_node("writer", location, 1 + w * share, share, start_at) for w in range(writers)]
+    processes = [_node("writer", location, 1 + w * share, share) for w in range(writers)]
+    for process in processes:  # every writer has imported and connected: one start time for all
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != "ready":
+            raise SystemExit(f"a writer failed:\n{process.communicate()[1]}")
+    start_at = time.time() + 0.2
+    for process in processes:
+        assert process.stdin is not None
+        process.stdin.write(f"{start_at}\n")
+        process.stdin.flush()
     ends = []
     for process in processes:
         out, err = process.communicate(timeout=1800)
@@ -184,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "--node":
         role, location, *rest = argv[1:]
         if role == "writer":
-            writer(location, int(rest[0]), int(rest[1]), float(rest[2]))
+            writer(location, int(rest[0]), int(rest[1]))
         else:
             watcher(location, [int(i) for i in rest[0].split(",")], float(rest[1]))
         return
