@@ -216,6 +216,7 @@ def run(
     exact: bool,
     nprobe: int | None,
     gallery: str | None = None,
+    copy_from: Path | None = None,
 ) -> dict[str, Any]:
     if data is not None:
         source = np.load(data, mmap_mode="r")
@@ -245,8 +246,9 @@ def run(
         copy_s = 0.0
         if not make_store(location).exists():
             if is_url(location):  # PostgreSQL: filled as a file, then moved up as a customer would (`copy`)
-                filled = str(Path(folder) / "fill.db")
-                fill_store(filled, rows)
+                filled = str(copy_from or Path(folder) / "fill.db")
+                if copy_from is None:
+                    fill_store(filled, rows)
                 copied = time.perf_counter()
                 copy_gallery(filled, location, Settings.from_env())
                 copy_s = time.perf_counter() - copied
@@ -350,9 +352,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nprobe", type=int, help="override the IVF lists scanned per query (for tuning)")
     parser.add_argument("--gallery", help="keep the filled gallery here and reuse it when it exists (keys beside it), "
                                           "or a postgresql:// URL")
+    parser.add_argument("--copy-from", type=Path,
+                        help="with a postgresql:// --gallery: copy this gallery file, filled by an earlier run "
+                             "(--gallery FILE, same --size), instead of filling one (its keys: CONSENTMATCH_KEY_DIR)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    result = run(args.size, args.queries, args.data, args.probes, args.exact, args.nprobe, args.gallery)
+    result = run(args.size, args.queries, args.data, args.probes, args.exact, args.nprobe, args.gallery, args.copy_from)
     report(result, args.json)
 
 

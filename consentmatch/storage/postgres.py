@@ -320,9 +320,11 @@ class PgStore:
             with raw.transaction():
                 if raw.execute("SELECT 1 FROM audit LIMIT 1").fetchone() is not None:
                     raise StorageError(f"'{self.location}' holds a gallery already: name an empty database to copy to.")
+                raw.execute("SET LOCAL consentmatch.loading = 'on'")  # the templates' stamp: renewed once, below
                 yield PgConnection(raw, _GALLERY_LOCK)
                 for table in ("subjects", "consents", "templates", "optouts"):  # new rows' ids follow the copied ones
                     raw.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), coalesce(max(id), 0) + 1, false) FROM {table}")
+                raw.execute("UPDATE meta SET value = replace(CAST(gen_random_uuid() AS text), '-', '') WHERE key = 'templates_state'")
 
     def _record(self, tx: PgTransaction, after: int) -> None:
         """Move the generation, log the template rows this write added and deleted, and tell the other nodes."""

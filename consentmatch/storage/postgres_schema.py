@@ -75,7 +75,14 @@ STEPS: tuple[str, ...] = (
     CREATE INDEX templates_consent ON templates(consent_id);
 
     CREATE FUNCTION consentmatch_templates_state() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN UPDATE meta SET value = {_RANDOM} WHERE key = 'templates_state'; RETURN NULL; END $$;
+        BEGIN
+            -- a bulk load (PgStore.loading) renews the stamp once, at its end: one row updated a
+            -- million times in one transaction would cost time growing with each update
+            IF current_setting('consentmatch.loading', true) IS DISTINCT FROM 'on' THEN
+                UPDATE meta SET value = {_RANDOM} WHERE key = 'templates_state';
+            END IF;
+            RETURN NULL;
+        END $$;
     CREATE TRIGGER templates_state AFTER INSERT OR UPDATE OR DELETE ON templates
         FOR EACH STATEMENT EXECUTE FUNCTION consentmatch_templates_state();
 
