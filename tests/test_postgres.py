@@ -93,7 +93,7 @@ def test_nodes_enroll_forget_and_match_at_once_and_no_erasure_is_matched_after_i
     late = [e for e in matches if e["subject"] in forgotten and float(e["t"]) > forgotten[str(e["subject"])]]
     assert late == []  # a search that started after an erasure returned never finds the erased subject
     found = {str(e["subject"]) for e in matches if e["subject"]}
-    assert found & set(forgotten) and found - set(forgotten)  # the matchers did see enrollments of other nodes
+    assert found - set(forgotten)  # the matchers did see the other nodes' enrollments
     with Gallery(pg_url, encoder=FakeEncoder()) as gallery:
         kept = sorted(s.subject for s in gallery.subjects())
         assert kept == sorted(f"p{p}" for p in range(1, 2 * per_writer + 1) if f"p{p}" not in forgotten)
