@@ -16,6 +16,13 @@ same-person pairs) unless --probes names a .npy.
 
     uv run python benchmarks/search.py --size 1000000 --queries 200 --json
     uv run python benchmarks/search.py --size 1000000 --exact --json
+    uv run python benchmarks/search.py --size 100000 --gallery postgresql:///bench --json
+
+With `--gallery postgresql://...` (an empty database, or one this script filled before) the
+store is PostgreSQL (storage/postgres.py): filled as a file and moved up with `consentmatch
+copy`'s code (`copy_s`; one enrollment transaction per row would take hours at 1M), then the
+same open and searches, the snapshot in this node's cache folder, and the database sizes
+(gallery and keys) as the store's bytes.
 """
 
 from __future__ import annotations
@@ -40,7 +47,9 @@ from consentmatch.consent import Consent
 from consentmatch.vision.types import DIMENSIONS
 from consentmatch.search.index import FaceIndex
 from consentmatch.results import Box
-from consentmatch.storage.sqlite import SqliteStore as Store
+from consentmatch.services.transfer import copy_gallery
+from consentmatch.settings import Settings
+from consentmatch.storage import KeyRing, Store, is_url, open_store
 from _report import report  # benchmarks/ is on sys.path when a script runs
 
 PURPOSE, SUBSET_PURPOSE = "visitor-check-in", "staff-access"
@@ -73,14 +82,31 @@ def second_photos(rows: NDArray[np.float32], count: int, seed: int) -> tuple[NDA
     return (rows[sources] + noise).astype(np.float32), sources
 
 
-def fill_store(path: Path, rows: NDArray[np.float32]) -> None:
+def make_store(location: str) -> Store:
+    """The gallery's store, as Gallery opens it: an SQLite file, or a PostgreSQL database."""
+    settings = Settings.from_env()
+    return open_store(location, KeyRing(settings=settings), settings)
+
+
+def store_bytes(location: str, store: Store) -> int:
+    """The gallery's size on disk: the file and its keys, or the two databases."""
+    if not is_url(location):
+        path, keys = Path(location), Path(os.environ["CONSENTMATCH_KEY_DIR"])
+        return path.stat().st_size + sum(f.stat().st_size for f in keys.rglob("*") if f.is_file())
+    with store.read() as tx:
+        (size,) = tx.conn.execute(  # type: ignore[attr-defined]
+            "SELECT pg_database_size(current_database()) + pg_database_size(current_database() || '_keys')").fetchone()
+    return int(size)
+
+
+def fill_store(location: str, rows: NDArray[np.float32]) -> None:
     """Enroll every row with Store's own statements, as Gallery.enroll does, in 50k-row transactions.
 
     Bulk-load shortcut (benchmark only): the subjects' new data keys are committed once per
     chunk, not one fsync'd transaction per subject as enrollment does (5 ms each, 40 minutes
     for 1M templates). Everything the open and the searches read is written as enrollment writes it.
     """
-    store = Store(path)
+    store = make_store(location)
     now = datetime.now(timezone.utc)
     box = Box(40, 200, 200, 40)
     subject_id = consent_id = 0
@@ -123,21 +149,23 @@ def _index_memory(folder: Path, rows: NDArray[np.float32], ids: NDArray[np.int64
     return int(done.stdout.split()[-1])
 
 
-def _snapshot_open(path: Path) -> tuple[float, int, int]:
+def _snapshot_open(location: str) -> tuple[float, int, int]:
     """Open the gallery from its snapshot in a fresh process, as Gallery._current_index does:
     seconds from opening the store to the index ready, the memory that added, and the index size."""
     code = (
         "import sys, time; from pathlib import Path\n"
-        "from consentmatch.search import snapshot; from consentmatch.storage.sqlite import SqliteStore as Store\n"
-        "import faiss, numpy, cryptography.hazmat.primitives.ciphers  # code, not per template\n"
+        "from consentmatch.search import snapshot; from consentmatch.settings import Settings\n"
+        "from consentmatch.storage import KeyRing, open_store\n"
+        "import faiss, numpy, cryptography.hazmat.primitives.ciphers, consentmatch.storage.postgres  # code, not per template\n"
         "rss = lambda: int(Path('/proc/self/statm').read_text().split()[1]) * 4096\n"
-        "path = Path(sys.argv[1]); before = rss(); start = time.perf_counter(); store = Store(path)\n"
+        "before = rss(); start = time.perf_counter(); settings = Settings.from_env()\n"
+        "store = open_store(sys.argv[1], KeyRing(settings=settings), settings)\n"
         "with store.read() as tx:\n"
-        "    index = snapshot.load(snapshot.path_for(path), store.keys,\n"
+        "    index = snapshot.load(snapshot.path_for(store.path), store.keys,\n"
         "                          tx.templates_state(), tx.generation())\n"
         "print(time.perf_counter() - start, rss() - before, -1 if index is None else len(index))"
     )
-    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", code, location], capture_output=True, text=True, check=True)
     seconds, memory, count = done.stdout.split()[-3:]
     return float(seconds), int(memory), int(count)
 
@@ -187,7 +215,8 @@ def run(
     probes_file: Path | None,
     exact: bool,
     nprobe: int | None,
-    gallery: Path | None = None,
+    gallery: str | None = None,
+    copy_from: Path | None = None,
 ) -> dict[str, Any]:
     if data is not None:
         source = np.load(data, mmap_mode="r")
@@ -207,21 +236,34 @@ def run(
     subset_probes, _ = second_photos(rows[subset_rows], queries, seed=2)
 
     with tempfile.TemporaryDirectory(prefix="consentmatch-bench-") as folder:
-        path = gallery or Path(folder) / "gallery.db"
-        keys = path.with_name(path.name + ".keys")
-        os.environ["CONSENTMATCH_KEY_DIR"] = str(keys)  # where a sealing store keeps its keys
+        location = gallery or str(Path(folder) / "gallery.db")
+        if is_url(location):  # the keys and this node's snapshot in the temporary folder (unless set)
+            os.environ.setdefault("CONSENTMATCH_KEY_DIR", str(Path(folder) / "keys"))
+            os.environ.setdefault("CONSENTMATCH_CACHE_DIR", str(Path(folder) / "cache"))
+        else:
+            os.environ["CONSENTMATCH_KEY_DIR"] = location + ".keys"  # where a sealing store keeps its keys
         start = time.perf_counter()
-        if not path.exists():
-            fill_store(path, rows)
+        copy_s = 0.0
+        if not make_store(location).exists():
+            if is_url(location):  # PostgreSQL: filled as a file, then moved up as a customer would (`copy`)
+                filled = str(copy_from or Path(folder) / "fill.db")
+                if copy_from is None:
+                    fill_store(filled, rows)
+                copied = time.perf_counter()
+                copy_gallery(filled, location, Settings.from_env())
+                copy_s = time.perf_counter() - copied
+            else:
+                fill_store(location, rows)
         fill_s = time.perf_counter() - start
-        store_bytes = path.stat().st_size + sum(f.stat().st_size for f in keys.rglob("*") if f.is_file())
+        store = make_store(location)
+        stored_bytes = store_bytes(location, store)
+        path = store.path  # the snapshot's place: beside the file, or in this node's cache folder
 
         # Open without a snapshot, as Gallery._current_index does then: every template, then the index.
         import faiss  # noqa: F401  # loaded before measuring: its ~35 MB of code are not per template
 
         snapshot.discard(snapshot.path_for(path))
         start = time.perf_counter()
-        store = Store(path)
         with store.read() as tx:
             generation = tx.generation()
             template_ids, vectors = tx.all_templates()
@@ -241,7 +283,7 @@ def run(
             snapshot.save(snapshot.path_for(path), index, store.keys, tx.templates_state())
         save_s = time.perf_counter() - start
         snapshot_bytes = snapshot.path_for(path).stat().st_size
-        open_s, open_bytes, loaded = _snapshot_open(path)
+        open_s, open_bytes, loaded = _snapshot_open(location)
         if loaded != size:
             raise SystemExit(f"the snapshot of {path} did not open ({loaded})")
 
@@ -285,13 +327,15 @@ def run(
         "save_s": round(save_s, 3),
         "searchable_s": round(searchable_s, 3),
         "fill_s": round(fill_s, 1),
-        "store_bytes": store_bytes,
+        "copy_s": round(copy_s, 1),
+        "store": "postgresql" if is_url(location) else "sqlite",
+        "store_bytes": stored_bytes,
         "index_bytes": index_bytes,
         "snapshot_bytes": snapshot_bytes,
         "open_rss_bytes": open_bytes,
-        "bytes_per_template": round((store_bytes + index_bytes) / size, 1),
+        "bytes_per_template": round((stored_bytes + index_bytes) / size, 1),
         "memory_per_template": round(open_bytes / size, 1),
-        "disk_per_template": round((store_bytes + snapshot_bytes) / size, 1),
+        "disk_per_template": round((stored_bytes + snapshot_bytes) / size, 1),
         "face_distance_p50_ms": round(float(np.percentile(baseline, 50)), 3),
         "face_distance_queries": len(baseline),
         "speedup": round(float(np.percentile(baseline, 50)) / p50, 1),
@@ -306,10 +350,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--probes", type=Path, help="a (Q, 128) float32 .npy of probes instead of noisy copies")
     parser.add_argument("--exact", action="store_true", help="exhaustive search whatever the size")
     parser.add_argument("--nprobe", type=int, help="override the IVF lists scanned per query (for tuning)")
-    parser.add_argument("--gallery", type=Path, help="keep the filled gallery here and reuse it when it exists (keys beside it)")
+    parser.add_argument("--gallery", help="keep the filled gallery here and reuse it when it exists (keys beside it), "
+                                          "or a postgresql:// URL")
+    parser.add_argument("--copy-from", type=Path,
+                        help="with a postgresql:// --gallery: copy this gallery file, filled by an earlier run "
+                             "(--gallery FILE, same --size), instead of filling one (its keys: CONSENTMATCH_KEY_DIR)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    result = run(args.size, args.queries, args.data, args.probes, args.exact, args.nprobe, args.gallery)
+    result = run(args.size, args.queries, args.data, args.probes, args.exact, args.nprobe, args.gallery, args.copy_from)
     report(result, args.json)
 
 

@@ -33,13 +33,15 @@ __all__ = ["Gallery"]
 
 
 class Gallery:
-    """A consent-gated face gallery in one SQLite file, created on the first enrollment or consent
+    """A consent-gated face gallery in one SQLite file (or one PostgreSQL database shared by many
+    machines: pass its ``postgresql://`` URL), created on the first enrollment or consent
     (reading a missing one raises `GalleryNotFoundError`). Safe to share between threads; several
     processes may open one file. Every call is audited under an actor: the call's `actor`, else
     the gallery's, else ``local:<OS user>``.
 
     Args:
-        path: the gallery file, e.g. ``visitors.db``.
+        path: the gallery file, e.g. ``visitors.db``; or a PostgreSQL database's URL, e.g.
+            ``postgresql://consentmatch@db.internal/visitors`` (README.md, "Many machines").
         encoder: finds and encodes faces; defaults to dlib's models, loaded on first use.
         clock: returns the current UTC time; consents and retention run by it (tests freeze it).
         actor: who is calling, for the audit trail, e.g. ``desk-3:jsmith``.
@@ -60,11 +62,15 @@ class Gallery:
         actor: str | None = None, key: bytes | str | None = None, key_dir: str | os.PathLike[str] | None = None,
         settings: Settings | None = None,
     ) -> None:
-        self.path = Path(path)
         settings = settings if settings is not None else Settings.from_env()
         self._keys = KeyRing(key, key_dir, settings)
+        store = open_store(os.fspath(path), self._keys, settings)
+        #: Where the gallery is, as given: a file path or a PostgreSQL URL.
+        self.location = os.fspath(path)
+        #: The gallery file; for a PostgreSQL gallery, this machine's own file of it (its index snapshot).
+        self.path: Path = store.path
         self._ctx = Context(
-            store=open_store(self.path, self._keys, settings), settings=settings,
+            store=store, settings=settings,
             encoder=encoder if encoder is not None else vision.default_encoder(settings), clock=clock or utcnow,
             actor=check_name(actor, "actor") if actor else default_actor(),
         )

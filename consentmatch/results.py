@@ -16,6 +16,7 @@ __all__ = [
     "AuditCheck",
     "AuditEvent",
     "ConsentRecord",
+    "CopyReport",
     "Enrollment",
     "Erasure",
     "FaceMatch",
@@ -395,12 +396,38 @@ class AuditCheck:
 
 
 @dataclass(frozen=True)
+class CopyReport:
+    """A gallery copied to another store (`consentmatch copy`): what moved, and the audit chain's
+    head, verified at both ends."""
+
+    source: str
+    target: str
+    subjects: int
+    templates: int
+    consents: int
+    audit_events: int
+    audit_head: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "target": self.target,
+            "subjects": self.subjects,
+            "templates": self.templates,
+            "consents": self.consents,
+            "audit_events": self.audit_events,
+            "audit_head": self.audit_head,
+            "verified": True,
+        }
+
+
+@dataclass(frozen=True)
 class KeyInfo:
     """Where a gallery's keys are (never the keys themselves)."""
 
     gallery_id: str
     key_source: str
-    key_dir: str
+    key_dir: str  # the key folder; for a PostgreSQL gallery, the database its data keys are in
     data_keys: int
 
     def to_dict(self) -> dict[str, Any]:

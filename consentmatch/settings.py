@@ -26,7 +26,7 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("gallery", "CONSENTMATCH_GALLERY", "The gallery: an SQLite file path (the CLI's --gallery)."),
+    Setting("gallery", "CONSENTMATCH_GALLERY", "The gallery: an SQLite file path, or a postgresql:// URL (the CLI's --gallery)."),
     Setting("key", "CONSENTMATCH_KEY", "The gallery key itself, 64 hex digits (wins over the key file)."),
     Setting("key_file", "CONSENTMATCH_KEY_FILE", "A file holding the gallery key (wins over the key folder)."),
     Setting("key_dir", "CONSENTMATCH_KEY_DIR",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from consentmatch import Consent, Gallery
 from consentmatch.vision.types import DetectedFace
 from consentmatch.images import Photo
 from consentmatch.results import Box
+
+from .pg import Cluster, find_bin
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -100,6 +103,47 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def fake_gallery(tmp_path: Path) -> Iterator[Gallery]:
     with Gallery(tmp_path / "fake.db", encoder=FakeEncoder()) as gallery:
+        yield gallery
+
+
+#: The stores the contract tests run against (`store_gallery`, `gallery_location`).
+STORES = ("sqlite", "postgres")
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """One throwaway PostgreSQL cluster for the session (tests/pg.py); skipped where none can start."""
+    bindir = find_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL is not installed (initdb not found): `apt-get install postgresql` (.ci/run does)")
+    cluster = Cluster(bindir)
+    try:
+        cluster.start()
+    except (OSError, KeyError, subprocess.SubprocessError) as exc:
+        cluster.close()
+        pytest.skip(f"a PostgreSQL cluster could not be started here: {exc}")
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Cluster) -> str:
+    """The URL of a new empty database of the session's cluster."""
+    return pg_cluster.new_database()
+
+
+@pytest.fixture(params=STORES)
+def gallery_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a new gallery goes, once per store: an SQLite file, a PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "fake.db")
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def store_gallery(gallery_location: str) -> Iterator[Gallery]:
+    """`fake_gallery` on each store in turn: the contract tests that take it run against both."""
+    with Gallery(gallery_location, encoder=FakeEncoder()) as gallery:
         yield gallery
 
 

@@ -44,7 +44,7 @@ VERBS = {
     "request list": "search_requests", "request show": "search_request", "request approve": "approve_request",
     "request deny": "deny_request",
 }
-NOT_GALLERY_VERBS = {"demo", "evaluate", "calibrate", "key generate", "serve"}  # the CLI's own tools, beside the mirror
+NOT_GALLERY_VERBS = {"demo", "evaluate", "calibrate", "key generate", "serve", "copy"}  # the CLI's own tools, beside the mirror
 
 
 def _commands() -> set[str]:

@@ -55,3 +55,15 @@ def test_detector_benchmark() -> None:
     assert result["photos"] == 4 and result["threads"] == 1
     assert result["hog_faces_x1"] == result["yunet_faces_x1"] == 2  # one face in each of the first two photos
     assert result["ratio"] > 0 and result["hog_ms_per_photo_x0.5"] > 0 and result["yunet_ms_per_photo_x0.5"] > 0
+
+
+def test_search_benchmark_on_postgresql(pg_url: str) -> None:
+    result = _run("search.py", "--size", "2000", "--queries", "20", "--gallery", pg_url)
+    assert result["store"] == "postgresql" and result["size"] == 2000 and result["recall_at_1"] == 1.0
+    assert result["filtered_outside"] == 0 and result["snapshot_bytes"] > 2000 * 128 * 2 and result["copy_s"] > 0
+
+
+def test_nodes_benchmark(pg_cluster: Any) -> None:
+    result = _run("nodes.py", "--gallery", pg_cluster.url("postgres"), "--subjects", "8", "--rounds", "2", timeout=300)
+    assert result["postgresql_1_writer_per_s"] > 0 and result["postgresql_2_writer_per_s"] > 0
+    assert result["sqlite_2_vs_1"] > 0 and result["erasure_rounds"] == 2 and result["erasure_ms_max"] < 5000

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -54,6 +55,13 @@ def gallery(tmp_path: Path, clock: Clock) -> Gallery:
 
 
 @pytest.fixture
+def any_gallery(gallery_location: str, clock: Clock) -> Iterator[Gallery]:
+    """`gallery` on each store in turn (SQLite, PostgreSQL): the contract tests that take it run on both."""
+    with Gallery(gallery_location, encoder=FakeEncoder(), clock=clock, actor="desk-1") as gallery:
+        yield gallery
+
+
+@pytest.fixture
 def release(tmp_path: Path) -> Path:
     path = tmp_path / "release.pdf"
     path.write_bytes(b"%PDF signed written release")
@@ -67,17 +75,17 @@ def _subjects_found(gallery: Gallery, photo: Path, purpose: str | None = "door")
 # -- consent records -----------------------------------------------------------------------
 
 
-def test_grant_then_enroll_by_reference(gallery: Gallery, tmp_path: Path) -> None:
-    record = gallery.grant_consent("alice", Consent("R1", ["door"], signer="guardian", notice_version="v3"))
+def test_grant_then_enroll_by_reference(any_gallery: Gallery, tmp_path: Path) -> None:
+    record = any_gallery.grant_consent("alice", Consent("R1", ["door"], signer="guardian", notice_version="v3"))
     assert (record.subject, record.signer, record.notice_version, record.active) == ("alice", "guardian", "v3", True)
-    assert gallery.subjects()[0].templates == 0
+    assert any_gallery.subjects()[0].templates == 0
     photo = fake_photo(tmp_path, "a.png", (10, 0))
-    assert gallery.enroll("alice", [photo], "R1").consent_reference == "R1"
-    assert _subjects_found(gallery, photo) == ["alice"]
+    assert any_gallery.enroll("alice", [photo], "R1").consent_reference == "R1"
+    assert _subjects_found(any_gallery, photo) == ["alice"]
     with pytest.raises(ConsentError, match="No consent has the reference 'R2'"):
-        gallery.enroll("alice", [photo], "R2")
+        any_gallery.enroll("alice", [photo], "R2")
     with pytest.raises(ConsentError, match="already belongs to subject 'alice'"):
-        gallery.enroll("bob", [fake_photo(tmp_path, "b.png", (20, 0))], "R1")
+        any_gallery.enroll("bob", [fake_photo(tmp_path, "b.png", (20, 0))], "R1")
 
 
 def test_bipa_and_cubi_need_a_written_release(gallery: Gallery, release: Path) -> None:
@@ -128,26 +136,26 @@ def test_policy_tolerance_is_the_default(gallery: Gallery, tmp_path: Path) -> No
 # -- revocation ----------------------------------------------------------------------------
 
 
-def test_revocation_erases_at_once_keeps_a_tombstone_and_is_idempotent(gallery: Gallery, tmp_path: Path) -> None:
+def test_revocation_erases_at_once_keeps_a_tombstone_and_is_idempotent(any_gallery: Gallery, tmp_path: Path) -> None:
     photo = fake_photo(tmp_path, "a.png", (10, 0))
-    gallery.enroll("alice", [photo, fake_photo(tmp_path, "a2.png", (10, 1))], Consent("R1", ["door"]))
-    gallery.enroll("bob", [fake_photo(tmp_path, "b.png", (20, 0))], Consent("R2", ["door"]))
-    assert _subjects_found(gallery, photo) == ["alice"]
-    receipt = gallery.revoke_consent("R1")
+    any_gallery.enroll("alice", [photo, fake_photo(tmp_path, "a2.png", (10, 1))], Consent("R1", ["door"]))
+    any_gallery.enroll("bob", [fake_photo(tmp_path, "b.png", (20, 0))], Consent("R2", ["door"]))
+    assert _subjects_found(any_gallery, photo) == ["alice"]
+    receipt = any_gallery.revoke_consent("R1")
     assert (receipt.reason, receipt.templates_removed, receipt.index_entries_removed, receipt.verified) == (
         "revoke", 2, 2, True)
-    assert [c.subject for c in gallery.match(photo, purpose="door").faces[0].candidates] == ["bob"]
-    (record,) = gallery.consents("alice")
+    assert [c.subject for c in any_gallery.match(photo, purpose="door").faces[0].candidates] == ["bob"]
+    (record,) = any_gallery.consents("alice")
     assert record.revoked_at == START and not record.active
-    again = gallery.revoke_consent("R1")
+    again = any_gallery.revoke_consent("R1")
     assert again.templates_removed == 0 and again.verified
     with pytest.raises(ConsentError, match="was revoked"):
-        gallery.enroll("alice", [photo], Consent("R1", ["door"]))
+        any_gallery.enroll("alice", [photo], Consent("R1", ["door"]))
     with pytest.raises(ConsentError, match="was revoked"):
-        gallery.enroll("alice", [photo], "R1")
-    gallery.enroll("alice", [photo], Consent("R1-b", ["door"]))  # a new consent, a new reference
+        any_gallery.enroll("alice", [photo], "R1")
+    any_gallery.enroll("alice", [photo], Consent("R1-b", ["door"]))  # a new consent, a new reference
     with pytest.raises(ConsentError, match="No consent has the reference"):
-        gallery.revoke_consent("nope")
+        any_gallery.revoke_consent("nope")
 
 
 # -- retention -----------------------------------------------------------------------------
@@ -194,17 +202,17 @@ def test_bipa_subject_is_overdue_three_years_after_last_interaction(
     assert gallery.purge() == []
 
 
-def test_expired_consent_stops_matching_and_texas_keeps_a_year(gallery: Gallery, clock: Clock, tmp_path: Path,
+def test_expired_consent_stops_matching_and_texas_keeps_a_year(any_gallery: Gallery, clock: Clock, tmp_path: Path,
                                                               release: Path) -> None:
     photo = fake_photo(tmp_path, "a.png", (10, 0))
-    gallery.enroll("alice", [photo], Consent("R1", ["door"], jurisdiction="US-TX", expires_at=START + YEAR,
+    any_gallery.enroll("alice", [photo], Consent("R1", ["door"], jurisdiction="US-TX", expires_at=START + YEAR,
                                              evidence_sha256=evidence_digest(release)))
-    assert gallery.retention()[0].destroy_by == START + 2 * YEAR
+    assert any_gallery.retention()[0].destroy_by == START + 2 * YEAR
     clock.now = START + YEAR + timedelta(days=1)
-    assert gallery.match(photo, purpose="door").faces[0].candidates == ()  # expired: never searched
-    assert not gallery.retention()[0].overdue
+    assert any_gallery.match(photo, purpose="door").faces[0].candidates == ()  # expired: never searched
+    assert not any_gallery.retention()[0].overdue
     clock.now = START + 2 * YEAR + timedelta(days=1)
-    assert gallery.retention()[0].overdue
+    assert any_gallery.retention()[0].overdue
 
 
 # -- geography -----------------------------------------------------------------------------
@@ -264,19 +272,19 @@ def test_photos_without_gps_and_galleries_without_the_policy_pass(gallery: Galle
 # -- opt-out -------------------------------------------------------------------------------
 
 
-def test_subject_optout_erases_and_refuses(gallery: Gallery, tmp_path: Path) -> None:
+def test_subject_optout_erases_and_refuses(any_gallery: Gallery, tmp_path: Path) -> None:
     photo = fake_photo(tmp_path, "a.png", (10, 0))
-    gallery.enroll("alice", [photo], Consent("R1", ["door"]))
-    (receipt,) = gallery.add_optout(subject="alice")
+    any_gallery.enroll("alice", [photo], Consent("R1", ["door"]))
+    (receipt,) = any_gallery.add_optout(subject="alice")
     assert (receipt.reason, receipt.templates_removed, receipt.verified) == ("optout", 1, True)
-    assert gallery.match(photo, purpose="door").faces[0].candidates == ()
+    assert any_gallery.match(photo, purpose="door").faces[0].candidates == ()
     with pytest.raises(ConsentError, match="do-not-enroll"):
-        gallery.enroll("alice", [photo], Consent("R9", ["door"]))
+        any_gallery.enroll("alice", [photo], Consent("R9", ["door"]))
     with pytest.raises(ConsentError, match="do-not-enroll"):
-        gallery.grant_consent("alice", Consent("R9", ["door"]))
-    assert gallery.add_optout(subject="carol") == []  # before any enrollment: refused later
-    assert gallery.remove_optout(subject="alice")
-    gallery.enroll("alice", [photo], Consent("R9", ["door"]))
+        any_gallery.grant_consent("alice", Consent("R9", ["door"]))
+    assert any_gallery.add_optout(subject="carol") == []  # before any enrollment: refused later
+    assert any_gallery.remove_optout(subject="alice")
+    any_gallery.enroll("alice", [photo], Consent("R9", ["door"]))
 
 
 def test_email_optout_is_a_salted_hash(gallery: Gallery, tmp_path: Path) -> None:
@@ -298,50 +306,50 @@ def test_email_optout_is_a_salted_hash(gallery: Gallery, tmp_path: Path) -> None
 # -- audit ---------------------------------------------------------------------------------
 
 
-def test_every_call_is_audited_with_its_actor_and_nothing_biometric(gallery: Gallery, tmp_path: Path) -> None:
+def test_every_call_is_audited_with_its_actor_and_nothing_biometric(any_gallery: Gallery, tmp_path: Path) -> None:
     photo = fake_photo(tmp_path, "a.png", (10, 0))
-    gallery.enroll("alice", [photo], Consent("R1", ["door"]))
-    gallery.match(photo, purpose="door", actor="guard-7")
-    gallery.verify("alice", photo, purpose="door")
-    gallery.set_policy("tolerance", 0.5)
-    gallery.export("alice")
-    gallery.revoke_consent("R1")
-    gallery.forget("alice")
-    events = gallery.audit()
+    any_gallery.enroll("alice", [photo], Consent("R1", ["door"]))
+    any_gallery.match(photo, purpose="door", actor="guard-7")
+    any_gallery.verify("alice", photo, purpose="door")
+    any_gallery.set_policy("tolerance", 0.5)
+    any_gallery.export("alice")
+    any_gallery.revoke_consent("R1")
+    any_gallery.forget("alice")
+    events = any_gallery.audit()
     assert [e.action for e in events] == [
         "consent-grant", "enroll", "match", "verify", "policy-set", "export", "consent-revoke", "forget"]
     assert [e.actor for e in events][:3] == ["desk-1", "desk-1", "guard-7"]
     match = events[2]
     assert match.purpose == "door" and match.details["faces"] == 1 and match.details["subjects"] == ["alice"]
-    assert [e.action for e in gallery.audit("alice")] == [e.action for e in events if e.action != "policy-set"]
+    assert [e.action for e in any_gallery.audit("alice")] == [e.action for e in events if e.action != "policy-set"]
     for event in events:
         text = json.dumps(event.details)
         assert "embedding" not in text and "gps" not in text.lower() and len(text) < 600
-    check = gallery.verify_audit()
+    check = any_gallery.verify_audit()
     assert check.intact and check.events == 8 and check.head == events[-1].hash
 
 
 def test_verify_gives_one_answer_whether_enrolled_or_not_and_records_it(
-    gallery: Gallery, tmp_path: Path, clock: Clock
+    any_gallery: Gallery, tmp_path: Path, clock: Clock
 ) -> None:
     alice, bob = fake_photo(tmp_path, "a.png", (10, 0)), fake_photo(tmp_path, "b.png", (20, 0))
-    gallery.enroll("alice", [alice], Consent("R1", ["door"]))
-    gallery.grant_consent("carol", Consent("R3", ["door"]))  # consented, but no photo enrolled
-    gallery.declare_purpose("payroll")  # declared: alice's missing consent for it is the answer tested
+    any_gallery.enroll("alice", [alice], Consent("R1", ["door"]))
+    any_gallery.grant_consent("carol", Consent("R3", ["door"]))  # consented, but no photo enrolled
+    any_gallery.declare_purpose("payroll")  # declared: alice's missing consent for it is the answer tested
     calls = FakeEncoder.calls
     answers = {}
     for name, purpose in [("zed", "door"), ("alice", "payroll"), ("carol", "door")]:
         with pytest.raises(NoActiveEnrollmentError) as caught:
-            gallery.verify(name, alice, purpose=purpose)
+            any_gallery.verify(name, alice, purpose=purpose)
         assert isinstance(caught.value, ConsentError) and isinstance(caught.value, SubjectNotFoundError)
         answers[name] = str(caught.value).replace(f"'{name}'", "'X'").replace(f"'{purpose}'", "'P'")
     assert str(caught.value).startswith("No active enrollment of 'carol' for purpose 'door': ")
     assert len(set(answers.values())) == 1  # not enrolled, no consent for P, no templates: one answer
     assert FakeEncoder.calls == calls  # refused before any face was processed
     with pytest.raises(NoFaceError):
-        gallery.verify("alice", fake_photo(tmp_path, "none.png"), purpose="door")
-    assert not gallery.verify("alice", bob, purpose="door").match  # a failed 1:1 check: recorded under alice
-    events = gallery.audit()
+        any_gallery.verify("alice", fake_photo(tmp_path, "none.png"), purpose="door")
+    assert not any_gallery.verify("alice", bob, purpose="door").match  # a failed 1:1 check: recorded under alice
+    events = any_gallery.audit()
     refused = [(e.action, e.subject, e.purpose, e.details["error"]) for e in events if e.details.get("outcome") == "refused"]
     assert refused == [
         ("verify", "zed", "door", "NoActiveEnrollmentError"),
@@ -350,35 +358,35 @@ def test_verify_gives_one_answer_whether_enrolled_or_not_and_records_it(
         ("verify", "alice", "door", "NoFaceError"),
     ]
     assert (events[-1].action, events[-1].subject, events[-1].details["match"]) == ("verify", "alice", False)
-    assert [e.action for e in gallery.audit("zed")] == ["verify"]
-    assert gallery.verify_audit().intact
+    assert [e.action for e in any_gallery.audit("zed")] == ["verify"]
+    assert any_gallery.verify_audit().intact
 
 
-def test_refused_enrollments_and_matches_are_recorded(gallery: Gallery, tmp_path: Path) -> None:
+def test_refused_enrollments_and_matches_are_recorded(any_gallery: Gallery, tmp_path: Path) -> None:
     photo = fake_photo(tmp_path, "a.png", (10, 0))
-    gallery.enroll("alice", [photo], Consent("R1", ["door"]))
-    gallery.add_optout(subject="bob")
+    any_gallery.enroll("alice", [photo], Consent("R1", ["door"]))
+    any_gallery.add_optout(subject="bob")
     for call, error in [
-        (lambda: gallery.enroll("bob", [photo], Consent("R2", ["door"])), ConsentError),  # opted out
-        (lambda: gallery.enroll("carol", [photo], None), ConsentError),
-        (lambda: gallery.enroll("carol", [photo], Consent("R1", ["door"])), ConsentError),  # alice's reference
-        (lambda: gallery.enroll("carol", [photo], Consent("R3", ["door"])), PolicyError),  # alice's face
-        (lambda: gallery.enroll("carol", [fake_photo(tmp_path, "none.png")], Consent("R3", ["door"])), NoFaceError),
-        (lambda: gallery.match(tmp_path / "missing.jpg", purpose="door"), ImageError),
+        (lambda: any_gallery.enroll("bob", [photo], Consent("R2", ["door"])), ConsentError),  # opted out
+        (lambda: any_gallery.enroll("carol", [photo], None), ConsentError),
+        (lambda: any_gallery.enroll("carol", [photo], Consent("R1", ["door"])), ConsentError),  # alice's reference
+        (lambda: any_gallery.enroll("carol", [photo], Consent("R3", ["door"])), PolicyError),  # alice's face
+        (lambda: any_gallery.enroll("carol", [fake_photo(tmp_path, "none.png")], Consent("R3", ["door"])), NoFaceError),
+        (lambda: any_gallery.match(tmp_path / "missing.jpg", purpose="door"), ImageError),
     ]:
         with pytest.raises(error):
             call()
-    (bad,) = list(gallery.match_many([tmp_path / "missing.jpg"], purpose="door"))
+    (bad,) = list(any_gallery.match_many([tmp_path / "missing.jpg"], purpose="door"))
     assert bad.error is not None
-    events = [e for e in gallery.audit() if e.details.get("outcome") == "refused"]
+    events = [e for e in any_gallery.audit() if e.details.get("outcome") == "refused"]
     assert [(e.action, e.subject) for e in events] == [
         ("enroll", "bob"), ("enroll", "carol"), ("enroll", "carol"), ("enroll", "carol"), ("enroll", "carol"),
         ("match", None), ("match", None)]
     assert [e.details["error"] for e in events] == [
         "ConsentError", "ConsentError", "ConsentError", "PolicyError", "NoFaceError", "ImageError", "ImageError"]
     assert all(e.purpose == "door" for e in events[-2:]) and "missing.jpg" in events[-1].details["reason"]
-    assert [e.subject for e in gallery.subjects()] == ["alice"]
-    assert gallery.verify_audit().intact
+    assert [e.subject for e in any_gallery.subjects()] == ["alice"]
+    assert any_gallery.verify_audit().intact
 
 
 def test_a_refusal_creates_no_gallery_and_a_failing_record_hides_nothing(
@@ -445,10 +453,10 @@ def test_audit_verify_names_the_first_broken_link(
 # -- subject access ------------------------------------------------------------------------
 
 
-def test_export_bundle_has_no_embeddings(gallery: Gallery, tmp_path: Path) -> None:
-    gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], Consent("R1", ["door"], jurisdiction="GB",
+def test_export_bundle_has_no_embeddings(any_gallery: Gallery, tmp_path: Path) -> None:
+    any_gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], Consent("R1", ["door"], jurisdiction="GB",
                                                                               expires_at=START + YEAR))
-    bundle = gallery.export("alice")
+    bundle = any_gallery.export("alice")
     assert [c["reference"] for c in bundle["consents"]] == ["R1"]
     (template,) = bundle["templates"]
     assert set(template) == {"id", "created_at", "photo_sha256", "box", "consent_reference"}
@@ -456,7 +464,7 @@ def test_export_bundle_has_no_embeddings(gallery: Gallery, tmp_path: Path) -> No
     assert [e["action"] for e in bundle["audit"]] == ["consent-grant", "enroll", "export"]
     assert len(json.dumps(bundle)) < 5000  # 128 floats would not fit
     with pytest.raises(SubjectNotFoundError):
-        gallery.export("nobody")
+        any_gallery.export("nobody")
 
 
 # -- the CLI -------------------------------------------------------------------------------

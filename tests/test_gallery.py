@@ -26,13 +26,13 @@ from consentmatch import (
 from .conftest import PURPOSE, FakeEncoder, fake_encoding, fake_photo, gallery_rows
 
 
-def test_enroll_then_match_and_verify(fake_gallery: Gallery, tmp_path: Path, consent: Consent) -> None:
-    enrolled = fake_gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], consent)
+def test_enroll_then_match_and_verify(store_gallery: Gallery, tmp_path: Path, consent: Consent) -> None:
+    enrolled = store_gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], consent)
     assert (enrolled.subject, enrolled.templates_added, enrolled.templates_total) == ("alice", 1, 1)
-    result = fake_gallery.match(fake_photo(tmp_path, "probe.png", (10, 3)), purpose=PURPOSE)
+    result = store_gallery.match(fake_photo(tmp_path, "probe.png", (10, 3)), purpose=PURPOSE)
     (face,) = result.faces
     assert face.subject == "alice" and 0.1 < face.distance < 0.6  # type: ignore[operator]
-    assert fake_gallery.verify("alice", tmp_path / "probe.png", purpose=PURPOSE).match
+    assert store_gallery.verify("alice", tmp_path / "probe.png", purpose=PURPOSE).match
 
 
 def test_enroll_refuses_without_consent(fake_gallery: Gallery, tmp_path: Path) -> None:
@@ -42,17 +42,17 @@ def test_enroll_refuses_without_consent(fake_gallery: Gallery, tmp_path: Path) -
     assert not fake_gallery.path.exists()
 
 
-def test_enroll_refuses_expired_consent(fake_gallery: Gallery, tmp_path: Path) -> None:
+def test_enroll_refuses_expired_consent(store_gallery: Gallery, tmp_path: Path) -> None:
     expired = Consent("REF-1", [PURPOSE], expires_at=datetime(2020, 1, 1, tzinfo=timezone.utc))
     with pytest.raises(ConsentError, match="expired on 2020-01-01"):
-        fake_gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], expired)
+        store_gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], expired)
 
 
-def test_consent_reference_belongs_to_one_subject(fake_gallery: Gallery, tmp_path: Path, consent: Consent) -> None:
-    fake_gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], consent)
+def test_consent_reference_belongs_to_one_subject(store_gallery: Gallery, tmp_path: Path, consent: Consent) -> None:
+    store_gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], consent)
     before = FakeEncoder.calls
     with pytest.raises(ConsentError, match="already belongs to subject 'alice'"):
-        fake_gallery.enroll("bob", [fake_photo(tmp_path, "b.png", (20, 0))], consent)
+        store_gallery.enroll("bob", [fake_photo(tmp_path, "b.png", (20, 0))], consent)
     assert FakeEncoder.calls == before  # refused before any face was processed
 
 
@@ -75,59 +75,59 @@ def test_several_photos_enroll_all_or_nothing(fake_gallery: Gallery, tmp_path: P
     assert refused == ["MultipleFacesError", "NoFaceError", "ImageError"]
 
 
-def test_match_searches_only_the_purpose(fake_gallery: Gallery, tmp_path: Path) -> None:
-    fake_gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], Consent("R1", ["door"]))
-    fake_gallery.enroll("bob", [fake_photo(tmp_path, "b.png", (20, 0))], Consent("R2", ["payroll"]))
+def test_match_searches_only_the_purpose(store_gallery: Gallery, tmp_path: Path) -> None:
+    store_gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], Consent("R1", ["door"]))
+    store_gallery.enroll("bob", [fake_photo(tmp_path, "b.png", (20, 0))], Consent("R2", ["payroll"]))
     probe = fake_photo(tmp_path, "probe.png", (10, 1), (20, 1))
-    door = fake_gallery.match(probe, purpose="door")
+    door = store_gallery.match(probe, purpose="door")
     assert [f.subject for f in door.faces] == ["alice", None]
     assert {c.subject for f in door.faces for c in f.candidates} == {"alice"}
-    assert [f.subject for f in fake_gallery.match(probe, purpose="payroll").faces] == [None, "bob"]
-    fake_gallery.declare_purpose("marketing")  # declared, but no consent covers it: an answer
-    assert all(not f.candidates for f in fake_gallery.match(probe, purpose="marketing").faces)
+    assert [f.subject for f in store_gallery.match(probe, purpose="payroll").faces] == [None, "bob"]
+    store_gallery.declare_purpose("marketing")  # declared, but no consent covers it: an answer
+    assert all(not f.candidates for f in store_gallery.match(probe, purpose="marketing").faces)
     with pytest.raises(InvalidArgumentError, match="did you mean 'payroll'"):  # undeclared: a usage error
-        fake_gallery.match(probe, purpose="payrol")
+        store_gallery.match(probe, purpose="payrol")
 
 
-def test_purpose_filter_is_exact_not_a_post_filter(fake_gallery: Gallery, tmp_path: Path) -> None:
+def test_purpose_filter_is_exact_not_a_post_filter(store_gallery: Gallery, tmp_path: Path) -> None:
     # Twenty other-purpose subjects nearer to the probe than the true match must not hide it.
     target = fake_photo(tmp_path, "t.png", (50, 0))
-    fake_gallery.enroll("target", [target], Consent("T", ["door"]))
+    store_gallery.enroll("target", [target], Consent("T", ["door"]))
     for i in range(20):
-        fake_gallery.enroll(f"twin{i}", [fake_photo(tmp_path, f"w{i}.png", (50, 0))], Consent(f"W{i}", ["other"]),
+        store_gallery.enroll(f"twin{i}", [fake_photo(tmp_path, f"w{i}.png", (50, 0))], Consent(f"W{i}", ["other"]),
                             allow_duplicate=True)
-    (face,) = fake_gallery.match(target, purpose="door", top_k=1).faces
+    (face,) = store_gallery.match(target, purpose="door", top_k=1).faces
     assert face.subject == "target"
 
 
-def test_top_k_lists_each_subject_once_at_its_nearest_template(fake_gallery: Gallery, tmp_path: Path) -> None:
+def test_top_k_lists_each_subject_once_at_its_nearest_template(store_gallery: Gallery, tmp_path: Path) -> None:
     photos = [fake_photo(tmp_path, f"a{v}.png", (10, v)) for v in range(1, 6)]
-    fake_gallery.enroll("alice", photos, Consent("R1", [PURPOSE]))
-    fake_gallery.enroll("bob", [fake_photo(tmp_path, "b.png", (20, 0))], Consent("R2", [PURPOSE]))
-    (face,) = fake_gallery.match(fake_photo(tmp_path, "p.png", (10, 3)), purpose=PURPOSE, top_k=2).faces
+    store_gallery.enroll("alice", photos, Consent("R1", [PURPOSE]))
+    store_gallery.enroll("bob", [fake_photo(tmp_path, "b.png", (20, 0))], Consent("R2", [PURPOSE]))
+    (face,) = store_gallery.match(fake_photo(tmp_path, "p.png", (10, 3)), purpose=PURPOSE, top_k=2).faces
     assert [c.subject for c in face.candidates] == ["alice", "bob"]
     assert face.candidates[0].distance == pytest.approx(0.0, abs=1e-3)  # variant 3 is enrolled
     assert face.candidates[1].distance > 1.0  # listed beyond the tolerance
 
 
-def test_forget_erases_for_good(fake_gallery: Gallery, tmp_path: Path, consent: Consent) -> None:
+def test_forget_erases_for_good(store_gallery: Gallery, tmp_path: Path, consent: Consent) -> None:
     photo = fake_photo(tmp_path, "a.png", (10, 0))
-    fake_gallery.enroll("alice", [photo, fake_photo(tmp_path, "a2.png", (10, 1))], consent)
-    fake_gallery.match(photo, purpose=PURPOSE)  # index built
-    receipt = fake_gallery.forget("alice")
+    store_gallery.enroll("alice", [photo, fake_photo(tmp_path, "a2.png", (10, 1))], consent)
+    store_gallery.match(photo, purpose=PURPOSE)  # index built
+    receipt = store_gallery.forget("alice")
     assert (receipt.templates_removed, receipt.index_entries_removed, receipt.consents_removed) == (2, 2, 1)
-    assert fake_gallery.match(photo, purpose=PURPOSE).faces[0].candidates == ()
-    assert fake_gallery.subjects() == []
+    assert store_gallery.match(photo, purpose=PURPOSE).faces[0].candidates == ()
+    assert store_gallery.subjects() == []
     with pytest.raises(SubjectNotFoundError):
-        fake_gallery.verify("alice", photo, purpose=PURPOSE)
+        store_gallery.verify("alice", photo, purpose=PURPOSE)
     with pytest.raises(SubjectNotFoundError):
-        fake_gallery.forget("alice")
-    with Gallery(fake_gallery.path, encoder=FakeEncoder()) as reopened:  # a fresh index from the store
+        store_gallery.forget("alice")
+    with Gallery(store_gallery.location, encoder=FakeEncoder()) as reopened:  # a fresh index from the store
         assert reopened.match(photo, purpose=PURPOSE).faces[0].candidates == ()
 
 
-def test_other_gallery_instances_see_writes(tmp_path: Path, consent: Consent) -> None:
-    path = tmp_path / "shared.db"
+def test_other_gallery_instances_see_writes(gallery_location: str, tmp_path: Path, consent: Consent) -> None:
+    path = gallery_location
     photo = fake_photo(tmp_path, "a.png", (10, 0))
     with Gallery(path, encoder=FakeEncoder()) as writer, Gallery(path, encoder=FakeEncoder()) as reader:
         writer.enroll("alice", [photo], consent)
@@ -167,16 +167,16 @@ def test_a_file_that_is_not_a_gallery(tmp_path: Path, consent: Consent) -> None:
     assert junk.read_bytes() == b"this is not sqlite at all" * 100
 
 
-def test_concurrent_searches_while_enrolling_and_forgetting(fake_gallery: Gallery, tmp_path: Path) -> None:
+def test_concurrent_searches_while_enrolling_and_forgetting(store_gallery: Gallery, tmp_path: Path) -> None:
     probe = fake_photo(tmp_path, "probe.png", (10, 1))
-    fake_gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], Consent("RA", [PURPOSE]))
+    store_gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], Consent("RA", [PURPOSE]))
     photos = [fake_photo(tmp_path, f"p{i}.png", (100 + i, 0)) for i in range(10)]
     errors: list[BaseException] = []
 
     def search() -> None:
         try:
             for _ in range(30):
-                (face,) = fake_gallery.match(probe, purpose=PURPOSE).faces
+                (face,) = store_gallery.match(probe, purpose=PURPOSE).faces
                 assert face.subject == "alice"
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
@@ -185,13 +185,13 @@ def test_concurrent_searches_while_enrolling_and_forgetting(fake_gallery: Galler
     for thread in threads:
         thread.start()
     for i, photo in enumerate(photos):
-        fake_gallery.enroll(f"s{i}", [photo], Consent(f"R{i}", [PURPOSE]))
+        store_gallery.enroll(f"s{i}", [photo], Consent(f"R{i}", [PURPOSE]))
         if i % 2:
-            fake_gallery.forget(f"s{i - 1}")
+            store_gallery.forget(f"s{i - 1}")
     for thread in threads:
         thread.join()
     assert errors == []
-    assert sorted(s.subject for s in fake_gallery.subjects()) == ["alice", "s1", "s3", "s5", "s7", "s9"]
+    assert sorted(s.subject for s in store_gallery.subjects()) == ["alice", "s1", "s3", "s5", "s7", "s9"]
 
 
 def test_forget_racing_a_reenrollment_of_the_name_shreds_the_new_key(
@@ -225,24 +225,24 @@ def test_forget_racing_a_reenrollment_of_the_name_shreds_the_new_key(
         deks.close()
 
 
-def test_top_k_is_capped_by_the_policy_and_far_distances_are_coarse(fake_gallery: Gallery, tmp_path: Path) -> None:
+def test_top_k_is_capped_by_the_policy_and_far_distances_are_coarse(store_gallery: Gallery, tmp_path: Path) -> None:
     for person in range(1, 13):
-        fake_gallery.enroll(f"p{person}", [fake_photo(tmp_path, f"p{person}.png", (person * 10, 0))],
+        store_gallery.enroll(f"p{person}", [fake_photo(tmp_path, f"p{person}.png", (person * 10, 0))],
                             Consent(f"R{person}", [PURPOSE]))
     probe = fake_photo(tmp_path, "probe.png", (10, 3))
-    assert fake_gallery.policy()["max_top_k"] == 10
+    assert store_gallery.policy()["max_top_k"] == 10
     with pytest.raises(InvalidArgumentError, match=r"top_k 11 is over this gallery's limit of 10 \(policy max_top_k\)"):
-        fake_gallery.match(probe, purpose=PURPOSE, top_k=11)
+        store_gallery.match(probe, purpose=PURPOSE, top_k=11)
     with pytest.raises(InvalidArgumentError, match="max_top_k"):
-        list(fake_gallery.match_many([probe], purpose=PURPOSE, top_k=11))
-    (face,) = fake_gallery.match(probe, purpose=PURPOSE, top_k=10).faces
+        list(store_gallery.match_many([probe], purpose=PURPOSE, top_k=11))
+    (face,) = store_gallery.match(probe, purpose=PURPOSE, top_k=10).faces
     assert len(face.candidates) == 10
     nearest, *far = face.candidates
     exact = float(np.linalg.norm(fake_encoding(10, 0) - fake_encoding(10, 3)))
     assert nearest.subject == "p1" and nearest.distance == pytest.approx(exact, abs=1e-6) and face.distance == nearest.distance
     assert nearest.distance != round(nearest.distance, 2)  # within the tolerance: exact
     assert all(c.distance > 0.6 and c.distance == round(c.distance, 2) for c in far)  # beyond it: 2 decimals
-    fake_gallery.set_policy("max_top_k", "12")
-    assert len(fake_gallery.match(probe, purpose=PURPOSE, top_k=12).faces[0].candidates) == 12
+    store_gallery.set_policy("max_top_k", "12")
+    assert len(store_gallery.match(probe, purpose=PURPOSE, top_k=12).faces[0].candidates) == 12
     with pytest.raises(InvalidArgumentError, match="whole number from 1 to 1000"):
-        fake_gallery.set_policy("max_top_k", "0.5")
+        store_gallery.set_policy("max_top_k", "0.5")

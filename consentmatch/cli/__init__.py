@@ -9,14 +9,16 @@ processed (no match is a result), 1 an input or the gallery failed, 2 a usage er
     records.py      consent, policy, retention, purge, optout, audit, export, key
     evaluation.py   evaluate, calibrate
     service.py      serve, apikey, request
+    transfer.py     copy (a gallery to another store)
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 
-from . import evaluation, faces, records, service  # noqa: F401  (each registers its commands on `app`)
+from . import evaluation, faces, records, service, transfer  # noqa: F401  (each registers its commands on `app`)
 from .common import app, error, settings
 
 __all__ = ["app", "main"]
@@ -28,6 +30,9 @@ def main() -> None:
     # Pillow warns about corrupt EXIF and big images; the decoder already turns what matters into
     # one-line errors, so the warnings would only add noise (with file paths) to stderr.
     warnings.filterwarnings("ignore", module="PIL")
+    # psycopg's pool logs each failed reconnection while a PostgreSQL server is down; the
+    # command's own one-line error says it (storage/postgres.py), so they are not printed.
+    logging.getLogger("psycopg").addHandler(logging.NullHandler())
     try:
         app()
     except Exception as exc:  # a bug: say so in one line; the traceback only on request

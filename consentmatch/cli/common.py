@@ -59,12 +59,12 @@ def _root(
 out = Console(highlight=False, soft_wrap=True, emoji=False)
 
 GalleryOption = Annotated[
-    Path,
+    str,
     typer.Option(
         "--gallery",
         "-g",
         envvar="CONSENTMATCH_GALLERY",
-        help="The gallery file (SQLite); created by the first enrollment.",
+        help="The gallery file (SQLite), or a postgresql:// URL (many machines); created by the first enrollment.",
         show_envvar=True,
     ),
 ]
@@ -180,7 +180,7 @@ def settings(detector: str | None = None) -> Settings:
     return Settings.from_env().replace(detector=detector)
 
 
-def open_gallery(path: Path, actor: str | None = None, detector: str | None = None) -> Gallery:
+def open_gallery(path: str | Path, actor: str | None = None, detector: str | None = None) -> Gallery:
     from ..gallery import Gallery
 
     return Gallery(path, actor=actor, settings=settings(detector))

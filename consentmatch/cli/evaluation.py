@@ -189,7 +189,7 @@ def calibrate(
         typer.Option("--target-fmr", help="The false-match rate to meet, e.g. 0.001 (one in a thousand).", show_default=False),
     ],
     gallery: Annotated[
-        Optional[Path],
+        Optional[str],
         typer.Option("--gallery", "-g", envvar="CONSENTMATCH_GALLERY", show_envvar=True,
                      help="Store the tolerance in this gallery's policy (audited)."),
     ] = None,

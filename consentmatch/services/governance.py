@@ -161,5 +161,5 @@ def subjects(ctx: Context) -> list[SubjectInfo]:
 
 def _key_info(ctx: Context) -> KeyInfo:
     keys = ctx.store.keys
-    return KeyInfo(gallery_id=keys.gallery_id or "", key_source=keys.source, key_dir=str(keys.key_dir),
+    return KeyInfo(gallery_id=keys.gallery_id or "", key_source=keys.source, key_dir=keys.keys_at or str(keys.key_dir),
                    data_keys=len(keys.key_ids()))

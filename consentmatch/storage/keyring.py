@@ -26,22 +26,35 @@ import secrets
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Protocol
 
 from ..crypto import KEY_BYTES, aead, parse_key, seal, unseal, unseal_with, write_private
 from ..errors import EncryptionKeyError
 from ..files import KEY_FILE_MAX_BYTES, FileKind, read_file
 from ..settings import KeySource, Settings, key_source
 
-__all__ = ["INDEX_KEY_PREFIX", "MAC_KEY_ID", "KeyRing"]
+__all__ = ["INDEX_KEY_PREFIX", "MAC_KEY_ID", "KeyDb", "KeyRing"]
 
 INDEX_KEY_PREFIX = "index-"  # data keys of index snapshots, not of subjects
 MAC_KEY_PREFIX = "mac-"  # the gallery's MAC key: neither a subject's nor an index's, never shredded
 MAC_KEY_ID = MAC_KEY_PREFIX + "1"
 REQUEST_KEY_PREFIX = "request-"  # data keys of probes held for approval, shredded when decided
 _CHECK = b"consentmatch gallery key check"
+
+
+# Statements both SQLite and PostgreSQL run (the key store may be either, `KeyDb`).
+_UPSERT_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+_INSERT_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"
+
+
+
+def _text(value: Any) -> str:
+    """A text value of the key store's meta table: bytes (BLOB, BYTEA) since both engines could hold
+    it; text in SQLite stores written before."""
+    return bytes(value).decode() if isinstance(value, (bytes, bytearray, memoryview)) else str(value)
 
 
 _KEY_FILE = FileKind("The gallery key file", "the key file", KEY_FILE_MAX_BYTES, "a key file holds 64 hex digits")
@@ -84,6 +97,18 @@ def check_private(path: Path) -> None:
         )
 
 
+class KeyDb(Protocol):
+    """The data-key store's connection, as the key ring uses it: sqlite3's calls (`BEGIN IMMEDIATE`
+    takes the store's write lock), qmark parameters, SQL that SQLite and PostgreSQL both speak.
+    An SQLite file by default; `storage/postgres_keys.py` adapts a PostgreSQL database to it."""
+
+    @property
+    def in_transaction(self) -> bool: ...
+    def execute(self, sql: str, parameters: Any = ..., /) -> Any: ...
+    def executemany(self, sql: str, parameters: Any, /) -> Any: ...
+    def close(self) -> None: ...
+
+
 class KeyRing:
     """The gallery key and the per-subject data keys of one gallery.
 
@@ -105,7 +130,9 @@ class KeyRing:
         self._lock = threading.RLock()
         self._kek: bytes | None = None
         self._deks: dict[str, bytes] = {}
-        self._conn: sqlite3.Connection | None = None
+        self._conn: KeyDb | None = None
+        self._remote: Callable[[], KeyDb] | None = None  # another data-key store than the `.deks` file
+        self.keys_at: str | None = None  # where `_remote` keeps the data keys, as said in messages and `key info`
         self._check: bytes | None = None  # the key check `_kek` opened: another one means the key was rotated
         self.gallery_id: str | None = None
         #: The key file this ring created (a gallery's first write), for the caller to say once
@@ -113,6 +140,11 @@ class KeyRing:
         self.created_key_file: Path | None = None
 
     # -- opening ---------------------------------------------------------------------------
+
+    def keep_keys_in(self, connect: Callable[[], KeyDb], where: str) -> None:
+        """Keep the data keys in the store `connect` opens (a gallery on a server: its keys
+        database, `storage/postgres.py`) instead of the `.deks` file in the key folder."""
+        self._remote, self.keys_at = connect, where
 
     def open(self, gallery_id: str, *, created: bool, create: bool) -> bool:
         """Load the gallery key and the data-key store; returns True when it creates them.
@@ -136,15 +168,21 @@ class KeyRing:
                 self._kek = self._load_kek(gallery_id, create=True)
                 self._open_deks(deks)
                 self._check = seal(self._kek, _CHECK, gallery_id.encode())
-                self._db().execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('check', ?)", (self._check,))
+                self._db().execute(_UPSERT_META, ("check", self._check))
                 return True
-            if not deks.exists():
+            if self._remote is None and not deks.exists():
                 raise EncryptionKeyError(
                     f"The data keys of this gallery are missing ({deks}): set CONSENTMATCH_KEY_DIR to the folder "
                     "that holds them, or restore it from your key backup."
                 )
             self._open_deks(deks)
             assert self._conn is not None
+            if self._remote is not None and self._conn.execute("SELECT 1 FROM meta WHERE key = 'check'").fetchone() is None:
+                self._conn.close()
+                self._conn = None
+                raise EncryptionKeyError(
+                    f"The data keys of this gallery are missing ({self.keys_at}): restore them from your key backup."
+                )
             try:
                 pending = self._pending()
                 if pending is not None and pending.exists():  # a rotation cut short: settled under the store's lock
@@ -161,7 +199,7 @@ class KeyRing:
             return False
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> Iterator[KeyDb]:
         """A write transaction of the data-key store, whose gallery key is made current first (`_sync`).
 
         Every wrap of a data key and every move of a key file happens inside one: the store's
@@ -186,7 +224,7 @@ class KeyRing:
                 conn.execute("ROLLBACK")
             raise
 
-    def _sync(self, conn: sqlite3.Connection) -> None:
+    def _sync(self, conn: KeyDb) -> None:
         """Under the store's write lock: make `_kek` the gallery key that opens the key check now.
 
         Another process (or another KeyRing) may have rotated the key since this one loaded it:
@@ -268,6 +306,9 @@ class KeyRing:
         )
 
     def _open_deks(self, path: Path) -> None:
+        if self._remote is not None:
+            self._conn = self._remote()
+            return
         check_private(path.parent)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
@@ -290,7 +331,7 @@ class KeyRing:
 
     # -- data keys -------------------------------------------------------------------------
 
-    def _db(self) -> sqlite3.Connection:
+    def _db(self) -> KeyDb:
         if self._conn is None or self._kek is None:
             raise EncryptionKeyError("The gallery's keys are not open.")
         return self._conn
@@ -393,7 +434,7 @@ class KeyRing:
             try:
                 conn.executemany("DELETE FROM deks WHERE key_id = ?", [(k,) for k in key_ids])
                 if any(not k.startswith((INDEX_KEY_PREFIX, REQUEST_KEY_PREFIX)) for k in key_ids):
-                    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('shred_stamp', ?)", (secrets.token_hex(16),))
+                    conn.execute(_UPSERT_META, ("shred_stamp", secrets.token_hex(16).encode()))
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -409,9 +450,9 @@ class KeyRing:
             conn = self._db()
             row = conn.execute("SELECT value FROM meta WHERE key = 'shred_stamp'").fetchone()
             if row is None:  # a key store from before the stamp
-                conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('shred_stamp', ?)", (secrets.token_hex(16),))
+                conn.execute(_INSERT_META, ("shred_stamp", secrets.token_hex(16).encode()))
                 row = conn.execute("SELECT value FROM meta WHERE key = 'shred_stamp'").fetchone()
-            return str(row[0])
+            return _text(row[0])
 
     def seal_template(self, key_id: str, plaintext: bytes, aad: bytes) -> bytes:
         dek = self.data_key(key_id)
@@ -442,7 +483,7 @@ class KeyRing:
             assert key is not None
             return key
 
-    def _check_current(self, conn: sqlite3.Connection) -> None:
+    def _check_current(self, conn: KeyDb) -> None:
         """Refuse to wrap a key with a gallery key that another process has rotated away since the open."""
         row = conn.execute("SELECT value FROM meta WHERE key = 'check'").fetchone()
         assert self._kek is not None
@@ -460,7 +501,7 @@ class KeyRing:
 
     def set_bound(self) -> None:
         with self._lock:
-            self._db().execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('bound', '1')")
+            self._db().execute(_INSERT_META, ("bound", b"1"))
 
     def rotate(self, new_key: bytes | None = None, *, record: str | None = None) -> bytes:
         """Re-wrap every data key under a new gallery key; returns the new key.
@@ -498,9 +539,9 @@ class KeyRing:
                             raise EncryptionKeyError(f"Data key {str(key_id)[:8]}... does not open: rotation stopped, nothing changed.")
                         conn.execute("UPDATE deks SET wrapped = ? WHERE key_id = ?", (seal(fresh, dek, str(key_id).encode()), key_id))
                     check = seal(fresh, _CHECK, self.gallery_id.encode())
-                    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('check', ?)", (check,))
+                    conn.execute(_UPSERT_META, ("check", check))
                     if record is not None:
-                        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('unrecorded_rotation', ?)", (record,))
+                        conn.execute(_UPSERT_META, ("unrecorded_rotation", record.encode()))
                 except BaseException:
                     if pending is not None and pending.exists():
                         pending.unlink()
@@ -518,13 +559,57 @@ class KeyRing:
         """The `record` of a rotation not yet marked recorded (`rotate`), if any."""
         with self._lock:
             row = self._db().execute("SELECT value FROM meta WHERE key = 'unrecorded_rotation'").fetchone()
-            return None if row is None else str(row[0])
+            return None if row is None else _text(row[0])
 
     def rotation_recorded(self, record: str) -> None:
         """The caller stored this rotation's record: forget it (a later rotation's stays). A store
         that cannot be written now keeps it; the caller's recording must be idempotent."""
         with self._lock, contextlib.suppress(sqlite3.OperationalError):
-            self._db().execute("DELETE FROM meta WHERE key = 'unrecorded_rotation' AND value = ?", (record,))
+            self._db().execute("DELETE FROM meta WHERE key = 'unrecorded_rotation' AND value = ?", (record.encode(),))
+
+    # -- copying a gallery (storage/transfer.py) ------------------------------------------------
+
+    def wrapped_keys(self) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+        """Every data key as stored (wrapped by the gallery key, never unwrapped here) and the key
+        store's meta rows: what a copy of the gallery to another store takes along."""
+        with self._lock:
+            conn = self._db()
+            deks = [(str(k), bytes(w)) for k, w in conn.execute("SELECT key_id, wrapped FROM deks ORDER BY key_id")]
+            meta = [(str(k), bytes(v) if isinstance(v, (bytes, memoryview)) else str(v).encode())
+                    for k, v in conn.execute("SELECT key, value FROM meta ORDER BY key")]
+            return deks, meta
+
+    def adopt(self, gallery_id: str, deks: list[tuple[str, bytes]], meta: list[tuple[str, bytes]]) -> None:
+        """Fill this ring's (empty) data-key store for `gallery_id` with another store's wrapped keys, in
+        one transaction; the ring is left closed (the copied gallery opens it as usual).
+
+        Raises:
+            EncryptionKeyError: the store holds data keys already.
+        """
+        with self._lock:
+            self.close()
+            self.gallery_id = gallery_id
+            self._open_deks(self.key_dir / f"{gallery_id}.deks")
+            conn = self._conn
+            assert conn is not None
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    if conn.execute("SELECT 1 FROM deks UNION ALL SELECT 1 FROM meta WHERE key = 'check'").fetchone():
+                        raise EncryptionKeyError(
+                            f"The data-key store of the copy ({self.keys_at or self.key_dir / f'{gallery_id}.deks'}) "
+                            "holds keys already (of an earlier copy of this gallery): retire that copy and move "
+                            "its key store away first, or copy to another key folder (CONSENTMATCH_KEY_DIR)."
+                        )
+                    conn.executemany("INSERT INTO deks (key_id, wrapped) VALUES (?, ?)", deks)
+                    conn.executemany(_UPSERT_META, meta)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            finally:
+                self.close()
 
     @property
     def source(self) -> str:

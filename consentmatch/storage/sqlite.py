@@ -231,6 +231,33 @@ class SqliteStore:
             tx.seal_consent(int(consent_id))
         return resealed
 
+    @contextmanager
+    def loading(self) -> Iterator[sqlite3.Connection]:
+        """A new gallery file with its schema but no keys, for a copy to fill in one transaction
+        (storage/transfer.py); the file is removed if the copy fails.
+
+        Raises:
+            StorageError: the file exists already.
+        """
+        with self._lock, self._mapped():
+            if self.path.exists():
+                raise StorageError(f"'{self.path}' exists already: name a new gallery file to copy to.")
+            self._check_regular(create=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_S)
+            try:
+                conn.execute("PRAGMA foreign_keys = ON")
+                conn.execute("PRAGMA journal_mode = WAL")
+                self._migrate(conn)
+                conn.execute("BEGIN IMMEDIATE")
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.close()
+                for leftover in (self.path, self.path.with_name(self.path.name + "-wal"), self.path.with_name(self.path.name + "-shm")):
+                    leftover.unlink(missing_ok=True)
+                raise
+            conn.close()
+
     def checkpoint(self) -> None:
         """Copy the WAL into the database now. PASSIVE: an erasure never waits on readers; pages a
         reader still holds stay in the WAL, sealed under a key that no longer exists."""

@@ -20,6 +20,12 @@ class AuditRows:
     """The audit half of an SQLite transaction (`SqliteTransaction` inherits it)."""
 
     conn: sqlite3.Connection
+    #: An event names `:subject`, or lists it among a search's subjects or shown candidates
+    #: (postgres_rows.py says it in PostgreSQL's JSON functions).
+    mentions = """(subject = :subject OR EXISTS (SELECT 1 FROM json_each(details, '$.subjects') WHERE value = :subject)
+                  OR EXISTS (SELECT 1 FROM json_each(details, '$.shown') WHERE json_extract(value, '$.subject') = :subject))"""
+    #: A key rotation event's own id.
+    rotation_id = "json_extract(details, '$.rotation')"
 
     def _audit_head(self) -> tuple[int, str]:
         (value,) = self.conn.execute("SELECT value FROM meta WHERE key = 'audit_head'").fetchone()
@@ -51,8 +57,7 @@ class AuditRows:
         and searches that returned or showed them among others; `since`/`until`: inclusive bounds."""
         where: list[str] = []
         if subject:
-            where.append("""(subject = :subject OR EXISTS (SELECT 1 FROM json_each(details, '$.subjects') WHERE value = :subject)
-                          OR EXISTS (SELECT 1 FROM json_each(details, '$.shown') WHERE json_extract(value, '$.subject') = :subject))""")
+            where.append(self.mentions)
         for column, value in (("actor", actor), ("action", action), ("purpose", purpose)):
             if value:
                 where.append(f"{column} = :{column}")
@@ -89,7 +94,7 @@ class AuditRows:
         fields = json.loads(event)
         details = fields["details"]
         recorded = self.conn.execute(
-            "SELECT 1 FROM audit WHERE seq > ? AND action = 'key-rotate' AND json_extract(details, '$.rotation') = ?",
+            f"SELECT 1 FROM audit WHERE seq > ? AND action = 'key-rotate' AND {self.rotation_id} = ?",
             (fields["after"], details["rotation"]),
         ).fetchone()
         if recorded is None:

@@ -51,6 +51,8 @@ class Integrity:
     conn: sqlite3.Connection
     keys: KeyRing
     path: Path
+    #: The consent columns (and purposes) its MAC covers, in this engine's SQL (postgres_rows.py has its own).
+    consent_fields = CONSENT_FIELDS
 
     def subject_names(self, subject_ids: Sequence[int]) -> dict[int, str]:
         raise NotImplementedError
@@ -96,7 +98,7 @@ class Integrity:
 
     def seal_consent(self, consent_id: int) -> None:
         """Write the MAC of a consent row and its purposes as they are now."""
-        row = self.conn.execute(f"SELECT {CONSENT_FIELDS} FROM consents c WHERE c.id = ?", (consent_id,)).fetchone()
+        row = self.conn.execute(f"SELECT {self.consent_fields} FROM consents c WHERE c.id = ?", (consent_id,)).fetchone()
         if row is not None:
             self.conn.execute("UPDATE consents SET mac = ? WHERE id = ?", (self._mac(consent_content(row)), consent_id))
 
@@ -113,7 +115,7 @@ class Integrity:
                 intact.add(("subject", subject_id))
             else:
                 problem = f"the subject '{row[1]}'"
-        for row in self.conn.execute(f"SELECT {CONSENT_FIELDS}, c.mac FROM consents c WHERE c.subject_id = ?", (subject_id,)):
+        for row in self.conn.execute(f"SELECT {self.consent_fields}, c.mac FROM consents c WHERE c.subject_id = ?", (subject_id,)):
             every.add(("consent", int(row[0])))
             if self._holds(consent_content(row), row[12]):
                 intact.add(("consent", int(row[0])))
@@ -187,7 +189,7 @@ class Integrity:
         for row in self.conn.execute(f"SELECT {SUBJECT_FIELDS}, s.mac FROM subjects s ORDER BY s.id"):
             if not self._holds(subject_content(row), row[7]):
                 return f"the subject '{row[1]}'"
-        for row in self.conn.execute(f"SELECT {CONSENT_FIELDS}, c.mac FROM consents c ORDER BY c.id"):
+        for row in self.conn.execute(f"SELECT {self.consent_fields}, c.mac FROM consents c ORDER BY c.id"):
             if not self._holds(consent_content(row), row[12]):
                 return f"the consent record '{row[2]}'"
         try:

@@ -30,7 +30,7 @@ from .base import Searchable, reference_taken, unknown_reference
 from .keyring import KeyRing
 from .sqlite_access import AccessRows
 from .sqlite_audit import AuditRows
-from .sqlite_integrity import CONSENT_FIELDS, SUBJECT_FIELDS, Integrity, consent_content, subject_content
+from .sqlite_integrity import SUBJECT_FIELDS, Integrity, consent_content, subject_content
 
 if TYPE_CHECKING:
     from .sqlite import SqliteStore
@@ -258,9 +258,9 @@ class SqliteTransaction(AccessRows, Integrity, AuditRows):
               {"AND c.id IN (SELECT consent_id FROM consent_purposes WHERE purpose = :purpose)" if purpose else ""}
         """
         params = {"now": moment, "purpose": purpose}
-        (expiry, retention) = self.conn.execute(f"SELECT min(expires_at), min(destroy_by) FROM ({active})", params).fetchone()
+        (expiry, retention) = self.conn.execute(f"SELECT min(expires_at), min(destroy_by) FROM ({active}) AS a", params).fetchone()
         rows = self.conn.execute(  # read from the covering index on subject_id; sorted here, 40% faster than ORDER BY
-            f"SELECT id, subject_id FROM templates WHERE subject_id IN (SELECT subject_id FROM ({active}))", params
+            f"SELECT id, subject_id FROM templates WHERE subject_id IN (SELECT subject_id FROM ({active}) AS a)", params
         ).fetchall()
         array = np.array(rows, dtype=np.int64).reshape(-1, 2)
         array = array[np.argsort(array[:, 0])]
@@ -312,7 +312,7 @@ class SqliteTransaction(AccessRows, Integrity, AuditRows):
             where.append("c.reference = ?")
             params.append(reference)
         rows = self.conn.execute(
-            f"""SELECT {CONSENT_FIELDS}, c.mac, {SUBJECT_FIELDS}, s.mac
+            f"""SELECT {self.consent_fields}, c.mac, {SUBJECT_FIELDS}, s.mac
                 FROM consents c JOIN subjects s ON s.id = c.subject_id
                 {"WHERE " + " AND ".join(where) if where else ""} ORDER BY c.id""",
             params,
