@@ -28,10 +28,8 @@ from consentmatch.runners import RAY_INSTALL_HINT
 
 from .conftest import EXAMPLES, PURPOSE, FakeEncoder, fake_photo
 
-#: The stores every test here runs against. PostgreSQL (storage/postgres.py, branch pg): add
-#: "postgresql" and give `gallery_at` a branch that yields a fresh database's URL; nothing else
-#: changes (the driver opens the gallery, the workers never do).
-STORES = ["sqlite"]
+#: The stores every test here runs against: the driver opens the gallery, the workers never do.
+STORES = ["sqlite", "postgres"]
 
 WORKER_TITLE = b"ray::_PhotoWorker"
 #: Probes whose matches compare two galleries' encodings: one face, two, and a small one.
@@ -62,7 +60,9 @@ GalleryAt = Callable[[], str]
 @pytest.fixture(params=STORES)
 def gallery_at(request: pytest.FixtureRequest, tmp_path: Path) -> GalleryAt:
     """Where a fresh gallery is made, for each store: a function, so one test can make several."""
-    assert request.param == "sqlite"
+    if request.param == "postgres":
+        cluster = request.getfixturevalue("pg_cluster")
+        return lambda: str(cluster.new_database())
     count = iter(range(1000))
     return lambda: str(tmp_path / f"gallery-{next(count)}.db")
 
