@@ -34,6 +34,7 @@ from ..consent import Consent, parse_expiry
 from ..errors import ApprovalRequiredError, ConsentMatchError, InvalidArgumentError, RequestNotFoundError
 from ..gallery import Gallery
 from ..images import MAX_FILE_BYTES
+from ..results import MatchResult, SearchRequest, Verification
 from ..text import check_text
 from .auth import Caller, RateLimiter, caller
 from .console import mount_console
@@ -162,6 +163,20 @@ def _moment(text: str | None, what: str) -> datetime | None:
         return datetime.fromisoformat(text)
     except ValueError:
         raise InvalidArgumentError(f"{what} {text!r} is not a date or time: write YYYY-MM-DD or an ISO 8601 time.") from None
+
+
+def _search_or_hold(
+    search: Callable[[], MatchResult | Verification], hold: Callable[[str, str], SearchRequest],
+    case_ref: str | None, reason: str | None,
+) -> JSONResponse:
+    """The search's result (200); for a purpose that needs approval, with a case reference and a
+    reason, the request that now holds it (202). Without them the refusal stands (a problem)."""
+    try:
+        return _json(search().to_dict())
+    except ApprovalRequiredError:
+        if not case_ref or not reason:
+            raise
+    return _json(hold(case_ref, reason).to_dict(), 202)
 
 
 def _json(data: Any, status: int = 200) -> JSONResponse:
@@ -325,18 +340,13 @@ def create_app(gallery: Gallery) -> FastAPI:
         found = await run_in_threadpool(who, request, "operator", purpose=purpose)
         data = await _read(photo)
 
-        def work() -> JSONResponse:
-            try:
-                return _json(gallery.match(data, purpose=purpose, tolerance=tolerance, top_k=top_k,
-                                           actor=found.name).to_dict())
-            except ApprovalRequiredError:
-                if not case_ref or not reason:
-                    raise
-            held = gallery.request_match(data, purpose=purpose, case_ref=case_ref, reason=reason, tolerance=tolerance,
-                                         top_k=top_k, actor=found.name)
-            return _json(held.to_dict(), 202)
-
-        return await run_in_threadpool(work)
+        return await run_in_threadpool(
+            _search_or_hold,
+            lambda: gallery.match(data, purpose=purpose, tolerance=tolerance, top_k=top_k, actor=found.name),
+            lambda c, r: gallery.request_match(data, purpose=purpose, case_ref=c, reason=r, tolerance=tolerance,
+                                               top_k=top_k, actor=found.name),
+            case_ref, reason,
+        )
 
     @app.post("/v1/verify", tags=["search"], summary="1:1: is the one face of the photo this subject?",
               responses={202: {"description": "The purpose needs approval: a search request is pending"}})
@@ -352,18 +362,13 @@ def create_app(gallery: Gallery) -> FastAPI:
         found = await run_in_threadpool(who, request, "operator", purpose=purpose)
         data = await _read(photo)
 
-        def work() -> JSONResponse:
-            try:
-                return _json(gallery.verify(subject, data, purpose=purpose, tolerance=tolerance,
-                                            actor=found.name).to_dict())
-            except ApprovalRequiredError:
-                if not case_ref or not reason:
-                    raise
-            held = gallery.request_verify(subject, data, purpose=purpose, case_ref=case_ref, reason=reason,
-                                          tolerance=tolerance, actor=found.name)
-            return _json(held.to_dict(), 202)
-
-        return await run_in_threadpool(work)
+        return await run_in_threadpool(
+            _search_or_hold,
+            lambda: gallery.verify(subject, data, purpose=purpose, tolerance=tolerance, actor=found.name),
+            lambda c, r: gallery.request_verify(subject, data, purpose=purpose, case_ref=c, reason=r,
+                                                tolerance=tolerance, actor=found.name),
+            case_ref, reason,
+        )
 
     # -- approval (operator files, approver decides)
 
