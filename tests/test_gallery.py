@@ -19,6 +19,7 @@ from consentmatch import (
     InvalidArgumentError,
     MultipleFacesError,
     NoFaceError,
+    PolicyError,
     StorageError,
     SubjectNotFoundError,
 )
@@ -134,6 +135,46 @@ def test_other_gallery_instances_see_writes(gallery_location: str, tmp_path: Pat
         assert reader.match(photo, purpose=PURPOSE).faces[0].subject == "alice"
         writer.forget("alice")
         assert reader.match(photo, purpose=PURPOSE).faces[0].candidates == ()  # stale index rebuilt
+
+
+class _TogetherEncoder(FakeEncoder):
+    """The fake encoder, but each photo's work waits for the other writer's: both enrollments
+    reach their commit at the same moment, as two nodes' would."""
+
+    def __init__(self, barrier: threading.Barrier) -> None:
+        self.barrier = barrier
+
+    def encode(self, photo, min_face_px):  # type: ignore[no-untyped-def]
+        faces = super().encode(photo, min_face_px)
+        self.barrier.wait(timeout=30)
+        return faces
+
+
+def test_one_face_enrolled_under_two_names_at_once_is_refused_once(gallery_location: str, tmp_path: Path) -> None:
+    """The duplicate rule holds between writers (processes, PostgreSQL nodes): it is checked
+    inside the write transaction, so the second of two simultaneous enrollments sees the first."""
+    barrier = threading.Barrier(2)
+    photos = [fake_photo(tmp_path, "a.png", (10, 0)), fake_photo(tmp_path, "b.png", (10, 1))]
+    outcomes: list[object] = []
+
+    def enroll(name: str, photo: Path) -> None:
+        with Gallery(gallery_location, encoder=_TogetherEncoder(barrier)) as gallery:
+            try:
+                outcomes.append(gallery.enroll(name, [photo], Consent(f"REF-{name}", [PURPOSE])))
+            except PolicyError as exc:
+                outcomes.append(exc)
+
+    Gallery(gallery_location, encoder=FakeEncoder()).grant_consent("setup", Consent("REF-setup", [PURPOSE]))
+    threads = [threading.Thread(target=enroll, args=(n, p)) for n, p in zip(("alice", "alias"), photos)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    refused = [o for o in outcomes if isinstance(o, PolicyError)]
+    assert len(outcomes) == 2 and len(refused) == 1, outcomes
+    assert "one person may not be enrolled under two names" in str(refused[0])
+    with Gallery(gallery_location, encoder=FakeEncoder()) as gallery:
+        assert sum(s.templates for s in gallery.subjects()) == 1
 
 
 def test_consent_expiry_stops_matching(tmp_path: Path) -> None:

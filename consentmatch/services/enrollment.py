@@ -132,12 +132,15 @@ def _commit(
     ctx: Context, admission: _Admission, faces: Sequence[tuple[str, DetectedFace]], *, allow_duplicate: bool,
     actor: str | None,
 ) -> Enrollment:
-    """Store an admitted enrollment: the duplicate check, then one write transaction (the index follows it)."""
+    """Store an admitted enrollment in one write transaction (the index follows it): the duplicate
+    check inside it, so two writers (processes, nodes) enrolling one face under two names at once
+    take turns and the second is refused."""
     name, consent, email, now = admission.name, admission.consent, admission.email, admission.now
-    if not allow_duplicate:
-        _check_duplicates(ctx, name, admission.photos, [f for _, f in faces], admission.policy["duplicate_tolerance"])
     with ctx.lock, ctx.store.write(create=True) as tx:
         hashes = check_enrollable(ctx, tx, name, consent, email, now)  # again: the store may have changed
+        if not allow_duplicate:
+            _check_duplicates(ctx, tx, name, admission.photos, [f for _, f in faces],
+                              admission.policy["duplicate_tolerance"])
         if isinstance(consent, Consent):
             subject_id, consent_id = record(ctx, tx, name, consent, hashes, now, ctx.who(actor))
             reference = consent.reference
@@ -240,30 +243,28 @@ def _enrollment_face(
 
 
 def _check_duplicates(
-    ctx: Context, name: str, photos: Sequence[PhotoInput], faces: Sequence[DetectedFace], tolerance: float
+    ctx: Context, tx: Transaction, name: str, photos: Sequence[PhotoInput], faces: Sequence[DetectedFace],
+    tolerance: float,
 ) -> None:
     """Refuse a face that is already enrolled under another subject: one person, one identity."""
-    if not ctx.store.exists():
+    index = ctx.cache.index(tx)
+    if not len(index):
         return
-    with ctx.lock, ctx.store.read() as tx:
-        index = ctx.cache.index(tx)
-        if not len(index):
-            return
-        own = tx.subject_id(name)
-        own_count = tx.template_count(own) if own is not None else 0
-        # The nearest templates beyond the subject's own: k = own + 1 always reaches another subject's.
-        distances, ids = index.search(np.stack([f.encoding for f in faces]), own_count + 1)
-        for photo, row_distances, row_ids in zip(photos, distances, ids):
-            hits = [(float(d), int(t)) for d, t in zip(row_distances, row_ids) if t >= 0 and d <= tolerance]
-            owners = tx.template_owners([t for _, t in hits])
-            other = next(((d, owners[t]) for d, t in hits if owners.get(t, name) != name), None)
-            if other is not None:
-                distance, other_name = other
-                raise PolicyError(
-                    f"'{photo_name(photo)}' shows enrolled subject '{other_name}' (distance {distance:.2f} <= "
-                    f"{tolerance}): one person may not be enrolled under two names; pass allow_duplicate=True "
-                    "(--allow-duplicate) for twins or an intended duplicate."
-                )
+    own = tx.subject_id(name)
+    own_count = tx.template_count(own) if own is not None else 0
+    # The nearest templates beyond the subject's own: k = own + 1 always reaches another subject's.
+    distances, ids = index.search(np.stack([f.encoding for f in faces]), own_count + 1)
+    for photo, row_distances, row_ids in zip(photos, distances, ids):
+        hits = [(float(d), int(t)) for d, t in zip(row_distances, row_ids) if t >= 0 and d <= tolerance]
+        owners = tx.template_owners([t for _, t in hits])
+        other = next(((d, owners[t]) for d, t in hits if owners.get(t, name) != name), None)
+        if other is not None:
+            distance, other_name = other
+            raise PolicyError(
+                f"'{photo_name(photo)}' shows enrolled subject '{other_name}' (distance {distance:.2f} <= "
+                f"{tolerance}): one person may not be enrolled under two names; pass allow_duplicate=True "
+                "(--allow-duplicate) for twins or an intended duplicate."
+            )
 
 
 def _check_region(photo: Photo, excluded: Sequence[str]) -> None:
