@@ -96,16 +96,14 @@ def decide(ctx: Context, request_id: str, *, approve: bool, reason: str, approve
     destroyed either way. The requester may not decide their own request."""
     reason = check_text(reason, "reason")
     who = ctx.who(approver)
-    request = _find(ctx, request_id)
-    if request.status != "pending":
-        raise InvalidArgumentError(f"Request '{request_id}' is {request.status}, no longer pending: nothing to decide.")
-    if request.requester == who:
-        raise PermissionDeniedError(f"'{who}' filed request '{request_id}': another approver must decide it.")
+    request = _find(ctx, request_id)  # unknown ids refused, overdue requests closed first
     action = "request-approve" if approve else "request-deny"
     with ctx.lock, ctx.store.write(bump=False) as tx:  # decided once: a second approver finds it decided
         current = tx.search_requests(request_id=request.request_id)[0]
         if current.status != "pending":
             raise InvalidArgumentError(f"Request '{request_id}' is {current.status}, no longer pending: nothing to decide.")
+        if current.requester == who:
+            raise PermissionDeniedError(f"'{who}' filed request '{request_id}': another approver must decide it.")
         probe = tx.request_probe(request.request_id)
         decided = replace(current, status="approved" if approve else "denied", decided_by=who, decided_at=ctx.now(),
                           decision_reason=reason)
