@@ -41,8 +41,10 @@ import numpy as np
 
 from consentmatch import Gallery
 from consentmatch.results import Box
+from consentmatch.services import enrollment
 from consentmatch.vision.types import DetectedFace
 from _report import report  # benchmarks/ is on sys.path when a script runs
+from nodes import database as _database, drop as _drop
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -135,8 +137,9 @@ class _Ready:
         yield ((item, start(submit, item)) for item in items)
 
 
-def _commit_rate(work: Path, rows: int, env: dict[str, str]) -> dict[str, float]:
-    """Rows/s of the driver alone (duplicate rule on: every synthetic face is distinct)."""
+def _commit_rate(work: Path, rows: int, location: str) -> dict[str, float]:
+    """Rows/s of the driver alone into the gallery at `location` (duplicate rule on: every synthetic
+    face is distinct), as it stores them: in batches (`COMMIT_BATCH`) or, the baseline, one by one."""
     manifest = work / "commit.csv"
     with open(manifest, "w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
@@ -144,23 +147,54 @@ def _commit_rate(work: Path, rows: int, env: dict[str, str]) -> dict[str, float]
         for number in range(rows):
             writer.writerow([f"person-{number}", str(EXAMPLES / "people" / "obama" / "obama.jpg"), f"C-{number}",
                              PURPOSE, "", ""])
-    with Gallery(work / "commit.db") as gallery:
+    with Gallery(location) as gallery:
         start = time.perf_counter()
         done = gallery.import_manifest(manifest, runner=_Ready())
         elapsed = time.perf_counter() - start
     assert len(done.enrolled) == rows, done.rejected[:3]
-    return {"commit_rows": rows, "commit_s": round(elapsed, 2), "commit_rows_per_s": round(rows / elapsed, 1)}
+    return {"rows": rows, "s": round(elapsed, 2), "rows_per_s": round(rows / elapsed, 1)}
 
 
-def run(copies: int, commit_rows: int, cpus_per_machine: int, detector: str | None) -> dict[str, Any]:
+def _commit_rates(work: Path, rows: int, postgres: str | None) -> dict[str, Any]:
+    """The driver's commit rate, batched and row by row (the baseline), on SQLite and, with a
+    server, PostgreSQL (fresh databases, dropped after)."""
+    result: dict[str, Any] = {}
+    batch = enrollment.COMMIT_BATCH
+    for store in ("sqlite", "postgresql") if postgres else ("sqlite",):
+        for label, size in (("batched", batch), ("row_by_row", 1)):
+            name = f"cm_commit_{os.getpid()}_{label}"
+            location = _database(postgres, name) if postgres and store == "postgresql" else str(work / f"{name}.db")
+            enrollment.COMMIT_BATCH = size
+            try:
+                rate = _commit_rate(work, rows, location)
+            finally:
+                enrollment.COMMIT_BATCH = batch
+                if location.startswith("postgresql:") and postgres:
+                    _drop(postgres, name)
+            result[f"commit_{store}_{label}_rows_per_s"] = rate["rows_per_s"]
+        result[f"commit_{store}_batched_vs_row_by_row"] = round(
+            result[f"commit_{store}_batched_rows_per_s"] / result[f"commit_{store}_row_by_row_rows_per_s"], 2)
+    result["commit_rows"] = rows
+    result["commit_batch"] = batch
+    result["commit_rows_per_s"] = min(v for k, v in result.items() if k.endswith("_batched_rows_per_s"))
+    return result
+
+
+def run(copies: int, commit_rows: int, cpus_per_machine: int, detector: str | None, postgres: str | None,
+        commit_only: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="consentmatch-enroll-") as folder:
         work = Path(folder)
-        rows = _manifest(work / "many.csv", copies)
-        _manifest(work / "one.csv", 1, limit=1)
         env = {**os.environ, "CONSENTMATCH_KEY_DIR": str(work / "keys"), "PYTHONWARNINGS": "ignore",
                "CONSENTMATCH_QUALITY": "off"}
         for setting in ("CONSENTMATCH_GALLERY", "PYTHONDONTWRITEBYTECODE", "RAY_ADDRESS"):
             env.pop(setting, None)
+        os.environ["CONSENTMATCH_KEY_DIR"] = env["CONSENTMATCH_KEY_DIR"]
+        os.environ.setdefault("CONSENTMATCH_CACHE_DIR", str(work / "cache"))
+        commit = _commit_rates(work, commit_rows, postgres)
+        if commit_only:
+            return commit
+        rows = _manifest(work / "many.csv", copies)
+        _manifest(work / "one.csv", 1, limit=1)
         extra = ["--detector", detector] if detector else []
         _import_s(work / "one.csv", work / "warm-up.db", env, extra)  # untimed: .pyc files and the model cache
         local = _measure(work, "local", rows, env, extra)
@@ -168,13 +202,10 @@ def run(copies: int, commit_rows: int, cpus_per_machine: int, detector: str | No
             ray1 = _measure(work, "ray1", rows, _ray_env(env), [*extra, "--ray", address])
         with _ray(2) as address:
             ray2 = _measure(work, "ray2", rows, _ray_env(env), [*extra, "--ray", address])
-        os.environ["CONSENTMATCH_KEY_DIR"] = env["CONSENTMATCH_KEY_DIR"]
-        commit = _commit_rate(work, commit_rows, env)
     per_worker = ray1["marginal_photos_per_s"]
-    projection = {
-        str(m): round(min(m * cpus_per_machine * per_worker, commit["commit_rows_per_s"]), 1) for m in MACHINES
-    }
-    ceiling = next((m for m in MACHINES if m * cpus_per_machine * per_worker >= commit["commit_rows_per_s"]), None)
+    ceiling_rate = commit["commit_rows_per_s"]
+    projection = {str(m): round(min(m * cpus_per_machine * per_worker, ceiling_rate), 1) for m in MACHINES}
+    ceiling = next((m for m in MACHINES if m * cpus_per_machine * per_worker >= ceiling_rate), None)
     return {
         "rows": rows,
         "cpus_here": os.cpu_count(),
@@ -196,9 +227,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--commit-rows", type=int, default=1000, help="rows of the commit-rate run (default 1000)")
     parser.add_argument("--cpus-per-machine", type=int, default=16, help="workers per machine in the projection")
     parser.add_argument("--detector", choices=("hog", "yunet"), help="the import's --detector (default: hog)")
+    parser.add_argument("--postgres", metavar="URL",
+                        help="a PostgreSQL server (any database's URL) to measure the commit rate on as well")
+    parser.add_argument("--commit-only", action="store_true", help="measure the driver's commit rate only")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    report(run(args.copies, args.commit_rows, args.cpus_per_machine, args.detector), args.json)
+    report(run(args.copies, args.commit_rows, args.cpus_per_machine, args.detector, args.postgres, args.commit_only),
+           args.json)
 
 
 if __name__ == "__main__":

@@ -100,13 +100,19 @@ def watcher(location: str, ids: list[int], timeout: float) -> None:
     print(json.dumps(gone), flush=True)
 
 
-def _database(base: str, name: str) -> str:
+def database(base: str, name: str) -> str:
     """A new empty database `name` on the server of `base` (dropped first if left by a run before)."""
+    drop(base, name)
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return _url_of(base, name)
+
+
+def drop(base: str, name: str) -> None:
+    """Drop the gallery database `name` and its keys database on the server of `base`."""
     with psycopg.connect(base, autocommit=True) as conn:
         for database in (name, f"{name}_keys"):
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(database)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return _url_of(base, name)
 
 
 def _node(*args: object) -> subprocess.Popen[str]:
@@ -167,7 +173,7 @@ def run(base: str, subjects: int, rounds: int) -> dict[str, Any]:
         os.environ.setdefault("CONSENTMATCH_CACHE_DIR", str(Path(folder) / "cache"))
         name = f"cm_nodes_{os.getpid()}"
         for writers in (1, 2):
-            result[f"postgresql_{writers}_writer_per_s"] = round(throughput(_database(base, f"{name}_{writers}"), subjects, writers), 1)
+            result[f"postgresql_{writers}_writer_per_s"] = round(throughput(database(base, f"{name}_{writers}"), subjects, writers), 1)
             result[f"sqlite_{writers}_writer_per_s"] = round(throughput(str(Path(folder) / f"w{writers}.db"), subjects, writers), 1)
         result["postgresql_2_vs_1"] = round(result["postgresql_2_writer_per_s"] / result["postgresql_1_writer_per_s"], 2)
         result["sqlite_2_vs_1"] = round(result["sqlite_2_writer_per_s"] / result["sqlite_1_writer_per_s"], 2)
@@ -175,10 +181,8 @@ def run(base: str, subjects: int, rounds: int) -> dict[str, Any]:
         result["erasure_rounds"] = len(times)
         result["erasure_ms_p50"] = round(float(np.percentile(times, 50)), 1)
         result["erasure_ms_max"] = round(max(times), 1)
-        with psycopg.connect(base, autocommit=True) as conn:
-            for database in (f"{name}_1", f"{name}_2"):
-                for db in (database, f"{database}_keys"):
-                    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(db)))
+        for database in (f"{name}_1", f"{name}_2"):
+            drop(base, database)
     return result
 
 

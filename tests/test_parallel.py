@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,6 +12,7 @@ from consentmatch.services import enrollment as enrollment_module
 from consentmatch.images import Photo, PhotoInput
 from consentmatch.manifest import read_manifest
 from consentmatch.results import ImportReport
+from consentmatch.storage.keyring import KeyRing
 
 from .conftest import EXAMPLES, PURPOSE, FakeEncoder, fake_photo
 
@@ -135,7 +137,20 @@ def test_import_waits_for_an_earlier_row_claiming_the_same_reference(fake_galler
     assert "b.jpg" not in decoded
 
 
-def test_import_reports_what_enrolling_row_by_row_reports(tmp_path: Path) -> None:
+def _trail(gallery: Gallery) -> list[tuple[str, str | None, object, object]]:
+    """The audit trail, less times and hashes: what was recorded, of whom, in which order."""
+    return [(e.action, e.subject, e.details.get("outcome"), e.details.get("consent") or e.details.get("reason"))
+            for e in gallery.audit()]
+
+
+@pytest.mark.parametrize("batch", [64, 3, 1])
+def test_import_reports_what_enrolling_row_by_row_reports(
+    tmp_path: Path, gallery_location: str, monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    """Rows stored `batch` to a transaction (3: refusals fall inside and across batches) leave the
+    report, the gallery, the audit trail and the data keys that enrolling row by row leaves."""
+    monkeypatch.setattr(enrollment_module, "COMMIT_BATCH", batch)
+    monkeypatch.setattr(enrollment_module, "COMMIT_WAIT_S", 3600.0)  # batches close by size only
     for name, person, variant in [("a1", 10, 0), ("a2", 10, 1), ("b", 20, 0), ("dup", 20, 2), ("c", 30, 0),
                                   ("d", 40, 0), ("e", 50, 0)]:
         fake_photo(tmp_path, f"{name}.png", (person, variant))
@@ -146,24 +161,60 @@ def test_import_reports_what_enrolling_row_by_row_reports(tmp_path: Path) -> Non
         "alice,a1.png,R1,door,,", "alice,a2.png,R1,door,,", "bob,b.png,R2,door,,", "frank,dup.png,R6,door,,",
         "carol,two.png,R3,door,,", "mallory,text.jpg,R7,door,,", "dave,text.jpg,R4,door,,", "erin,c.png,R1,door,,",
         "erin,e.png,R5,door,2001-01-01,", ",d.png,R8,door,,", "gina,d.png,R8,door,,", "gina,missing.png,R8,door,,",
+        "hank,c.png,R9,door,,", "ivy,d.png,R10,door,,",
     ]) + "\n")
-    reports = []
-    for name, row_by_row in [("pipeline", False), ("serial", True)]:
-        with Gallery(tmp_path / f"{name}.db", encoder=FakeEncoder()) as gallery:
+    reports, trails, keys = [], [], []
+    serial = str(tmp_path / "serial.db")
+    for location, row_by_row in [(gallery_location, False), (serial, True)]:
+        with Gallery(location, encoder=FakeEncoder()) as gallery:
             gallery.add_optout(subject="mallory")
             if not row_by_row:
                 reports.append(gallery.import_manifest(manifest))
-                continue
-            enrolled, rejected = [], []
-            for row in read_manifest(manifest):
-                try:
-                    if row.problem:
-                        raise InvalidArgumentError(row.problem)
-                    enrolled.append(gallery.enroll(row.subject, [row.photo], row.consent))
-                except ConsentMatchError as exc:
-                    rejected.append((row.line, row.subject, str(exc)))
-            reports.append((enrolled, rejected))
-    (pipeline, (enrolled, rejected)) = reports
-    assert list(pipeline.enrolled) == enrolled
-    assert _rejections(pipeline) == rejected
-    assert [row for row, _, _ in rejected] == [5, 6, 7, 8, 9, 10, 11, 13]  # every kind of refusal is exercised
+            else:
+                enrolled, rejected = [], []
+                for row in read_manifest(manifest):
+                    try:
+                        if row.problem:
+                            raise InvalidArgumentError(row.problem)
+                        enrolled.append(gallery.enroll(row.subject, [row.photo], row.consent))
+                    except ConsentMatchError as exc:
+                        rejected.append((row.line, row.subject, str(exc)))
+                reports.append((enrolled, rejected))
+            trails.append(_trail(gallery))
+            keys.append(len(gallery._ctx.store.keys.key_ids()))
+            assert gallery.verify_audit().intact
+    (batched, (enrolled, rejected)) = reports
+    assert list(batched.enrolled) == enrolled
+    assert _rejections(batched) == rejected
+    assert [row for row, _, _ in rejected] == [5, 6, 7, 8, 9, 10, 11, 13, 15]  # every kind of refusal is exercised
+    assert "shows enrolled subject 'bob'" in rejected[0][2]  # frank: bob's face, in the same batch when batch > 2
+    assert trails[0] == trails[1]
+    assert keys[0] == keys[1] == len({e.subject for e in enrolled})  # no key left by a batch that was undone
+
+
+def test_an_imports_batch_stores_its_new_subjects_keys_in_one_key_store_write(
+    store_gallery: Gallery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key store commits once per batch of new subjects, not once each (a cluster's driver
+    would wait on it), and before the batch's rows: every template opens after a reopen."""
+    monkeypatch.setattr(enrollment_module, "COMMIT_WAIT_S", 3600.0)
+    writes: list[int] = []
+    original = KeyRing._write
+
+    def counted(self: KeyRing) -> Any:
+        writes.append(1)
+        return original(self)
+
+    monkeypatch.setattr(KeyRing, "_write", counted)
+    rows = []
+    for number in range(5):
+        fake_photo(tmp_path, f"p{number}.png", (10 + number * 10, 0))
+        rows.append(f"person-{number},p{number}.png,R{number},door,,")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(HEADER + "\n".join(rows) + "\n")
+    report = store_gallery.import_manifest(manifest)
+    assert len(report.enrolled) == 5 and len(writes) == 1
+    assert len(store_gallery._ctx.store.keys.key_ids()) == 5
+    probe = fake_photo(tmp_path, "probe.png", (30, 1))
+    (face,) = store_gallery.match(probe, purpose="door").faces
+    assert face.candidates[0].subject == "person-2"

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 
 from ..consent import Consent
@@ -142,15 +143,25 @@ def record(
     """Record a consent (its subject checked against the opt-outs already) and audit it; returns
     (subject id, consent id). `hashes`: the subject's e-mail hashes, the one to store first.
     Its purposes declare themselves (unless declared already): existing scripts keep working."""
+    with recording(ctx, tx, name, consent, hashes, now, actor) as ids:
+        return ids
+
+
+@contextmanager
+def recording(
+    ctx: Context, tx: Transaction, name: str, consent: Consent, hashes: Sequence[str], now: datetime, actor: str
+) -> Iterator[tuple[int, int]]:
+    """`record`, around a block that writes more of the subject's rows (an enrollment's templates):
+    the MACs are renewed and the retention worked out once, after both."""
     for purpose in consent.purposes:
         tx.declare_purpose(purpose, now)
     subject_id = tx.ensure_subject(name, now)
     with tx.renewing(subject_id, strict=True):
         consent_id = tx.record_consent(subject_id, consent, now, hashes[0] if hashes else None)
+        yield subject_id, consent_id
         ctx.refresh_retention(tx, subject_id, now)
     tx.append_audit(at=now, actor=actor, action="consent-grant", subject=name, details={
         "consent": consent.reference, "purposes": list(consent.purposes), "jurisdiction": consent.jurisdiction,
         "expires_at": consent.expires_at.isoformat() if consent.expires_at else None, "signer": consent.signer,
         "evidence_sha256": consent.evidence_sha256, "notice_version": consent.notice_version,
     })
-    return subject_id, consent_id

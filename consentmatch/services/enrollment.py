@@ -9,12 +9,15 @@ actors), a few rows ahead; the store work stays here, in row order.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..consent import Consent
 from ..errors import ConsentError, ConsentMatchError, InvalidArgumentError, PolicyError
@@ -26,10 +29,10 @@ from ..results import Enrollment, ImportReport, Rejection
 from ..runners import LocalRunner, Runner, Submit
 from ..storage import Transaction, unknown_reference
 from ..vision.types import DetectedFace, Encoder
-from .consents import check_consent, check_enrollable, existing_consent, record
+from .consents import check_consent, check_enrollable, existing_consent, recording
 from .context import Context, check_name, region_error
 
-__all__ = ["PhotoJob", "Progress", "enroll", "import_manifest", "photo_work"]
+__all__ = ["COMMIT_BATCH", "COMMIT_WAIT_S", "PhotoJob", "Progress", "enroll", "import_manifest", "photo_work"]
 
 Progress = Callable[[int, int], None]
 
@@ -135,27 +138,31 @@ def _commit(
     """Store an admitted enrollment in one write transaction (the index follows it): the duplicate
     check inside it, so two writers (processes, nodes) enrolling one face under two names at once
     take turns and the second is refused."""
-    name, consent, email, now = admission.name, admission.consent, admission.email, admission.now
     with ctx.lock, ctx.store.write(create=True) as tx:
-        hashes = check_enrollable(ctx, tx, name, consent, email, now)  # again: the store may have changed
-        if not allow_duplicate:
-            _check_duplicates(ctx, tx, name, admission.photos, [f for _, f in faces],
-                              admission.policy["duplicate_tolerance"])
-        if isinstance(consent, Consent):
-            subject_id, consent_id = record(ctx, tx, name, consent, hashes, now, ctx.who(actor))
-            reference = consent.reference
-        else:
-            subject_id, consent_id, reference = existing_consent(ctx, tx, name, consent, now)
+        return _store(ctx, tx, admission, faces, allow_duplicate=allow_duplicate, actor=actor, batch=[])
+
+
+def _store(
+    ctx: Context, tx: Transaction, admission: _Admission, faces: Sequence[tuple[str, DetectedFace]], *,
+    allow_duplicate: bool, actor: str | None, batch: list[tuple[str, NDArray[np.float32]]],
+) -> Enrollment:
+    """Store an admitted enrollment in `tx`. `batch`: the (name, encoding) of the templates stored
+    earlier in `tx`, which the index does not hold until it commits; this one's are added to it."""
+    name, consent, email, now = admission.name, admission.consent, admission.email, admission.now
+    hashes = check_enrollable(ctx, tx, name, consent, email, now)  # again: the store may have changed
+    if not allow_duplicate:
+        _check_duplicates(ctx, tx, name, admission.photos, [f for _, f in faces],
+                          admission.policy["duplicate_tolerance"], batch)
+    with _subject(ctx, tx, name, consent, hashes, now, ctx.who(actor)) as (subject_id, consent_id, reference):
         fresh = _not_enrolled(tx, subject_id, faces)
-        with tx.renewing(subject_id, strict=True):
-            ids = [tx.add_template(subject_id, consent_id, f.encoding, sha, f.box, now, detector=f.detector)
-                   for sha, f in fresh]
-            total = tx.template_count(subject_id)
-            ctx.refresh_retention(tx, subject_id, now)
-        already = len(faces) - len(fresh)
-        tx.append_audit(at=now, actor=ctx.who(actor), action="enroll", subject=name,
-                        details={"consent": reference, "templates_added": len(ids), "templates_total": total,
-                                 "already_enrolled": already})
+        ids = [tx.add_template(subject_id, consent_id, f.encoding, sha, f.box, now, detector=f.detector)
+               for sha, f in fresh]
+        total = tx.template_count(subject_id)
+    batch.extend((name, f.encoding) for _, f in fresh)
+    already = len(faces) - len(fresh)
+    tx.append_audit(at=now, actor=ctx.who(actor), action="enroll", subject=name,
+                    details={"consent": reference, "templates_added": len(ids), "templates_total": total,
+                             "already_enrolled": already})
     return Enrollment(
         subject=name,
         templates_added=len(ids),
@@ -164,6 +171,23 @@ def _commit(
         photos=tuple(photo_name(p) for p in admission.photos),
         already_enrolled=already,
     )
+
+
+@contextmanager
+def _subject(
+    ctx: Context, tx: Transaction, name: str, consent: Consent | str, hashes: Sequence[str], now: datetime, actor: str
+) -> Iterator[tuple[int, int, str]]:
+    """The subject and consent an enrollment's templates are stored under, (subject id, consent
+    id, reference), the consent recorded first when given in full; the subject's MACs renewed and
+    retention worked out after the block."""
+    if isinstance(consent, Consent):
+        with recording(ctx, tx, name, consent, hashes, now, actor) as (subject_id, consent_id):
+            yield subject_id, consent_id, consent.reference
+        return
+    subject_id, consent_id, reference = existing_consent(ctx, tx, name, consent, now)
+    with tx.renewing(subject_id, strict=True):
+        yield subject_id, consent_id, reference
+        ctx.refresh_retention(tx, subject_id, now)
 
 
 def _not_enrolled(
@@ -184,20 +208,23 @@ def import_manifest(
 ) -> ImportReport:
     """Enroll every usable row of a manifest CSV; bad rows are reported (and audited as refused) and skipped.
 
-    The report is the one enrolling row by row gives: while a row is stored, the photos of
+    The report is the one enrolling row by row gives: while rows are stored, the photos of
     the next few are decoded and encoded by `runner` (default: a thread pool, one thread per
     CPU; `RayRunner`: a Ray cluster), and every step that earlier rows can change (the
-    duplicate check, the store writes) runs here, in row order. A row's consent and opt-out
-    are checked before its photo is read; a row whose consent check an earlier row still in
-    progress could change (the same consent reference for another subject) waits for it, and
-    is then enrolled here, as `enroll` would.
+    duplicate check, the store writes) runs here, in row order, several rows to a write
+    transaction (`_store_rows`). A row's consent and opt-out are checked before its photo is
+    read; a row whose consent check an earlier row still in progress could change (the same
+    consent reference for another subject) waits for it, and is then enrolled here, as
+    `enroll` would.
     """
     rows = read_manifest(manifest)
     enrolled: list[Enrollment] = []
     rejected: list[Rejection] = []
     unstored: dict[int, ManifestRow] = {}  # rows started ahead that may still enroll
+    batch: list[tuple[int, _Ready]] = []  # rows whose photo work is done, to store together
+    opened = 0.0  # when the batch's first row was ready
 
-    def start(submit: Submit[PhotoJob, Faces], numbered: tuple[int, ManifestRow]) -> Callable[[], Enrollment]:
+    def start(submit: Submit[PhotoJob, Faces], numbered: tuple[int, ManifestRow]) -> _Admitted | _Alone:
         """Admit a row and start reading its photo; returns what finishes it at its turn."""
         number, row = numbered
         try:
@@ -213,21 +240,107 @@ def import_manifest(
         except Exception as exc:  # reported at the row's turn, as enrolling row by row would
             return _raising(exc)
         unstored[number] = row
-        faces = submit(_job(admission))
-        return lambda: _commit(ctx, admission, faces(), allow_duplicate=allow_duplicate, actor=actor)
+        return _Admitted(admission, submit(_job(admission)))
+
+    def settle(number: int, row: ManifestRow, outcome: Enrollment | ConsentMatchError) -> None:
+        if isinstance(outcome, Enrollment):
+            enrolled.append(outcome)
+        else:
+            rejected.append(Rejection(row=row.line, subject=row.subject, photo=row.photo, reason=str(outcome)))
+        unstored.pop(number, None)
+        if progress is not None:
+            progress(len(enrolled) + len(rejected), len(rows))
+
+    def flush() -> None:
+        outcomes = _store_rows(ctx, [ready for _, ready in batch], allow_duplicate=allow_duplicate, actor=actor)
+        for (number, ready), outcome in zip(batch, outcomes):
+            settle(number, ready.row, outcome)
+        batch.clear()
 
     runner = runner if runner is not None else LocalRunner()
     with runner.started(list(enumerate(rows)), start, photo_work, ctx.encoder, ctx.settings) as started:
-        for done, ((number, row), finish) in enumerate(started, start=1):
+        for (number, row), begun in started:
             try:
-                enrolled.append(finish())
-            except ConsentMatchError as exc:
-                rejected.append(Rejection(row=row.line, subject=row.subject, photo=row.photo, reason=str(exc)))
+                if isinstance(begun, _Admitted):
+                    ready = _Ready(row, begun.admission, begun.faces())
+                    opened = opened if batch else time.monotonic()
+                    batch.append((number, ready))
+                    if len(batch) >= COMMIT_BATCH or time.monotonic() - opened >= COMMIT_WAIT_S:
+                        flush()
+                    continue
+                flush()  # the rows before it first: the store and the audit trail keep the manifest's order
+                outcome: Enrollment | ConsentMatchError = begun()
+            except ConsentMatchError as exc:  # its photo, or the row enrolled alone, refused
+                flush()
                 ctx.record_refusal("enroll", row.subject, None, actor, exc)
-            unstored.pop(number, None)
-            if progress is not None:
-                progress(done, len(rows))
+                outcome = exc
+            settle(number, row, outcome)
+        flush()
     return ImportReport(manifest=os.fspath(manifest), rows=len(rows), enrolled=tuple(enrolled), rejected=tuple(rejected))
+
+
+#: An import stores up to this many rows in one write transaction...
+COMMIT_BATCH = 64
+#: ...and a row whose photo work is done waits at most this long (seconds) for the rows after it.
+COMMIT_WAIT_S = 0.25
+
+
+@dataclass(frozen=True)
+class _Admitted:
+    """A manifest row admitted ahead of its turn, its photo work under way."""
+
+    admission: _Admission
+    faces: Callable[[], Faces]
+
+
+#: A manifest row enrolled alone at its turn (it waits for an earlier row), or its refusal.
+_Alone = Callable[[], Enrollment]
+
+
+@dataclass(frozen=True)
+class _Ready:
+    """A manifest row admitted, its photo work done: what the store needs."""
+
+    row: ManifestRow
+    admission: _Admission
+    faces: Faces
+
+
+def _store_rows(
+    ctx: Context, rows: Sequence[_Ready], *, allow_duplicate: bool, actor: str | None
+) -> list[Enrollment | ConsentMatchError]:
+    """Store admitted rows in one write transaction, in order, each as `_commit` would.
+
+    One commit (and one key-store write for the new subjects' keys) for many rows: the driver
+    of a cluster import keeps up with its workers. When a row is refused, the transaction is
+    undone and the rows are stored again in three parts: those before it together, the refused
+    one alone (its refusal audited in its turn), those after it together. So the gallery, the
+    report and the audit trail are exactly what storing row by row gives.
+    """
+    if len(rows) <= 1:
+        outcomes: list[Enrollment | ConsentMatchError] = []
+        for ready in rows:
+            try:
+                outcomes.append(_commit(ctx, ready.admission, ready.faces, allow_duplicate=allow_duplicate, actor=actor))
+            except ConsentMatchError as exc:
+                ctx.record_refusal("enroll", ready.row.subject, None, actor, exc)
+                outcomes.append(exc)
+        return outcomes
+    stored: list[Enrollment] = []
+    try:
+        with ctx.lock, ctx.store.write(create=True) as tx:
+            batch: list[tuple[str, NDArray[np.float32]]] = []
+            for ready in rows:
+                stored.append(_store(ctx, tx, ready.admission, ready.faces, allow_duplicate=allow_duplicate,
+                                     actor=actor, batch=batch))
+    except ConsentMatchError:
+        if len(stored) == len(rows):  # the commit itself failed: each row on its own says why
+            return [outcome for ready in rows for outcome in _store_rows(ctx, [ready], allow_duplicate=allow_duplicate,
+                                                                         actor=actor)]
+        refused = len(stored)
+        return [outcome for part in (rows[:refused], rows[refused:refused + 1], rows[refused + 1:])
+                for outcome in _store_rows(ctx, part, allow_duplicate=allow_duplicate, actor=actor)]
+    return list(stored)
 
 
 def _enrollment_face(
@@ -244,20 +357,31 @@ def _enrollment_face(
 
 def _check_duplicates(
     ctx: Context, tx: Transaction, name: str, photos: Sequence[PhotoInput], faces: Sequence[DetectedFace],
-    tolerance: float,
+    tolerance: float, batch: Sequence[tuple[str, NDArray[np.float32]]],
 ) -> None:
-    """Refuse a face that is already enrolled under another subject: one person, one identity."""
+    """Refuse a face that is already enrolled under another subject: one person, one identity.
+
+    Enrolled means in the index (committed) or in `batch` (stored earlier in this transaction).
+    """
+    queries = np.stack([f.encoding for f in faces])
+    nearest: list[list[tuple[float, str]]] = [[] for _ in faces]
     index = ctx.cache.index(tx)
-    if not len(index):
-        return
-    own = tx.subject_id(name)
-    own_count = tx.template_count(own) if own is not None else 0
-    # The nearest templates beyond the subject's own: k = own + 1 always reaches another subject's.
-    distances, ids = index.search(np.stack([f.encoding for f in faces]), own_count + 1)
-    for photo, row_distances, row_ids in zip(photos, distances, ids):
-        hits = [(float(d), int(t)) for d, t in zip(row_distances, row_ids) if t >= 0 and d <= tolerance]
-        owners = tx.template_owners([t for _, t in hits])
-        other = next(((d, owners[t]) for d, t in hits if owners.get(t, name) != name), None)
+    if len(index):
+        own = tx.subject_id(name)
+        own_count = tx.template_count(own) if own is not None else 0
+        # The nearest templates beyond the subject's own: k = own + 1 always reaches another subject's.
+        distances, ids = index.search(queries, own_count + 1)
+        for hits, row_distances, row_ids in zip(nearest, distances, ids):
+            found = [(float(d), int(t)) for d, t in zip(row_distances, row_ids) if t >= 0 and d <= tolerance]
+            owners = tx.template_owners([t for _, t in found])
+            hits.extend((d, owners[t]) for d, t in found if owners.get(t, name) != name)
+    others = [(n, v) for n, v in batch if n != name]
+    if others:
+        distances = np.linalg.norm(queries[:, None, :] - np.stack([v for _, v in others])[None, :, :], axis=2)
+        for hits, row in zip(nearest, distances):
+            hits.extend((float(d), n) for d, (n, _) in zip(row, others) if d <= tolerance)
+    for photo, hits in zip(photos, nearest):
+        other = min(hits, default=None)
         if other is not None:
             distance, other_name = other
             raise PolicyError(

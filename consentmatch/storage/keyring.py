@@ -130,6 +130,7 @@ class KeyRing:
         self._lock = threading.RLock()
         self._kek: bytes | None = None
         self._deks: dict[str, bytes] = {}
+        self._thread = threading.local()  # .unsaved: subject keys made in this thread's `deferred()` block
         self._conn: KeyDb | None = None
         self._remote: Callable[[], KeyDb] | None = None  # another data-key store than the `.deks` file
         self.keys_at: str | None = None  # where `_remote` keeps the data keys, as said in messages and `key info`
@@ -337,8 +338,47 @@ class KeyRing:
         return self._conn
 
     def new_subject_key(self) -> str:
-        """Create and store a data key for a new subject; returns its id (committed at once)."""
-        return self._new_key(secrets.token_hex(16))
+        """Create and store a data key for a new subject; returns its id (committed at once, or at
+        the end of the `deferred()` block it is made in)."""
+        unsaved: dict[str, bytes] | None = getattr(self._thread, "unsaved", None)
+        if unsaved is None:
+            return self._new_key(secrets.token_hex(16))
+        with self._lock:
+            self._db()
+            key_id = secrets.token_hex(16)
+            unsaved[key_id] = self._deks[key_id] = secrets.token_bytes(KEY_BYTES)
+            return key_id
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Store the subject keys this thread makes inside in one key-store write as the block
+        ends, or none when it raises.
+
+        A gallery write transaction runs inside one (`Store.write`), so a batch of new subjects
+        costs one key-store commit, not one each, and their keys are stored before the rows that
+        use them commit. A key stored for rows that then fail to commit is an unused key, as when
+        a process dies between the two commits. Nested blocks belong to the outermost.
+        """
+        if getattr(self._thread, "unsaved", None) is not None:
+            yield
+            return
+        unsaved: dict[str, bytes] = {}
+        self._thread.unsaved = unsaved
+        try:
+            yield
+            if unsaved:
+                with self._lock, self._write() as conn:  # wrapped under the key current now (`_sync`)
+                    assert self._kek is not None
+                    kek = self._kek
+                    conn.executemany("INSERT INTO deks (key_id, wrapped) VALUES (?, ?)",
+                                     [(k, seal(kek, dek, k.encode())) for k, dek in unsaved.items()])
+        except BaseException:
+            with self._lock:
+                for key_id in unsaved:
+                    self._deks.pop(key_id, None)
+            raise
+        finally:
+            self._thread.unsaved = None
 
     def new_index_key(self) -> tuple[str, bytes]:
         """Create and store a data key for an index snapshot; returns its id and the key."""

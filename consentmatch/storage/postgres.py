@@ -293,7 +293,8 @@ class PgStore:
                 tx = PgTransaction(PgConnection(raw, _GALLERY_LOCK), self)
                 tx.bump = bump
                 self._catch_up(tx, before)
-                yield tx
+                with self.keys.deferred():  # new subjects' keys: one key-store write, before the commit
+                    yield tx
                 if tx.bump:
                     self._record(tx, before + 1)
                     with self._known_lock:

@@ -61,7 +61,8 @@ class PgTransaction(SqliteTransaction):
     def append_audit(self, **event: Any) -> int:
         """Append one event, holding the chain's head row until the commit: writers on every node
         make one chain (a write transaction already holds the generation row; this says it here)."""
-        self.conn.execute("SELECT value FROM meta WHERE key = 'audit_head' FOR UPDATE")
+        if self._head is None:  # the first event of this transaction: later ones hold the row already
+            self.conn.execute("SELECT value FROM meta WHERE key = 'audit_head' FOR UPDATE")
         return super().append_audit(**event)
 
     def templates_by_id(self, template_ids: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.float32]]:

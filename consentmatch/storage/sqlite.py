@@ -343,7 +343,8 @@ class SqliteStore:
                 tx = SqliteTransaction(conn, self)
                 try:
                     before = tx.generation()
-                    yield tx
+                    with self.keys.deferred():  # new subjects' keys: one key-store write, before the commit
+                        yield tx
                     if bump:
                         conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
                     conn.execute("COMMIT")

@@ -27,6 +27,9 @@ class AuditRows:
     #: A key rotation event's own id.
     rotation_id = "json_extract(details, '$.rotation')"
 
+    #: The head this transaction last appended: the next event in it chains on without reading it back.
+    _head: tuple[int, str] | None = None
+
     def _audit_head(self) -> tuple[int, str]:
         (value,) = self.conn.execute("SELECT value FROM meta WHERE key = 'audit_head'").fetchone()
         seq, _, digest = str(value).partition(":")
@@ -38,7 +41,7 @@ class AuditRows:
     ) -> int:
         """Append one event to the chain inside this transaction; returns its seq."""
         assert action in audit.ACTIONS, action
-        seq, prev = self._audit_head()
+        seq, prev = self._head or self._audit_head()
         seq += 1
         text, moment = audit.details_text(details), _ts(at)
         digest = audit.digest(seq, moment, actor, action, subject, purpose, text, prev)
@@ -47,6 +50,7 @@ class AuditRows:
             (seq, moment, actor, action, subject, purpose, text, prev, digest),
         )
         self.conn.execute("UPDATE meta SET value = ? WHERE key = 'audit_head'", (f"{seq}:{digest}",))
+        self._head = (seq, digest)
         return seq
 
     def audit_events(

@@ -8,6 +8,7 @@ adds and deletes, so the store can tell the index after the commit (`Commit`).
 
 from __future__ import annotations
 
+import copy
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -55,6 +56,7 @@ class SqliteTransaction(AccessRows, Integrity, AuditRows):
         self._quality = store.quality
         self.added: list[tuple[int, NDArray[np.float32]]] = []  # template rows this write added
         self.removed: list[int] = []  # and deleted
+        self._policy: dict[str, Any] | None = None  # as `policy()` read it in this transaction
 
     # -- subjects, consents, templates ------------------------------------------------------------
 
@@ -450,14 +452,17 @@ class SqliteTransaction(AccessRows, Integrity, AuditRows):
         ]
 
     def policy(self) -> dict[str, Any]:
-        stored = {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM policy")}
-        return {key: stored.get(key, default) for key, default in default_policy(self._quality).items()}
+        if self._policy is None:  # read once a transaction: an import's rows ask for it several times each
+            stored = {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM policy")}
+            self._policy = {key: stored.get(key, default) for key, default in default_policy(self._quality).items()}
+        return copy.deepcopy(self._policy)
 
     def set_policy(self, key: str, value: Any) -> None:
         self.conn.execute(
             "INSERT INTO policy (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, json.dumps(value)),
         )
+        self._policy = None
 
     def optout_salt(self) -> str | None:
         """The salt of e-mail hashes made before migration 5, while any is stored (see `email_hashes`)."""
