@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from consentmatch import Consent, ConsentMatchError, Gallery, GalleryNotFoundError, InvalidArgumentError
+from consentmatch import Consent, ConsentMatchError, Gallery, GalleryNotFoundError, InvalidArgumentError, StorageError
 from consentmatch.services import enrollment as enrollment_module
 from consentmatch.images import Photo, PhotoInput
 from consentmatch.manifest import read_manifest
@@ -218,3 +220,33 @@ def test_an_imports_batch_stores_its_new_subjects_keys_in_one_key_store_write(
     probe = fake_photo(tmp_path, "probe.png", (30, 1))
     (face,) = store_gallery.match(probe, purpose="door").faces
     assert face.candidates[0].subject == "person-2"
+
+
+def test_a_batch_whose_commit_fails_is_stored_row_by_row(
+    store_gallery: Gallery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's commit that fails (here its key-store write, once) loses no row: each is then
+    stored on its own and says for itself whether it went in."""
+    monkeypatch.setattr(enrollment_module, "COMMIT_WAIT_S", 3600.0)
+    original = KeyRing.deferred
+    failures = [StorageError("the key store is full: free disk space and retry")]
+
+    @contextmanager
+    def failing_once(self: KeyRing) -> Iterator[None]:
+        with original(self):
+            yield
+            if failures:
+                raise failures.pop()
+
+    monkeypatch.setattr(KeyRing, "deferred", failing_once)
+    rows = []
+    for number in range(3):
+        fake_photo(tmp_path, f"p{number}.png", (10 + number * 10, 0))
+        rows.append(f"person-{number},p{number}.png,R{number},door,,")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(HEADER + "\n".join(rows) + "\n")
+    report = store_gallery.import_manifest(manifest)
+    assert not failures and [e.subject for e in report.enrolled] == ["person-0", "person-1", "person-2"]
+    assert [(e.action, e.subject) for e in store_gallery.audit()] == [
+        ("consent-grant", f"person-{n}") if i == 0 else ("enroll", f"person-{n}") for n in range(3) for i in range(2)]
+    assert len(store_gallery._ctx.store.keys.key_ids()) == 3
