@@ -181,8 +181,8 @@ def run(base: str, subjects: int, rounds: int) -> dict[str, Any]:
         result["erasure_rounds"] = len(times)
         result["erasure_ms_p50"] = round(float(np.percentile(times, 50)), 1)
         result["erasure_ms_max"] = round(max(times), 1)
-        for database in (f"{name}_1", f"{name}_2"):
-            drop(base, database)
+        for writers in (1, 2):
+            drop(base, f"{name}_{writers}")
     return result
 
 

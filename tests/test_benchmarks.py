@@ -67,3 +67,11 @@ def test_nodes_benchmark(pg_cluster: Any) -> None:
     result = _run("nodes.py", "--gallery", pg_cluster.url("postgres"), "--subjects", "8", "--rounds", "2", timeout=300)
     assert result["postgresql_1_writer_per_s"] > 0 and result["postgresql_2_writer_per_s"] > 0
     assert result["sqlite_2_vs_1"] > 0 and result["erasure_rounds"] == 2 and result["erasure_ms_max"] < 5000
+
+
+def test_enroll_benchmark_commit_rate(pg_cluster: Any) -> None:
+    result = _run("enroll.py", "--commit-only", "--commit-rows", "70", "--postgres", pg_cluster.url("postgres"))
+    assert result["commit_rows"] == 70 and result["commit_batch"] == 64
+    for store in ("sqlite", "postgresql"):
+        assert result[f"commit_{store}_batched_rows_per_s"] > 0 and result[f"commit_{store}_row_by_row_rows_per_s"] > 0
+    assert result["commit_rows_per_s"] == result["commit_postgresql_batched_rows_per_s"]

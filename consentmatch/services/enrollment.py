@@ -260,12 +260,14 @@ def import_manifest(
     runner = runner if runner is not None else LocalRunner()
     with runner.started(list(enumerate(rows)), start, photo_work, ctx.encoder, ctx.settings) as started:
         for (number, row), begun in started:
+            if batch and time.monotonic() - opened >= COMMIT_WAIT_S:  # before waiting for this row's photo
+                flush()
             try:
                 if isinstance(begun, _Admitted):
                     ready = _Ready(row, begun.admission, begun.faces())
                     opened = opened if batch else time.monotonic()
                     batch.append((number, ready))
-                    if len(batch) >= COMMIT_BATCH or time.monotonic() - opened >= COMMIT_WAIT_S:
+                    if len(batch) >= COMMIT_BATCH:
                         flush()
                     continue
                 flush()  # the rows before it first: the store and the audit trail keep the manifest's order
@@ -281,7 +283,7 @@ def import_manifest(
 
 #: An import stores up to this many rows in one write transaction...
 COMMIT_BATCH = 64
-#: ...and a row whose photo work is done waits at most this long (seconds) for the rows after it.
+#: ...and closes a batch sooner once its first row has waited this long (seconds) for the rows after it.
 COMMIT_WAIT_S = 0.25
 
 
