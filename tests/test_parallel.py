@@ -194,8 +194,19 @@ def test_import_reports_what_enrolling_row_by_row_reports(
     assert keys[0] == keys[1] == len({e.subject for e in enrolled})  # no key left by a batch that was undone
 
 
+def _people(folder: Path, count: int) -> Path:
+    """A manifest of `count` new people, person-0 to person-<count - 1>, a photo each."""
+    rows = []
+    for number in range(count):
+        fake_photo(folder, f"p{number}.png", (10 + number * 10, 0))
+        rows.append(f"person-{number},p{number}.png,R{number},door,,")
+    manifest = folder / "m.csv"
+    manifest.write_text(HEADER + "\n".join(rows) + "\n")
+    return manifest
+
+
 def test_an_imports_batch_stores_its_new_subjects_keys_in_one_key_store_write(
-    store_gallery: Gallery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store_gallery: Gallery, gallery_location: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The key store commits once per batch of new subjects, not once each (a cluster's driver
     would wait on it), and before the batch's rows: every template opens after a reopen."""
@@ -208,17 +219,12 @@ def test_an_imports_batch_stores_its_new_subjects_keys_in_one_key_store_write(
         return original(self)
 
     monkeypatch.setattr(KeyRing, "_write", counted)
-    rows = []
-    for number in range(5):
-        fake_photo(tmp_path, f"p{number}.png", (10 + number * 10, 0))
-        rows.append(f"person-{number},p{number}.png,R{number},door,,")
-    manifest = tmp_path / "m.csv"
-    manifest.write_text(HEADER + "\n".join(rows) + "\n")
-    report = store_gallery.import_manifest(manifest)
+    report = store_gallery.import_manifest(_people(tmp_path, 5))
     assert len(report.enrolled) == 5 and len(writes) == 1
     assert len(store_gallery._ctx.store.keys.key_ids()) == 5
     probe = fake_photo(tmp_path, "probe.png", (30, 1))
-    (face,) = store_gallery.match(probe, purpose="door").faces
+    with Gallery(gallery_location, encoder=FakeEncoder()) as reopened:  # its keys read from the key store
+        (face,) = reopened.match(probe, purpose="door").faces
     assert face.candidates[0].subject == "person-2"
 
 
@@ -239,13 +245,7 @@ def test_a_batch_whose_commit_fails_is_stored_row_by_row(
                 raise failures.pop()
 
     monkeypatch.setattr(KeyRing, "deferred", failing_once)
-    rows = []
-    for number in range(3):
-        fake_photo(tmp_path, f"p{number}.png", (10 + number * 10, 0))
-        rows.append(f"person-{number},p{number}.png,R{number},door,,")
-    manifest = tmp_path / "m.csv"
-    manifest.write_text(HEADER + "\n".join(rows) + "\n")
-    report = store_gallery.import_manifest(manifest)
+    report = store_gallery.import_manifest(_people(tmp_path, 3))
     assert not failures and [e.subject for e in report.enrolled] == ["person-0", "person-1", "person-2"]
     assert [(e.action, e.subject) for e in store_gallery.audit()] == [
         ("consent-grant", f"person-{n}") if i == 0 else ("enroll", f"person-{n}") for n in range(3) for i in range(2)]
