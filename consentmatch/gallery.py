@@ -164,10 +164,11 @@ class Gallery:
     ) -> ImportReport:
         """Enroll every usable row of a manifest CSV (``subject,photo,consent_ref,purposes,expires,
         jurisdiction``; purposes `;`-separated); bad rows are reported and skipped. Each row enrolls
-        on its own, as row by row would; photos are read on a thread pool.
+        on its own, as row by row would; photos are read on a thread pool, and finished rows are
+        stored several to a transaction (up to 64; a stopped import redoes at most one batch).
 
         Args:
-            progress: called with (rows done, rows in all) after each row.
+            progress: called with (rows done, rows in all) as rows are stored.
             quality, allow_duplicate: as for `enroll`.
             runner: where the photo work runs: this process's threads by default, or
                 `RayRunner(address)` for a Ray cluster's workers (this process still admits and
