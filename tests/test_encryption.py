@@ -11,6 +11,7 @@ import pytest
 
 from consentmatch import Consent, ConsentError, EncryptionKeyError, Gallery
 from consentmatch.crypto import SEALED_TEMPLATE_BYTES, generate_key, unseal
+from consentmatch.storage.keyring import KeyRing
 
 from .conftest import FakeEncoder, fake_encoding, fake_photo
 
@@ -357,3 +358,36 @@ def test_a_restored_backup_does_not_bring_erased_consents_back(tmp_path: Path) -
         assert gallery.verify_audit().intact
     with _gallery(path, key_dir=keys) as gallery:  # once: the next open finds nothing more to do
         assert [e.action for e in gallery.audit()].count("consent-revoke") == 2
+
+
+def test_opening_a_restored_backup_while_another_process_enrolls_keeps_the_new_subject(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gallery whose shred stamp is out of date (a restored backup) looks for subjects whose key
+    was shredded. A subject another writer commits while it looks has its key stored already:
+    it must not be taken for an erased one (its templates deleted, its consent revoked)."""
+    path, backup = tmp_path / "g.db", tmp_path / "backup.db"
+    alice, bob = fake_photo(tmp_path, "a.png", (10, 0)), fake_photo(tmp_path, "b.png", (20, 0))
+    with _gallery(path, key_dir=tmp_path / "keys") as gallery:
+        gallery.enroll("alice", [alice], Consent("R1", ["door"]))
+    shutil.copyfile(path, backup)
+    with _gallery(path, key_dir=tmp_path / "keys") as gallery:
+        gallery.forget("alice")
+    shutil.copyfile(backup, path)  # its stamp predates the erasure: the next open checks every subject
+    with _gallery(path, key_dir=tmp_path / "keys") as writer:
+        writer.subjects()  # opened (and checked) before the race below
+        original, raced = KeyRing.key_ids, []
+
+        def key_ids_then_a_writer_commits(self: KeyRing) -> set[str]:
+            known = original(self)
+            if not raced:  # between the key ids read and the subjects read, bob is enrolled elsewhere
+                raced.append(writer.enroll("bob", [bob], Consent("R2", ["door"])))
+            return known
+
+        monkeypatch.setattr(KeyRing, "key_ids", key_ids_then_a_writer_commits)
+        with sqlite3.connect(path) as conn:  # the stamp out of date again, as the restore left it
+            conn.execute("UPDATE meta SET value = 'stale' WHERE key = 'keys_checked'")
+        with _gallery(path, key_dir=tmp_path / "keys") as reader:
+            subjects = {s.subject: s.templates for s in reader.subjects()}
+            assert raced and subjects == {"alice": 0, "bob": 1}
+            assert [c.subject for c in reader.match(bob, purpose="door").faces[0].candidates] == ["bob"]

@@ -250,3 +250,22 @@ def test_a_batch_whose_commit_fails_is_stored_row_by_row(
     assert [(e.action, e.subject) for e in store_gallery.audit()] == [
         ("consent-grant", f"person-{n}") if i == 0 else ("enroll", f"person-{n}") for n in range(3) for i in range(2)]
     assert len(store_gallery._ctx.store.keys.key_ids()) == 3
+
+
+def test_an_import_stopped_by_a_bug_stores_the_rows_finished_before_it(
+    store_gallery: Gallery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error that is no refusal (a bug in the photo work, an interrupt) stops the import, but
+    the rows before it, already finished, are stored as row by row would have: a rerun redoes less."""
+    monkeypatch.setattr(enrollment_module, "COMMIT_WAIT_S", 3600.0)
+    original = enrollment_module.photo_work
+
+    def failing_on_the_fourth(encoder: Any, job: enrollment_module.PhotoJob) -> Any:
+        if any(Path(str(p)).name == "p3.png" for p in job.photos):
+            raise RuntimeError("a bug in the photo work")
+        return original(encoder, job)
+
+    monkeypatch.setattr(enrollment_module, "photo_work", failing_on_the_fourth)
+    with pytest.raises(RuntimeError, match="a bug"):
+        store_gallery.import_manifest(_people(tmp_path, 6))
+    assert [s.subject for s in store_gallery.subjects()] == ["person-0", "person-1", "person-2"]

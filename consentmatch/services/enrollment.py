@@ -252,38 +252,44 @@ def import_manifest(
             progress(len(enrolled) + len(rejected), len(rows))
 
     def flush() -> None:
-        outcomes = _store_rows(ctx, [ready for _, ready in batch], allow_duplicate=allow_duplicate, actor=actor)
-        for (number, ready), outcome in zip(batch, outcomes):
-            settle(number, ready.row, outcome)
+        pending = batch[:]
         batch.clear()
+        outcomes = _store_rows(ctx, [ready for _, ready in pending], allow_duplicate=allow_duplicate, actor=actor)
+        for (number, ready), outcome in zip(pending, outcomes):
+            settle(number, ready.row, outcome)
 
     runner = runner if runner is not None else LocalRunner()
     with runner.started(list(enumerate(rows)), start, photo_work, ctx.encoder, ctx.settings) as started:
-        for (number, row), begun in started:
-            if batch and time.monotonic() - opened >= COMMIT_WAIT_S:  # before waiting for this row's photo
-                flush()
-            try:
-                if isinstance(begun, _Admitted):
-                    ready = _Ready(row, begun.admission, begun.faces())
-                    opened = opened if batch else time.monotonic()
-                    batch.append((number, ready))
-                    if len(batch) >= COMMIT_BATCH:
-                        flush()
-                    continue
-                flush()  # the rows before it first: the store and the audit trail keep the manifest's order
-                outcome: Enrollment | ConsentMatchError = begun()
-            except ConsentMatchError as exc:  # its photo, or the row enrolled alone, refused
-                flush()
-                ctx.record_refusal("enroll", row.subject, None, actor, exc)
-                outcome = exc
-            settle(number, row, outcome)
+        try:
+            for (number, row), begun in started:
+                if batch and time.monotonic() - opened >= COMMIT_WAIT_S:  # before waiting for this row's photo
+                    flush()
+                try:
+                    if isinstance(begun, _Admitted):
+                        ready = _Ready(row, begun.admission, begun.faces())
+                        opened = opened if batch else time.monotonic()
+                        batch.append((number, ready))
+                        if len(batch) >= COMMIT_BATCH:
+                            flush()
+                        continue
+                    flush()  # the rows before it first: the store and the audit trail keep the manifest's order
+                    outcome: Enrollment | ConsentMatchError = begun()
+                except ConsentMatchError as exc:  # its photo, or the row enrolled alone, refused
+                    flush()
+                    ctx.record_refusal("enroll", row.subject, None, actor, exc)
+                    outcome = exc
+                settle(number, row, outcome)
+        except BaseException:  # a bug, an interrupt: the rows done before it are stored, as row by row
+            flush()
+            raise
         flush()
     return ImportReport(manifest=os.fspath(manifest), rows=len(rows), enrolled=tuple(enrolled), rejected=tuple(rejected))
 
 
 #: An import stores up to this many rows in one write transaction...
 COMMIT_BATCH = 64
-#: ...and closes a batch sooner once its first row has waited this long (seconds) for the rows after it.
+#: ...and, before waiting for the next row's photo, stores a batch whose first row has waited this
+#: long (seconds): the wait for that photo is not cut short.
 COMMIT_WAIT_S = 0.25
 
 

@@ -140,17 +140,21 @@ class SqliteStore:
         bound = self.keys.bound()
         if bound and not created and meta.get("keys_checked") == stamp:
             return
-        known = self.keys.key_ids()
-        shredded = [
-            (int(i), str(k)) for i, k in conn.execute("SELECT id, key_id FROM subjects WHERE key_id IS NOT NULL")
-            if k not in known
-        ]
-        if bound and not created and not shredded:
+
+        def shredded_subjects() -> list[tuple[int, str]]:
+            known = self.keys.key_ids()
+            return [(int(i), str(k)) for i, k in conn.execute("SELECT id, key_id FROM subjects WHERE key_id IS NOT NULL")
+                    if k not in known]
+
+        if bound and not created and not shredded_subjects():
             with contextlib.suppress(sqlite3.OperationalError):  # read-only: scan again next time
                 conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('keys_checked', ?)", (stamp,))
             return
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # Again under the write lock: a subject another process committed after the key ids
+            # were read above has its key stored (keys go in before their rows commit), not shredded.
+            shredded = shredded_subjects()
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('keys_checked', ?)", (stamp,))
             if created:
                 conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('keys', 'created')")
