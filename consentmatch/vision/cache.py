@@ -33,6 +33,7 @@ __all__ = ["SETTLED_NS", "converted", "file_digest", "read_checked", "write_chec
 #: How long a file must have been unchanged before a stamp may vouch for it (filesystem clocks
 #: tick every few milliseconds; two seconds also covers FAT's and network filesystems' coarser ones).
 SETTLED_NS = 2_000_000_000
+STAMP_MAX_BYTES = 512
 
 
 def _checksum_file(target: Path) -> Path:
@@ -47,12 +48,18 @@ def _stamp(digest: str, stat: os.stat_result) -> str:
     return f"{digest} {stat.st_dev} {stat.st_ino} {stat.st_size} {stat.st_mtime_ns} {stat.st_ctime_ns}\n"
 
 
+def _read_stamp(stamp_file: Path) -> str:
+    """The stamp's line ("" when missing or unreadable); a stamp is one short line, so no more is read."""
+    try:
+        with stamp_file.open("rb") as handle:
+            return handle.read(STAMP_MAX_BYTES).decode("ascii")
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
 def _stamped(stamp_file: Path, digest: str, stat: os.stat_result) -> bool:
     """Whether `stamp_file` says a file with this stat was last seen hashing to `digest`."""
-    try:
-        return stamp_file.read_text(encoding="ascii") == _stamp(digest, stat)
-    except (OSError, UnicodeDecodeError):
-        return False
+    return _read_stamp(stamp_file) == _stamp(digest, stat)
 
 
 def _record(stamp_file: Path, digest: str, stat: os.stat_result) -> None:
@@ -94,10 +101,7 @@ def file_digest(source: Path, folder: Path | None) -> str:
         if folder is not None:
             where = hashlib.blake2b(str(source.resolve()).encode(), digest_size=8).hexdigest()  # which install
             stamp_file = folder / f"source-{where}-{source.name}.verified"
-            try:
-                recorded = stamp_file.read_text(encoding="ascii").split()[0]
-            except (OSError, UnicodeDecodeError, IndexError):
-                recorded = ""
+            recorded = (_read_stamp(stamp_file).split() or [""])[0]
             if recorded and _stamped(stamp_file, recorded, stat):
                 return recorded
         digest = hashlib.sha256(handle.read()).hexdigest()
