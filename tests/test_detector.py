@@ -15,7 +15,7 @@ from consentmatch.images import Photo, load_photo
 from consentmatch.results import Box
 from consentmatch.settings import Settings
 from consentmatch.vision import default_encoder
-from consentmatch.vision import yunet_format as fmt
+from consentmatch.vision import yunet, yunet_format as fmt
 from consentmatch.vision.dlib import HogDetector
 from consentmatch.vision.onnx import OnnxEncoder
 from consentmatch.vision.yunet import YuNetDetector, converted_model
@@ -223,3 +223,58 @@ def test_a_large_jpeg_decodes_at_half_size_and_keeps_its_80_px_faces(tmp_path: P
         assert len(faces) == 3
         assert all(1200 <= f.box.left and f.box.right <= 2400 and 800 <= f.box.top and f.box.bottom <= 1657 for f in faces)
         assert all(75 <= f.box.width <= 140 for f in faces)  # HOG-framed boxes of 88-109 px faces
+
+
+def _every_anchor_decode(raw: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The decoding as first written: an anchor for every row, then the threshold."""
+    priors = []
+    for stride in yunet.STRIDES:
+        ys, xs = np.mgrid[0 : height // stride, 0 : width // stride]
+        priors.append(np.stack([xs.ravel(), ys.ravel(), np.full(xs.size, stride)], axis=1))
+    anchors = np.concatenate(priors).astype(np.float32)
+    sigmoid = 1 / (1 + np.exp(-np.clip(raw[:, :2], -88.3762626647949, 88.3762626647949)))
+    score = np.sqrt(sigmoid[:, 0] * sigmoid[:, 1])
+    keep = score >= yunet.SCORE_THRESHOLD
+    raw, anchors, score = raw[keep], anchors[keep], score[keep]
+    step = anchors[:, 2:3]
+    origin = anchors[:, :2] * step
+    centre, size = raw[:, 2:4] * step + origin, np.exp(raw[:, 4:6]) * step
+    out = np.zeros((len(raw), 16), dtype=np.float32)
+    out[:, 0], out[:, 2:4], out[:, 4:6] = score, centre - size / 2, centre + size / 2
+    out[:, 6:16] = (raw[:, 6:16].reshape(-1, 5, 2) * step[:, :, None] + origin[:, None, :]).reshape(-1, 10)
+    return out
+
+
+def _candidate_by_candidate_nms(faces: np.ndarray) -> np.ndarray:
+    kept: list[int] = []
+    for i, box in enumerate(faces[:, 2:6]):
+        if all(_overlap(box, faces[j, 2:6]) <= yunet.NMS_IOU for j in kept):
+            kept.append(i)
+    return faces[kept]
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    return float(iw * ih / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - iw * ih))
+
+
+@pytest.mark.parametrize("height, width", [(160, 224), (96, 96), (928, 1280)])
+def test_decoding_only_the_kept_candidates_gives_what_decoding_all_gives(height: int, width: int) -> None:
+    rows = sum((height // s) * (width // s) for s in yunet.STRIDES)
+    raw = np.random.default_rng(height).normal(0, 1, (rows, 16)).astype(np.float32)
+    raw[:, :2] += 1.5  # many rows near the threshold, on both sides
+    expected = _every_anchor_decode(raw, height, width)
+    assert 0 < len(expected) < rows
+    np.testing.assert_array_equal(yunet._decode(raw, height, width), expected)
+
+
+def test_suppression_keeps_what_comparing_each_candidate_keeps() -> None:
+    rng = np.random.default_rng(3)
+    corners = rng.uniform(0, 200, (300, 2)).astype(np.float32)
+    faces = np.zeros((300, 16), dtype=np.float32)
+    faces[:, 0] = np.sort(rng.uniform(0.8, 1, 300))[::-1]
+    faces[:, 2:4], faces[:, 4:6] = corners, corners + rng.uniform(20, 60, (300, 1)).astype(np.float32)
+    kept = yunet._nms(faces)
+    assert 1 < len(kept) < 300
+    np.testing.assert_array_equal(kept, _candidate_by_candidate_nms(faces))

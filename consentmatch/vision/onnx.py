@@ -8,7 +8,6 @@ stay dlib's (`DlibEncoder`); only the descriptor step changes, on the same 150x1
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from numpy.typing import NDArray
 from ..errors import EngineError
 from ..images import Photo
 from . import dlib_format as fmt
-from .cache import converted
+from .cache import converted, file_digest
 from .dlib import RESNET_FILE, DlibEncoder, load_detector, face_chips, model_dir
 from .types import DIMENSIONS, Detector
 
@@ -158,7 +157,7 @@ def converted_model(folder: Path | None) -> bytes:
     """
     source = model_dir() / RESNET_FILE
     try:
-        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+        digest = file_digest(source, folder)  # 22 MB: hashed again only when the file changed
     except OSError as exc:
         raise EngineError(f"The face ResNet '{source}' cannot be read ({exc.strerror}): reinstall face_recognition_models.") from None
     return converted(folder, f"{source.stem}-{digest[:16]}-c{CONVERTER_VERSION}.onnx",

@@ -300,44 +300,59 @@ def _resized(pixels: NDArray[np.uint8], scale: float) -> NDArray[np.uint8]:
 
 
 def _decode(raw: NDArray[np.float32], height: int, width: int) -> NDArray[np.float32]:
-    """Candidates above SCORE_THRESHOLD as (score, 0, box, landmarks) in the network input's pixels."""
-    priors = []
-    for stride in STRIDES:
-        ys, xs = np.mgrid[0 : height // stride, 0 : width // stride]
-        priors.append(np.stack([xs.ravel(), ys.ravel(), np.full(xs.size, stride)], axis=1))
-    anchors = np.concatenate(priors).astype(np.float32)
+    """Candidates above SCORE_THRESHOLD as (score, 0, box, landmarks) in the network input's pixels.
+
+    Only the candidates kept get their anchor (row -> stride, cell): few of thousands, so a
+    small photo's call is not spent building every anchor grid (issue 16's wrapper profile).
+    """
+    # A score of 0.8 needs both sigmoids >= 0.64, both logits >= 0.575: the rest are dropped unscored.
+    (rows,) = np.nonzero((raw[:, 0] > 0.5) & (raw[:, 1] > 0.5))
+    raw = raw[rows]
     # libfacedetection's sigmoid (clamped at +-88.376) on the two score columns only
     sigmoid = 1 / (1 + np.exp(-np.clip(raw[:, :2], -88.3762626647949, 88.3762626647949)))
     score = np.sqrt(sigmoid[:, 0] * sigmoid[:, 1])
     keep = score >= SCORE_THRESHOLD
-    raw, anchors, score = raw[keep], anchors[keep], score[keep]
-    step = anchors[:, 2:3]
-    origin = anchors[:, :2] * step
+    rows, raw, score = rows[keep], raw[keep], score[keep]
+    step, cell = np.zeros(len(rows), dtype=np.float32), np.zeros(len(rows), dtype=np.int64)
+    columns, start = np.zeros(len(rows), dtype=np.int64), 0
+    for stride in STRIDES:  # the rows are the strides' grids one after another, row-major
+        size = (height // stride) * (width // stride)
+        here = (rows >= start) & (rows < start + size)
+        step[here], cell[here], columns[here] = stride, rows[here] - start, width // stride
+        start += size
+    origin = np.stack([cell % np.maximum(columns, 1), cell // np.maximum(columns, 1)], axis=1).astype(np.float32)
+    origin *= step[:, None]
+    step = step[:, None]
     centre = raw[:, 2:4] * step + origin
-    size = np.exp(raw[:, 4:6]) * step
+    size_ = np.exp(raw[:, 4:6]) * step
     landmarks = (raw[:, 6:16].reshape(-1, 5, 2) * step[:, :, None] + origin[:, None, :]).reshape(-1, 10)
     out = np.zeros((len(raw), 16), dtype=np.float32)
     out[:, 0] = score
-    out[:, 2:4] = centre - size / 2
-    out[:, 4:6] = centre + size / 2
+    out[:, 2:4] = centre - size_ / 2
+    out[:, 4:6] = centre + size_ / 2
     out[:, 6:16] = landmarks
     return out
 
 
 def _nms(faces: NDArray[np.float32]) -> NDArray[np.float32]:
-    """Greedy non-maximum suppression over faces sorted best first (libfacedetection's rule, IoU > 0.45 drops)."""
-    kept: list[int] = []
+    """Greedy non-maximum suppression over faces sorted best first (libfacedetection's rule, IoU > 0.45 drops).
+
+    Each face kept drops the later candidates it overlaps in one step, so the loop runs once
+    per face, not once per candidate (a face has tens of them).
+    """
     boxes = faces[:, 2:6]
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    alive = np.ones(len(faces), dtype=bool)
+    kept: list[int] = []
     for i in range(len(faces)):
-        if kept:
-            other = boxes[kept]
-            iw = np.clip(np.minimum(other[:, 2], boxes[i, 2]) - np.maximum(other[:, 0], boxes[i, 0]), 0, None)
-            ih = np.clip(np.minimum(other[:, 3], boxes[i, 3]) - np.maximum(other[:, 1], boxes[i, 1]), 0, None)
-            overlap = iw * ih / (areas[kept] + areas[i] - iw * ih)
-            if (overlap > NMS_IOU).any():
-                continue
+        if not alive[i]:
+            continue
         kept.append(i)
+        rest = np.arange(i + 1, len(faces))[alive[i + 1:]]
+        iw = np.clip(np.minimum(boxes[rest, 2], boxes[i, 2]) - np.maximum(boxes[rest, 0], boxes[i, 0]), 0, None)
+        ih = np.clip(np.minimum(boxes[rest, 3], boxes[i, 3]) - np.maximum(boxes[rest, 1], boxes[i, 1]), 0, None)
+        overlap = iw * ih / (areas[rest] + areas[i] - iw * ih)
+        alive[rest[overlap > NMS_IOU]] = False
     return faces[kept]
 
 
