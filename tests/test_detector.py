@@ -248,12 +248,13 @@ def _every_anchor_decode(raw: np.ndarray, height: int, width: int) -> np.ndarray
 def _candidate_by_candidate_nms(faces: np.ndarray) -> np.ndarray:
     kept: list[int] = []
     for i, box in enumerate(faces[:, 2:6]):
-        if all(_overlap(box, faces[j, 2:6]) <= yunet.NMS_IOU for j in kept):
+        if all(_corner_iou(box, faces[j, 2:6]) <= yunet.NMS_IOU for j in kept):
             kept.append(i)
     return faces[kept]
 
 
-def _overlap(a: np.ndarray, b: np.ndarray) -> float:
+def _corner_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two (x0, y0, x1, y1) rows."""
     iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     return float(iw * ih / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - iw * ih))
