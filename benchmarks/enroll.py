@@ -169,7 +169,7 @@ def _commit_rates(work: Path, rows: int, postgres: str | None) -> dict[str, Any]
                 rate = _commit_rate(work, rows, location)
             finally:
                 enrollment.COMMIT_BATCH = batch
-                if location.startswith("postgresql:") and postgres:
+                if postgres and store == "postgresql":
                     _drop(postgres, name)
             result[f"commit_{store}_{label}_rows_per_s"] = rate["rows_per_s"]
         result[f"commit_{store}_batched_vs_row_by_row"] = round(
