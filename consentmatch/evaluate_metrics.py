@@ -21,6 +21,7 @@ from .policy import DEFAULT_TOLERANCE, check_tolerance
 __all__ = [
     "FMR_TARGETS",
     "Calibration",
+    "Comparisons",
     "Evaluation",
     "Failure",
     "Identification",
@@ -72,6 +73,57 @@ class Scores:
             values = np.sort(np.asarray(getattr(self, name), dtype=np.float64).ravel())
             values.setflags(write=False)
             object.__setattr__(self, name, values)
+
+
+@dataclass(frozen=True, eq=False)
+class Comparisons:
+    """Every photo and every compared pair of them: what figures per group need.
+
+    `Scores` keeps only the two sorted lists of distances; this keeps which photos each
+    distance came from, so a pair can be placed in its groups. Arrays are read-only.
+    """
+
+    #: Every photo named, in order; failures to enrol included (their `enrolled` is False).
+    photos: tuple[str, ...]
+    #: Per photo, its person: the name of the folder holding it (DIR/NAME/photo.jpg).
+    subjects: tuple[str, ...]
+    #: Per photo, its encoding (a row of NaN for a failure to enrol).
+    encodings: NDArray[np.float64]
+    #: The usable pairs: indices into `photos`, same person or not, and their distance.
+    first: NDArray[np.intp]
+    second: NDArray[np.intp]
+    same: NDArray[np.bool_]
+    distance: NDArray[np.float64]
+    failures: tuple[Failure, ...] = ()
+    skipped: int = 0
+    source: str = ""
+    #: With `compare_identities`: every person's folder, in name order (some may hold no photo).
+    people: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name, kind in (("encodings", np.float64), ("first", np.intp), ("second", np.intp), ("same", np.bool_), ("distance", np.float64)):
+            values = np.array(getattr(self, name), dtype=kind)
+            values.setflags(write=False)
+            object.__setattr__(self, name, values)
+
+    @property
+    def enrolled(self) -> NDArray[np.bool_]:
+        """Per photo: it gave one usable face."""
+        if not len(self.photos):
+            return np.zeros(0, dtype=np.bool_)
+        enrolled: NDArray[np.bool_] = np.logical_not(np.isnan(self.encodings.reshape(len(self.photos), -1)).any(axis=1))
+        return enrolled
+
+    def scores(self) -> Scores:
+        """The distances alone, split into genuine and impostor (what `evaluate` takes)."""
+        return Scores(
+            genuine=self.distance[self.same],
+            impostor=self.distance[~self.same],
+            failures=self.failures,
+            photos=int(np.count_nonzero(self.enrolled)),
+            source=self.source,
+            skipped=self.skipped,
+        )
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The evaluation's picture: a DET curve and the distance histograms, as one PNG."""
+"""The evaluation's pictures: a DET curve and the distance histograms; DET curves per group."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import os
 import numpy as np
 
 from .errors import InvalidArgumentError
-from .evaluate_metrics import Evaluation, Scores
+from .evaluate_groups import GroupEvaluation, Groups
+from .evaluate_metrics import Comparisons, Evaluation, Scores
 
-__all__ = ["plot"]
+__all__ = ["plot", "plot_groups"]
 
 
 def plot(scores: Scores, evaluation: Evaluation, path: str | os.PathLike[str]) -> None:
@@ -74,3 +75,65 @@ def plot(scores: Scores, evaluation: Evaluation, path: str | os.PathLike[str]) -
         raise InvalidArgumentError(
             f"Cannot write the plot to '{os.fspath(path)}' ({exc.strerror or exc}): name a writable .png path."
         ) from None
+
+
+def plot_groups(comparisons: Comparisons, groups: Groups, report: GroupEvaluation, path: str | os.PathLike[str]) -> None:
+    """Write a PNG: per attribute, one DET curve per group (its own pairs, same-group impostors).
+
+    Each group's point at the tolerance is marked; a curve is only as good as its counts,
+    which the legend gives. Drawn like `plot`: no pyplot, no global state.
+
+    Raises:
+        InvalidArgumentError: the file cannot be written.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    count = max(1, len(report.attributes))
+    columns = min(count, 3)
+    rows = (count + columns - 1) // columns
+    figure = Figure(figsize=(5.5 * columns, 4.6 * rows), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
+    labels = {name: np.array(values, dtype=object) for name, values in groups.of(comparisons).items()}
+    for axis, attribute in zip(axes, report.attributes):
+        floor = 1.0
+        for number, group in enumerate(attribute.groups):
+            members = labels[attribute.attribute] == group.group
+            within = members[comparisons.first] & members[comparisons.second]
+            g = np.sort(comparisons.distance[within & comparisons.same])
+            i = np.sort(comparisons.distance[within & ~comparisons.same])
+            if not g.size or not i.size:
+                continue
+            fmr_floor, fnmr_floor = 0.5 / i.size, 0.5 / g.size
+            floor = min(floor, fmr_floor, fnmr_floor)
+            thresholds = np.unique(np.concatenate([g, i]))
+            fmr = np.maximum(np.searchsorted(i, thresholds, side="right") / i.size, fmr_floor)
+            fnmr = np.maximum(1.0 - np.searchsorted(g, thresholds, side="right") / g.size, fnmr_floor)
+            color = f"C{number % 10}"
+            name = _plain(group.group)
+            axis.plot(fmr, fnmr, color=color, drawstyle="steps-post", label=f"{name} ({g.size:,} / {i.size:,} pairs)")
+            axis.plot([max(group.fmr.rate or 0.0, fmr_floor)], [max(group.fnmr.rate or 0.0, fnmr_floor)], "o", color=color)
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlim(floor / 1.5, 1.5)
+        axis.set_ylim(floor / 1.5, 1.5)
+        axis.set_xlabel("FMR, same-group impostors (0 drawn at 1/2N)")
+        axis.set_ylabel("FNMR (0 drawn at 1/2N)")
+        axis.set_title(f"By {_plain(attribute.attribute)}: dots at tolerance {report.tolerance:g}")
+        axis.grid(True, which="both", alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(loc="lower left", fontsize="small", title="group (same / different-person)", title_fontsize="small")
+    for axis in axes[len(report.attributes) :]:
+        axis.set_visible(False)
+    try:
+        figure.savefig(os.fspath(path), format="png", dpi=80)
+    except OSError as exc:
+        raise InvalidArgumentError(
+            f"Cannot write the plot to '{os.fspath(path)}' ({exc.strerror or exc}): name a writable .png path."
+        ) from None
+
+
+def _plain(label: str) -> str:
+    """A user's label as literal text: matplotlib would read `$...$` as math, and control characters break lines."""
+    return "".join(c if c.isprintable() else "?" for c in label).replace("$", r"\$")[:60]
