@@ -132,7 +132,7 @@ def main() -> None:
             if gap is not None:
                 summary[f"{attribute.attribute} {gap.measure} differential"] = (
                     f"{gap.highest} {gap.highest_rate:.4f} / {gap.lowest} {gap.lowest_rate:.4f}"
-                    f" = {'inf' if gap.ratio is None else f'{gap.ratio:.1f}'}x, conclusive: {gap.conclusive}"
+                    f" = {'n/a (lowest is 0)' if gap.ratio is None else f'{gap.ratio:.1f}x'}, conclusive: {gap.conclusive}"
                 )
     summary["warnings"] = len(by_group.warnings)
     summary["report"] = str(args.out / "report.json")

@@ -78,10 +78,12 @@ def plot(scores: Scores, evaluation: Evaluation, path: str | os.PathLike[str]) -
 
 
 def plot_groups(comparisons: Comparisons, groups: Groups, report: GroupEvaluation, path: str | os.PathLike[str]) -> None:
-    """Write a PNG: per attribute, one DET curve per group (its own pairs, same-group impostors).
+    """Write a PNG, a row per attribute: one DET curve per group, and its FMR and FNMR against the tolerance.
 
-    Each group's point at the tolerance is marked; a curve is only as good as its counts,
-    which the legend gives. Drawn like `plot`: no pyplot, no global state.
+    Each group is drawn from its own pairs (impostors of the same group, as NIST IR 8280), its
+    point at the tolerance marked; a curve is only as good as its counts, which the legend
+    gives. The right panel shows where each group's FMR crosses a target as the tolerance
+    moves. Drawn like `plot`: no pyplot, no global state.
 
     Raises:
         InvalidArgumentError: the file cannot be written.
@@ -89,15 +91,13 @@ def plot_groups(comparisons: Comparisons, groups: Groups, report: GroupEvaluatio
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    count = max(1, len(report.attributes))
-    columns = min(count, 3)
-    rows = (count + columns - 1) // columns
-    figure = Figure(figsize=(5.5 * columns, 4.6 * rows), layout="constrained")
+    rows = max(1, len(report.attributes))
+    figure = Figure(figsize=(12, 4.4 * rows), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
+    axes = figure.subplots(rows, 2, squeeze=False)
     labels = {name: np.array(values, dtype=object) for name, values in groups.of(comparisons).items()}
-    for axis, attribute in zip(axes, report.attributes):
-        floor = 1.0
+    for (det, sweep), attribute in zip(axes, report.attributes):
+        floor, top = 1.0, report.tolerance
         for number, group in enumerate(attribute.groups):
             members = labels[attribute.attribute] == group.group
             within = members[comparisons.first] & members[comparisons.second]
@@ -107,27 +107,35 @@ def plot_groups(comparisons: Comparisons, groups: Groups, report: GroupEvaluatio
                 continue
             fmr_floor, fnmr_floor = 0.5 / i.size, 0.5 / g.size
             floor = min(floor, fmr_floor, fnmr_floor)
+            top = max(top, float(i.max()), float(g.max()))
             thresholds = np.unique(np.concatenate([g, i]))
             fmr = np.maximum(np.searchsorted(i, thresholds, side="right") / i.size, fmr_floor)
             fnmr = np.maximum(1.0 - np.searchsorted(g, thresholds, side="right") / g.size, fnmr_floor)
             color = f"C{number % 10}"
-            name = _plain(group.group)
-            axis.plot(fmr, fnmr, color=color, drawstyle="steps-post", label=f"{name} ({g.size:,} / {i.size:,} pairs)")
-            axis.plot([max(group.fmr.rate or 0.0, fmr_floor)], [max(group.fnmr.rate or 0.0, fnmr_floor)], "o", color=color)
-        axis.set_xscale("log")
-        axis.set_yscale("log")
-        axis.set_xlim(floor / 1.5, 1.5)
-        axis.set_ylim(floor / 1.5, 1.5)
-        axis.set_xlabel("FMR, same-group impostors (0 drawn at 1/2N)")
-        axis.set_ylabel("FNMR (0 drawn at 1/2N)")
-        axis.set_title(f"By {_plain(attribute.attribute)}: dots at tolerance {report.tolerance:g}")
-        axis.grid(True, which="both", alpha=0.3)
-        if axis.get_legend_handles_labels()[0]:
-            axis.legend(loc="lower left", fontsize="small", title="group (same / different-person)", title_fontsize="small")
-    for axis in axes[len(report.attributes) :]:
-        axis.set_visible(False)
+            det.plot(fmr, fnmr, color=color, drawstyle="steps-post", label=f"{_plain(group.group)} ({g.size:,} / {i.size:,})")
+            det.plot([max(group.fmr.rate or 0.0, fmr_floor)], [max(group.fnmr.rate or 0.0, fnmr_floor)], "o", color=color)
+            sweep.plot(thresholds, fmr, color=color, drawstyle="steps-post", label=f"{_plain(group.group)}")
+            sweep.plot(thresholds, fnmr, color=color, drawstyle="steps-post", linestyle="--")
+        name = _plain(attribute.attribute)
+        for axis in (det, sweep):
+            axis.set_yscale("log")
+            axis.set_ylim(floor / 1.5, 1.5)
+            axis.grid(True, which="both", alpha=0.3)
+        det.set_xscale("log")
+        det.set_xlim(floor / 1.5, 1.5)
+        det.set_xlabel("FMR, same-group impostors (0 drawn at 1/2N)")
+        det.set_ylabel("FNMR (0 drawn at 1/2N)")
+        det.set_title(f"DET by {name}: dots at tolerance {report.tolerance:g}")
+        sweep.axvline(report.tolerance, color="black", linestyle=":", label=f"tolerance {report.tolerance:g}")
+        sweep.set_xlim(0.0, top * 1.02)
+        sweep.set_xlabel("Tolerance (Euclidean distance)")
+        sweep.set_ylabel("FMR (solid), FNMR (dashed)")
+        sweep.set_title(f"By {name}: error rates against the tolerance")
+        if det.get_legend_handles_labels()[0]:
+            det.legend(loc="lower left", fontsize="small", title="group (same / different-person pairs)", title_fontsize="small")
+            sweep.legend(loc="lower right", fontsize="small")
     try:
-        figure.savefig(os.fspath(path), format="png", dpi=80)
+        figure.savefig(os.fspath(path), format="png", dpi=72)
     except OSError as exc:
         raise InvalidArgumentError(
             f"Cannot write the plot to '{os.fspath(path)}' ({exc.strerror or exc}): name a writable .png path."
