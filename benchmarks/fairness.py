@@ -129,7 +129,9 @@ def main() -> None:
                 f"photos {group.photos} FTE {group.fte.errors}; FNMR {_cell(group.fnmr)}; FMR {_cell(group.fmr)}"
             )
         for gap in (attribute.fmr_differential, attribute.fnmr_differential):
-            if gap is not None:
+            if gap is not None and gap.highest_rate == gap.lowest_rate:
+                summary[f"{attribute.attribute} {gap.measure} differential"] = f"{gap.highest_rate:.4f} in every group"
+            elif gap is not None:
                 summary[f"{attribute.attribute} {gap.measure} differential"] = (
                     f"{gap.highest} {gap.highest_rate:.4f} / {gap.lowest} {gap.lowest_rate:.4f}"
                     f" = {'n/a (lowest is 0)' if gap.ratio is None else f'{gap.ratio:.1f}x'}, conclusive: {gap.conclusive}"

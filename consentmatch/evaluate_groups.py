@@ -446,7 +446,7 @@ def evaluate_groups(
         fmr_gap = _differential("FMR", attribute, ((g.group, g.fmr) for g in rows))
         fnmr_gap = _differential("FNMR", attribute, ((g.group, g.fnmr) for g in rows))
         for gap in (fmr_gap, fnmr_gap):
-            if gap is not None and not gap.conclusive:
+            if gap is not None and not gap.conclusive and gap.highest_rate > gap.lowest_rate:
                 warnings.append(
                     f"{attribute}: the {gap.measure} intervals of {gap.highest!r} ({gap.highest_rate:.4f}) and "
                     f"{gap.lowest!r} ({gap.lowest_rate:.4f}) overlap: the difference may be chance."

@@ -249,6 +249,7 @@ def test_real_photos_per_group(cached_encoder: CachedEncoder, tmp_path: Path) ->
     assert got == _expected_counts() and set(got) == {"edge", "people", "probes"}
     for group in report.attributes[0].groups:  # the example photos separate at 0.6, in every group
         assert group.fmr.errors == 0 and group.fnmr.errors == 0 and group.fte.errors == 0
+    assert not any("overlap" in w for w in report.warnings)  # equal rates: no gap to doubt
     plot = tmp_path / "groups.png"
     plot_groups(comparisons, groups, report, plot)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -122,6 +122,7 @@ README_EXPECTED = {
     "uv run pytest          #": [],  # Development: every line is the checkout's own tooling (SKIPPED)
     "consentmatch copy desk.db": ["audit chain verified at both ends", "Erased 'obama' (forget)"],
     'Gallery("postgresql://': ["subject(s)"],
+    "--groups cohorts.csv": ["By cohort at tolerance 0.6", "FMR differential by cohort", "Plot per group written to cohorts.png"],
 }
 
 #: The database the "Many machines" examples name: each block that names it gets a new empty

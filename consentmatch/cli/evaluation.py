@@ -258,11 +258,11 @@ def _print_group_report(report: GroupEvaluation, plot: Path | None) -> None:
         grid = table(
             "Group",
             "Photos",
-            "Failure to enrol",
+            "Failure to enrol [95% CI] n",
             "FNMR [95% CI] errors/pairs",
-            "FMR same group [95% CI] errors/pairs",
-            "Same-person distance (median, q05-q95)",
-            "Different-person distance (median, q05-q95)",
+            "FMR, same group [95% CI] errors/pairs",
+            "Same-person distance median (q05-q95)",
+            "Different-person distance median (q05-q95)",
             title=f"By {name} at tolerance {report.tolerance:g}",
         )
         for group in attribute.groups:
@@ -284,6 +284,9 @@ def _print_group_report(report: GroupEvaluation, plot: Path | None) -> None:
             out.print(between)
         for gap in (attribute.fmr_differential, attribute.fnmr_differential):
             if gap is not None:
+                if gap.highest_rate == gap.lowest_rate:
+                    out.print(f"{gap.measure} differential by {name}: {gap.highest_rate:.4f} in every group (no difference seen).")
+                    continue
                 ratio = f"{gap.ratio:.1f}x" if gap.ratio is not None else "lowest is 0"
                 verdict = "the intervals do not overlap" if gap.conclusive else "the intervals overlap: may be chance"
                 out.print(
