@@ -182,7 +182,7 @@ def read_groups(groups_csv: str | os.PathLike[str]) -> Groups:
             name = cells.get(key, "")
             if not name:
                 raise ManifestError(f"Groups file '{path}', line {reader.line_num}: the {key} is empty: name one on every row.")
-            name = resolve_path(name, path.parent) if key == "photo" else name
+            name = os.path.normpath(resolve_path(name, path.parent)) if key == "photo" else name
             if name in seen:
                 raise ManifestError(
                     f"Groups file '{path}', line {reader.line_num}: the {key} {cells.get(key)!r} is already on line "

@@ -15,9 +15,10 @@ Nothing here reads a file or a photo: `evaluate.py` reads GROUPS.csv and encodes
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,7 @@ QUANTILES = (("min", 0.0), ("q05", 0.05), ("q25", 0.25), ("median", 0.5), ("q75"
 # -- Clopper-Pearson ------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)  # a report asks for the same few counts many times (0 in n, above all)
 def clopper_pearson(errors: int, trials: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
     """The exact (Clopper-Pearson) interval of a rate of `errors` in `trials`.
 
@@ -77,24 +79,29 @@ def clopper_pearson(errors: int, trials: int, confidence: float = CONFIDENCE) ->
             "give 0 <= errors <= trials, trials > 0, confidence in (0, 1)."
         )
     tail = (1.0 - confidence) / 2
-
-    def upper(k: int) -> float:
-        return 1.0 if k == trials else _solve(lambda p: _at_most(k, trials, p) - tail)
-
     # The lower bound of k errors is 1 - the upper bound of k successes: the same tail, mirrored.
-    return 1.0 - upper(trials - errors), upper(errors)
+    return 1.0 - _upper(trials - errors, trials, tail), _upper(errors, trials, tail)
 
 
-def _at_most(k: int, n: int, p: float) -> float:
-    """P(X <= k) for X ~ Binomial(n, p), 0 <= k < n, 0 < p < 1."""
+def _upper(k: int, n: int, tail: float) -> float:
+    """The p at which P(X <= k) = tail for X ~ Binomial(n, p)."""
+    if k == n:
+        return 1.0
+    if k == 0:
+        return 1.0 - math.pow(tail, 1.0 / n)  # P(X <= 0) = (1 - p)^n
     j = np.arange(k + 1, dtype=np.float64)
     log_choose = np.concatenate([[0.0], np.cumsum(np.log(n - j[1:] + 1.0) - np.log(j[1:]))])
-    terms = log_choose + j * math.log(p) + (n - j) * math.log1p(-p)
-    top = float(terms.max())
-    return min(1.0, math.exp(top) * float(np.exp(terms - top).sum()))
+    rest = n - j
+
+    def beyond_tail(p: float) -> float:
+        terms = log_choose + j * math.log(p) + rest * math.log1p(-p)
+        top = float(terms.max())
+        return math.exp(top) * float(np.exp(terms - top).sum()) - tail
+
+    return _solve(beyond_tail)
 
 
-def _solve(falling: Any) -> float:
+def _solve(falling: Callable[[float], float]) -> float:
     """The p in (0, 1) where a decreasing function of p crosses zero, to ~1e-15."""
     low, high = 0.0, 1.0
     for _ in range(64):
@@ -428,19 +435,27 @@ def evaluate_groups(
                 )
             )
             warnings += _too_small(rows[-1])
+        # The matrix in one pass over the pairs: each pair's cell is (low, high), counted by bincount.
+        cell = np.where(labelled, low * len(names) + high, 0)
+        size = len(names) ** 2
+
+        def count(mask: NDArray[np.bool_]) -> NDArray[np.intp]:
+            counted: NDArray[np.intp] = np.bincount(cell[mask & labelled], minlength=size)
+            return counted
+
+        impostors, false_matches = count(~comparisons.same), count(~comparisons.same & (comparisons.distance <= tolerance))
+        genuines, false_non_matches = count(comparisons.same), count(comparisons.same & (comparisons.distance > tolerance))
         pairs: list[GroupPairRates] = []
         for k1 in range(len(names)):
             for k2 in range(k1, len(names)):
-                across = labelled & (low == k1) & (high == k2)
-                genuine = comparisons.distance[across & comparisons.same]
-                impostor = comparisons.distance[across & ~comparisons.same]
+                at = k1 * len(names) + k2
                 pairs.append(
                     GroupPairRates(
                         attribute=attribute,
                         first=names[k1],
                         second=names[k2],
-                        fmr=Rate.of(int(np.count_nonzero(impostor <= tolerance)), impostor.size, confidence),
-                        fnmr=Rate.of(int(np.count_nonzero(genuine > tolerance)), genuine.size, confidence),
+                        fmr=Rate.of(int(false_matches[at]), int(impostors[at]), confidence),
+                        fnmr=Rate.of(int(false_non_matches[at]), int(genuines[at]), confidence),
                     )
                 )
         fmr_gap = _differential("FMR", attribute, ((g.group, g.fmr) for g in rows))

@@ -191,10 +191,11 @@ def test_read_groups_keys_photos_by_path_and_skips_empty_labels(tmp_path: Path) 
         ("photo\na.jpg\n", "its header must be photo (or subject)"),
         ("photo,subject,sex\na.jpg,x,f\n", "its header must be photo (or subject)"),
         ("subject,sex\nann,f\nann,m\n", "line 3: the subject 'ann' is already on line 2"),
+        ("photo,sex\na.jpg,f\n./a.jpg,m\n", "line 3: the photo './a.jpg' is already on line 2"),
         ("subject,sex\n,f\n", "line 2: the subject is empty"),
         ("subject,sex\n", "has no rows"),
     ],
-    ids=["no-key", "no-attribute", "two-keys", "twice", "empty-key", "no-rows"],
+    ids=["no-key", "no-attribute", "two-keys", "twice", "same-photo-twice", "empty-key", "no-rows"],
 )
 def test_read_groups_refuses_what_it_cannot_use(tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / "groups.csv").write_text(text)
