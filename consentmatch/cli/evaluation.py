@@ -386,8 +386,12 @@ def calibrate(
         for row in by_group.groups:
             grid.add_row(_shown(row.attribute), _shown(row.group), f"{row.tolerance:.3f}", _interval(row.fmr), _interval(row.fnmr))
         out.print(grid)
+        advice = (
+            f"To use it: consentmatch policy set tolerance {by_group.tolerance:.3f} -g GALLERY."
+            if by_group.tolerance < result.tolerance
+            else "The overall tolerance is the stricter one: keep it (pairs across groups count there too)."
+        )
         out.print(
             f"Worst group: {_shown(by_group.attribute)} = {_shown(by_group.group)} meets FMR {by_group.target_fmr:g} at tolerance "
-            f"{by_group.tolerance:.3f} (overall: {result.tolerance:.3f}); at it every group meets the target. To use it: "
-            f"consentmatch policy set tolerance {by_group.tolerance:.3f} -g GALLERY."
+            f"{by_group.tolerance:.3f} (overall: {result.tolerance:.3f}); at it every group meets the target. {advice}"
         )
