@@ -315,6 +315,80 @@ def test_bulk_upload_reports_each_row(browser: object, server: Server, tmp_path:
         enroller.close()
 
 
+def _bulk_outcomes(desk: Desk) -> dict[str, str]:
+    """The bulk table's outcome of each row, by the photo path the manifest gives."""
+    rows = [r.split("\t") for r in desk.page.locator("#bulk-table tbody tr").all_inner_texts()]
+    return {row[2]: row[3] for row in rows}
+
+
+def test_bulk_upload_matches_photos_by_their_folder_and_refuses_a_guess(browser: object, server: Server) -> None:
+    """Issue 24 item 1: the examples' manifest and every photo of examples/people/*/*. Two files are
+    called img1.jpg (alex_lacamoire's and rose_leslie's): chosen without their folders, neither row
+    may take either; chosen as a folder, each row gets its own photo (already enrolled, same SHA-256)."""
+    people = sorted((EXAMPLES / "people").glob("*/*"))
+    assert [p.name for p in people].count("img1.jpg") == 2
+    enroller = Desk(browser, server, "enroller")
+    try:
+        enroller.sign_in()
+        page = enroller.page
+        enroller.upload("Manifest (CSV)", EXAMPLES / "consents.csv")
+        enroller.upload("Photos and evidence files", *people, EXAMPLES / "releases/REL-2026-0004.txt")
+        page.get_by_role("button", name="Upload").click()
+        page.get_by_text("Bulk upload done").wait_for()
+        outcomes = _bulk_outcomes(enroller)
+        for path in ("people/alex_lacamoire/img1.jpg", "people/rose_leslie/img1.jpg"):
+            assert f"{path} is ambiguous: 2 files chosen could be it" in outcomes.pop(path)
+            assert "folder" in outcomes.get(path, "folder")
+        assert set(outcomes.values()) == {"already enrolled"}, outcomes  # the other seven rows: their own photos
+        expect(page.locator("#status")).to_have_text("Bulk upload done: 7 of 9 row(s) enrolled.")
+
+        enroller.upload("Photos and evidence files")  # none: the folder instead, each file with its path
+        page.locator("#bulk-folder").set_input_files(str(EXAMPLES))
+        assert page.locator("#bulk-folder").evaluate("i => i.files[0].webkitRelativePath.startsWith('examples/')")
+        page.get_by_role("button", name="Upload").click()
+        page.get_by_text("Bulk upload done: 9 of 9 row(s) enrolled.").wait_for(timeout=60_000)
+        outcomes = _bulk_outcomes(enroller)
+        assert len(outcomes) == 9 and set(outcomes.values()) == {"already enrolled"}, outcomes
+    finally:
+        enroller.close()
+
+
+def test_manifest_paths_find_their_files_folder_by_folder(browser: object) -> None:
+    """The console's matcher (console.js `matchFiles`) on its own, in the browser: no server."""
+    context = browser.new_context()  # type: ignore[attr-defined]
+    try:
+        page = context.new_page()
+        page.set_content("<!doctype html><title>matcher</title>")
+        page.add_script_tag(path=str(Path(__file__).parents[1] / "consentmatch/service/static/console.js"))
+
+        def found(paths: list[str], files: list[str]) -> dict[str, str]:
+            return page.evaluate("""([paths, files]) => {
+                const chosen = files.map((f) => f.includes('/') ? {name: f.split('/').pop(), webkitRelativePath: f}
+                                                                 : {name: f, webkitRelativePath: ''});
+                return Object.fromEntries([...matchFiles(paths, chosen)].map(([path, m]) =>
+                    [path, m.error ? `error: ${m.error}` : (m.file.webkitRelativePath || m.file.name)]));
+            }""", [paths, files])
+
+        two = ["people/a/img1.jpg", "people/b/img1.jpg"]
+        by_name = found([*two, "people/b/img2.jpg"], ["img1.jpg", "img1.jpg", "img2.jpg"])
+        assert by_name["people/b/img2.jpg"] == "img2.jpg"  # one file of that name: no guess involved
+        assert all(by_name[p].startswith(f"error: {p} is ambiguous: 2 files chosen could be it") for p in two)
+        one = found(two, ["img1.jpg"])  # one file, two rows it could be
+        assert one["people/a/img1.jpg"].startswith("error: people/a/img1.jpg is ambiguous: the file chosen, "
+                                                   "img1.jpg, could also be people/b/img1.jpg")
+        assert one["people/b/img1.jpg"].startswith("error: people/b/img1.jpg is ambiguous")
+        folder = ["shoot/people/a/img1.jpg", "shoot/people/b/img1.jpg", "shoot/probes/img1.jpg"]
+        assert found([*two, "./people/a/img1.jpg", "people\\b\\img1.jpg", "../shoot/people/b/img1.jpg"], folder) == {
+            "people/a/img1.jpg": "shoot/people/a/img1.jpg", "people/b/img1.jpg": "shoot/people/b/img1.jpg",
+            "./people/a/img1.jpg": "shoot/people/a/img1.jpg", "people\\b\\img1.jpg": "shoot/people/b/img1.jpg",
+            "../shoot/people/b/img1.jpg": "shoot/people/b/img1.jpg"}
+        assert found(["img1.jpg"], folder)["img1.jpg"].startswith("error: img1.jpg is ambiguous: 3 files")
+        assert found(["people/c/img1.jpg"], folder) == {"people/c/img1.jpg": "error: people/c/img1.jpg was not "
+                                                                             "among the files chosen"}
+    finally:
+        context.close()
+
+
 def test_an_officers_request_is_approved_by_another_key_and_the_result_shown(browser: object, server: Server) -> None:
     officer = Desk(browser, server, "officer")
     lieutenant = Desk(browser, server, "lieutenant")

@@ -358,11 +358,72 @@ function parseCsv(text) {
   return body.map((cells, i) => ({ line: i + 2, ...Object.fromEntries(names.map((n, j) => [n, (cells[j] || "").trim()])) }));
 }
 
+// A path's folders and name, for matching a manifest's path to a chosen file: "." parts and
+// anything up to a ".." dropped (the browser knows nothing above the folder chosen).
+function pathParts(path) {
+  const parts = String(path).split(/[\\/]+/).filter((p) => p && p !== ".");
+  const up = parts.lastIndexOf("..");
+  return up < 0 ? parts : parts.slice(up + 1);
+}
+
+function endsWith(long, short) {
+  return short.length <= long.length && short.every((part, i) => part === long[long.length - short.length + i]);
+}
+
+// Which chosen file each manifest path names. A file chosen with its folder (a folder picked:
+// webkitRelativePath) or by name alone matches a path when the shorter of the two ends the longer,
+// folder by folder. A path that more than one file could be, or a file that could be the photo
+// of more than one path (two img1.jpg in different folders, chosen without them), is refused:
+// enrolling a guess would put one person's face under another's name.
+// Returns a Map from each path to { file } or { error }.
+function matchFiles(paths, files) {
+  const chosen = [...files].map((file) => ({ file, shown: file.webkitRelativePath || file.name,
+    parts: pathParts(file.webkitRelativePath || file.name) }));
+  const wanted = new Map();  // the path as its parts joined -> the parts
+  for (const path of paths) wanted.set(pathParts(path).join("/"), pathParts(path));
+  const hits = (parts, file) => endsWith(parts, file.parts) || endsWith(file.parts, parts);
+  const advice = "choose the photos' folder (with the folder picker) rather than the files, so that each keeps its folder";
+  const found = new Map();
+  for (const path of paths) {
+    const parts = pathParts(path);
+    const candidates = chosen.filter((c) => parts.length && hits(parts, c));
+    if (!candidates.length) {
+      found.set(path, { error: `${path} was not among the files chosen` });
+      continue;
+    }
+    if (candidates.length > 1) {
+      found.set(path, { error: `${path} is ambiguous: ${candidates.length} files chosen could be it ` +
+        `(${candidates.map((c) => c.shown).join(", ")}); ${advice}` });
+      continue;
+    }
+    const rivals = [...wanted].filter(([key, other]) => key !== parts.join("/") && hits(other, candidates[0]))
+      .map(([key]) => key);
+    if (rivals.length) {
+      found.set(path, { error: `${path} is ambiguous: the file chosen, ${candidates[0].shown}, could also be ` +
+        `${rivals.join(", ")}; ${advice}` });
+      continue;
+    }
+    found.set(path, { file: candidates[0].file });
+  }
+  return found;
+}
+
+// The file a manifest row names (photo or evidence), or an Error saying why there is none.
+function fileFor(found, path) {
+  const match = found.get(path);
+  if (match.error) throw new Error(match.error);
+  return match.file;
+}
+
 async function bulkUpload() {
   const form = $("bulk-form");
+  if (!form.manifest.files.length) throw new Error("Choose the manifest (CSV).");
+  const chosen = [...form.photos.files, ...form.folder.files];
+  if (!chosen.length) throw new Error("Choose the photos and evidence files, or their folder.");
   const rows = parseCsv(await form.manifest.files[0].text());
-  const files = new Map([...form.photos.files].map((f) => [f.name, f]));
-  const base = (path) => path.split(/[\\/]/).pop();
+  const isHash = (value) => /^[0-9a-fA-F]{64}$/.test(value || "");
+  const found = matchFiles([...rows.map((r) => r.photo).filter(Boolean),
+    ...rows.map((r) => r.evidence).filter((e) => e && !isHash(e))], chosen);
   const progress = $("bulk-progress");
   const body = $("bulk-table").tBodies[0];
   body.replaceChildren();
@@ -383,12 +444,8 @@ async function bulkUpload() {
         if (row.signer) consent.signer = row.signer;
         if (row.notice_version) consent.notice_version = row.notice_version;
         if (row.email) consent.email = row.email;
-        if (/^[0-9a-fA-F]{64}$/.test(row.evidence || "")) consent.evidence_sha256 = row.evidence.toLowerCase();
-        else if (row.evidence) {
-          const evidence = files.get(base(row.evidence));
-          if (!evidence) throw new Error(`the evidence file ${base(row.evidence)} was not among the files chosen`);
-          consent.evidence_sha256 = await sha256(evidence);
-        }
+        if (isHash(row.evidence)) consent.evidence_sha256 = row.evidence.toLowerCase();
+        else if (row.evidence) consent.evidence_sha256 = await sha256(fileFor(found, row.evidence));
         try {
           await api("POST", "/v1/consents", { json: consent });
           consents.set(row.consent_ref, null);
@@ -397,8 +454,8 @@ async function bulkUpload() {
         }
       }
       if (consents.get(row.consent_ref)) throw new Error(`consent not recorded: ${consents.get(row.consent_ref)}`);
-      const photo = files.get(base(row.photo));
-      if (!photo) throw new Error(`the photo ${base(row.photo)} was not among the files chosen`);
+      if (!row.photo) throw new Error("the row names no photo");
+      const photo = fileFor(found, row.photo);
       const data = new FormData();
       data.append("photos", photo, photo.name);
       data.append("consent_ref", row.consent_ref);
