@@ -19,6 +19,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -161,7 +162,7 @@ def _visible_screens(desk: Desk) -> list[str]:
 
 def test_each_role_signs_in_to_its_own_screens_and_signs_out(browser: object, server: Server) -> None:
     expected = {
-        "desk": ["Visitor desk", "Teller check", "My requests"],
+        "desk": ["Identify", "Verify", "My requests"],
         "enroller": ["Enrollment"],
         "lieutenant": ["Approvals"],
         "auditor": ["Audit", "Subjects"],
@@ -178,7 +179,7 @@ def test_each_role_signs_in_to_its_own_screens_and_signs_out(browser: object, se
                 desk.page.locator("#who").wait_for(state="visible")
                 for _ in range(10):
                     desk.page.keyboard.press("Tab")
-                    if desk.page.evaluate("document.activeElement.textContent") == "Teller check":
+                    if desk.page.evaluate("document.activeElement.textContent") == "Verify":
                         break
                 desk.page.keyboard.press("Enter")
                 desk.page.locator("#teller").wait_for(state="visible")
@@ -266,18 +267,18 @@ def test_teller_check_and_its_refusal(browser: object, server: Server) -> None:
     teller = Desk(browser, server, "teller")
     try:
         teller.sign_in()
-        teller.go("Teller check")
+        teller.go("Verify")
         page = teller.page
         page.locator("#teller-form").get_by_role("button", name="Use the camera").click()
         expect(page.get_by_role("alert")).to_contain_text("upload a photo instead")  # headless: no camera
-        page.get_by_label("Customer (subject id)").fill("obama")
+        page.get_by_label("Person (subject id)").fill("obama")
         page.locator("#teller-purpose").select_option("visitor-check-in")
         teller.upload("Photo", PROBES / "obama1.jpg")
         page.get_by_role("button", name="Verify").click()
         page.get_by_text("Match: this is obama").wait_for()
         expect(page.locator("#teller-result")).to_contain_text("(tolerance 0.60)")
         teller.shot("teller-check")
-        page.get_by_label("Customer (subject id)").fill("kit_harington")
+        page.get_by_label("Person (subject id)").fill("kit_harington")
         page.locator("#teller-purpose").select_option("bank-transfer")  # kit never consented to it
         page.get_by_role("button", name="Verify").click()
         alert = page.get_by_role("alert")
@@ -397,7 +398,7 @@ def test_an_officers_request_is_approved_by_another_key_and_the_result_shown(bro
         page = officer.page
         assert page.locator("#desk-purpose option").all_inner_texts() == ["staff-access"]
         officer.upload("Photo", PROBES / "obama1.jpg")
-        page.locator("#desk-form summary").click()
+        assert page.locator("#desk-form details").evaluate("d => d.open")  # staff-access needs approval: open
         page.get_by_label("Case reference").first.fill("CASE-24-118")
         page.get_by_label("Reason").first.fill("badge misuse report")
         page.get_by_role("button", name="Check the photo").click()
@@ -464,7 +465,7 @@ def test_a_role_without_the_right_sees_no_screen_and_a_forged_call_is_refused(br
     auditor = Desk(browser, server, "auditor")
     try:
         auditor.sign_in()
-        assert "Visitor desk" not in _visible_screens(auditor)
+        assert "Identify" not in _visible_screens(auditor)
         auditor.page.goto(server.url + "/#desk")  # typed by hand: the page still does not show it
         auditor.page.locator("#who").wait_for(state="visible")
         assert not auditor.page.locator("#desk").is_visible() and auditor.page.locator("#audit").is_visible()
@@ -482,4 +483,100 @@ def test_a_role_without_the_right_sees_no_screen_and_a_forged_call_is_refused(br
         forged = desk.fetch("GET", "/v1/audit")
         assert forged["status"] == 403
     finally:
+        desk.close()
+
+
+def test_a_new_check_clears_the_last_result_and_the_desk_reads_plain_words(browser: object, server: Server) -> None:
+    """Issue 24 item 15: a failed check left the last visitor's green Match on screen; an ended
+    session said "send 'Authorization: Bearer <key>'"; the sign-in told the idle deadline as the latest end."""
+    desk = Desk(browser, server, "desk")
+    try:
+        desk.sign_in()
+        page = desk.page
+        ends_by = str(desk.fetch("GET", "/v1/session")["body"])
+        ends = datetime.fromisoformat(json.loads(ends_by)["ends_by"])
+        assert abs((ends - datetime.now(timezone.utc)) - timedelta(hours=8)) < timedelta(minutes=5)
+        shown = page.evaluate("t => new Date(t).toLocaleTimeString([], {hour: '2-digit', minute: '2-digit'})",
+                              ends.isoformat())
+        expect(page.locator("#who")).to_contain_text(f"until {shown} at the latest; 30 minutes without use")
+        expect(page.locator("#status")).to_contain_text(f"Signed in until {shown} at the latest")
+
+        desk.upload("Photo", PROBES / "obama1.jpg")
+        page.get_by_role("button", name="Check the photo").click()
+        page.get_by_text("Match: obama,").wait_for()
+        expect(page.locator("#desk-result")).to_contain_text("1 face(s) found in obama1.jpg")
+        desk.upload("Photo", EXAMPLES / "releases/REL-2026-0004.txt")  # the wrong file: refused
+        page.get_by_role("button", name="Check the photo").click()
+        expect(page.get_by_role("alert")).to_contain_text("'REL-2026-0004.txt' is not a supported image")
+        assert page.locator("#desk-result").inner_text() == ""  # no green Match beside the refusal
+
+        desk.upload("Photo", PROBES / "obama1.jpg")
+        page.get_by_role("button", name="Check the photo").click()
+        page.get_by_text("Match: obama,").wait_for()
+        desk.upload("Photo")  # no photo chosen now
+        page.get_by_role("button", name="Check the photo").click()
+        expect(page.get_by_role("alert")).to_contain_text("Choose a photo")
+        assert page.locator("#desk-result").inner_text() == ""
+
+        desk.context.clear_cookies()  # the session is gone (as after the idle timeout)
+        desk.upload("Photo", PROBES / "obama1.jpg")
+        page.get_by_role("button", name="Check the photo").click()
+        alert = page.get_by_role("alert")
+        expect(alert).to_contain_text("Your session has ended")
+        assert "Authorization" not in alert.inner_text() and "Bearer" not in alert.inner_text()
+        page.get_by_label("API key").wait_for(state="visible")
+    finally:
+        desk.close()
+
+
+def test_enrollment_refusals_read_plain_words(browser: object, server: Server) -> None:
+    """A second name for an enrolled face: the API's "pass allow_duplicate=True (--allow-duplicate)"
+    is for developers; the desk is told to ask an administrator."""
+    enroller = Desk(browser, server, "enroller")
+    try:
+        enroller.sign_in()
+        page = enroller.page
+        page.get_by_label("Subject id", exact=True).first.fill("barack-2")
+        page.get_by_label("Consent reference (the signed form's number)").fill("FORM-DUP-1")
+        page.get_by_label("visitor-check-in").check()
+        page.get_by_role("button", name="Record the consent").click()
+        expect(page.locator("#consent-result")).to_contain_text("Consent FORM-DUP-1 recorded for barack-2")
+        enroller.upload("Photos (one face each, up to 20)", PROBES / "obama1.jpg")
+        page.get_by_role("button", name="Enroll", exact=True).click()
+        alert = page.get_by_role("alert")
+        expect(alert).to_contain_text("'obama1.jpg' shows enrolled subject 'obama'")
+        expect(alert).to_contain_text("one person may not be enrolled under two names. If they are twins, or this "
+                                      "is intended, ask your administrator.")
+        assert "allow" not in alert.inner_text() and "--" not in alert.inner_text()
+    finally:
+        enroller.close()
+
+
+def test_screens_are_neutral_and_an_approval_purpose_opens_its_case_fields(browser: object, server: Server) -> None:
+    officer = Desk(browser, server, "officer")
+    desk = Desk(browser, server, "desk")
+    try:
+        officer.sign_in()
+        page = officer.page
+        assert _visible_screens(officer) == ["Identify", "Verify", "My requests"]
+        for screen, form in (("Identify", "#desk-form"), ("Verify", "#teller-form")):
+            officer.go(screen)
+            details = page.locator(f"{form} details")
+            assert details.evaluate("d => d.open")  # staff-access needs approval
+            expect(details.locator(".needs-approval")).to_be_visible()
+            expect(page.locator(form).get_by_label("Case reference")).to_be_visible()
+        officer.go("Identify")
+        officer.upload("Photo", PROBES / "obama1.jpg")
+        page.get_by_role("button", name="Check the photo").click()  # no case reference: refused, plainly
+        alert = page.get_by_role("alert")
+        expect(alert).to_contain_text("This purpose needs an approver's decision: fill in the case reference")
+        assert "CLI" not in alert.inner_text() and "--case-ref" not in alert.inner_text()
+
+        desk.sign_in()  # visitor-check-in needs none: the fields stay folded away
+        assert not desk.page.locator("#desk-form details").evaluate("d => d.open")
+        assert not desk.page.locator("#desk-form .needs-approval").is_visible()
+        text = desk.page.locator("body").inner_text()
+        assert "Teller" not in text and "Visitor desk" not in text and "Customer" not in text
+    finally:
+        officer.close()
         desk.close()
