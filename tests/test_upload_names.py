@@ -85,3 +85,15 @@ def test_http_answers_problems_and_audit_name_the_uploaded_file(
 
     trail = http.get("/v1/audit", headers={"Authorization": keys["auditor"]}).json()
     assert not [e for e in trail if "<bytes>" in str(e["details"])]
+
+
+def test_an_approved_search_names_its_held_probe_by_the_request(real_gallery: Gallery) -> None:
+    """The held probe is stored as bytes (its upload name is not kept): the approved search's
+    answer names it by its request, not '<bytes>'."""
+    real_gallery.set_policy("approval_purposes", "staff-access")
+    filed = real_gallery.request_match(Upload((PROBES / "obama1.jpg").read_bytes(), "cam/obama1.jpg"),
+                                       purpose="staff-access", case_ref="CASE-1", reason="badge report",
+                                       actor="officer-12")
+    real_gallery.approve_request(filed.request_id, reason="reviewed", actor="lt.jones")
+    result = real_gallery.search_request(filed.request_id, actor="officer-12").result
+    assert result is not None and result["image"] == f"{filed.request_id} probe"
