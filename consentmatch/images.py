@@ -86,10 +86,14 @@ class Upload(bytes):
 
     name: str
 
-    def __new__(cls, data: bytes, filename: str | None) -> Upload:
+    def __new__(cls, data: bytes, filename: str | None = None) -> Upload:
         made = super().__new__(cls, data)
         made.name = upload_name(filename)
         return made
+
+    def __reduce__(self) -> tuple[type[Upload], tuple[bytes, str]]:
+        # copied or sent to another process (a runner) with its name: bytes' own would drop it
+        return (Upload, (bytes(self), self.name))
 
 
 def upload_name(filename: str | None) -> str:

@@ -3,6 +3,7 @@ the length capped) in HTTP answers, problems and audit reasons, never '<bytes>' 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ def test_an_upload_is_bytes_named_by_its_file_name() -> None:
     photo = Upload((PROBES / "obama1.jpg").read_bytes(), "uploads/obama1.jpg")
     assert isinstance(photo, bytes) and photo_name(photo) == "obama1.jpg" and load_photo(photo).name == "obama1.jpg"
     assert photo_name(bytes(photo)) == "<bytes>"  # bytes given without a name, from Python, stay as they were
+    copied = copy.deepcopy(photo)  # as a runner sending it to another process would
+    assert type(copied) is Upload and copied.name == "obama1.jpg" and copied == photo
 
 
 @pytest.fixture
