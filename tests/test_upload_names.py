@@ -82,8 +82,8 @@ def test_http_answers_problems_and_audit_name_the_uploaded_file(
     assert refused["outcome"] == "refused" and "'visitor-42.jpg'" in refused["reason"]
 
     group = (PROBES / "two_people.jpg").read_bytes()
-    enrolled = _post(http, keys["enroller"], "/v1/subjects/obama/photos", files=[("photos", ("group-photo.jpg", group))],
-                     data={"consent_ref": "REL-2026-0004"})
+    enrolled = _post(http, keys["enroller"], "/v1/subjects/obama/photos",
+                     files=[("photos", ("group-photo.jpg", group))], data={"consent_ref": "REL-2026-0004"})
     assert enrolled.status_code >= 400 and "'group-photo.jpg'" in enrolled.json()["detail"], enrolled.text
 
     trail = http.get("/v1/audit", headers={"Authorization": keys["auditor"]}).json()

@@ -51,7 +51,9 @@ function frontLine(status, problem, url) {
     return "No valid API key: check the key you typed or pasted; a revoked or expired key no longer works " +
       "(ask your administrator for a new one).";
   }
-  if (status === 401) return "Your session has ended (signed out, idle too long, or the key was revoked): sign in again.";
+  if (status === 401) {
+    return "Your session has ended (signed out, idle too long, or the key was revoked): sign in again.";
+  }
   if (problem.error === "ApprovalRequiredError") {
     return "This purpose needs an approver's decision: fill in the case reference and the reason, then check " +
       "the photo again to file the request.";
@@ -299,7 +301,8 @@ async function deskCheck() {
       `Match: ${f.subject}, ${distanceText(f.distance, body.tolerance)}.` };
   });
   const list = el("ol", { class: "faces" }, ...faces.map((f) => el("li", { class: "face", text: f.text })));
-  const summary = el("p", { text: body.faces.length ? `${body.faces.length} face(s) found in ${body.image}; purpose ${body.purpose}.`
+  const summary = el("p", { text: body.faces.length
+    ? `${body.faces.length} face(s) found in ${body.image}; purpose ${body.purpose}.`
     : "No face found in the photo: use a frontal, well-lit photo." });
   target.replaceChildren(summary, await drawFaces(photo, faces), list,
     el("p", { class: "evidence", text: `Audit event ${body.audit_event}; photo SHA-256 ${body.image_sha256}.` }));
@@ -446,7 +449,8 @@ function matchFiles(paths, files) {
   const wanted = new Map();  // the path as its parts joined -> the parts
   for (const path of paths) wanted.set(pathParts(path).join("/"), pathParts(path));
   const hits = (parts, file) => endsWith(parts, file.parts) || endsWith(file.parts, parts);
-  const advice = "choose the photos' folder (with the folder picker) rather than the files, so that each keeps its folder";
+  const advice = "choose the photos' folder (with the folder picker) rather than the files, so that each keeps " +
+    "its folder";
   const found = new Map();
   for (const path of paths) {
     const parts = pathParts(path);
