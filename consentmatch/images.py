@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -31,8 +32,10 @@ from PIL import (  # noqa: F401  isort: skip
 from .errors import ImageError
 from .files import FileKind, read_file
 from .jpeg import corruption
+from .text import HIDDEN_CATEGORIES
 
-__all__ = ["ALLOWED_FORMATS", "MAX_DECODE_PIXELS", "MAX_FILE_BYTES", "Photo", "PhotoInput", "load_photo", "photo_bytes"]
+__all__ = ["ALLOWED_FORMATS", "MAX_DECODE_PIXELS", "MAX_FILE_BYTES", "MAX_UPLOAD_NAME", "Photo", "PhotoInput", "Upload",
+           "load_photo", "photo_bytes", "upload_name"]
 
 #: A photo given by path or as the encoded file's bytes.
 PhotoInput = Union[str, "os.PathLike[str]", bytes]
@@ -49,6 +52,9 @@ MAX_DECODE_PIXELS = 40_000_000
 #: no face under 80 px is looked for (`vision.dlib.GUARANTEED_FACE_PX`), so the smallest is still
 #: 40 px, face_recognition's reach, and the photo is still longer than the 1,600 px its CLI reads.
 HALF_DECODE_PX = 3200
+
+#: The most characters of an uploaded file's name kept to name the photo (the extension kept).
+MAX_UPLOAD_NAME = 100
 
 _HINT = "use a JPEG, PNG or WebP photo"
 _PHOTO_FILE = FileKind("", "a photo file", MAX_FILE_BYTES, "downscale or re-compress it")
@@ -71,8 +77,44 @@ class Photo:
     gps: tuple[float, float] | None = field(default=None, repr=False)
 
 
+class Upload(bytes):
+    """An uploaded photo: its encoded bytes, named by the file name it was sent under.
+
+    A `bytes` (so it goes wherever bytes go) that results and messages name by `name` instead of
+    ``<bytes>``: the HTTP service wraps each upload in one (`upload_name` makes the name safe).
+    """
+
+    name: str
+
+    def __new__(cls, data: bytes, filename: str | None = None) -> Upload:
+        made = super().__new__(cls, data)
+        made.name = upload_name(filename)
+        return made
+
+    def __reduce__(self) -> tuple[type[Upload], tuple[bytes, str]]:
+        # copied or sent to another process (a runner) with its name: bytes' own would drop it
+        return (Upload, (bytes(self), self.name))
+
+
+def upload_name(filename: str | None) -> str:
+    """A client's file name made fit to print: the last path part only (a browser or curl may
+    send a folder, and a hostile one ``../../``), no control, bidi or invisible character (`text.py`'s
+    rule), at most MAX_UPLOAD_NAME characters with the extension kept; "upload" when nothing is left.
+    """
+    base = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = " ".join("".join(c for c in base if unicodedata.category(c) not in HIDDEN_CATEGORIES).split())
+    if len(name) > MAX_UPLOAD_NAME:
+        stem, dot, extension = name.rpartition(".")
+        keep = dot + extension if stem and len(extension) <= 10 else ""
+        name = name[: MAX_UPLOAD_NAME - len(keep) - 3] + "..." + keep
+    return name if name.strip(".") else "upload"
+
+
 def photo_name(photo: PhotoInput) -> str:
-    """How a photo is named in results and error messages."""
+    """How a photo is named in results and error messages: its path, an upload's file name, or
+    ``<bytes>`` for bytes given without a name."""
+    if isinstance(photo, Upload):
+        return photo.name
     if isinstance(photo, bytes):
         return "<bytes>"
     return os.fspath(photo)

@@ -341,10 +341,12 @@ class PurposeInfo:
     declared_at: datetime
     active_consents: int  # active consents that list it: who a search for it may find
     consents: int  # consents that list it at all, revoked and expired included
+    needs_approval: bool = False  # in the policy's approval_purposes: a search is filed as a request
 
     def to_dict(self) -> dict[str, Any]:
         return {"purpose": self.purpose, "declared_at": _iso(self.declared_at),
-                "active_consents": self.active_consents, "consents": self.consents}
+                "active_consents": self.active_consents, "consents": self.consents,
+                "needs_approval": self.needs_approval}
 
 
 @dataclass(frozen=True)

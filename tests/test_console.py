@@ -19,6 +19,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -161,7 +162,7 @@ def _visible_screens(desk: Desk) -> list[str]:
 
 def test_each_role_signs_in_to_its_own_screens_and_signs_out(browser: object, server: Server) -> None:
     expected = {
-        "desk": ["Visitor desk", "Teller check", "My requests"],
+        "desk": ["Identify", "Verify", "My requests"],
         "enroller": ["Enrollment"],
         "lieutenant": ["Approvals"],
         "auditor": ["Audit", "Subjects"],
@@ -178,7 +179,7 @@ def test_each_role_signs_in_to_its_own_screens_and_signs_out(browser: object, se
                 desk.page.locator("#who").wait_for(state="visible")
                 for _ in range(10):
                     desk.page.keyboard.press("Tab")
-                    if desk.page.evaluate("document.activeElement.textContent") == "Teller check":
+                    if desk.page.evaluate("document.activeElement.textContent") == "Verify":
                         break
                 desk.page.keyboard.press("Enter")
                 desk.page.locator("#teller").wait_for(state="visible")
@@ -266,18 +267,18 @@ def test_teller_check_and_its_refusal(browser: object, server: Server) -> None:
     teller = Desk(browser, server, "teller")
     try:
         teller.sign_in()
-        teller.go("Teller check")
+        teller.go("Verify")
         page = teller.page
         page.locator("#teller-form").get_by_role("button", name="Use the camera").click()
         expect(page.get_by_role("alert")).to_contain_text("upload a photo instead")  # headless: no camera
-        page.get_by_label("Customer (subject id)").fill("obama")
+        page.get_by_label("Person (subject id)").fill("obama")
         page.locator("#teller-purpose").select_option("visitor-check-in")
         teller.upload("Photo", PROBES / "obama1.jpg")
         page.get_by_role("button", name="Verify").click()
         page.get_by_text("Match: this is obama").wait_for()
         expect(page.locator("#teller-result")).to_contain_text("(tolerance 0.60)")
         teller.shot("teller-check")
-        page.get_by_label("Customer (subject id)").fill("kit_harington")
+        page.get_by_label("Person (subject id)").fill("kit_harington")
         page.locator("#teller-purpose").select_option("bank-transfer")  # kit never consented to it
         page.get_by_role("button", name="Verify").click()
         alert = page.get_by_role("alert")
@@ -315,6 +316,80 @@ def test_bulk_upload_reports_each_row(browser: object, server: Server, tmp_path:
         enroller.close()
 
 
+def _bulk_outcomes(desk: Desk) -> dict[str, str]:
+    """The bulk table's outcome of each row, by the photo path the manifest gives."""
+    rows = [r.split("\t") for r in desk.page.locator("#bulk-table tbody tr").all_inner_texts()]
+    return {row[2]: row[3] for row in rows}
+
+
+def test_bulk_upload_matches_photos_by_their_folder_and_refuses_a_guess(browser: object, server: Server) -> None:
+    """Issue 24 item 1: the examples' manifest and every photo of examples/people/*/*. Two files are
+    called img1.jpg (alex_lacamoire's and rose_leslie's): chosen without their folders, neither row
+    may take either; chosen as a folder, each row gets its own photo (already enrolled, same SHA-256)."""
+    people = sorted((EXAMPLES / "people").glob("*/*"))
+    assert [p.name for p in people].count("img1.jpg") == 2
+    enroller = Desk(browser, server, "enroller")
+    try:
+        enroller.sign_in()
+        page = enroller.page
+        enroller.upload("Manifest (CSV)", EXAMPLES / "consents.csv")
+        enroller.upload("Photos and evidence files", *people, EXAMPLES / "releases/REL-2026-0004.txt")
+        page.get_by_role("button", name="Upload").click()
+        page.get_by_text("Bulk upload done").wait_for()
+        outcomes = _bulk_outcomes(enroller)
+        for path in ("people/alex_lacamoire/img1.jpg", "people/rose_leslie/img1.jpg"):
+            assert f"{path} is ambiguous: 2 files chosen could be it" in outcomes.pop(path)
+            assert "folder" in outcomes.get(path, "folder")
+        assert set(outcomes.values()) == {"already enrolled"}, outcomes  # the other seven rows: their own photos
+        expect(page.locator("#status")).to_have_text("Bulk upload done: 7 of 9 row(s) enrolled.")
+
+        enroller.upload("Photos and evidence files")  # none: the folder instead, each file with its path
+        page.locator("#bulk-folder").set_input_files(str(EXAMPLES))
+        assert page.locator("#bulk-folder").evaluate("i => i.files[0].webkitRelativePath.startsWith('examples/')")
+        page.get_by_role("button", name="Upload").click()
+        page.get_by_text("Bulk upload done: 9 of 9 row(s) enrolled.").wait_for(timeout=60_000)
+        outcomes = _bulk_outcomes(enroller)
+        assert len(outcomes) == 9 and set(outcomes.values()) == {"already enrolled"}, outcomes
+    finally:
+        enroller.close()
+
+
+def test_manifest_paths_find_their_files_folder_by_folder(browser: object) -> None:
+    """The console's matcher (console.js `matchFiles`) on its own, in the browser: no server."""
+    context = browser.new_context()  # type: ignore[attr-defined]
+    try:
+        page = context.new_page()
+        page.set_content("<!doctype html><title>matcher</title>")
+        page.add_script_tag(path=str(Path(__file__).parents[1] / "consentmatch/service/static/console.js"))
+
+        def found(paths: list[str], files: list[str]) -> dict[str, str]:
+            return page.evaluate("""([paths, files]) => {
+                const chosen = files.map((f) => f.includes('/') ? {name: f.split('/').pop(), webkitRelativePath: f}
+                                                                 : {name: f, webkitRelativePath: ''});
+                return Object.fromEntries([...matchFiles(paths, chosen)].map(([path, m]) =>
+                    [path, m.error ? `error: ${m.error}` : (m.file.webkitRelativePath || m.file.name)]));
+            }""", [paths, files])
+
+        two = ["people/a/img1.jpg", "people/b/img1.jpg"]
+        by_name = found([*two, "people/b/img2.jpg"], ["img1.jpg", "img1.jpg", "img2.jpg"])
+        assert by_name["people/b/img2.jpg"] == "img2.jpg"  # one file of that name: no guess involved
+        assert all(by_name[p].startswith(f"error: {p} is ambiguous: 2 files chosen could be it") for p in two)
+        one = found(two, ["img1.jpg"])  # one file, two rows it could be
+        assert one["people/a/img1.jpg"].startswith("error: people/a/img1.jpg is ambiguous: the file chosen, "
+                                                   "img1.jpg, could also be people/b/img1.jpg")
+        assert one["people/b/img1.jpg"].startswith("error: people/b/img1.jpg is ambiguous")
+        folder = ["shoot/people/a/img1.jpg", "shoot/people/b/img1.jpg", "shoot/probes/img1.jpg"]
+        assert found([*two, "./people/a/img1.jpg", "people\\b\\img1.jpg", "../shoot/people/b/img1.jpg"], folder) == {
+            "people/a/img1.jpg": "shoot/people/a/img1.jpg", "people/b/img1.jpg": "shoot/people/b/img1.jpg",
+            "./people/a/img1.jpg": "shoot/people/a/img1.jpg", "people\\b\\img1.jpg": "shoot/people/b/img1.jpg",
+            "../shoot/people/b/img1.jpg": "shoot/people/b/img1.jpg"}
+        assert found(["img1.jpg"], folder)["img1.jpg"].startswith("error: img1.jpg is ambiguous: 3 files")
+        assert found(["people/c/img1.jpg"], folder) == {"people/c/img1.jpg": "error: people/c/img1.jpg was not "
+                                                                             "among the files chosen"}
+    finally:
+        context.close()
+
+
 def test_an_officers_request_is_approved_by_another_key_and_the_result_shown(browser: object, server: Server) -> None:
     officer = Desk(browser, server, "officer")
     lieutenant = Desk(browser, server, "lieutenant")
@@ -323,7 +398,7 @@ def test_an_officers_request_is_approved_by_another_key_and_the_result_shown(bro
         page = officer.page
         assert page.locator("#desk-purpose option").all_inner_texts() == ["staff-access"]
         officer.upload("Photo", PROBES / "obama1.jpg")
-        page.locator("#desk-form summary").click()
+        assert page.locator("#desk-form details").evaluate("d => d.open")  # staff-access needs approval: open
         page.get_by_label("Case reference").first.fill("CASE-24-118")
         page.get_by_label("Reason").first.fill("badge misuse report")
         page.get_by_role("button", name="Check the photo").click()
@@ -390,7 +465,7 @@ def test_a_role_without_the_right_sees_no_screen_and_a_forged_call_is_refused(br
     auditor = Desk(browser, server, "auditor")
     try:
         auditor.sign_in()
-        assert "Visitor desk" not in _visible_screens(auditor)
+        assert "Identify" not in _visible_screens(auditor)
         auditor.page.goto(server.url + "/#desk")  # typed by hand: the page still does not show it
         auditor.page.locator("#who").wait_for(state="visible")
         assert not auditor.page.locator("#desk").is_visible() and auditor.page.locator("#audit").is_visible()
@@ -408,4 +483,117 @@ def test_a_role_without_the_right_sees_no_screen_and_a_forged_call_is_refused(br
         forged = desk.fetch("GET", "/v1/audit")
         assert forged["status"] == 403
     finally:
+        desk.close()
+
+
+def test_a_new_check_clears_the_last_result_and_an_ended_session_reads_plain_words(
+    browser: object, server: Server,
+) -> None:
+    """Issue 24 item 15: a failed check left the last visitor's green Match on screen; an ended
+    session said "send 'Authorization: Bearer <key>'"."""
+    desk = Desk(browser, server, "desk")
+    try:
+        desk.sign_in()
+        page = desk.page
+        desk.upload("Photo", PROBES / "obama1.jpg")
+        page.get_by_role("button", name="Check the photo").click()
+        page.get_by_text("Match: obama,").wait_for()
+        desk.upload("Photo", EXAMPLES / "releases/REL-2026-0004.txt")  # the wrong file: refused
+        page.get_by_role("button", name="Check the photo").click()
+        expect(page.get_by_role("alert")).to_contain_text("is not a supported image")
+        assert page.locator("#desk-result").inner_text() == ""  # no green Match beside the refusal
+        expect(page.get_by_role("alert")).to_contain_text("'REL-2026-0004.txt' is not a supported image")
+
+        desk.upload("Photo", PROBES / "obama1.jpg")
+        page.get_by_role("button", name="Check the photo").click()
+        page.get_by_text("Match: obama,").wait_for()
+        expect(page.locator("#desk-result")).to_contain_text("1 face(s) found in obama1.jpg")
+        desk.upload("Photo")  # no photo chosen now
+        page.get_by_role("button", name="Check the photo").click()
+        expect(page.get_by_role("alert")).to_contain_text("Choose a photo")
+        assert page.locator("#desk-result").inner_text() == ""
+
+        desk.context.clear_cookies()  # the session is gone (as after the idle timeout)
+        desk.upload("Photo", PROBES / "obama1.jpg")
+        page.get_by_role("button", name="Check the photo").click()
+        alert = page.get_by_role("alert")
+        expect(alert).to_contain_text("Your session has ended")
+        assert "Authorization" not in alert.inner_text() and "Bearer" not in alert.inner_text()
+        page.get_by_label("API key").wait_for(state="visible")
+    finally:
+        desk.close()
+
+
+def test_the_console_shows_when_the_session_ends_at_the_latest(browser: object, server: Server) -> None:
+    """The sign-in said "ends at <now + 30 min> at the latest": that is the idle deadline, which
+    each request moves; the latest end is the sign-in plus 8 hours."""
+    desk = Desk(browser, server, "desk")
+    try:
+        desk.sign_in()
+        page = desk.page
+        answer = json.loads(str(desk.fetch("GET", "/v1/session")["body"]))
+        ends = datetime.fromisoformat(answer["ends_by"])
+        assert abs((ends - datetime.now(timezone.utc)) - timedelta(hours=8)) < timedelta(minutes=5)
+        assert answer["idle_timeout_s"] == 1800
+        assert datetime.fromisoformat(answer["expires_at"]) - datetime.now(timezone.utc) > timedelta(minutes=29)
+        shown = page.evaluate("t => new Date(t).toLocaleTimeString([], {hour: '2-digit', minute: '2-digit'})",
+                              ends.isoformat())
+        expect(page.locator("#status")).to_contain_text(f"Signed in until {shown} at the latest; 30 minutes "
+                                                        "without use also signs you out")
+        page.reload()  # the header keeps saying it
+        expect(page.locator("#who")).to_contain_text(f"until {shown} at the latest")
+    finally:
+        desk.close()
+
+
+def test_enrollment_refusals_read_plain_words(browser: object, server: Server) -> None:
+    """A second name for an enrolled face: the API's "pass allow_duplicate=True (--allow-duplicate)"
+    is for developers; the desk is told to ask an administrator."""
+    enroller = Desk(browser, server, "enroller")
+    try:
+        enroller.sign_in()
+        page = enroller.page
+        page.get_by_label("Subject id", exact=True).first.fill("barack-2")
+        page.get_by_label("Consent reference (the signed form's number)").fill("FORM-DUP-1")
+        page.get_by_label("visitor-check-in").check()
+        page.get_by_role("button", name="Record the consent").click()
+        expect(page.locator("#consent-result")).to_contain_text("Consent FORM-DUP-1 recorded for barack-2")
+        enroller.upload("Photos (one face each, up to 20)", PROBES / "obama1.jpg")
+        page.get_by_role("button", name="Enroll", exact=True).click()
+        alert = page.get_by_role("alert")
+        expect(alert).to_contain_text("'obama1.jpg' shows enrolled subject 'obama'")
+        expect(alert).to_contain_text("one person may not be enrolled under two names. If they are twins, or this "
+                                      "is intended, ask your administrator.")
+        assert "allow" not in alert.inner_text() and "--" not in alert.inner_text()
+    finally:
+        enroller.close()
+
+
+def test_screens_are_neutral_and_an_approval_purpose_opens_its_case_fields(browser: object, server: Server) -> None:
+    officer = Desk(browser, server, "officer")
+    desk = Desk(browser, server, "desk")
+    try:
+        officer.sign_in()
+        page = officer.page
+        assert _visible_screens(officer) == ["Identify", "Verify", "My requests"]
+        for screen, form in (("Identify", "#desk-form"), ("Verify", "#teller-form")):
+            officer.go(screen)
+            details = page.locator(f"{form} details")
+            assert details.evaluate("d => d.open")  # staff-access needs approval
+            expect(details.locator(".needs-approval")).to_be_visible()
+            expect(page.locator(form).get_by_label("Case reference")).to_be_visible()
+        officer.go("Identify")
+        officer.upload("Photo", PROBES / "obama1.jpg")
+        page.get_by_role("button", name="Check the photo").click()  # no case reference: refused, plainly
+        alert = page.get_by_role("alert")
+        expect(alert).to_contain_text("This purpose needs an approver's decision: fill in the case reference")
+        assert "CLI" not in alert.inner_text() and "--case-ref" not in alert.inner_text()
+
+        desk.sign_in()  # visitor-check-in needs none: the fields stay folded away
+        assert not desk.page.locator("#desk-form details").evaluate("d => d.open")
+        assert not desk.page.locator("#desk-form .needs-approval").is_visible()
+        text = desk.page.locator("body").inner_text()
+        assert "Teller" not in text and "Visitor desk" not in text and "Customer" not in text
+    finally:
+        officer.close()
         desk.close()

@@ -158,3 +158,21 @@ def test_sessions_are_bounded_in_number(monkeypatch: pytest.MonkeyPatch) -> None
     ids = [sessions.start(key)[0] for _ in range(4)]
     assert sessions.find(ids[0]) is None and all(sessions.find(i) is not None for i in ids[1:])
     assert sessions.find("nope") is None and sessions.find(None) is None
+
+
+def test_a_session_tells_its_idle_deadline_and_its_latest_end() -> None:
+    """Issue 24 item 15: the console said "ends at <idle deadline> at the latest"; the latest end is
+    the sign-in plus the lifetime, and the idle deadline moves with each request."""
+    now = [1_000_000.0]
+    sessions = Sessions(lifetime=8 * 3600, idle=30 * 60, clock=lambda: now[0])
+    key = ApiKeyInfo("desk", ("operator",), (), None, datetime.now(timezone.utc))
+    session_id, session = sessions.start(key)
+    at = datetime.fromtimestamp
+    assert sessions.times(session) == {"expires_at": at(now[0] + 1800, timezone.utc).isoformat(),
+                                       "ends_by": at(now[0] + 8 * 3600, timezone.utc).isoformat(),
+                                       "idle_timeout_s": 1800}
+    now[0] += 600
+    seen = sessions.find(session_id)
+    assert seen is not None
+    assert sessions.expires_at(seen) == at(now[0] + 1800, timezone.utc)  # the request just made counts
+    assert sessions.ends_by(seen) == sessions.ends_by(session)

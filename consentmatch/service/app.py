@@ -33,7 +33,7 @@ from .. import __version__
 from ..consent import Consent, parse_expiry
 from ..errors import ApprovalRequiredError, ConsentMatchError, InvalidArgumentError, RequestNotFoundError
 from ..gallery import Gallery
-from ..images import MAX_FILE_BYTES
+from ..images import MAX_FILE_BYTES, Upload, upload_name
 from ..results import MatchResult, SearchRequest, Verification
 from ..text import check_text
 from .auth import Caller, RateLimiter, caller
@@ -139,12 +139,13 @@ class _TooLarge(Exception):
     pass
 
 
-async def _read(upload: UploadFile) -> bytes:
+async def _read(upload: UploadFile) -> Upload:
+    """The upload's bytes, named by its file name (made safe to print) in answers and the audit trail."""
     data = await upload.read(MAX_FILE_BYTES + 1)
     if len(data) > MAX_FILE_BYTES:
-        raise InvalidArgumentError(f"The photo '{upload.filename}' is over {MAX_FILE_BYTES // (1024 * 1024)} MiB: "
-                                   "downscale or re-compress it.")
-    return data
+        raise InvalidArgumentError(f"The photo '{upload_name(upload.filename)}' is over "
+                                   f"{MAX_FILE_BYTES // (1024 * 1024)} MiB: downscale or re-compress it.")
+    return Upload(data, upload.filename)
 
 
 def _date(text: str | None, what: str) -> datetime | None:

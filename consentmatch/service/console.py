@@ -82,8 +82,8 @@ def mount_console(app: FastAPI, gallery: Gallery, limiter: RateLimiter) -> None:
         key = gallery.authenticate(body.key)
         limiter.take(key.name, key.rate_limit or int(gallery.policy()["rate_limit"]))
         session_id, session = sessions.start(key)
-        answer = JSONResponse({"key": key.to_dict(), "expires_at": sessions.expires_at(session).isoformat(),
-                               "csrf_token": session.csrf}, status_code=201, headers={"Cache-Control": "no-store"})
+        answer = JSONResponse({"key": key.to_dict(), **sessions.times(session), "csrf_token": session.csrf},
+                              status_code=201, headers={"Cache-Control": "no-store"})
         sessions.set_cookies(request, answer, session_id, session)
         return answer
 
@@ -91,8 +91,8 @@ def mount_console(app: FastAPI, gallery: Gallery, limiter: RateLimiter) -> None:
     def current(request: Request) -> Response:
         found = caller(request, gallery, limiter)
         session = sessions.find(request.cookies.get(SESSION_COOKIE))
-        ends = sessions.expires_at(session).isoformat() if session is not None else None
-        return JSONResponse({"key": found.key.to_dict(), "expires_at": ends}, headers={"Cache-Control": "no-store"})
+        times = sessions.times(session) if session is not None else {"expires_at": None}
+        return JSONResponse({"key": found.key.to_dict(), **times}, headers={"Cache-Control": "no-store"})
 
     @router.delete("/v1/session", status_code=204, tags=["session"], summary="Sign out: the session ends now")
     def sign_out(request: Request) -> Response:

@@ -89,11 +89,21 @@ class Sessions:
             if session.ends(self.lifetime, self.idle) <= now:
                 del self._live[session_id or ""]
                 return None
-            self._live[session_id or ""] = replace(session, seen=now)
-            return session
+            seen = self._live[session_id or ""] = replace(session, seen=now)
+            return seen
 
     def expires_at(self, session: Session) -> datetime:
+        """When the session ends if no request comes before: its idle deadline (or its lifetime's end)."""
         return datetime.fromtimestamp(session.ends(self.lifetime, self.idle), timezone.utc)
+
+    def ends_by(self, session: Session) -> datetime:
+        """When the session ends however busy it is: sign-in plus the lifetime (one shift)."""
+        return datetime.fromtimestamp(session.started + self.lifetime, timezone.utc)
+
+    def times(self, session: Session) -> dict[str, object]:
+        """The session's deadlines as the sign-in and session answers give them."""
+        return {"expires_at": self.expires_at(session).isoformat(), "ends_by": self.ends_by(session).isoformat(),
+                "idle_timeout_s": int(self.idle)}
 
     def authenticate(self, request: Request, gallery: Gallery) -> ApiKeyInfo:
         """The key behind the request's session cookie, its CSRF token checked on a change.

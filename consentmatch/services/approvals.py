@@ -15,7 +15,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 from ..errors import InvalidArgumentError, PermissionDeniedError, RequestNotFoundError
-from ..images import PhotoInput, load_photo, photo_bytes
+from ..images import PhotoInput, Upload, load_photo, photo_bytes
 from ..policy import DEFAULT_TOP_K, PROBE_MIN_FACE_PX, check_policy_top_k, check_top_k
 from ..results import SearchRequest
 from ..text import check_text
@@ -57,7 +57,7 @@ def request_search(
         tolerance=None if tolerance is None else checked_tolerance, top_k=top_k,
     )
     with ctx.lock, ctx.store.write(bump=False) as tx:
-        tx.add_request(request, data)
+        tx.add_request(request, bytes(data))  # plain bytes to the store (an Upload's name is not kept)
         tx.append_audit(at=now, actor=who, action="request", subject=name, purpose=label,
                         details={"request": request.request_id, "kind": kind, "case_ref": case_ref, "reason": reason})
     return request
@@ -121,7 +121,9 @@ def decide(ctx: Context, request_id: str, *, approve: bool, reason: str, approve
 
 
 def _run(ctx: Context, request: SearchRequest, probe: bytes) -> SearchRequest:
-    """The approved search, under the requester's name (audited as theirs, like any search)."""
+    """The approved search, under the requester's name (audited as theirs, like any search); the
+    held probe is named by its request."""
+    probe = Upload(probe, f"{request.request_id} probe")
     try:
         if request.kind == "match":
             return replace(request, result=matching.match(

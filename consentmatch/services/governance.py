@@ -74,7 +74,8 @@ def purposes(ctx: Context) -> list[PurposeInfo]:
         return []
     now = ctx.now()
     with ctx.lock, ctx.store.read() as tx:
-        return [PurposeInfo(*row) for row in tx.purposes(now)]
+        approval = set(tx.policy()["approval_purposes"])
+        return [PurposeInfo(*row, needs_approval=row[0] in approval) for row in tx.purposes(now)]
 
 
 def _purpose(tx: Transaction, label: str, now: datetime) -> PurposeInfo:

@@ -3,7 +3,7 @@
 // page only hides what the key may not do. User data is always set as text, never as HTML.
 "use strict";
 
-const state = { key: null, captured: {}, streams: {} };
+const state = { key: null, captured: {}, streams: {}, approval: new Set() };
 const $ = (id) => document.getElementById(id);
 
 function el(tag, attrs, ...children) {
@@ -26,6 +26,49 @@ class Problem extends Error {
   constructor(status, detail) { super(detail); this.status = status; }
 }
 
+// Remove each "(CLI: ...)", "(HTTP: ...)" or "(Python: ...)" aside, nested parentheses included.
+function withoutAsides(text) {
+  let out = "";
+  for (let i = 0; i < text.length; i++) {
+    const aside = /^ ?\((CLI|HTTP|Python):/.exec(text.slice(i));
+    if (!aside) { out += text[i]; continue; }
+    let depth = 0, j = i + aside[0].indexOf("(");
+    for (; j < text.length; j++) {
+      if (text[j] === "(") depth++;
+      else if (text[j] === ")" && --depth === 0) break;
+    }
+    i = j;
+  }
+  return out;
+}
+
+// What the people at the front are told. The service's problems are written for whoever calls
+// the API (headers, CLI flags, Python arguments, commands); the console says the same in words
+// for the desk, by the problem's error class where it has its own, else with those asides taken out.
+function frontLine(status, problem, url) {
+  const detail = problem.detail || `${status} error`;
+  if (status === 401 && url === "/v1/session") {
+    return "No valid API key: check the key you typed or pasted; a revoked or expired key no longer works " +
+      "(ask your administrator for a new one).";
+  }
+  if (status === 401) {
+    return "Your session has ended (signed out, idle too long, or the key was revoked): sign in again.";
+  }
+  if (problem.error === "ApprovalRequiredError") {
+    return "This purpose needs an approver's decision: fill in the case reference and the reason, then check " +
+      "the photo again to file the request.";
+  }
+  if (problem.error === "RateLimitError") {
+    return `Too many requests in a minute for this key: wait ${problem.retry_after || 60} s and try again.`;
+  }
+  return withoutAsides(detail)
+    .replace(/;? ?pass allow_duplicate=True \(--allow-duplicate\) for twins or an intended duplicate\./,
+      ". If they are twins, or this is intended, ask your administrator.")
+    .replace(/ with `consentmatch [^`]*`/g, "")
+    .replace(/:? ?`consentmatch [^`]*` (shows|lists) them\./g, ".")
+    .replace(/ ?\(?`consentmatch [^`]*`\)?/g, " (ask your administrator)");
+}
+
 // One call to the API: JSON or multipart body; the problem's one-line detail on failure.
 async function api(method, url, { json, form, blob } = {}) {
   const headers = {};
@@ -35,10 +78,10 @@ async function api(method, url, { json, form, blob } = {}) {
   if (form !== undefined) body = form;
   const answer = await fetch(url, { method, headers, body, credentials: "same-origin", cache: "no-store" });
   if (!answer.ok) {
-    let detail = `${answer.status} ${answer.statusText}`;
-    try { detail = (await answer.json()).detail || detail; } catch (e) { /* not a problem body */ }
+    let problem = { detail: `${answer.status} ${answer.statusText}` };
+    try { problem = await answer.json(); } catch (e) { /* not a problem body */ }
     if (answer.status === 401 && url !== "/v1/session") signedOut();
-    throw new Problem(answer.status, detail);
+    throw new Problem(answer.status, frontLine(answer.status, problem, url));
   }
   if (answer.status === 204) return null;
   if (blob) return answer.blob();
@@ -76,8 +119,17 @@ function signedOut() {
   $("api-key").focus();
 }
 
-async function signedIn(key) {
+// "until 16:05 at the latest; 30 minutes without use also signs you out", in the browser's time.
+function sessionText(answer) {
+  if (!answer.ends_by) return "";
+  const at = new Date(answer.ends_by).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  const idle = Math.round((answer.idle_timeout_s || 0) / 60);
+  return `until ${at} at the latest` + (idle ? `; ${idle} minutes without use also signs you out` : "");
+}
+
+async function signedIn(key, answer) {
   state.key = key;
+  $("who-until").textContent = sessionText(answer || {});
   $("api-key").value = "";
   $("who-name").textContent = key.name;
   $("who-roles").textContent = key.roles.join(", ");
@@ -86,6 +138,7 @@ async function signedIn(key) {
   $("screens").hidden = false;
   document.querySelectorAll("#screens li").forEach((li) => { li.hidden = !hasRole(li.dataset.role); });
   if (hasRole("operator", "enroller")) await loadPurposes();
+  showApproval();
   showScreen();
 }
 
@@ -109,17 +162,29 @@ function showScreen() {
 }
 
 async function loadPurposes() {
-  let names = state.key.purposes;
-  if (!names.length || hasRole("enroller")) {
-    names = (await api("GET", "/v1/purposes")).body.map((p) => p.purpose);
-  }
+  const declared = (await api("GET", "/v1/purposes")).body;
+  state.approval = new Set(declared.filter((p) => p.needs_approval).map((p) => p.purpose));
+  const names = declared.map((p) => p.purpose);
   const searchable = state.key.purposes.length ? state.key.purposes : names;
   document.querySelectorAll("select.purpose-choice").forEach((select) => {
     select.replaceChildren(...searchable.map((p) => el("option", { value: p, text: p })));
   });
+  showApproval();
   const box = $("consent-purposes");
   box.replaceChildren(el("legend", { text: "Purposes" }), ...names.map((p) => el("label", { class: "check" },
     el("input", { type: "checkbox", name: "purposes", value: p }), ` ${p}`)));
+}
+
+// A purpose that needs approval opens its form's case reference and reason: without them the
+// search is refused; with them it is filed for an approver.
+function showApproval() {
+  for (const prefix of ["desk", "teller"]) {
+    const form = $(`${prefix}-form`);
+    const needed = state.approval.has(form.purpose.value);
+    const details = form.querySelector("details.case");
+    details.open = needed || form.case_ref.value.trim() !== "" || form.reason.value.trim() !== "";
+    details.querySelector(".needs-approval").hidden = !needed;
+  }
 }
 
 // -- photos: upload or camera
@@ -215,6 +280,8 @@ function filed(target, request) {
 
 async function deskCheck() {
   const form = $("desk-form");
+  const target = $("desk-result");
+  target.replaceChildren();  // the last person's result goes as soon as a new check starts, whatever follows
   const photo = chosenPhoto("desk");
   const data = new FormData();
   data.append("photo", photo, photo.name || "camera.jpg");
@@ -223,7 +290,6 @@ async function deskCheck() {
   if (form.reason.value.trim()) data.append("reason", form.reason.value.trim());
   say("Checking...");
   const { status, body } = await api("POST", "/v1/match", { form: data });
-  const target = $("desk-result");
   if (status === 202) { filed(target, body); say(""); return; }
   // Only who lies within the tolerance is named; candidates beyond it are never shown here.
   const faces = body.faces.map((f) => {
@@ -235,7 +301,8 @@ async function deskCheck() {
       `Match: ${f.subject}, ${distanceText(f.distance, body.tolerance)}.` };
   });
   const list = el("ol", { class: "faces" }, ...faces.map((f) => el("li", { class: "face", text: f.text })));
-  const summary = el("p", { text: body.faces.length ? `${body.faces.length} face(s) found; purpose ${body.purpose}.`
+  const summary = el("p", { text: body.faces.length
+    ? `${body.faces.length} face(s) found in ${body.image}; purpose ${body.purpose}.`
     : "No face found in the photo: use a frontal, well-lit photo." });
   target.replaceChildren(summary, await drawFaces(photo, faces), list,
     el("p", { class: "evidence", text: `Audit event ${body.audit_event}; photo SHA-256 ${body.image_sha256}.` }));
@@ -244,6 +311,8 @@ async function deskCheck() {
 
 async function tellerCheck() {
   const form = $("teller-form");
+  const target = $("teller-result");
+  target.replaceChildren();  // as at the desk: never the last person's verdict beside a new photo
   const photo = chosenPhoto("teller");
   const data = new FormData();
   data.append("photo", photo, photo.name || "camera.jpg");
@@ -252,8 +321,6 @@ async function tellerCheck() {
   if (form.case_ref.value.trim()) data.append("case_ref", form.case_ref.value.trim());
   if (form.reason.value.trim()) data.append("reason", form.reason.value.trim());
   say("Checking...");
-  const target = $("teller-result");
-  target.replaceChildren();
   const { status, body } = await api("POST", "/v1/verify", { form: data });
   if (status === 202) { filed(target, body); say(""); return; }
   const verdict = body.match ? `Match: this is ${body.subject}` : `No match: this is not ${body.subject}`;
@@ -358,11 +425,74 @@ function parseCsv(text) {
   return body.map((cells, i) => ({ line: i + 2, ...Object.fromEntries(names.map((n, j) => [n, (cells[j] || "").trim()])) }));
 }
 
+// A path's folders and name, for matching a manifest's path to a chosen file: "." parts and
+// anything up to a ".." dropped (the browser knows nothing above the folder chosen).
+function pathParts(path) {
+  const parts = String(path).split(/[\\/]+/).filter((p) => p && p !== ".");
+  const up = parts.lastIndexOf("..");
+  return up < 0 ? parts : parts.slice(up + 1);
+}
+
+function endsWith(long, short) {
+  return short.length <= long.length && short.every((part, i) => part === long[long.length - short.length + i]);
+}
+
+// Which chosen file each manifest path names. A file chosen with its folder (a folder picked:
+// webkitRelativePath) or by name alone matches a path when the shorter of the two ends the longer,
+// folder by folder. A path that more than one file could be, or a file that could be the photo
+// of more than one path (two img1.jpg in different folders, chosen without them), is refused:
+// enrolling a guess would put one person's face under another's name.
+// Returns a Map from each path to { file } or { error }.
+function matchFiles(paths, files) {
+  const chosen = [...files].map((file) => ({ file, shown: file.webkitRelativePath || file.name,
+    parts: pathParts(file.webkitRelativePath || file.name) }));
+  const wanted = new Map();  // the path as its parts joined -> the parts
+  for (const path of paths) wanted.set(pathParts(path).join("/"), pathParts(path));
+  const hits = (parts, file) => endsWith(parts, file.parts) || endsWith(file.parts, parts);
+  const advice = "choose the photos' folder (with the folder picker) rather than the files, so that each keeps " +
+    "its folder";
+  const found = new Map();
+  for (const path of paths) {
+    const parts = pathParts(path);
+    const candidates = chosen.filter((c) => parts.length && hits(parts, c));
+    if (!candidates.length) {
+      found.set(path, { error: `${path} was not among the files chosen` });
+      continue;
+    }
+    if (candidates.length > 1) {
+      found.set(path, { error: `${path} is ambiguous: ${candidates.length} files chosen could be it ` +
+        `(${candidates.map((c) => c.shown).join(", ")}); ${advice}` });
+      continue;
+    }
+    // Another path the file could be, unless one path ends the other (then they may name one file).
+    const rivals = [...wanted].filter(([, other]) => !endsWith(other, parts) && !endsWith(parts, other) &&
+      hits(other, candidates[0])).map(([key]) => key);
+    if (rivals.length) {
+      found.set(path, { error: `${path} is ambiguous: the file chosen, ${candidates[0].shown}, could also be ` +
+        `${rivals.join(", ")}; ${advice}` });
+      continue;
+    }
+    found.set(path, { file: candidates[0].file });
+  }
+  return found;
+}
+
+// The file a manifest row names (photo or evidence), or an Error saying why there is none.
+function fileFor(found, path) {
+  const match = found.get(path);
+  if (match.error) throw new Error(match.error);
+  return match.file;
+}
+
 async function bulkUpload() {
   const form = $("bulk-form");
+  if (!form.manifest.files.length) throw new Error("Choose the manifest (CSV).");
+  const chosen = [...form.photos.files, ...form.folder.files];
+  if (!chosen.length) throw new Error("Choose the photos and evidence files, or their folder.");
   const rows = parseCsv(await form.manifest.files[0].text());
-  const files = new Map([...form.photos.files].map((f) => [f.name, f]));
-  const base = (path) => path.split(/[\\/]/).pop();
+  const isHash = (value) => /^[0-9a-fA-F]{64}$/.test(value || "");
+  const found = matchFiles([...rows.map((r) => r.photo).filter(Boolean),
+    ...rows.map((r) => r.evidence).filter((e) => e && !isHash(e))], chosen);
   const progress = $("bulk-progress");
   const body = $("bulk-table").tBodies[0];
   body.replaceChildren();
@@ -383,12 +513,8 @@ async function bulkUpload() {
         if (row.signer) consent.signer = row.signer;
         if (row.notice_version) consent.notice_version = row.notice_version;
         if (row.email) consent.email = row.email;
-        if (/^[0-9a-fA-F]{64}$/.test(row.evidence || "")) consent.evidence_sha256 = row.evidence.toLowerCase();
-        else if (row.evidence) {
-          const evidence = files.get(base(row.evidence));
-          if (!evidence) throw new Error(`the evidence file ${base(row.evidence)} was not among the files chosen`);
-          consent.evidence_sha256 = await sha256(evidence);
-        }
+        if (isHash(row.evidence)) consent.evidence_sha256 = row.evidence.toLowerCase();
+        else if (row.evidence) consent.evidence_sha256 = await sha256(fileFor(found, row.evidence));
         try {
           await api("POST", "/v1/consents", { json: consent });
           consents.set(row.consent_ref, null);
@@ -397,8 +523,8 @@ async function bulkUpload() {
         }
       }
       if (consents.get(row.consent_ref)) throw new Error(`consent not recorded: ${consents.get(row.consent_ref)}`);
-      const photo = files.get(base(row.photo));
-      if (!photo) throw new Error(`the photo ${base(row.photo)} was not among the files chosen`);
+      if (!row.photo) throw new Error("the row names no photo");
+      const photo = fileFor(found, row.photo);
       const data = new FormData();
       data.append("photos", photo, photo.name);
       data.append("consent_ref", row.consent_ref);
@@ -511,8 +637,8 @@ async function download(subject) {
 document.addEventListener("DOMContentLoaded", () => {
   $("sign-in-form").addEventListener("submit", guarded(async () => {
     const { body } = await api("POST", "/v1/session", { json: { key: $("api-key").value.trim() } });
-    await signedIn(body.key);
-    say(`Signed in; the session ends at ${body.expires_at.slice(11, 16)} UTC at the latest.`);
+    await signedIn(body.key, body);
+    say(`Signed in ${sessionText(body)}.`);
   }));
   $("sign-out").addEventListener("click", guarded(async () => {
     await api("DELETE", "/v1/session");
@@ -533,5 +659,6 @@ document.addEventListener("DOMContentLoaded", () => {
   document.querySelectorAll(".camera-take").forEach((b) => b.addEventListener("click",
     guarded(() => takePhoto(b.dataset.for))));
   window.addEventListener("hashchange", () => { clearMessages(); showScreen(); });
-  api("GET", "/v1/session").then(({ body }) => signedIn(body.key)).catch(() => signedOut());
+  document.querySelectorAll("select.purpose-choice").forEach((s) => s.addEventListener("change", showApproval));
+  api("GET", "/v1/session").then(({ body }) => signedIn(body.key, body)).catch(() => signedOut());
 });
