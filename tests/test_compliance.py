@@ -126,6 +126,9 @@ def test_policy_tolerance_is_the_default(gallery: Gallery, tmp_path: Path) -> No
     assert _subjects_found(gallery, probe) == ["alice"]
     gallery.set_policy("tolerance", "0.1")
     assert _subjects_found(gallery, probe) == [None]
+    with pytest.raises(InvalidArgumentError, match="max_tolerance"):  # issue 24: the cap follows the tolerance
+        gallery.match(probe, purpose="door", tolerance=0.6)
+    gallery.set_policy("max_tolerance", "0.6")
     assert gallery.match(probe, purpose="door", tolerance=0.6).faces[0].subject == "alice"
     with pytest.raises(InvalidArgumentError):
         gallery.set_policy("tolerance", "7")

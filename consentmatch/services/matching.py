@@ -20,7 +20,7 @@ from ..consent import check_purpose
 from ..errors import (ApprovalRequiredError, FaceError, GalleryNotFoundError, ImageError, InvalidArgumentError,
                       NoActiveEnrollmentError)
 from ..images import PhotoInput, load_photo, photo_name
-from ..policy import check_min_face, check_policy_top_k, check_tolerance, check_top_k
+from ..policy import check_min_face, check_policy_tolerance, check_policy_top_k, check_tolerance, check_top_k
 from ..pool import pooled
 from ..quality import check_quality, single_face
 from ..results import Candidate, FaceMatch, MatchResult, Verification
@@ -201,7 +201,8 @@ def search_terms(
             f"Searches for purpose '{label}' need a department's approval: file a request with a case reference and "
             "a reason (CLI: --case-ref C --reason R; HTTP: case_ref and reason), then an approver decides it."
         )
-    return label, check_tolerance(policy["tolerance"] if tolerance is None else tolerance), policy
+    checked = check_tolerance(policy["tolerance"] if tolerance is None else tolerance)
+    return label, check_policy_tolerance(checked, policy), policy
 
 
 def _record_search(

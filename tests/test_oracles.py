@@ -1,0 +1,114 @@
+"""Issue 24, oracles and leaks: a tolerance cap (`max_tolerance`), one answer from verify whether
+or not a name is enrolled, keyed and erasable idempotent answers with one winner, and failed
+authentication that is rate-limited and costs the same for every key id."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from consentmatch import Consent, Gallery, InvalidArgumentError
+from consentmatch.service import create_app
+
+from .conftest import PURPOSE, FakeEncoder, fake_photo
+from .test_cli import run
+
+# -- item 5: the tolerance a caller may pass is capped by the policy's `max_tolerance` --------
+
+
+@pytest.fixture
+def alice(fake_gallery: Gallery, tmp_path: Path) -> Gallery:
+    fake_gallery.enroll("alice", [fake_photo(tmp_path, "alice.png", (10, 0))], Consent("R1", [PURPOSE]))
+    return fake_gallery
+
+
+def test_a_loose_tolerance_is_refused_for_every_search(alice: Gallery, tmp_path: Path) -> None:
+    stranger = fake_photo(tmp_path, "bob.png", (20, 0))  # about 1.4 from alice: nobody she could be
+    for search in (
+        lambda: alice.match(stranger, purpose=PURPOSE, tolerance=1.5),
+        lambda: list(alice.match_many([stranger], purpose=PURPOSE, tolerance=1.5)),
+        lambda: alice.verify("alice", stranger, purpose=PURPOSE, tolerance=1.5),
+    ):
+        with pytest.raises(InvalidArgumentError, match=r"over this gallery's limit of 0\.6 \(policy max_tolerance\)"):
+            search()
+    assert not [e for e in alice.audit() if e.action in ("match", "verify")]  # a usage error: nothing searched
+    assert alice.match(stranger, purpose=PURPOSE, tolerance=0.4).faces[0].subject is None  # stricter: fine
+    alice.set_policy("max_tolerance", "1.5")  # an administrator may loosen the cap, on the record
+    assert alice.match(stranger, purpose=PURPOSE, tolerance=1.5).faces[0].subject == "alice"
+
+
+def test_the_cap_follows_the_policy_tolerance_and_the_two_stay_consistent(alice: Gallery) -> None:
+    assert alice.policy()["max_tolerance"] is None  # null: the policy's (calibrated) tolerance
+    alice.set_policy("tolerance", "0.65")  # as `calibrate` stores it
+    alice.match(fake_photo(Path(alice.path).parent, "p.png", (10, 1)), purpose=PURPOSE, tolerance=0.65)
+    alice.set_policy("max_tolerance", "0.7")
+    with pytest.raises(InvalidArgumentError, match="max_tolerance"):
+        alice.set_policy("tolerance", "0.8")  # a default above the cap would refuse every search
+    with pytest.raises(InvalidArgumentError, match="tolerance"):
+        alice.set_policy("max_tolerance", "0.5")
+    alice.set_policy("max_tolerance", "null")
+    assert alice.policy()["max_tolerance"] is None
+
+
+def test_cli_refuses_a_tolerance_over_the_cap_with_exit_2(
+    fake_cli_gallery: Path, tmp_path: Path
+) -> None:
+    stranger = fake_photo(tmp_path, "bob.png", (20, 0))
+    for command in (["match", stranger], ["verify", "alice", stranger]):
+        result = run(*command, "-g", fake_cli_gallery, "-p", PURPOSE, "--tolerance", "1.5")
+        assert result.exit_code == 2, result.output
+        assert "max_tolerance" in result.stderr and "Traceback" not in result.output
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def fake_cli_gallery(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.setattr("consentmatch.vision.default_encoder", lambda settings=None: FakeEncoder())
+    db = tmp_path / "cli.db"
+    assert run("enroll", "alice", fake_photo(tmp_path, "a.png", (10, 0)), "-g", db, "-c", "R1", "-p",
+               PURPOSE).exit_code == 0
+    return db
+
+
+# -- the service over a fake-encoder gallery ---------------------------------------------------
+
+
+class Http:
+    def __init__(self, client: TestClient, gallery: Gallery, keys: dict[str, str]) -> None:
+        self.client, self.gallery, self.keys = client, gallery, keys
+
+    def post(self, who: str, url: str, **kw: Any) -> Any:
+        headers = {"Authorization": f"Bearer {self.keys[who]}", **kw.pop("headers", {})}
+        return self.client.post(url, headers=headers, **kw)
+
+    def photo(self, url: str, path: Path, **form: Any) -> Any:
+        return self.post("operator", url, files={"photo": (path.name, path.read_bytes())}, data=form)
+
+
+@pytest.fixture
+def http(alice: Gallery) -> Iterator[Http]:
+    keys = {role: alice.create_api_key(f"{role}-1", roles=[role]).key
+            for role in ("admin", "enroller", "operator", "auditor")}
+    with TestClient(create_app(alice)) as client:
+        yield Http(client, alice, keys)
+
+
+def _problem(response: Any, status: int, error: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = response.json()
+    assert body["error"] == error and "\n" not in body["detail"]
+    return body
+
+
+def test_http_refuses_a_tolerance_over_the_cap_with_422(http: Http, tmp_path: Path) -> None:
+    stranger = fake_photo(tmp_path, "bob.png", (20, 0))
+    match = http.photo("/v1/match", stranger, purpose=PURPOSE, tolerance="0.7")
+    assert "max_tolerance" in _problem(match, 422, "InvalidArgumentError")["detail"]
+    verify = http.photo("/v1/verify", stranger, subject="alice", purpose=PURPOSE, tolerance="2")
+    _problem(verify, 422, "InvalidArgumentError")
+    assert http.photo("/v1/match", stranger, purpose=PURPOSE, tolerance="0.6").status_code == 200
