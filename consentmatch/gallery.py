@@ -234,13 +234,14 @@ class Gallery:
         self, subject: str, photo: PhotoInput, *, purpose: str | None = None, tolerance: float | None = None,
         min_face_px: int = PROBE_MIN_FACE_PX, actor: str | None = None,
     ) -> Verification:
-        """1:1: is the one face in the probe this subject? The distance is to their nearest template
-        (rounded as in `match`); no liveness check. Not enrolled, no templates or no consent for
-        `purpose` get one and the same answer; every refusal is audited under the subject named.
+        """1:1: is the one face in the probe this subject? The distance is to their nearest template,
+        given within the tolerance only (None beyond it); no liveness check. Not enrolled, no
+        templates or no consent for `purpose` get the answer of a non-match, after the same photo
+        work, so the answer never tells who is enrolled; the audit trail records it as refused
+        (NoActiveEnrollmentError) under the subject named.
 
         Raises:
-            NoActiveEnrollmentError: not enrolled, or no active consent for `purpose` (both a
-                ConsentError and a SubjectNotFoundError, as each case raised before).
+            InvalidArgumentError: a tolerance over the policy's `max_tolerance`.
             ImageError, NoFaceError, MultipleFacesError: the probe must hold exactly one face.
             TamperingError: the subject, its consents or templates were edited outside consentmatch.
         """

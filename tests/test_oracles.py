@@ -112,3 +112,60 @@ def test_http_refuses_a_tolerance_over_the_cap_with_422(http: Http, tmp_path: Pa
     verify = http.photo("/v1/verify", stranger, subject="alice", purpose=PURPOSE, tolerance="2")
     _problem(verify, 422, "InvalidArgumentError")
     assert http.photo("/v1/match", stranger, purpose=PURPOSE, tolerance="0.6").status_code == 200
+
+
+# -- item 6: verify gives one answer whether or not the name is enrolled -----------------------
+
+
+def _same(body: dict[str, Any]) -> dict[str, Any]:
+    """An answer without what differs between any two calls (the name asked, the time, the event)."""
+    return {k: v for k, v in body.items() if k not in ("subject", "at", "audit_event")}
+
+
+def test_verify_answers_an_unknown_name_as_a_non_match(alice: Gallery, tmp_path: Path) -> None:
+    alice.grant_consent("carol", Consent("R3", [PURPOSE]))  # consented, no photo
+    alice.declare_purpose("payroll")
+    stranger = fake_photo(tmp_path, "bob.png", (20, 0))
+    answers = {(name, purpose): alice.verify(name, stranger, purpose=purpose)
+               for name, purpose in [("alice", PURPOSE), ("zed", PURPOSE), ("carol", PURPOSE), ("alice", "payroll")]}
+    bodies = [_same(a.to_dict()) for a in answers.values()]
+    assert all(body == bodies[0] for body in bodies), bodies
+    assert bodies[0]["match"] is False and bodies[0]["distance"] is None  # no near-miss measure either
+    # the auditor still sees which was which, under the name asked
+    events = {e.seq: e for e in alice.audit(action="verify")}
+    zed = events[answers["zed", PURPOSE].audit_event]
+    assert (zed.subject, zed.details["outcome"], zed.details["error"]) == ("zed", "refused", "NoActiveEnrollmentError")
+    miss = events[answers["alice", PURPOSE].audit_event]
+    assert miss.details["match"] is False and miss.details["shown"][0]["distance"] > 0.6
+    # an unreadable or faceless probe is refused the same way for both
+    empty = fake_photo(tmp_path, "none.png")
+    for name in ("alice", "zed"):
+        with pytest.raises(Exception) as caught:
+            alice.verify(name, empty, purpose=PURPOSE)
+        assert type(caught.value).__name__ == "NoFaceError"
+    assert alice.verify("alice", fake_photo(tmp_path, "a2.png", (10, 1)), purpose=PURPOSE).match
+
+
+def test_http_verify_of_an_enrolled_and_an_unknown_name_are_one_answer(http: Http, tmp_path: Path) -> None:
+    stranger = fake_photo(tmp_path, "bob.png", (20, 0))
+    enrolled = http.photo("/v1/verify", stranger, subject="alice", purpose=PURPOSE)
+    unknown = http.photo("/v1/verify", stranger, subject="zed", purpose=PURPOSE)
+    assert enrolled.status_code == unknown.status_code == 200, (enrolled.text, unknown.text)
+    assert _same(enrolled.json()) == _same(unknown.json())
+    assert unknown.json()["match"] is False and unknown.json()["subject"] == "zed"
+    empty = fake_photo(tmp_path, "none.png")
+    faceless = [http.photo("/v1/verify", empty, subject=name, purpose=PURPOSE) for name in ("alice", "zed")]
+    assert faceless[0].status_code == faceless[1].status_code == 422
+    assert faceless[0].json()["detail"] == faceless[1].json()["detail"]
+
+
+def test_cli_verify_of_an_unknown_name_is_a_non_match(fake_cli_gallery: Path, tmp_path: Path) -> None:
+    import json
+
+    stranger = fake_photo(tmp_path, "bob.png", (20, 0))
+    results = [run("verify", name, stranger, "-g", fake_cli_gallery, "-p", PURPOSE, "--json") for name in ("alice", "zed")]
+    assert [r.exit_code for r in results] == [0, 0], [r.output for r in results]
+    bodies = [_same(json.loads(r.stdout)) for r in results]
+    assert bodies[0] == bodies[1] and bodies[0]["match"] is False
+    table = run("verify", "zed", stranger, "-g", fake_cli_gallery, "-p", PURPOSE)
+    assert table.exit_code == 0 and "NO MATCH" in table.stdout
