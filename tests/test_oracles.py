@@ -169,3 +169,67 @@ def test_cli_verify_of_an_unknown_name_is_a_non_match(fake_cli_gallery: Path, tm
     assert bodies[0] == bodies[1] and bodies[0]["match"] is False
     table = run("verify", "zed", stranger, "-g", fake_cli_gallery, "-p", PURPOSE)
     assert table.exit_code == 0 and "NO MATCH" in table.stdout
+
+
+# -- item 8: failed authentication costs the same for every key id and is rate-limited ---------
+
+
+def test_an_unknown_key_id_costs_the_same_scrypt_as_a_wrong_secret(
+    alice: Gallery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from consentmatch import AuthenticationError
+    from consentmatch.services import access
+
+    real = alice.create_api_key("desk", roles=["operator"]).key
+    calls: list[str] = []
+    hash_ = access._hash
+    monkeypatch.setattr(access, "_hash", lambda secret, salt: calls.append(secret) or hash_(secret, salt))
+    key_id = real.split("_")[1]
+    for presented in (f"cm_{key_id}_{'x' * 43}", f"cm_{'0' * 16}_{'x' * 43}", f"cm_{key_id}_{'y' * 43}",
+                      f"cm_{'1' * 16}_{'y' * 43}"):
+        with pytest.raises(AuthenticationError) as caught:
+            alice.authenticate(presented)
+        assert str(caught.value).startswith("No valid API key")
+    assert len(calls) == 4  # a wrong secret and an unknown id: one scrypt each, every time
+    assert alice.authenticate(real).name == "desk"
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_failed_authentication_is_rate_limited_per_key_id(http: Http, monkeypatch: pytest.MonkeyPatch) -> None:
+    from consentmatch.services import access
+
+    real = http.keys["auditor"]
+    wrong = real[:-4] + ("AAAA" if not real.endswith("AAAA") else "BBBB")
+    statuses = [http.client.get("/v1/subjects", headers=_bearer(wrong)).status_code for _ in range(10)]
+    assert statuses == [401] * 10
+    calls: list[str] = []
+    monkeypatch.setattr(access, "_hash", lambda secret, salt: calls.append(secret) or b"")
+    limited = http.client.get("/v1/subjects", headers=_bearer(wrong))
+    body = _problem(limited, 429, "RateLimitError")
+    assert int(limited.headers["Retry-After"]) >= 1 and "failed" in body["detail"]
+    assert calls == []  # refused before any scrypt: a guesser costs the server nothing more
+    # the key id is held whatever the secret; other keys are not
+    _problem(http.client.get("/v1/subjects", headers=_bearer(real)), 429, "RateLimitError")
+    monkeypatch.undo()
+    assert http.client.get("/v1/policy", headers=_bearer(http.keys["admin"])).status_code == 200
+
+
+def test_failed_authentication_is_rate_limited_per_client_address(http: Http, monkeypatch: pytest.MonkeyPatch) -> None:
+    import secrets
+
+    from consentmatch.services import access
+
+    # a fast hash: 40 calls well inside the seconds the buckets take to refill one attempt
+    monkeypatch.setattr(access, "_hash", lambda secret, salt: b"\0" * 32)
+    statuses = []
+    for _ in range(40):
+        guess = f"cm_{secrets.token_hex(8)}_{secrets.token_urlsafe(32)}"  # a new key id each time
+        statuses.append(http.client.get("/v1/subjects", headers=_bearer(guess)).status_code)
+    assert statuses[:30] == [401] * 30 and set(statuses[30:]) == {429}
+    refused = http.client.get("/v1/subjects", headers=_bearer(http.keys["auditor"]))
+    _problem(refused, 429, "RateLimitError")  # this address waits, even with a good key
+    signin = http.client.post("/v1/session", json={"key": f"cm_{'2' * 16}_{'z' * 43}"})
+    _problem(signin, 429, "RateLimitError")  # the console's sign-in counts too

@@ -20,7 +20,7 @@ from ..errors import AuthenticationError, InvalidArgumentError
 from ..results import ApiKeyInfo, NewApiKey
 from .context import Context, check_name
 
-__all__ = ["ROLES", "api_keys", "authenticate", "create_api_key", "recall", "remember", "revoke_api_key"]
+__all__ = ["ROLES", "api_keys", "authenticate", "create_api_key", "key_id", "recall", "remember", "revoke_api_key"]
 
 #: What each role may do (README, "Service"): one key may hold several.
 ROLES = {
@@ -32,6 +32,8 @@ ROLES = {
 }
 _KEY = re.compile(r"cm_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}  # 16 MiB, ~50 ms: checked once per key per process (see `authenticate`)
+#: What an unknown key id is checked against: the same scrypt as a real one, so time tells no id apart.
+_DUMMY = f"scrypt${'00' * 16}${'00' * 32}"
 
 
 def _hash(secret: str, salt: bytes) -> bytes:
@@ -88,25 +90,30 @@ def revoke_api_key(ctx: Context, name: str, actor: str | None) -> bool:
     return revoked
 
 
+def key_id(presented: str | None) -> str | None:
+    """The public id of a presented key (what the service counts failed attempts by), if well formed."""
+    found = _KEY.fullmatch(presented or "")
+    return None if found is None else found.group(1)
+
+
 def authenticate(ctx: Context, presented: str | None) -> ApiKeyInfo:
     """The active key a request presents, or AuthenticationError (one message for every failure,
     so a caller learns nothing about which keys exist). The scrypt check runs once per key and
-    process; revocation and expiry are read from the store on every call."""
+    process; a wrong secret and an unknown id cost one scrypt each time, alike, so neither the
+    answer nor its time tells which ids exist. Revocation and expiry are read on every call."""
     refused = AuthenticationError("No valid API key: send 'Authorization: Bearer <key>' with a key from "
                                   "`consentmatch apikey create` that is neither revoked nor expired.")
     found = _KEY.fullmatch(presented or "")
     if found is None or not ctx.store.exists():
         raise refused
-    key_id, secret = found.groups()
+    public_id, secret = found.groups()
     with ctx.lock, ctx.store.read() as tx:
-        row = tx.api_key(key_id)
-    if row is None:
-        raise refused
-    info, stored = row
+        row = tx.api_key(public_id)
+    info, stored = row if row is not None else (None, _DUMMY)
     digest = hashlib.sha256(f"{stored}#{presented}".encode()).hexdigest()
-    if digest not in ctx.verified_keys:
+    if info is None or digest not in ctx.verified_keys:
         _, salt, expected = stored.split("$")
-        if not hmac.compare_digest(_hash(secret, bytes.fromhex(salt)).hex(), expected):
+        if not hmac.compare_digest(_hash(secret, bytes.fromhex(salt)).hex(), expected) or info is None:
             raise refused
         ctx.verified_keys.add(digest)
     if not info.active(ctx.now()):
