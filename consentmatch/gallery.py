@@ -8,7 +8,7 @@ cache that follows the store's commits (`search/cache.py`).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -449,8 +449,21 @@ class Gallery:
         """Deny a pending request; its probe is destroyed, no search runs."""
         return approvals.decide(self._ctx, request_id, approve=False, reason=reason, approver=actor)
 
+    def answer_once(
+        self, owner: str, key: str, fingerprint: str, run: Callable[[], tuple[int, str]]
+    ) -> tuple[int, str]:
+        """The service's call made with an Idempotency-Key: `run` (status, body) once, under a hold
+        on the key in the store; a retry of the same request gets the first answer (see
+        `services/access.answer_once`).
+
+        Raises:
+            InvalidArgumentError: the key was used for another request, or its call still runs.
+        """
+        return access.answer_once(self._ctx, owner, key, fingerprint, run)
+
     def recall_answer(self, owner: str, key: str) -> tuple[str, int, str] | None:
-        """The service's first answer to a call retried with the same Idempotency-Key, if kept."""
+        """The service's first answer to a call retried with the same Idempotency-Key, if kept
+        (its request fingerprint as stored: keyed)."""
         return access.recall(self._ctx, owner, key)
 
     def keep_answer(self, owner: str, key: str, fingerprint: str, status: int, body: str) -> None:

@@ -209,6 +209,8 @@ POLICY: tuple[PolicyKey, ...] = (
               "hours a search request waits for a decision before it expires (its held probe destroyed)"),
     PolicyKey("rate_limit", 600, _whole(1, 1_000_000, 600),
               "requests a minute each API key of the service may make (a key's own `--rate-limit` overrides it)"),
+    PolicyKey("idempotency_ttl_hours", 24, _whole(1, 8760, 24),
+              "hours the service keeps the answer to a call made with an Idempotency-Key, for its retries (then erased)"),
 )
 _KEYS = {key.name: key for key in POLICY}
 

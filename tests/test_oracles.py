@@ -233,3 +233,135 @@ def test_failed_authentication_is_rate_limited_per_client_address(http: Http, mo
     _problem(refused, 429, "RateLimitError")  # this address waits, even with a good key
     signin = http.client.post("/v1/session", json={"key": f"cm_{'2' * 16}_{'z' * 43}"})
     _problem(signin, 429, "RateLimitError")  # the console's sign-in counts too
+
+
+# -- item 7: idempotent answers are keyed, expire, go with their subject, and have one winner --
+
+
+@pytest.fixture
+def clocked(tmp_path: Path) -> Iterator[tuple[Http, list[Any]]]:
+    from datetime import datetime, timezone
+
+    now = [datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)]
+    with Gallery(tmp_path / "clocked.db", encoder=FakeEncoder(), clock=lambda: now[0]) as gallery:
+        keys = {"enroller": gallery.create_api_key("enroller-1", roles=["enroller"]).key,
+                "admin": gallery.create_api_key("admin-1", roles=["admin"]).key}
+        with TestClient(create_app(gallery)) as client:
+            yield Http(client, gallery, keys), now
+
+
+def _rows(path: Path) -> list[tuple[Any, ...]]:
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT owner, key, fingerprint, status, body, created_at FROM idempotency").fetchall()
+    finally:
+        conn.close()
+
+
+def _grant(http: Http, key: str, subject: str, reference: str, **extra: Any) -> Any:
+    body = {"subject": subject, "reference": reference, "purposes": [PURPOSE], **extra}
+    return http.post("enroller", "/v1/consents", json=body, headers={"Idempotency-Key": key})
+
+
+def test_the_stored_fingerprint_is_keyed_not_a_hash_of_the_body(clocked: tuple[Http, list[Any]]) -> None:
+    import hashlib
+
+    http, _ = clocked
+    assert _grant(http, "k-1", "rita", "FORM-1", email="rita@example.org").status_code == 201
+    ((_, _, fingerprint, status, body, _),) = _rows(http.gallery.path)
+    assert status == 201 and '"rita"' in body
+    # the old fingerprint: a SHA-256 of the request, which anyone can recompute to test a guessed e-mail
+    from consentmatch.service.app import ConsentIn
+
+    guess = ConsentIn(subject="rita", reference="FORM-1", purposes=[PURPOSE], email="rita@example.org")
+    assert fingerprint != hashlib.sha256(b"consent#" + guess.model_dump_json().encode()).hexdigest()
+    assert len(fingerprint) == 64
+    again = _grant(http, "k-1", "rita", "FORM-1", email="rita@example.org")
+    assert again.status_code == 201 and again.json() == _grant(http, "k-1", "rita", "FORM-1",
+                                                               email="rita@example.org").json()
+    _problem(_grant(http, "k-1", "rita", "FORM-1", email="other@example.org"), 422, "InvalidArgumentError")
+
+
+def test_stored_answers_expire_after_the_policy_ttl(clocked: tuple[Http, list[Any]]) -> None:
+    from datetime import timedelta
+
+    http, now = clocked
+    assert http.gallery.policy()["idempotency_ttl_hours"] == 24
+    assert _grant(http, "k-1", "rita", "FORM-1").status_code == 201
+    now[0] += timedelta(hours=25)
+    assert _grant(http, "k-2", "sam", "FORM-2").status_code == 201
+    assert [row[1] for row in _rows(http.gallery.path)] == ["k-2"]  # erased, not only ignored
+    # past its TTL the key is free again: a new request under it runs
+    assert _grant(http, "k-1", "tom", "FORM-3").status_code == 201
+
+
+def test_forget_and_revoke_erase_the_stored_answers_of_their_subject(
+    clocked: tuple[Http, list[Any]], tmp_path: Path
+) -> None:
+    http, _ = clocked
+    assert _grant(http, "k-rita", "rita", "FORM-1").status_code == 201
+    assert _grant(http, "k-sam", "sam", "FORM-2").status_code == 201
+    photo = fake_photo(tmp_path, "sam.png", (30, 0))
+    enrolled = http.post("enroller", "/v1/subjects/sam/photos", files=[("photos", ("sam.png", photo.read_bytes()))],
+                         data={"consent_ref": "FORM-2"}, headers={"Idempotency-Key": "k-sam-photo"})
+    assert enrolled.status_code == 201, enrolled.text
+    assert _grant(http, "k-uma", "uma", "FORM-3").status_code == 201
+    revoked = http.client.delete("/v1/consents/FORM-1", headers={"Authorization": f"Bearer {http.keys['enroller']}"})
+    assert revoked.status_code == 200, revoked.text
+    assert sorted(row[1] for row in _rows(http.gallery.path)) == ["k-sam", "k-sam-photo", "k-uma"]
+    forgot = http.client.delete("/v1/subjects/sam", headers={"Authorization": f"Bearer {http.keys['enroller']}"})
+    assert forgot.status_code == 200, forgot.text
+    assert [row[1] for row in _rows(http.gallery.path)] == ["k-uma"]
+    assert all("sam" not in row[4] and "rita" not in row[4] for row in _rows(http.gallery.path))
+
+
+@pytest.fixture
+def store_http(gallery_location: str) -> Iterator[Http]:
+    with Gallery(gallery_location, encoder=FakeEncoder()) as gallery:
+        gallery.grant_consent("seed", Consent("SEED", [PURPOSE]))
+        keys = {"enroller": gallery.create_api_key("enroller-1", roles=["enroller"]).key}
+        with TestClient(create_app(gallery)) as client:
+            yield Http(client, gallery, keys)
+
+
+def test_one_idempotency_key_has_one_winner_under_concurrency(store_http: Http) -> None:
+    import threading
+
+    http = store_http
+    gallery = http.gallery
+    started, finish = threading.Event(), threading.Event()
+    grant = gallery.grant_consent
+
+    def slow_grant(subject: str, consent: Consent, **kw: Any) -> Any:
+        if subject == "first":
+            started.set()
+            finish.wait(10)  # the second call arrives while the first is at work
+        return grant(subject, consent, **kw)
+
+    gallery.grant_consent = slow_grant  # type: ignore[method-assign]
+    answers: dict[str, Any] = {}
+    first = threading.Thread(target=lambda: answers.setdefault("first", _grant(http, "k-1", "first", "FORM-1")))
+    first.start()
+    assert started.wait(10)
+    # the retries come to another service process on the same gallery (another machine, for PostgreSQL)
+    with Gallery(gallery.location, encoder=FakeEncoder()) as other, TestClient(create_app(other)) as client:
+        node = Http(client, other, http.keys)
+        answers["second"] = _grant(node, "k-1", "second", "FORM-2")  # same key, another body
+        answers["same"] = _grant(node, "k-1", "first", "FORM-1")  # same key and body, still running
+    finish.set()
+    first.join(10)
+    assert answers["first"].status_code == 201
+    assert "different request" in _problem(answers["second"], 422, "InvalidArgumentError")["detail"]
+    assert "still running" in _problem(answers["same"], 422, "InvalidArgumentError")["detail"]
+    assert sorted(c.subject for c in gallery.consents()) == ["first", "seed"]  # only the winner took effect
+    retry = _grant(http, "k-1", "first", "FORM-1")
+    assert retry.status_code == 201 and retry.json() == answers["first"].json()
+
+
+def test_a_failed_call_frees_its_idempotency_key(clocked: tuple[Http, list[Any]]) -> None:
+    http, _ = clocked
+    _problem(_grant(http, "k-1", "rita", "FORM-1", expires="2000-01-01"), 409, "ConsentError")  # expired
+    assert _rows(http.gallery.path) == []  # nothing kept: a corrected retry may use the key
+    assert _grant(http, "k-1", "rita", "FORM-1").status_code == 201
