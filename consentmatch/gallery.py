@@ -385,13 +385,17 @@ class Gallery:
         """Revoke an API key at once (audited). False if no active key has this name."""
         return access.revoke_api_key(self._ctx, name, actor)
 
-    def authenticate(self, key: str | None) -> ApiKeyInfo:
+    def authenticate(self, key: str | None, *, before_check: Callable[[], None] | None = None) -> ApiKeyInfo:
         """The active API key `key` is, for the service to check roles against.
+
+        Args:
+            before_check: called just before the secret's scrypt (not for a key already checked
+                in this process): the service's limit on failed attempts raises there.
 
         Raises:
             AuthenticationError: no key, or an unknown, revoked or expired one.
         """
-        return access.authenticate(self._ctx, key)
+        return access.authenticate(self._ctx, key, before_check)
 
     def request_match(
         self, photo: PhotoInput, *, purpose: str, case_ref: str, reason: str, tolerance: float | None = None,

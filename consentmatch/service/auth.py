@@ -119,12 +119,12 @@ def bearer(request: Request) -> str | None:
 
 
 def authenticated(request: Request, gallery: Gallery, limiter: RateLimiter, presented: str | None) -> ApiKeyInfo:
-    """`Gallery.authenticate`, unless the key id or the client address failed too often (429,
-    before any scrypt); a failure is counted against both."""
+    """`Gallery.authenticate`, unless the key id or the client address failed too often: then 429
+    instead of a scrypt (a key already checked in this process needs none and passes). A
+    failure is counted against both."""
     public_id, address = key_id(presented), request.client.host if request.client else "unknown"
-    limiter.check_failures(public_id, address)
     try:
-        return gallery.authenticate(presented)
+        return gallery.authenticate(presented, before_check=lambda: limiter.check_failures(public_id, address))
     except AuthenticationError:
         limiter.failed(public_id, address)
         raise

@@ -97,11 +97,13 @@ def key_id(presented: str | None) -> str | None:
     return None if found is None else found.group(1)
 
 
-def authenticate(ctx: Context, presented: str | None) -> ApiKeyInfo:
+def authenticate(ctx: Context, presented: str | None, before_check: Callable[[], None] | None = None) -> ApiKeyInfo:
     """The active key a request presents, or AuthenticationError (one message for every failure,
     so a caller learns nothing about which keys exist). The scrypt check runs once per key and
     process; a wrong secret and an unknown id cost one scrypt each time, alike, so neither the
-    answer nor its time tells which ids exist. Revocation and expiry are read on every call."""
+    answer nor its time tells which ids exist. Revocation and expiry are read on every call.
+    `before_check` runs just before a scrypt (the service's limit on failed attempts: a key
+    already checked in this process is never held up by it)."""
     refused = AuthenticationError("No valid API key: send 'Authorization: Bearer <key>' with a key from "
                                   "`consentmatch apikey create` that is neither revoked nor expired.")
     found = _KEY.fullmatch(presented or "")
@@ -113,6 +115,8 @@ def authenticate(ctx: Context, presented: str | None) -> ApiKeyInfo:
     info, stored = row if row is not None else (None, _DUMMY)
     digest = hashlib.sha256(f"{stored}#{presented}".encode()).hexdigest()
     if info is None or digest not in ctx.verified_keys:
+        if before_check is not None:
+            before_check()
         _, salt, expected = stored.split("$")
         if not hmac.compare_digest(_hash(secret, bytes.fromhex(salt)).hex(), expected) or info is None:
             raise refused
