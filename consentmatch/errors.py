@@ -10,7 +10,7 @@
     ├── ConsentError              no consent, or one that is expired or does not cover the purpose
     │   └── UnknownReferenceError no consent has the reference given
     ├── SubjectNotFoundError      the subject is not enrolled
-    │   └── NoActiveEnrollmentError   verify: not enrolled or no consent for the purpose (also a ConsentError)
+    │   └── NoActiveEnrollmentError   not enrolled or no consent for the purpose (audited; verify answers a non-match)
     ├── GalleryNotFoundError      reading a gallery file that does not exist
     ├── ManifestError             an import manifest or evaluation pairs file that cannot be read as a whole
     ├── PolicyError               the gallery's policy forbids the call (e.g. a photo taken in an excluded region)
@@ -114,8 +114,9 @@ class SubjectNotFoundError(ConsentMatchError):
 
 
 class NoActiveEnrollmentError(ConsentError, SubjectNotFoundError):
-    """verify's one answer for a subject not enrolled and for one without an active consent for
-    the purpose: telling them apart would tell whoever asks who is enrolled."""
+    """A subject not enrolled, or without an active consent for the purpose: what the audit trail
+    records of such a verify, whose caller gets a non-match (telling them apart would tell
+    whoever asks who is enrolled). Kept for the handlers written when verify raised it."""
 
 
 class GalleryNotFoundError(ConsentMatchError):

@@ -8,7 +8,7 @@ cache that follows the store's commits (`search/cache.py`).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -234,13 +234,14 @@ class Gallery:
         self, subject: str, photo: PhotoInput, *, purpose: str | None = None, tolerance: float | None = None,
         min_face_px: int = PROBE_MIN_FACE_PX, actor: str | None = None,
     ) -> Verification:
-        """1:1: is the one face in the probe this subject? The distance is to their nearest template
-        (rounded as in `match`); no liveness check. Not enrolled, no templates or no consent for
-        `purpose` get one and the same answer; every refusal is audited under the subject named.
+        """1:1: is the one face in the probe this subject? The distance is to their nearest template,
+        given within the tolerance only (None beyond it); no liveness check. Not enrolled, no
+        templates or no consent for `purpose` get the answer of a non-match, after the same photo
+        work, so the answer never tells who is enrolled; the audit trail records it as refused
+        (NoActiveEnrollmentError) under the subject named.
 
         Raises:
-            NoActiveEnrollmentError: not enrolled, or no active consent for `purpose` (both a
-                ConsentError and a SubjectNotFoundError, as each case raised before).
+            InvalidArgumentError: a tolerance over the policy's `max_tolerance`.
             ImageError, NoFaceError, MultipleFacesError: the probe must hold exactly one face.
             TamperingError: the subject, its consents or templates were edited outside consentmatch.
         """
@@ -384,13 +385,17 @@ class Gallery:
         """Revoke an API key at once (audited). False if no active key has this name."""
         return access.revoke_api_key(self._ctx, name, actor)
 
-    def authenticate(self, key: str | None) -> ApiKeyInfo:
+    def authenticate(self, key: str | None, *, before_check: Callable[[], None] | None = None) -> ApiKeyInfo:
         """The active API key `key` is, for the service to check roles against.
+
+        Args:
+            before_check: called just before the secret's scrypt (not for a key already checked
+                in this process): the service's limit on failed attempts raises there.
 
         Raises:
             AuthenticationError: no key, or an unknown, revoked or expired one.
         """
-        return access.authenticate(self._ctx, key)
+        return access.authenticate(self._ctx, key, before_check)
 
     def request_match(
         self, photo: PhotoInput, *, purpose: str, case_ref: str, reason: str, tolerance: float | None = None,
@@ -448,8 +453,21 @@ class Gallery:
         """Deny a pending request; its probe is destroyed, no search runs."""
         return approvals.decide(self._ctx, request_id, approve=False, reason=reason, approver=actor)
 
+    def answer_once(
+        self, owner: str, key: str, fingerprint: str, run: Callable[[], tuple[int, str]]
+    ) -> tuple[int, str]:
+        """The service's call made with an Idempotency-Key: `run` (status, body) once, under a hold
+        on the key in the store; a retry of the same request gets the first answer (see
+        `services/access.answer_once`).
+
+        Raises:
+            InvalidArgumentError: the key was used for another request, or its call still runs.
+        """
+        return access.answer_once(self._ctx, owner, key, fingerprint, run)
+
     def recall_answer(self, owner: str, key: str) -> tuple[str, int, str] | None:
-        """The service's first answer to a call retried with the same Idempotency-Key, if kept."""
+        """The service's first answer to a call retried with the same Idempotency-Key, if kept
+        (its request fingerprint as stored: keyed)."""
         return access.recall(self._ctx, owner, key)
 
     def keep_answer(self, owner: str, key: str, fingerprint: str, status: int, body: str) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "QUALITY_SETTINGS",
     "PolicyKey",
     "check_min_face",
+    "check_policy_tolerance",
     "check_policy_top_k",
     "check_tolerance",
     "check_top_k",
@@ -80,6 +81,19 @@ def check_policy_top_k(top_k: int, policy: dict[str, Any]) -> int:
     return top_k
 
 
+def check_policy_tolerance(tolerance: float, policy: dict[str, Any]) -> float:
+    """Raises InvalidArgumentError when tolerance is over the policy's `max_tolerance` (null: its
+    `tolerance`): a loose tolerance turns off the rounding of near misses and names strangers."""
+    limit = float(policy["max_tolerance"] if policy["max_tolerance"] is not None else policy["tolerance"])
+    if tolerance > limit:
+        raise InvalidArgumentError(
+            f"Tolerance {tolerance:g} is over this gallery's limit of {limit:g} (policy max_tolerance): a looser "
+            f"tolerance names strangers; use at most {limit:g}, or raise the limit "
+            "(`consentmatch policy set max_tolerance T`)."
+        )
+    return tolerance
+
+
 def check_min_face(min_face_px: int) -> int:
     """Raises InvalidArgumentError unless 1 <= min_face_px <= 10000."""
     if not (isinstance(min_face_px, int) and 1 <= min_face_px <= 10_000):
@@ -120,6 +134,12 @@ def _number(key: str, value: Any) -> float:
 
 def _distance(key: str, value: Any) -> float:
     return check_tolerance(_number(key, value))
+
+
+def _cap(key: str, value: Any) -> float | None:
+    if value is None or str(value).strip().lower() in ("null", "none", ""):
+        return None
+    return _distance(key, value)
 
 
 def _margin(key: str, value: Any) -> float:
@@ -171,6 +191,8 @@ POLICY: tuple[PolicyKey, ...] = (
               "ISO 3166 codes (e.g. US-IL) where enrollment photos may not have been taken, by EXIF GPS"),
     PolicyKey("tolerance", DEFAULT_TOLERANCE, _distance,
               "the default tolerance of match and verify: the largest distance counted as the same person"),
+    PolicyKey("max_tolerance", None, _cap,
+              "the largest tolerance a search may pass: looser ones are refused (null: the policy's `tolerance`)"),
     PolicyKey("ambiguity_margin", 0.0, _margin,
               "two best subjects closer than this are \"ambiguous\" and no identity is given (0: off)"),
     PolicyKey("duplicate_tolerance", DEFAULT_DUPLICATE_TOLERANCE, _distance,
@@ -187,6 +209,8 @@ POLICY: tuple[PolicyKey, ...] = (
               "hours a search request waits for a decision before it expires (its held probe destroyed)"),
     PolicyKey("rate_limit", 600, _whole(1, 1_000_000, 600),
               "requests a minute each API key of the service may make (a key's own `--rate-limit` overrides it)"),
+    PolicyKey("idempotency_ttl_hours", 24, _whole(1, 8760, 24),
+              "hours the service keeps the answer to a call made with an Idempotency-Key, for its retries (then erased)"),
 )
 _KEYS = {key.name: key for key in POLICY}
 

@@ -129,7 +129,7 @@ class Verification:
     subject: str
     image: str
     match: bool
-    distance: float
+    distance: float | None  # None beyond the tolerance: a non-match and an unknown name are one answer
     tolerance: float
     box: Box
     at: datetime | None = None  # evidence, as in MatchResult
@@ -142,7 +142,7 @@ class Verification:
             "subject": self.subject,
             "image": self.image,
             "match": self.match,
-            "distance": round(self.distance, 6),
+            "distance": None if self.distance is None else round(self.distance, 6),
             "tolerance": self.tolerance,
             "error": None,
             "at": _iso(self.at),

@@ -62,7 +62,8 @@ def test_cli_mirrors_the_gallery_verbs() -> None:
     # audit --verify; match PHOTO... calls match_many (match is its one-photo form); close is the context manager's;
     # match/verify --case-ref file requests; the rest serve the HTTP service (authenticate, a held probe, idempotency)
     assert public - set(VERBS.values()) == {"close", "verify_audit", "match_many", "request_match", "request_verify",
-                                            "authenticate", "request_probe", "recall_answer", "keep_answer"}
+                                            "authenticate", "request_probe", "recall_answer", "keep_answer",
+                                            "answer_once"}
 
 
 def test_import_is_light_and_side_effect_free() -> None:

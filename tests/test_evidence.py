@@ -94,9 +94,10 @@ def test_match_records_every_subject_shown(two_people: Gallery, tmp_path: Path) 
 
 def test_failed_verify_is_recorded_under_the_subject_with_its_distance(two_people: Gallery, tmp_path: Path) -> None:
     result = two_people.verify("ann", fake_photo(tmp_path, "bob2.png", (20, 2)), purpose=PURPOSE)
-    assert not result.match
+    assert not result.match and result.distance is None  # issue 24: the caller gets no near-miss measure
     (event,) = two_people.audit("ann", action="verify")
-    assert event.details["shown"] == [{"subject": "ann", "distance": round(result.distance, 2)}]
+    (shown,) = event.details["shown"]  # the auditor does
+    assert shown["subject"] == "ann" and shown["distance"] == round(shown["distance"], 2) > 0.6
 
 
 def test_audit_filters(two_people: Gallery, tmp_path: Path) -> None:

@@ -120,7 +120,7 @@ def test_verify_real_photos(real_gallery: Gallery) -> None:
     same = real_gallery.verify("obama", EXAMPLES / "probes" / "obama1.jpg", purpose=PURPOSE)
     other = real_gallery.verify("biden", EXAMPLES / "probes" / "obama1.jpg", purpose=PURPOSE)
     assert same.match and same.distance < 0.6
-    assert not other.match and other.distance > 0.6
+    assert not other.match and other.distance is None  # beyond the tolerance: no measure (issue 24)
 
 
 def test_an_80px_face_is_found_in_a_big_photo(real_gallery: Gallery) -> None:

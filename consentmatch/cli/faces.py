@@ -319,9 +319,10 @@ def verify(
 ) -> None:
     """1:1: is the one face in the photo this subject? (e.g. before a large transfer)
 
-    Exit 0 with match true or false; exit 1 when the check could not be made (no active
-    enrollment of the subject for the purpose, one answer whether or not they are enrolled;
-    no face or several faces). Refusals are recorded in the audit trail.
+    Exit 0 with match true or false: a subject without an active enrollment for the purpose
+    gets the answer of a non-match, so verify tells nobody who is enrolled (the audit trail
+    records which it was); exit 1 when the check could not be made (no face or several faces).
+    Refusals are recorded in the audit trail.
     Not authentication on its own: there is no liveness check. A purpose that needs approval
     takes --case-ref and --reason and files a request instead (`consentmatch request`).
 
@@ -348,11 +349,9 @@ def verify(
         print_json(result.to_dict())
     else:
         verdict = "[green]MATCH[/green]" if result.match else "[red]NO MATCH[/red]"
-        sign = "<=" if result.match else ">"
-        out.print(
-            f"{verdict}: '{_shown(result.image)}' vs '{_shown(result.subject)}': distance {result.distance:.3f} "
-            f"{sign} tolerance {result.tolerance:.2f}"
-        )
+        measure = f"distance {result.distance:.3f} <=" if result.distance is not None else "beyond the"
+        out.print(f"{verdict}: '{_shown(result.image)}' vs '{_shown(result.subject)}': {measure} "
+                  f"tolerance {result.tolerance:.2f}")
 
 
 def _given(value: str | None, option: str) -> str:

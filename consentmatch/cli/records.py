@@ -249,7 +249,8 @@ def _print_policy(policy: dict[str, Any], as_json: bool) -> None:
         print_json(policy)
         return
     for key, value in policy.items():
-        shown = ",".join(value) if isinstance(value, list) else str(value).lower() if isinstance(value, bool) else value
+        shown = (",".join(value) if isinstance(value, list) else str(value).lower() if isinstance(value, bool)
+                 else "null" if value is None else value)
         out.print(f"{_shown(key)} = {_shown(shown) if shown != '' else '(none)'}")
 
 

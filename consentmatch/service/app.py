@@ -224,15 +224,13 @@ def create_app(gallery: Gallery) -> FastAPI:
         if key is None:
             return run()
         key = check_text(key, "Idempotency-Key")
-        kept = gallery.recall_answer(caller.name, key)
-        if kept is not None:
-            if kept[0] != fingerprint:
-                raise InvalidArgumentError("This Idempotency-Key was used for a different request: use a new key "
-                                           "for each new request.")
-            return Response(kept[2], status_code=kept[1], media_type="application/json", headers=_NO_STORE)
-        answer = run()
-        gallery.keep_answer(caller.name, key, fingerprint, answer.status_code, bytes(answer.body).decode())
-        return answer
+
+        def answered() -> tuple[int, str]:
+            answer = run()
+            return answer.status_code, bytes(answer.body).decode()
+
+        status, body = gallery.answer_once(caller.name, key, fingerprint, answered)
+        return Response(body, status_code=status, media_type="application/json", headers=_NO_STORE)
 
     # -- no key
 

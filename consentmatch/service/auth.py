@@ -1,5 +1,5 @@
 """Who is calling: the bearer key checked by the gallery (or the console's session cookie,
-`sessions.py`), its role and purposes, its rate.
+`sessions.py`), its role and purposes, its rate; and the rate of failed attempts.
 
 A route names the roles it accepts (`Allow`); the key must hold one of them. The audit actor of
 every call is the key's name (`Caller.name`), never a header or field the caller chooses.
@@ -14,12 +14,19 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from ..errors import PermissionDeniedError, RateLimitError
+from ..errors import AuthenticationError, PermissionDeniedError, RateLimitError
 from ..gallery import Gallery
 from ..results import ApiKeyInfo
+from ..services.access import key_id
 from .sessions import Sessions
 
-__all__ = ["Caller", "RateLimiter", "bearer", "caller"]
+__all__ = ["FAILED_PER_ADDRESS", "FAILED_PER_KEY_ID", "Caller", "RateLimiter", "authenticated", "bearer", "caller"]
+
+#: Failed authentications a minute, per key id and per client address, before the service answers
+#: 429 without checking (so a guesser costs it no scrypt). Per service process, like the rates.
+FAILED_PER_KEY_ID = 10
+FAILED_PER_ADDRESS = 30
+_MAX_BUCKETS = 100_000  # past this many, full buckets are dropped: random ids must not grow memory without end
 
 
 @dataclass(frozen=True)
@@ -52,11 +59,45 @@ class Caller:
 
 
 class RateLimiter:
-    """A token bucket per key name, in this process: `per_minute` requests, refilled evenly."""
+    """A token bucket per key name, in this process: `per_minute` requests, refilled evenly; and
+    one per key id and per client address for failed authentications (`failed`, `check_failures`)."""
 
     def __init__(self) -> None:
         self._buckets: dict[str, tuple[float, float]] = {}
+        self._failures: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
+
+    def check_failures(self, public_id: str | None, address: str) -> None:
+        """RateLimitError when the key id or the address has failed too often of late."""
+        now = time.monotonic()
+        with self._lock:
+            for what, name, limit in self._failure_buckets(public_id, address):
+                tokens = self._refilled(self._failures, name, limit, now)
+                if tokens < 1:
+                    wait = math.ceil((1 - tokens) * 60 / limit)
+                    raise RateLimitError(f"Too many failed authentications {what}: retry in {wait} s with a valid "
+                                         "API key.", retry_after=wait)
+
+    def failed(self, public_id: str | None, address: str) -> None:
+        """Count a failed authentication against the key id (when well formed) and the address."""
+        now = time.monotonic()
+        with self._lock:
+            if len(self._failures) > _MAX_BUCKETS:
+                self._failures = {k: v for k, v in self._failures.items() if v[0] + (now - v[1]) < FAILED_PER_KEY_ID}
+            for _, name, limit in self._failure_buckets(public_id, address):
+                self._failures[name] = (self._refilled(self._failures, name, limit, now) - 1, now)
+
+    @staticmethod
+    def _failure_buckets(public_id: str | None, address: str) -> list[tuple[str, str, int]]:
+        buckets = [("from this address", f"address:{address}", FAILED_PER_ADDRESS)]
+        if public_id is not None:
+            buckets.append(("for this key id", f"id:{public_id}", FAILED_PER_KEY_ID))
+        return buckets
+
+    @staticmethod
+    def _refilled(buckets: dict[str, tuple[float, float]], name: str, limit: int, now: float) -> float:
+        tokens, then = buckets.get(name, (float(limit), now))
+        return min(float(limit), tokens + (now - then) * limit / 60)
 
     def take(self, name: str, per_minute: int) -> None:
         now = time.monotonic()
@@ -77,6 +118,18 @@ def bearer(request: Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+def authenticated(request: Request, gallery: Gallery, limiter: RateLimiter, presented: str | None) -> ApiKeyInfo:
+    """`Gallery.authenticate`, unless the key id or the client address failed too often: then 429
+    instead of a scrypt (a key already checked in this process needs none and passes). A
+    failure is counted against both."""
+    public_id, address = key_id(presented), request.client.host if request.client else "unknown"
+    try:
+        return gallery.authenticate(presented, before_check=lambda: limiter.check_failures(public_id, address))
+    except AuthenticationError:
+        limiter.failed(public_id, address)
+        raise
+
+
 def caller(request: Request, gallery: Gallery, limiter: RateLimiter) -> Caller:
     """Authenticate the request's key (AuthenticationError otherwise) and count it against its
     rate: its own, else the gallery policy's `rate_limit`. Without a bearer key, the console's
@@ -86,6 +139,6 @@ def caller(request: Request, gallery: Gallery, limiter: RateLimiter) -> Caller:
     if presented is None and isinstance(sessions, Sessions):
         key = sessions.authenticate(request, gallery)
     else:
-        key = gallery.authenticate(presented)
+        key = authenticated(request, gallery, limiter, presented)
     limiter.take(key.name, key.rate_limit or int(gallery.policy()["rate_limit"]))
     return Caller(key)

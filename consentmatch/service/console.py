@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import PermissionDeniedError
 from ..gallery import Gallery
-from .auth import RateLimiter, caller
+from .auth import RateLimiter, authenticated, caller
 from .sessions import SESSION_COOKIE, Sessions
 
 __all__ = ["CSP", "mount_console"]
@@ -79,7 +79,7 @@ def mount_console(app: FastAPI, gallery: Gallery, limiter: RateLimiter) -> None:
                  summary="Sign in: exchange an API key for a session cookie (the console)")
     def sign_in(request: Request, body: SignIn) -> Response:
         _same_origin(request)
-        key = gallery.authenticate(body.key)
+        key = authenticated(request, gallery, limiter, body.key)
         limiter.take(key.name, key.rate_limit or int(gallery.policy()["rate_limit"]))
         session_id, session = sessions.start(key)
         answer = JSONResponse({"key": key.to_dict(), **sessions.times(session), "csrf_token": session.csrf},

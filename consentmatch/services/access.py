@@ -12,15 +12,16 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 
 from ..consent import check_purpose
 from ..errors import AuthenticationError, InvalidArgumentError
 from ..results import ApiKeyInfo, NewApiKey
 from .context import Context, check_name
 
-__all__ = ["ROLES", "api_keys", "authenticate", "create_api_key", "recall", "remember", "revoke_api_key"]
+__all__ = ["ROLES", "answer_once", "api_keys", "authenticate", "create_api_key", "key_id", "recall", "remember",
+           "revoke_api_key"]
 
 #: What each role may do (README, "Service"): one key may hold several.
 ROLES = {
@@ -32,6 +33,8 @@ ROLES = {
 }
 _KEY = re.compile(r"cm_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}  # 16 MiB, ~50 ms: checked once per key per process (see `authenticate`)
+#: What an unknown key id is checked against: the same scrypt as a real one, so time tells no id apart.
+_DUMMY = f"scrypt${'00' * 16}${'00' * 32}"
 
 
 def _hash(secret: str, salt: bytes) -> bytes:
@@ -88,25 +91,34 @@ def revoke_api_key(ctx: Context, name: str, actor: str | None) -> bool:
     return revoked
 
 
-def authenticate(ctx: Context, presented: str | None) -> ApiKeyInfo:
+def key_id(presented: str | None) -> str | None:
+    """The public id of a presented key (what the service counts failed attempts by), if well formed."""
+    found = _KEY.fullmatch(presented or "")
+    return None if found is None else found.group(1)
+
+
+def authenticate(ctx: Context, presented: str | None, before_check: Callable[[], None] | None = None) -> ApiKeyInfo:
     """The active key a request presents, or AuthenticationError (one message for every failure,
     so a caller learns nothing about which keys exist). The scrypt check runs once per key and
-    process; revocation and expiry are read from the store on every call."""
+    process; a wrong secret and an unknown id cost one scrypt each time, alike, so neither the
+    answer nor its time tells which ids exist. Revocation and expiry are read on every call.
+    `before_check` runs just before a scrypt (the service's limit on failed attempts: a key
+    already checked in this process is never held up by it)."""
     refused = AuthenticationError("No valid API key: send 'Authorization: Bearer <key>' with a key from "
                                   "`consentmatch apikey create` that is neither revoked nor expired.")
     found = _KEY.fullmatch(presented or "")
     if found is None or not ctx.store.exists():
         raise refused
-    key_id, secret = found.groups()
+    public_id, secret = found.groups()
     with ctx.lock, ctx.store.read() as tx:
-        row = tx.api_key(key_id)
-    if row is None:
-        raise refused
-    info, stored = row
+        row = tx.api_key(public_id)
+    info, stored = row if row is not None else (None, _DUMMY)
     digest = hashlib.sha256(f"{stored}#{presented}".encode()).hexdigest()
-    if digest not in ctx.verified_keys:
+    if info is None or digest not in ctx.verified_keys:
+        if before_check is not None:
+            before_check()
         _, salt, expected = stored.split("$")
-        if not hmac.compare_digest(_hash(secret, bytes.fromhex(salt)).hex(), expected):
+        if not hmac.compare_digest(_hash(secret, bytes.fromhex(salt)).hex(), expected) or info is None:
             raise refused
         ctx.verified_keys.add(digest)
     if not info.active(ctx.now()):
@@ -114,15 +126,52 @@ def authenticate(ctx: Context, presented: str | None) -> ApiKeyInfo:
     return info
 
 
+def answer_once(ctx: Context, owner: str, key: str, digest: str, run: Callable[[], tuple[int, str]]) -> tuple[int, str]:
+    """A call made with an Idempotency-Key, answered once: the key is held in the store (one
+    write transaction, so of concurrent calls on any machine one wins) before `run` does the
+    work; its answer (status, body) is kept for the policy's `idempotency_ttl_hours` and given
+    to every retry of the same request. The request's digest is stored keyed (MAC key).
+
+    Raises:
+        InvalidArgumentError: the key was used for a different request, or its call is still
+            running. Whatever `run` raises (the key is freed again: nothing was kept).
+    """
+    now = ctx.now()
+    with ctx.lock, ctx.store.write(bump=False) as tx:
+        tx.expire_answers(now - timedelta(hours=int(tx.policy()["idempotency_ttl_hours"])))
+        fingerprint = tx.answer_fingerprint(digest)
+        kept = tx.recalled(owner, key)
+        if kept is None:
+            tx.remember(owner, key, fingerprint, 0, "", now)  # the hold: status 0 until answered
+    if kept is not None:
+        if not hmac.compare_digest(kept[0], fingerprint):
+            raise InvalidArgumentError("This Idempotency-Key was used for a different request: use a new key for each "
+                                       "new request.")
+        if kept[1] == 0:
+            raise InvalidArgumentError("The request with this Idempotency-Key is still running: retry it in a moment "
+                                       "for its answer.")
+        return kept[1], kept[2]
+    try:
+        status, body = run()
+    except BaseException:
+        with ctx.lock, ctx.store.write(bump=False) as tx:
+            tx.release_answer(owner, key)
+        raise
+    with ctx.lock, ctx.store.write(bump=False) as tx:
+        tx.remember(owner, key, fingerprint, status, body, now)
+    return status, body
+
+
 def recall(ctx: Context, owner: str, key: str) -> tuple[str, int, str] | None:
-    """The first answer to a call retried with the same Idempotency-Key: (request fingerprint, status, body)."""
+    """The answer kept for an Idempotency-Key: (keyed request fingerprint, status, body); status
+    0 while its call runs. See `answer_once`, which the service uses."""
     if not ctx.store.exists():
         return None
     with ctx.lock, ctx.store.read() as tx:
         return tx.recalled(owner, key)
 
 
-def remember(ctx: Context, owner: str, key: str, fingerprint: str, status: int, body: str) -> None:
-    """Keep a call's answer for its retries (the first one kept stays)."""
+def remember(ctx: Context, owner: str, key: str, digest: str, status: int, body: str) -> None:
+    """Keep a call's answer for its retries (the first one kept stays; the digest is stored keyed)."""
     with ctx.lock, ctx.store.write(bump=False) as tx:
-        tx.remember(owner, key, fingerprint, status, body, ctx.now())
+        tx.remember(owner, key, tx.answer_fingerprint(digest), status, body, ctx.now())

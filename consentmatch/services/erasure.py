@@ -46,6 +46,7 @@ def erase(
             key = tx.subject_key_id(subject_id)
             with tx.renewing(subject_id, strict=False):  # an erasure is never refused
                 consents = change(tx, subject_id, len(ids))
+            tx.erase_answers(name)  # the service's kept answers that name the subject go too
             # Index snapshots hold the templates too: their keys go with the subject's, at once.
             tx.shred([key, *sorted(ctx.store.keys.index_key_ids())])
         removed = ctx.cache.after_erasure()

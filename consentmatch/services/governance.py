@@ -31,7 +31,15 @@ def set_policy(ctx: Context, key: str, value: Any, actor: str | None) -> dict[st
     """Change one policy key (parsed as the CLI gives it) and audit the change; returns the new policy."""
     parsed = parse_policy_value(key, value)
     with ctx.lock, ctx.store.write(create=True) as tx:
-        old = tx.policy()[key]
+        policy = tx.policy()
+        old = policy[key]
+        new = {**policy, key: parsed}
+        if new["max_tolerance"] is not None and new["tolerance"] > new["max_tolerance"]:
+            # the default search must stay within the cap, or every search would be refused
+            raise InvalidArgumentError(
+                f"The policy's tolerance {new['tolerance']:g} would be over its max_tolerance "
+                f"{new['max_tolerance']:g}: change the one with the other (or set max_tolerance null)."
+            )
         tx.set_policy(key, parsed)
         tx.append_audit(at=ctx.now(), actor=ctx.who(actor), action="policy-set",
                         details={"key": key, "old": old, "new": parsed})

@@ -20,7 +20,7 @@ from ..consent import check_purpose
 from ..errors import (ApprovalRequiredError, FaceError, GalleryNotFoundError, ImageError, InvalidArgumentError,
                       NoActiveEnrollmentError)
 from ..images import PhotoInput, load_photo, photo_name
-from ..policy import check_min_face, check_policy_top_k, check_tolerance, check_top_k
+from ..policy import check_min_face, check_policy_tolerance, check_policy_top_k, check_tolerance, check_top_k
 from ..pool import pooled
 from ..quality import check_quality, single_face
 from ..results import Candidate, FaceMatch, MatchResult, Verification
@@ -135,33 +135,39 @@ def verify(
     actor: str | None, approved: bool = False,
 ) -> Verification:
     """1:1 against the subject's nearest template, exactly. A subject not enrolled, without templates
-    or without consent for `purpose` gets one and the same answer; every refusal is audited."""
+    or without consent for `purpose` gets the answer of a non-match (the same body, after the same
+    photo work), so verify tells nobody who is enrolled; the audit trail records which it was."""
     name, min_face_px = check_name(subject, "subject name"), check_min_face(min_face_px)
     label, tolerance, policy = search_terms(ctx, purpose, tolerance, approved=approved)
     with ctx.refusals("verify", name, label, actor):
-        with ctx.lock, ctx.store.read() as tx:  # consent first: no biometric work without it
+        with ctx.lock, ctx.store.read() as tx:  # consent first: no template is read without it
             subject_id = tx.subject_id(name)
             if subject_id is not None:
                 tx.check_subject(subject_id)  # its name and consents, as consentmatch wrote them
                 if not _enrolled_for(ctx, tx, subject_id, label):
                     subject_id = None
-        if subject_id is None:
-            raise _not_enrolled(name, label)
+        # The probe is read either way: a faceless photo or the time taken would tell otherwise.
         decoded = load_photo(photo)
         face = single_face(ctx.encoder.encode(decoded, min_face_px), decoded.name)
         if policy["quality"] != "off":
             check_quality(decoded, face, level=policy["quality"], for_enrollment=False)
-        with ctx.lock, ctx.store.read() as tx:  # by id: a namesake enrolled meanwhile is someone else
-            _, templates = tx.subject_templates(subject_id)
-        if not len(templates):
-            raise _not_enrolled(name, label)
-    distance = float(np.linalg.norm(templates - face.encoding, axis=1).min())
-    match = distance <= tolerance
-    shown_distance = _shown(distance, tolerance)
-    seq, at = _record_search(ctx, "verify", label, actor, {subject_id: name} if match else {},
-                             {"subject": name, "match": match, "tolerance": tolerance}, subject=name,
-                             shown={name: shown_distance})
-    return Verification(subject=name, image=decoded.name, match=match, distance=shown_distance,
+        templates = np.empty((0, 128), dtype=np.float32)
+        if subject_id is not None:
+            with ctx.lock, ctx.store.read() as tx:  # by id: a namesake enrolled meanwhile is someone else
+                _, templates = tx.subject_templates(subject_id)
+    details: dict[str, Any] = {"subject": name, "match": False, "tolerance": tolerance}
+    if subject_id is None or not len(templates):
+        # for the auditor only: the refusal's record, as every refusal writes it
+        details.update(outcome="refused", error="NoActiveEnrollmentError", reason=str(_not_enrolled(name, label)))
+        match, shown = False, {}
+    else:
+        distance = float(np.linalg.norm(templates - face.encoding, axis=1).min())
+        match = distance <= tolerance
+        details["match"], shown = match, {name: _shown(distance, tolerance)}  # the auditor sees a near miss
+    matched = {subject_id: name} if match and subject_id is not None else {}
+    seq, at = _record_search(ctx, "verify", label, actor, matched, details, subject=name, shown=shown)
+    # Beyond the tolerance no distance is given: it would tell an enrolled name from an unknown one.
+    return Verification(subject=name, image=decoded.name, match=match, distance=shown[name] if match else None,
                         tolerance=tolerance, box=face.box, at=at, image_sha256=decoded.sha256, audit_event=seq,
                         model=_model(ctx))
 
@@ -173,7 +179,7 @@ def _enrolled_for(ctx: Context, tx: Transaction, subject_id: int, label: str | N
 
 
 def _not_enrolled(name: str, purpose: str | None) -> NoActiveEnrollmentError:
-    """verify's one answer for a subject not enrolled, without templates, or without consent."""
+    """The reason audited when verify finds no active enrollment (the caller sees a non-match)."""
     return NoActiveEnrollmentError(
         f"No active enrollment of '{name}' for purpose '{purpose or 'any'}': the subject is not enrolled, or has no "
         "active consent that lists this purpose; check the name and the purpose."
@@ -201,7 +207,8 @@ def search_terms(
             f"Searches for purpose '{label}' need a department's approval: file a request with a case reference and "
             "a reason (CLI: --case-ref C --reason R; HTTP: case_ref and reason), then an approver decides it."
         )
-    return label, check_tolerance(policy["tolerance"] if tolerance is None else tolerance), policy
+    checked = check_tolerance(policy["tolerance"] if tolerance is None else tolerance)
+    return label, check_policy_tolerance(checked, policy), policy
 
 
 def _record_search(

@@ -168,15 +168,41 @@ class AccessRows:
         self.conn.execute("UPDATE search_requests SET probe = NULL WHERE request_id = ?", (request_id,))
         return None if row is None or row[0] is None else str(row[0])
 
-    # -- idempotent calls
+    # -- idempotent calls (status 0: a call that holds its key and is still at work)
+
+    def answer_fingerprint(self, digest: str) -> str:
+        """A request's digest keyed by the gallery's MAC key, as stored: a copy of the gallery
+        gives no way to test a guess of what a request said (an e-mail, a name)."""
+        return self._mac(["idempotency", digest])
 
     def recalled(self, owner: str, key: str) -> tuple[str, int, str] | None:
-        """The remembered answer of a call: (fingerprint of its request, status, body)."""
+        """The remembered answer of a call: (keyed fingerprint of its request, status, body)."""
         row = self.conn.execute("SELECT fingerprint, status, body FROM idempotency WHERE owner = ? AND key = ?",
                                 (owner, key)).fetchone()
         return None if row is None else (str(row[0]), int(row[1]), str(row[2]))
 
     def remember(self, owner: str, key: str, fingerprint: str, status: int, body: str, now: datetime) -> None:
-        """Keep a call's answer for its retries (the first answer stays)."""
+        """Keep a call's answer for its retries: it fills the call's hold on the key (status 0),
+        else is stored anew; the first answer stays."""
+        self.conn.execute("UPDATE idempotency SET status = ?, body = ? WHERE owner = ? AND key = ? AND fingerprint = ? "
+                          "AND status = 0", (status, body, owner, key, fingerprint))
         self.conn.execute("INSERT OR IGNORE INTO idempotency (owner, key, fingerprint, status, body, created_at) "
                           "VALUES (?,?,?,?,?,?)", (owner, key, fingerprint, status, body, _ts(now)))
+
+    def release_answer(self, owner: str, key: str) -> None:
+        """Free a key whose call failed (its hold, status 0): a corrected retry may use it."""
+        self.conn.execute("DELETE FROM idempotency WHERE owner = ? AND key = ? AND status = 0", (owner, key))
+
+    def expire_answers(self, before: datetime) -> None:
+        """Erase the answers (and holds) kept since before `before`: the policy's TTL."""
+        self.conn.execute("DELETE FROM idempotency WHERE created_at < ?", (_ts(before),))
+
+    def erase_answers(self, subject: str) -> None:
+        """Erase the kept answers that concern a subject (their JSON names it): erasure leaves none."""
+        for owner, key, body in self.conn.execute("SELECT owner, key, body FROM idempotency").fetchall():
+            try:
+                named = json.loads(body).get("subject") if body else None
+            except (ValueError, AttributeError):
+                named = None
+            if named == subject:
+                self.conn.execute("DELETE FROM idempotency WHERE owner = ? AND key = ?", (owner, key))

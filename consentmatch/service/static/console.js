@@ -267,6 +267,8 @@ async function drawFaces(blob, faces) {
 }
 
 function distanceText(distance, tolerance) {
+  // verify gives no distance beyond the tolerance: a near miss would tell who is enrolled
+  if (distance === null) return `beyond the tolerance (${tolerance.toFixed(2)})`;
   return `distance ${distance.toFixed(2)} (tolerance ${tolerance.toFixed(2)})`;
 }
 
