@@ -36,12 +36,14 @@ from ..errors import EncryptionKeyError
 from ..files import KEY_FILE_MAX_BYTES, FileKind, read_file
 from ..settings import KeySource, Settings, key_source
 
-__all__ = ["INDEX_KEY_PREFIX", "MAC_KEY_ID", "KeyDb", "KeyRing"]
+__all__ = ["API_KEY_PREFIX", "INDEX_KEY_PREFIX", "MAC_KEY_ID", "KeyDb", "KeyRing"]
 
 INDEX_KEY_PREFIX = "index-"  # data keys of index snapshots, not of subjects
 MAC_KEY_PREFIX = "mac-"  # the gallery's MAC key: neither a subject's nor an index's, never shredded
 MAC_KEY_ID = MAC_KEY_PREFIX + "1"
 REQUEST_KEY_PREFIX = "request-"  # data keys of probes held for approval, shredded when decided
+API_KEY_PREFIX = "apikey-"  # one per live API key: revoking it shreds it, so an old row rolled back opens nothing
+_NOT_SUBJECTS = (INDEX_KEY_PREFIX, MAC_KEY_PREFIX, REQUEST_KEY_PREFIX, API_KEY_PREFIX)
 _CHECK = b"consentmatch gallery key check"
 
 
@@ -401,6 +403,38 @@ class KeyRing:
             self._deks[key_id] = dek
             return key_id
 
+    def new_api_key_mark(self, key_id: str) -> None:
+        """Store the mark of a new live API key (a data key nothing is sealed under): `revoke`
+        shreds it, so the key's row rolled back to before its revocation no longer counts as live."""
+        self.mark_api_keys([key_id])
+
+    def mark_api_keys(self, key_ids: list[str]) -> None:
+        """Store the marks of live API keys that have none yet (a gallery from before the marks)."""
+        with self._lock:
+            self._db()
+            with self._write() as conn:
+                assert self._kek is not None
+                kek = self._kek
+                rows = [(API_KEY_PREFIX + k, seal(kek, secrets.token_bytes(KEY_BYTES), (API_KEY_PREFIX + k).encode()))
+                        for k in key_ids]
+                conn.executemany("INSERT INTO deks (key_id, wrapped) VALUES (?, ?) ON CONFLICT (key_id) DO NOTHING", rows)
+
+    def api_key_live(self, key_id: str) -> bool:
+        """Whether an API key's mark exists (read from the key store each time, never cached: another
+        process may have revoked the key)."""
+        with self._lock:
+            row = self._db().execute("SELECT 1 FROM deks WHERE key_id = ?", (API_KEY_PREFIX + key_id,)).fetchone()
+            return row is not None
+
+    def api_keys_marked(self) -> bool:
+        """Whether the live API keys of this gallery were given their marks (`mark_api_keys`, once per key store)."""
+        with self._lock:
+            return self._db().execute("SELECT 1 FROM meta WHERE key = 'api_keys_marked'").fetchone() is not None
+
+    def set_api_keys_marked(self) -> None:
+        with self._lock:
+            self._db().execute(_INSERT_META, ("api_keys_marked", b"1"))
+
     def data_key(self, key_id: str) -> bytes | None:
         """The subject's data key, or None once shredded."""
         with self._lock:
@@ -452,7 +486,7 @@ class KeyRing:
         """The subjects' data key ids."""
         with self._lock:
             return {str(r[0]) for r in self._db().execute("SELECT key_id FROM deks")
-                    if not str(r[0]).startswith((INDEX_KEY_PREFIX, MAC_KEY_PREFIX, REQUEST_KEY_PREFIX))}
+                    if not str(r[0]).startswith(_NOT_SUBJECTS)}
 
     def index_key_ids(self) -> set[str]:
         """The index snapshots' data key ids (normally one, none after an erasure)."""
@@ -473,7 +507,7 @@ class KeyRing:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.executemany("DELETE FROM deks WHERE key_id = ?", [(k,) for k in key_ids])
-                if any(not k.startswith((INDEX_KEY_PREFIX, REQUEST_KEY_PREFIX)) for k in key_ids):
+                if any(not k.startswith(_NOT_SUBJECTS) for k in key_ids):
                     conn.execute(_UPSERT_META, ("shred_stamp", secrets.token_hex(16).encode()))
                 conn.execute("COMMIT")
             except BaseException:

@@ -65,6 +65,29 @@ class PgTransaction(SqliteTransaction):
             self.conn.execute("SELECT value FROM meta WHERE key = 'audit_head' FOR UPDATE")
         return super().append_audit(**event)
 
+    def change_mac(self, generation: int, template_id: int, added: bool, count: int) -> str:
+        """The MAC of a change-log row: its generation, template and direction, and how many rows
+        its generation logged (a row taken out of a generation fails the others' MACs)."""
+        return self._mac(["change", generation, template_id, added, count])
+
+    def forged_changes(self, after: int, upto: int) -> bool:
+        """Whether any change-log row of generations in (after, upto] fails its MAC."""
+        rows = self.conn.execute(
+            "SELECT generation, template_id, added, mac FROM template_changes WHERE generation > ? AND generation <= ?",
+            (after, upto),
+        ).fetchall()
+        counts: dict[int, int] = {}
+        for generation, *_ in rows:
+            counts[int(generation)] = counts.get(int(generation), 0) + 1
+        return any(not self._holds(["change", int(g), int(t), bool(a), counts[int(g)]], m) for g, t, a, m in rows)
+
+    def check_all(self) -> str | None:
+        """As on SQLite, then the template change log the nodes' indexes follow."""
+        problem = super().check_all()
+        if problem is None and self.forged_changes(-1, 2**62):
+            return "the template change log"
+        return problem
+
     def templates_by_id(self, template_ids: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
         """These templates, unsealed in memory (those gone or shredded left out): what another node
         added, for this node's index (`PgStore._catch_up`)."""

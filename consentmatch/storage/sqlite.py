@@ -136,6 +136,7 @@ class SqliteStore:
         created = self.keys.open(str(meta["gallery_id"]), created="keys" in meta, create=True)
         self._record_lost_rotation(conn)
         self.keys.mac_key()  # unwrapped (or created) now, under the key the open checked, not in a later write
+        tx.mark_api_keys()
         stamp = self.keys.shred_stamp()
         bound = self.keys.bound()
         if bound and not created and meta.get("keys_checked") == stamp:

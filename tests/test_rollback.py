@@ -1,0 +1,90 @@
+"""A writer of the database who lacks the keys rolls a row back or forges the change log (issue 24,
+item 10): a revoked API key brought back by restoring its old row (whose MAC was once true) is
+refused, and so is a forged `template_changes` row, on each store; `audit --verify` reports both."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import psycopg
+import pytest
+
+from consentmatch import Consent, Gallery, TamperingError
+from consentmatch.errors import AuthenticationError
+from consentmatch.storage import is_url
+
+from .conftest import PURPOSE, FakeEncoder, fake_photo
+
+
+def _sql(location: str, statement: str, parameters: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run one statement as someone with write access to the gallery's database, and no keys."""
+    if is_url(location):
+        with psycopg.connect(location, autocommit=True) as pg:
+            cursor = pg.execute(statement.replace("?", "%s"), parameters)
+            return list(cursor.fetchall()) if cursor.description else []
+    conn = sqlite3.connect(location, isolation_level=None)
+    try:
+        return conn.execute(statement, parameters).fetchall()
+    finally:
+        conn.close()
+
+
+def test_a_revoked_api_key_rolled_back_by_sql_is_refused(gallery_location: str, tmp_path: Any) -> None:
+    with Gallery(gallery_location, encoder=FakeEncoder()) as gallery:
+        gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], Consent("R1", [PURPOSE]))
+        desk = gallery.create_api_key("desk-1", roles=["operator"], purposes=[PURPOSE])
+        gallery.create_api_key("chief-1", roles=["approver"])
+        (before,) = _sql(gallery_location, "SELECT revoked_at, mac FROM api_keys WHERE name = 'desk-1'")
+        assert gallery.revoke_api_key("desk-1")
+    # The row as it was before the revocation: its MAC held then, and still does.
+    _sql(gallery_location, "UPDATE api_keys SET revoked_at = ?, mac = ? WHERE name = 'desk-1'", before)
+    with Gallery(gallery_location, encoder=FakeEncoder()) as gallery:
+        with pytest.raises((TamperingError, AuthenticationError)):
+            gallery.authenticate(desk.key)
+        check = gallery.verify_audit()
+        assert not check.intact and "the API key 'desk-1'" in (check.problem or "")
+
+
+def test_an_api_key_given_a_role_by_sql_is_reported(gallery_location: str, tmp_path: Any) -> None:
+    """A role added to a live key's row (the MAC covers every column) is reported by `audit --verify`."""
+    with Gallery(gallery_location, encoder=FakeEncoder()) as gallery:
+        gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], Consent("R1", [PURPOSE]))
+        gallery.create_api_key("desk-1", roles=["operator"], purposes=[PURPOSE])
+    _sql(gallery_location, "UPDATE api_keys SET roles = '[\"admin\"]' WHERE name = 'desk-1'")
+    with Gallery(gallery_location, encoder=FakeEncoder()) as gallery:
+        check = gallery.verify_audit()
+        assert not check.intact and "the API key 'desk-1'" in (check.problem or "")
+
+
+def test_revoked_and_live_keys_verify_intact(gallery_location: str, tmp_path: Any) -> None:
+    with Gallery(gallery_location, encoder=FakeEncoder()) as gallery:
+        gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], Consent("R1", [PURPOSE]))
+        desk = gallery.create_api_key("desk-1", roles=["operator"], purposes=[PURPOSE])
+        gallery.create_api_key("desk-2", roles=["operator"], purposes=[PURPOSE])
+        assert gallery.revoke_api_key("desk-2")
+    with Gallery(gallery_location, encoder=FakeEncoder()) as gallery:
+        assert gallery.authenticate(desk.key).name == "desk-1"
+        assert gallery.verify_audit().intact
+
+
+def test_a_forged_template_change_leaves_no_node_desynced(pg_url: str, tmp_path: Any) -> None:
+    """Node B follows node A's commits through the change log; a forged row saying alice's template
+    was deleted must not drop her from B's index, and `audit --verify` must say the log was forged."""
+    alice = fake_photo(tmp_path, "a.png", (10, 0))
+    bob = fake_photo(tmp_path, "b.png", (20, 0))
+    with Gallery(pg_url, encoder=FakeEncoder()) as node_a, Gallery(pg_url, encoder=FakeEncoder()) as node_b:
+        node_a.enroll("alice", [alice], Consent("R1", [PURPOSE]))
+        assert node_b.match(alice, purpose=PURPOSE).faces[0].subject == "alice"  # B's index built
+        node_a.enroll("bob", [bob], Consent("R2", [PURPOSE]))
+        assert node_b.match(bob, purpose=PURPOSE).faces[0].subject == "bob"  # B caught up from the log
+        (template_id,) = _sql(pg_url, "SELECT t.id FROM templates t JOIN subjects s ON s.id = t.subject_id "
+                                      "WHERE s.name = 'alice'")[0]
+        (generation,) = _sql(pg_url, "SELECT CAST(value AS bigint) + 1 FROM meta WHERE key = 'generation'")[0]
+        _sql(pg_url, "INSERT INTO template_changes (generation, template_id, added) VALUES (?, ?, false)",
+             (generation, template_id))
+        _sql(pg_url, "UPDATE meta SET value = ? WHERE key = 'generation'", (str(generation),))
+        faces = node_b.match(alice, purpose=PURPOSE).faces
+        assert faces and faces[0].subject == "alice"
+        check = node_b.verify_audit()
+        assert not check.intact and "change log" in (check.problem or "")
