@@ -102,7 +102,7 @@ def check_private(path: Path) -> None:
 class KeyDb(Protocol):
     """The data-key store's connection, as the key ring uses it: sqlite3's calls (`BEGIN IMMEDIATE`
     takes the store's write lock), qmark parameters, SQL that SQLite and PostgreSQL both speak.
-    An SQLite file by default; `storage/postgres_keys.py` adapts a PostgreSQL database to it."""
+    An SQLite file by default; a PostgreSQL gallery's keys database through `postgres_conn.PgConnection`."""
 
     @property
     def in_transaction(self) -> bool: ...
