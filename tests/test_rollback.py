@@ -4,6 +4,7 @@ refused, and so is a forged `template_changes` row, on each store; `audit --veri
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from typing import Any
 
@@ -12,7 +13,8 @@ import pytest
 
 from consentmatch import Consent, Gallery, TamperingError
 from consentmatch.errors import AuthenticationError
-from consentmatch.storage import is_url
+from consentmatch.settings import Settings
+from consentmatch.storage import Commit, KeyRing, is_url, open_store
 
 from .conftest import PURPOSE, FakeEncoder, fake_photo
 
@@ -88,3 +90,30 @@ def test_a_forged_template_change_leaves_no_node_desynced(pg_url: str, tmp_path:
         assert faces and faces[0].subject == "alice"
         check = node_b.verify_audit()
         assert not check.intact and "change log" in (check.problem or "")
+
+
+def test_a_backup_restored_after_an_erasure_stays_erased_and_the_listeners_hear_it(tmp_path: Any) -> None:
+    """The open drops the rows of a shredded key and tells the listeners, as PostgreSQL's open does
+    (SQLite's moved the generation silently before: an index then learned it only by being dropped)."""
+    path, backup = tmp_path / "g.db", tmp_path / "backup.db"
+    alice = fake_photo(tmp_path, "a.png", (10, 0))
+    with Gallery(path, encoder=FakeEncoder()) as gallery:
+        gallery.enroll("alice", [alice], Consent("R1", [PURPOSE]))
+        gallery.enroll("bob", [fake_photo(tmp_path, "b.png", (20, 0))], Consent("R2", [PURPOSE]))
+    (alice_template,) = _sql(str(path), "SELECT t.id FROM templates t JOIN subjects s ON s.id = t.subject_id "
+                                        "WHERE s.name = 'alice'")
+    shutil.copyfile(path, backup)
+    with Gallery(path, encoder=FakeEncoder()) as gallery:
+        gallery.forget("alice")
+    shutil.copyfile(backup, path)
+    store = open_store(path, KeyRing(), Settings.from_env())
+    commits: list[Commit] = []
+    store.on_commit(commits.append)
+    try:
+        with store.read() as tx:
+            assert tx.subject_id("alice") is not None and tx.template_count(tx.subject_id("alice") or 0) == 0
+    finally:
+        store.close()
+    assert [c.removed_ids.tolist() for c in commits] == [list(alice_template)]
+    with Gallery(path, encoder=FakeEncoder()) as gallery:
+        assert gallery.match(alice, purpose=PURPOSE).faces[0].subject is None
