@@ -28,6 +28,7 @@ from ..results import Box, ConsentRecord, SubjectInfo
 from ..retention import ConsentTerm, destroy_by
 from ..vision.types import DIMENSIONS
 from .base import Searchable, reference_taken, unknown_reference
+from .dialect import SQLITE, Dialect
 from .keyring import KeyRing
 from .sqlite_access import AccessRows
 from .sqlite_audit import AuditRows
@@ -48,6 +49,8 @@ def _dt(text: str | None) -> datetime | None:
 
 class SqliteTransaction(AccessRows, Integrity, AuditRows):
     """One transaction on a gallery file: a read snapshot, or a write that commits as a whole."""
+
+    dialect: Dialect = SQLITE
 
     def __init__(self, conn: sqlite3.Connection, store: SqliteStore) -> None:
         self.conn = conn
@@ -92,7 +95,10 @@ class SqliteTransaction(AccessRows, Integrity, AuditRows):
         stamp: once it commits, no row of these keys is left (see `_open_keys`).
         """
         self.keys.shred([k for k in key_ids if k])
-        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('keys_checked', ?)", (self.keys.shred_stamp(),))
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('keys_checked', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (self.keys.shred_stamp(),),
+        )
 
     def subject_key_id(self, subject_id: int) -> str | None:
         row = self.conn.execute("SELECT key_id FROM subjects WHERE id = ?", (subject_id,)).fetchone()
