@@ -10,20 +10,23 @@ templates another node added.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import TamperingError
 from .dialect import POSTGRES
-from .sqlite_rows import SqliteTransaction
-
-if TYPE_CHECKING:
-    from .postgres import PgStore
-    from .postgres_conn import PgConnection
+from .postgres_conn import PgConnection
+from .sqlite_rows import SqliteTransaction, StoreInfo
 
 __all__ = ["PgTransaction"]
+
+
+class PgStoreInfo(StoreInfo, Protocol):
+    """What a PostgreSQL transaction reads of its store: its location too (said in messages)."""
+
+    location: str
 
 
 class PgTransaction(SqliteTransaction):
@@ -31,7 +34,7 @@ class PgTransaction(SqliteTransaction):
 
     dialect = POSTGRES
 
-    def __init__(self, conn: PgConnection, store: PgStore) -> None:
+    def __init__(self, conn: PgConnection, store: PgStoreInfo) -> None:
         super().__init__(conn, store)  # type: ignore[arg-type]
         self.location = store.location
         self.bump = True  # whether the write moves the generation (PgStore._transaction)

@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -34,10 +34,16 @@ from .sqlite_access import AccessRows
 from .sqlite_audit import AuditRows
 from .sqlite_integrity import SUBJECT_FIELDS, Integrity, consent_content, subject_content
 
-if TYPE_CHECKING:
-    from .sqlite import SqliteStore
+__all__ = ["SqliteTransaction", "StoreInfo"]
 
-__all__ = ["SqliteTransaction"]
+
+class StoreInfo(Protocol):
+    """What a transaction reads of the store that opened it (a protocol, so that the rows never
+    import the store: the store imports the rows)."""
+
+    keys: KeyRing
+    path: Path
+    quality: str | None
 
 _EMBEDDING = np.dtype("<f4")
 _ts = audit.timestamp
@@ -52,7 +58,7 @@ class SqliteTransaction(AccessRows, Integrity, AuditRows):
 
     dialect: Dialect = SQLITE
 
-    def __init__(self, conn: sqlite3.Connection, store: SqliteStore) -> None:
+    def __init__(self, conn: sqlite3.Connection, store: StoreInfo) -> None:
         self.conn = conn
         self.keys: KeyRing = store.keys
         self.path: Path = store.path
