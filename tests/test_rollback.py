@@ -117,3 +117,23 @@ def test_a_backup_restored_after_an_erasure_stays_erased_and_the_listeners_hear_
     assert [c.removed_ids.tolist() for c in commits] == [list(alice_template)]
     with Gallery(path, encoder=FakeEncoder()) as gallery:
         assert gallery.match(alice, purpose=PURPOSE).faces[0].subject is None
+
+
+def test_live_keys_of_a_database_from_before_the_marks_still_open(pg_url: str, tmp_path: Any) -> None:
+    """A PostgreSQL gallery whose keys database holds no marks yet (written before them) gives its
+    live keys theirs at the first open, and only them (the SQLite case: tests/test_formats.py)."""
+    with Gallery(pg_url, encoder=FakeEncoder()) as gallery:
+        gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], Consent("R1", [PURPOSE]))
+        desk = gallery.create_api_key("desk-1", roles=["operator"], purposes=[PURPOSE])
+        old = gallery.create_api_key("old-1", roles=["operator"], purposes=[PURPOSE])
+        assert gallery.revoke_api_key("old-1")
+    database = pg_url.split("?")[0].rsplit("/", 1)[1]
+    keys_url = pg_url.replace(f"/{database}", f"/{database}_keys", 1)  # where PgStore keeps the data keys
+    _sql(keys_url, "DELETE FROM deks WHERE substr(key_id, 1, 7) = 'apikey-'")
+    _sql(keys_url, "DELETE FROM meta WHERE key = 'api_keys_marked'")
+    with Gallery(pg_url, encoder=FakeEncoder()) as gallery:
+        assert gallery.authenticate(desk.key).name == "desk-1"
+        with pytest.raises(AuthenticationError):
+            gallery.authenticate(old.key)
+        assert gallery.verify_audit().intact
+    assert _sql(keys_url, "SELECT count(*) FROM deks WHERE substr(key_id, 1, 7) = 'apikey-'") == [(1,)]
