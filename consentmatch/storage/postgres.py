@@ -244,11 +244,7 @@ class PgStore:
             if event is not None:
                 tx.record_rotation(event)
             for subject_id in shredded:
-                with tx.renewing(subject_id, strict=False):
-                    tx.removed.extend(int(r[0]) for r in tx.conn.execute("SELECT id FROM templates WHERE subject_id = ?", (subject_id,)))
-                    tx.conn.execute("DELETE FROM templates WHERE subject_id = ?", (subject_id,))
-                    tx.conn.execute("UPDATE subjects SET key_id = NULL WHERE id = ?", (subject_id,))
-                    tx._revoke_erased(subject_id)
+                tx.removed.extend(tx.drop_shredded(subject_id))
             tx.bump = bool(tx.removed)
         if event is not None:
             self.keys.rotation_recorded(event)

@@ -164,11 +164,7 @@ class SqliteStore:
                 conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('keys', 'created')")
             binding = not bound and not self.keys.bound()  # another process may have bound it meanwhile
             for subject_id, _ in shredded:  # e.g. a backup restored after an erasure: those rows stay dead
-                with contextlib.nullcontext() if binding else tx.renewing(subject_id, strict=False):
-                    removed.extend(int(r[0]) for r in conn.execute("SELECT id FROM templates WHERE subject_id = ?", (subject_id,)))
-                    conn.execute("DELETE FROM templates WHERE subject_id = ?", (subject_id,))
-                    conn.execute("UPDATE subjects SET key_id = NULL WHERE id = ?", (subject_id,))
-                    tx._revoke_erased(subject_id)
+                removed.extend(tx.drop_shredded(subject_id, renew=not binding))
             resealed = self._bind(conn) if binding else 0
             if shredded or resealed:
                 conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")

@@ -8,6 +8,7 @@ adds and deletes, so the store can tell the index after the commit (`Commit`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import sqlite3
@@ -68,6 +69,18 @@ class SqliteTransaction(AccessRows, Integrity, AuditRows):
         self._policy: dict[str, Any] | None = None  # as `policy()` read it in this transaction
 
     # -- subjects, consents, templates ------------------------------------------------------------
+
+    def drop_shredded(self, subject_id: int, *, renew: bool = True) -> list[int]:
+        """Delete the templates of a subject whose data key was shredded (a backup restored after
+        its erasure: the erasure wins) and revoke its consents; returns the template ids deleted.
+        The stores' open runs it, each in its own transaction. `renew`: renew the MACs of rows
+        that held theirs (not while binding a gallery of an older schema: the binding MACs all)."""
+        with self.renewing(subject_id, strict=False) if renew else contextlib.nullcontext():
+            ids = [int(r[0]) for r in self.conn.execute("SELECT id FROM templates WHERE subject_id = ?", (subject_id,))]
+            self.conn.execute("DELETE FROM templates WHERE subject_id = ?", (subject_id,))
+            self.conn.execute("UPDATE subjects SET key_id = NULL WHERE id = ?", (subject_id,))
+            self._revoke_erased(subject_id)
+        return ids
 
     def _revoke_erased(self, subject_id: int) -> None:
         """Revoke (audited) the consents of a subject whose data key was shredded: the erasure wins
