@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
@@ -137,3 +138,39 @@ def test_live_keys_of_a_database_from_before_the_marks_still_open(pg_url: str, t
             gallery.authenticate(old.key)
         assert gallery.verify_audit().intact
     assert _sql(keys_url, "SELECT count(*) FROM deks WHERE substr(key_id, 1, 7) = 'apikey-'") == [(1,)]
+
+
+def test_rows_restored_after_an_erasure_stay_erased_on_postgresql(pg_url: str, tmp_path: Any) -> None:
+    """A database restored (here: alice's rows and the erasure stamp put back by SQL) after her
+    erasure: the next open drops her templates again, revokes her consent and tells the listeners."""
+    alice = fake_photo(tmp_path, "a.png", (10, 0))
+    with Gallery(pg_url, encoder=FakeEncoder()) as gallery:
+        gallery.enroll("alice", [alice], Consent("R1", [PURPOSE]))
+        gallery.enroll("bob", [fake_photo(tmp_path, "b.png", (20, 0))], Consent("R2", [PURPOSE]))
+    saved = {table: _sql(pg_url, f"SELECT * FROM {table} WHERE {where}") for table, where in (
+        ("subjects", "name = 'alice'"),
+        ("consents", "reference = 'R1'"),
+        ("consent_purposes", "consent_id = (SELECT id FROM consents WHERE reference = 'R1')"),
+        ("templates", "subject_id = (SELECT id FROM subjects WHERE name = 'alice')"),
+        ("meta", "key = 'keys_checked'"),
+    )}
+    with Gallery(pg_url, encoder=FakeEncoder()) as gallery:
+        gallery.forget("alice")
+    _sql(pg_url, "DELETE FROM subjects WHERE name = 'alice'")
+    _sql(pg_url, "DELETE FROM meta WHERE key = 'keys_checked'")
+    for table, rows in saved.items():
+        for row in rows:
+            _sql(pg_url, f"INSERT INTO {table} VALUES ({', '.join('?' * len(row))})", tuple(row))
+    store = open_store(pg_url, KeyRing(), Settings.from_env())
+    commits: list[Commit] = []
+    store.on_commit(commits.append)
+    try:
+        with store.read() as tx:
+            alice_id = tx.subject_id("alice")
+            assert alice_id is not None and tx.template_count(alice_id) == 0
+            assert tx.active_purposes(alice_id, datetime.now(timezone.utc)) == set()
+    finally:
+        store.close()
+    assert [c.removed_ids.tolist() for c in commits] == [[row[0] for row in saved["templates"]]]
+    with Gallery(pg_url, encoder=FakeEncoder()) as gallery:
+        assert gallery.match(alice, purpose=PURPOSE).faces[0].subject is None
