@@ -46,7 +46,7 @@ SETTINGS: tuple[Setting, ...] = (
 class Settings:
     """Everything the environment may set, read once. Empty strings count as unset."""
 
-    gallery: Path | None = None
+    gallery: Path | str | None = None  # a file path, or a postgresql:// URL kept as given (Path would fold its '//')
     key: str | None = None
     key_file: Path | None = None
     key_dir: Path | None = None
@@ -66,7 +66,7 @@ class Settings:
         data = Path(env.get("XDG_DATA_HOME") or str(home() / ".local" / "share"))
         cache = Path(env.get("XDG_CACHE_HOME") or str(home() / ".cache"))
         return cls(
-            gallery=_path(raw["gallery"]),
+            gallery=_location(raw["gallery"]),
             key=raw["key"],
             key_file=_path(raw["key_file"]),
             key_dir=_path(raw["key_dir"]) or data / "consentmatch" / "keys",
@@ -92,11 +92,6 @@ class KeySource:
     key: bytes | str | None = None
     path: Path | None = None
 
-    @property
-    def held_by_caller(self) -> bool:
-        """True when no file holds the key: rotation needs the new key from the caller."""
-        return self.path is None
-
     def describe(self) -> str:
         """As `consentmatch key info` shows it: argument, CONSENTMATCH_KEY, or key file PATH."""
         return self.kind if self.path is None and self.kind != "key file" else f"key file {self.path}"
@@ -119,3 +114,8 @@ def key_source(settings: Settings, given: bytes | str | None, gallery_id: str | 
 
 def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
+
+
+def _location(value: str | None) -> Path | str | None:
+    """A gallery location: a database URL as given, a file as a Path."""
+    return value if value and value.startswith(("postgresql://", "postgres://")) else _path(value)

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
+import psycopg
 import pytest
 from typer.testing import CliRunner
 
@@ -18,7 +19,9 @@ from consentmatch import ConsentError, Consent, Gallery, StorageError, Tampering
 from consentmatch.search import snapshot
 from consentmatch.cli import app
 from consentmatch.crypto import seal
+from consentmatch.storage import is_url
 from consentmatch.storage.keyring import MAC_KEY_ID, KeyRing
+from consentmatch.storage.postgres_conn import pg_sql
 from consentmatch.storage.migrations import APPLICATION_ID, MIGRATIONS
 
 from .conftest import EXAMPLES, FakeEncoder, fake_encoding, fake_photo
@@ -26,25 +29,33 @@ from .conftest import EXAMPLES, FakeEncoder, fake_encoding, fake_photo
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 
 
-def _gallery(path: Path, **kwargs: object) -> Gallery:
-    return Gallery(path, encoder=FakeEncoder(), key_dir=path.parent / "keys", **kwargs)  # type: ignore[arg-type]
+def _gallery(location: Path | str, **kwargs: object) -> Gallery:
+    """The gallery at `location`: a file's keys beside it; a database's where the session keeps keys."""
+    if is_url(location):
+        return Gallery(location, encoder=FakeEncoder(), **kwargs)  # type: ignore[arg-type]
+    return Gallery(location, encoder=FakeEncoder(), key_dir=Path(location).parent / "keys", **kwargs)  # type: ignore[arg-type]
 
 
 # A forger declares the purpose too (the purposes table carries no MAC): the consent's MAC catches it.
 _DECLARED = "INSERT OR IGNORE INTO purposes (name, declared_at) VALUES ('law-enforcement', '2026-01-01T00:00:00.000000+00:00')"
 
 
-def _raw(path: Path, *statements: str) -> None:
-    """Edit the gallery file as someone with write access to it, and no keys."""
+def _raw(path: Path | str, *statements: str) -> None:
+    """Edit the gallery as someone with write access to its file or database, and no keys."""
+    if is_url(path):
+        with psycopg.connect(str(path), autocommit=True) as pg:
+            for statement in statements:
+                pg.execute(pg_sql(statement, named=False).encode())
+        return
     conn = sqlite3.connect(path, isolation_level=None)
     for statement in statements:
         conn.execute(statement)
     conn.close()
 
 
-def _two(tmp_path: Path) -> tuple[Path, Path, Path]:
-    """alice and bob enrolled for 'door'; alice also for 'lobby'."""
-    path = tmp_path / "g.db"
+def _two(tmp_path: Path, location: str | None = None) -> tuple[Path | str, Path, Path]:
+    """alice and bob enrolled for 'door'; alice also for 'lobby' (at `location`, else in a new file)."""
+    path: Path | str = location or tmp_path / "g.db"
     alice, bob = fake_photo(tmp_path, "a.png", (10, 0)), fake_photo(tmp_path, "b.png", (20, 0))
     with _gallery(path) as gallery:
         gallery.enroll("alice", [alice], Consent("R1", ["door", "lobby"]))
@@ -60,8 +71,8 @@ SWAP = (
 )
 
 
-def test_a_name_swap_is_refused_as_tampering(tmp_path: Path) -> None:
-    path, alice, _ = _two(tmp_path)
+def test_a_name_swap_is_refused_as_tampering(gallery_location: str, tmp_path: Path) -> None:
+    path, alice, _ = _two(tmp_path, gallery_location)
     _raw(path, *SWAP)
     with _gallery(path) as gallery, pytest.raises(TamperingError, match="integrity check .*restore the gallery from a backup"):
         gallery.match(alice, purpose="door")  # alice's face would be "bob"
@@ -77,9 +88,9 @@ def test_a_name_swap_is_refused_as_tampering(tmp_path: Path) -> None:
         assert "the subject" in (check.problem or "") and "fails its integrity check" in (check.problem or "")
 
 
-def test_a_swap_under_a_gallery_held_open_is_refused(tmp_path: Path) -> None:
+def test_a_swap_under_a_gallery_held_open_is_refused(gallery_location: str, tmp_path: Path) -> None:
     """The live index holds the templates in memory: names come from the file at each search."""
-    path, alice, _ = _two(tmp_path)
+    path, alice, _ = _two(tmp_path, gallery_location)
     with _gallery(path) as gallery:
         assert gallery.match(alice, purpose="door").faces[0].subject == "alice"
         _raw(path, *SWAP)
@@ -106,8 +117,8 @@ def test_a_template_moved_to_another_subject_is_refused_even_from_a_snapshot(
         gallery.match(alice, purpose="door")
 
 
-def test_a_forged_purpose_is_refused(tmp_path: Path) -> None:
-    path, _, bob = _two(tmp_path)
+def test_a_forged_purpose_is_refused(gallery_location: str, tmp_path: Path) -> None:
+    path, _, bob = _two(tmp_path, gallery_location)
     _raw(path, "INSERT INTO consent_purposes (consent_id, purpose) "
                "SELECT id, 'law-enforcement' FROM consents WHERE reference = 'R2'", _DECLARED)
     with _gallery(path) as gallery:
@@ -123,9 +134,9 @@ def test_a_forged_purpose_is_refused(tmp_path: Path) -> None:
         assert gallery.match(fake_photo(tmp_path, "a.png", (10, 0)), purpose="lobby").faces[0].subject == "alice"
 
 
-def test_a_forged_row_with_its_mac_cleared_is_still_refused(tmp_path: Path) -> None:
+def test_a_forged_row_with_its_mac_cleared_is_still_refused(gallery_location: str, tmp_path: Path) -> None:
     """Rows without a MAC are not 'from before the upgrade' once the key store says the gallery is bound."""
-    path, _, bob = _two(tmp_path)
+    path, _, bob = _two(tmp_path, gallery_location)
     _raw(path, "INSERT INTO consent_purposes (consent_id, purpose) SELECT id, 'law-enforcement' FROM consents", _DECLARED,
          "UPDATE consents SET mac = NULL", "UPDATE subjects SET mac = NULL",
          "UPDATE meta SET value = 'x' WHERE key = 'keys_checked'")
@@ -133,8 +144,8 @@ def test_a_forged_row_with_its_mac_cleared_is_still_refused(tmp_path: Path) -> N
         gallery.match(bob, purpose="law-enforcement")
 
 
-def test_a_revoked_consent_revived_by_sql_is_refused(tmp_path: Path) -> None:
-    path, alice, _ = _two(tmp_path)
+def test_a_revoked_consent_revived_by_sql_is_refused(gallery_location: str, tmp_path: Path) -> None:
+    path, alice, _ = _two(tmp_path, gallery_location)
     with _gallery(path) as gallery:
         gallery.revoke_consent("R1")
     _raw(path, "UPDATE consents SET revoked_at = NULL WHERE reference = 'R1'")
@@ -145,9 +156,9 @@ def test_a_revoked_consent_revived_by_sql_is_refused(tmp_path: Path) -> None:
             gallery.consents("alice")
 
 
-def test_an_expired_consent_extended_by_sql_is_refused(tmp_path: Path) -> None:
+def test_an_expired_consent_extended_by_sql_is_refused(gallery_location: str, tmp_path: Path) -> None:
     now = [T0]
-    path, photo = tmp_path / "g.db", fake_photo(tmp_path, "a.png", (10, 0))
+    path, photo = gallery_location, fake_photo(tmp_path, "a.png", (10, 0))
     with _gallery(path, clock=lambda: now[0]) as gallery:
         gallery.enroll("alice", [photo], Consent("R1", ["door"], expires_at=T0 + timedelta(days=30)))
     now[0] = T0 + timedelta(days=31)
@@ -173,8 +184,8 @@ def test_a_plaintext_template_forged_into_a_bound_gallery_is_never_sealed(tmp_pa
     conn.close()
 
 
-def test_erasure_still_works_on_a_tampered_subject(tmp_path: Path) -> None:
-    path, alice, bob = _two(tmp_path)
+def test_erasure_still_works_on_a_tampered_subject(gallery_location: str, tmp_path: Path) -> None:
+    path, alice, bob = _two(tmp_path, gallery_location)
     _raw(path, "INSERT INTO consent_purposes (consent_id, purpose) "
                "SELECT id, 'law-enforcement' FROM consents WHERE reference = 'R2'", _DECLARED)
     with _gallery(path) as gallery:

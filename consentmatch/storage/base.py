@@ -7,8 +7,36 @@ the transaction, nowhere else. After a write that bumps the generation commits, 
 its listeners with a `Commit` (what templates it added and deleted): the one place the index
 learns that the store moved.
 
-The embedded implementation is SQLite (`sqlite.py`, `sqlite_rows.py`); another engine is a
-new module implementing the same two protocols, and the contract tests run against each.
+The embedded implementation is SQLite (`sqlite.py`, `sqlite_rows.py`), the shared one
+PostgreSQL (`postgres.py`); another engine is a new module implementing the same two protocols,
+a row in `storage.ENGINES`, and the contract tests (`gallery_location`) run against each.
+
+The contract every engine keeps, whatever enforces it (triggers, code, or both):
+
+- **Atomic writes, consistent reads.** Everything inside `Store.write()` commits together or not
+  at all; a `read()` sees one snapshot. A key created for a write's rows (a subject's data key,
+  an API key's mark) is stored in the key store before the rows commit.
+- **Generation.** A write with `bump=True` moves the `generation` by exactly one in the same
+  transaction, and after its commit the store calls every `on_commit` listener once with the
+  `Commit` from the old generation to the new one (its added and deleted template rows). So does
+  any other change of the template rows, an open that drops the rows of shredded keys included.
+  A shared store also tells its listeners of other processes' commits, or, when it cannot say
+  exactly what they changed (the change log does not reach back, or does not verify), a `Commit`
+  from generation -1, which makes an index drop itself.
+- **Templates stamp.** `templates_state()` is a new random value after any statement that adds,
+  changes or deletes a template row, in whatever process: an index snapshot is trusted only for
+  the stamp it was saved at.
+- **Append-only audit.** Audit rows are never updated or deleted (the engine refuses it, not only
+  the code); each row's hash covers its fields and the previous hash (`audit.digest`), and the head
+  (last seq and hash) is kept beside them, so a cut, an edit or an insertion fails `verify_audit`.
+- **Integrity against a writer of the database without the keys.** Templates are sealed under
+  their subject's data key with the gallery, row, subject id, name and key id as associated data;
+  subject, consent, API key and held-request rows carry an HMAC under the gallery's MAC key;
+  a live API key has a mark in the key store that its revocation shreds (a row rolled back to
+  before its revocation is refused). A row that fails is a `TamperingError` where it is read for
+  an answer, and `check_all` names the first one (with the change log of a shared store).
+- **Erasure.** `shred` destroys data keys in the key store, outside the gallery: rows of a shredded
+  key are dropped at the next open, so a restored backup stays erased.
 """
 
 from __future__ import annotations

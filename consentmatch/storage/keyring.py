@@ -16,6 +16,11 @@ gallery file restored from before the erasure can no longer be decrypted for tha
 with `index-`, which every erasure deletes with the subject's. One more key, `mac-1`, is the
 gallery's MAC key: it authenticates the subject and consent rows and keys the e-mail hashes
 (storage/sqlite_integrity.py); it is wrapped and rotated like a data key, and never shredded.
+Each live API key has one too, `apikey-<key id>`, shredded by its revocation (sqlite_access.py).
+
+This module is the ring: the gallery key (found, checked, rotated) and the data keys (made,
+unwrapped, shredded). The key file is read by keyfiles.py; the data-key store's tables, its
+SQLite file and the key ids' kinds are keystore.py's.
 """
 
 from __future__ import annotations
@@ -24,89 +29,24 @@ import contextlib
 import os
 import secrets
 import sqlite3
-import stat
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
 
 from ..crypto import KEY_BYTES, aead, parse_key, seal, unseal, unseal_with, write_private
 from ..errors import EncryptionKeyError
-from ..files import KEY_FILE_MAX_BYTES, FileKind, read_file
 from ..settings import KeySource, Settings, key_source
+from .keyfiles import read_key_file
+from .keystore import (
+    API_KEY_PREFIX, INDEX_KEY_PREFIX, INSERT_META, MAC_KEY_ID, MAC_KEY_PREFIX, NOT_SUBJECTS, REQUEST_KEY_PREFIX,
+    UPSERT_META, KeyDb, meta_text, open_deks_file,
+)
 
-__all__ = ["INDEX_KEY_PREFIX", "MAC_KEY_ID", "KeyDb", "KeyRing"]
+# The key ids' kinds and the store's connection (keystore.py) are imported from here too.
+__all__ = ["API_KEY_PREFIX", "INDEX_KEY_PREFIX", "MAC_KEY_ID", "KeyDb", "KeyRing"]
 
-INDEX_KEY_PREFIX = "index-"  # data keys of index snapshots, not of subjects
-MAC_KEY_PREFIX = "mac-"  # the gallery's MAC key: neither a subject's nor an index's, never shredded
-MAC_KEY_ID = MAC_KEY_PREFIX + "1"
-REQUEST_KEY_PREFIX = "request-"  # data keys of probes held for approval, shredded when decided
 _CHECK = b"consentmatch gallery key check"
-
-
-# Statements both SQLite and PostgreSQL run (the key store may be either, `KeyDb`).
-_UPSERT_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-_INSERT_META = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"
-
-
-
-def _text(value: Any) -> str:
-    """A text value of the key store's meta table: bytes (BLOB, BYTEA) since both engines could hold
-    it; text in SQLite stores written before."""
-    return bytes(value).decode() if isinstance(value, (bytes, bytearray, memoryview)) else str(value)
-
-
-_KEY_FILE = FileKind("The gallery key file", "the key file", KEY_FILE_MAX_BYTES, "a key file holds 64 hex digits")
-
-
-def read_key_file(path: Path) -> bytes:
-    """A key file's bytes: a regular file, small, readable by its owner only (as ssh insists).
-
-    Raises:
-        EncryptionKeyError: not a regular file, too large, unreadable, or open to others.
-    """
-    data = read_file(path, _KEY_FILE, EncryptionKeyError)
-    check_private(path)
-    return data
-
-
-def check_private(path: Path) -> None:
-    """Refuse, as ssh does, a key file that others may read or write, or a key folder others may write
-    (they could swap the keys in it). A folder others may only list is allowed: its files are 0600.
-
-    Raises:
-        EncryptionKeyError: naming the file and the chmod that fixes it.
-    """
-    if os.name == "nt":  # no POSIX modes: the folder's ACLs decide
-        return
-    try:
-        info = path.stat()
-    except (OSError, ValueError):
-        return  # missing: created private; unreadable: the read that follows says why
-    mode = stat.S_IMODE(info.st_mode)
-    if stat.S_ISDIR(info.st_mode):
-        if mode & 0o022:
-            raise EncryptionKeyError(
-                f"The key folder '{path}' is writable by others (mode {mode:04o}), who could swap the keys in it: "
-                f"run `chmod 700 '{path}'`."
-            )
-    elif mode & 0o077:
-        raise EncryptionKeyError(
-            f"The gallery key file '{path}' is open to others (mode {mode:04o}): run `chmod 600 '{path}'`."
-        )
-
-
-class KeyDb(Protocol):
-    """The data-key store's connection, as the key ring uses it: sqlite3's calls (`BEGIN IMMEDIATE`
-    takes the store's write lock), qmark parameters, SQL that SQLite and PostgreSQL both speak.
-    An SQLite file by default; `storage/postgres_keys.py` adapts a PostgreSQL database to it."""
-
-    @property
-    def in_transaction(self) -> bool: ...
-    def execute(self, sql: str, parameters: Any = ..., /) -> Any: ...
-    def executemany(self, sql: str, parameters: Any, /) -> Any: ...
-    def close(self) -> None: ...
 
 
 class KeyRing:
@@ -169,7 +109,7 @@ class KeyRing:
                 self._kek = self._load_kek(gallery_id, create=True)
                 self._open_deks(deks)
                 self._check = seal(self._kek, _CHECK, gallery_id.encode())
-                self._db().execute(_UPSERT_META, ("check", self._check))
+                self._db().execute(UPSERT_META, ("check", self._check))
                 return True
             if self._remote is None and not deks.exists():
                 raise EncryptionKeyError(
@@ -307,21 +247,7 @@ class KeyRing:
         )
 
     def _open_deks(self, path: Path) -> None:
-        if self._remote is not None:
-            self._conn = self._remote()
-            return
-        check_private(path.parent)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-            os.chmod(path, 0o600)
-            conn.execute("PRAGMA secure_delete = ON")  # a shredded key is overwritten, not just unlinked
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("CREATE TABLE IF NOT EXISTS deks (key_id TEXT PRIMARY KEY, wrapped BLOB NOT NULL)")
-            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
-        except sqlite3.Error as exc:
-            raise EncryptionKeyError(f"The data-key store '{path}' cannot be opened ({exc}).") from None
-        self._conn = conn
+        self._conn = self._remote() if self._remote is not None else open_deks_file(path)
 
     def close(self) -> None:
         with self._lock:
@@ -401,6 +327,38 @@ class KeyRing:
             self._deks[key_id] = dek
             return key_id
 
+    def new_api_key_mark(self, key_id: str) -> None:
+        """Store the mark of a new live API key (a data key nothing is sealed under): `revoke`
+        shreds it, so the key's row rolled back to before its revocation no longer counts as live."""
+        self.mark_api_keys([key_id])
+
+    def mark_api_keys(self, key_ids: list[str]) -> None:
+        """Store the marks of live API keys that have none yet (a gallery from before the marks)."""
+        with self._lock:
+            self._db()
+            with self._write() as conn:
+                assert self._kek is not None
+                kek = self._kek
+                rows = [(API_KEY_PREFIX + k, seal(kek, secrets.token_bytes(KEY_BYTES), (API_KEY_PREFIX + k).encode()))
+                        for k in key_ids]
+                conn.executemany("INSERT INTO deks (key_id, wrapped) VALUES (?, ?) ON CONFLICT (key_id) DO NOTHING", rows)
+
+    def api_key_live(self, key_id: str) -> bool:
+        """Whether an API key's mark exists (read from the key store each time, never cached: another
+        process may have revoked the key)."""
+        with self._lock:
+            row = self._db().execute("SELECT 1 FROM deks WHERE key_id = ?", (API_KEY_PREFIX + key_id,)).fetchone()
+            return row is not None
+
+    def api_keys_marked(self) -> bool:
+        """Whether the live API keys of this gallery were given their marks (`mark_api_keys`, once per key store)."""
+        with self._lock:
+            return self._db().execute("SELECT 1 FROM meta WHERE key = 'api_keys_marked'").fetchone() is not None
+
+    def set_api_keys_marked(self) -> None:
+        with self._lock:
+            self._db().execute(INSERT_META, ("api_keys_marked", b"1"))
+
     def data_key(self, key_id: str) -> bytes | None:
         """The subject's data key, or None once shredded."""
         with self._lock:
@@ -452,7 +410,7 @@ class KeyRing:
         """The subjects' data key ids."""
         with self._lock:
             return {str(r[0]) for r in self._db().execute("SELECT key_id FROM deks")
-                    if not str(r[0]).startswith((INDEX_KEY_PREFIX, MAC_KEY_PREFIX, REQUEST_KEY_PREFIX))}
+                    if not str(r[0]).startswith(NOT_SUBJECTS)}
 
     def index_key_ids(self) -> set[str]:
         """The index snapshots' data key ids (normally one, none after an erasure)."""
@@ -473,8 +431,8 @@ class KeyRing:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.executemany("DELETE FROM deks WHERE key_id = ?", [(k,) for k in key_ids])
-                if any(not k.startswith((INDEX_KEY_PREFIX, REQUEST_KEY_PREFIX)) for k in key_ids):
-                    conn.execute(_UPSERT_META, ("shred_stamp", secrets.token_hex(16).encode()))
+                if any(not k.startswith(NOT_SUBJECTS) for k in key_ids):
+                    conn.execute(UPSERT_META, ("shred_stamp", secrets.token_hex(16).encode()))
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -490,9 +448,9 @@ class KeyRing:
             conn = self._db()
             row = conn.execute("SELECT value FROM meta WHERE key = 'shred_stamp'").fetchone()
             if row is None:  # a key store from before the stamp
-                conn.execute(_INSERT_META, ("shred_stamp", secrets.token_hex(16).encode()))
+                conn.execute(INSERT_META, ("shred_stamp", secrets.token_hex(16).encode()))
                 row = conn.execute("SELECT value FROM meta WHERE key = 'shred_stamp'").fetchone()
-            return _text(row[0])
+            return meta_text(row[0])
 
     def seal_template(self, key_id: str, plaintext: bytes, aad: bytes) -> bytes:
         dek = self.data_key(key_id)
@@ -541,7 +499,7 @@ class KeyRing:
 
     def set_bound(self) -> None:
         with self._lock:
-            self._db().execute(_INSERT_META, ("bound", b"1"))
+            self._db().execute(INSERT_META, ("bound", b"1"))
 
     def rotate(self, new_key: bytes | None = None, *, record: str | None = None) -> bytes:
         """Re-wrap every data key under a new gallery key; returns the new key.
@@ -579,9 +537,9 @@ class KeyRing:
                             raise EncryptionKeyError(f"Data key {str(key_id)[:8]}... does not open: rotation stopped, nothing changed.")
                         conn.execute("UPDATE deks SET wrapped = ? WHERE key_id = ?", (seal(fresh, dek, str(key_id).encode()), key_id))
                     check = seal(fresh, _CHECK, self.gallery_id.encode())
-                    conn.execute(_UPSERT_META, ("check", check))
+                    conn.execute(UPSERT_META, ("check", check))
                     if record is not None:
-                        conn.execute(_UPSERT_META, ("unrecorded_rotation", record.encode()))
+                        conn.execute(UPSERT_META, ("unrecorded_rotation", record.encode()))
                 except BaseException:
                     if pending is not None and pending.exists():
                         pending.unlink()
@@ -599,7 +557,7 @@ class KeyRing:
         """The `record` of a rotation not yet marked recorded (`rotate`), if any."""
         with self._lock:
             row = self._db().execute("SELECT value FROM meta WHERE key = 'unrecorded_rotation'").fetchone()
-            return None if row is None else _text(row[0])
+            return None if row is None else meta_text(row[0])
 
     def rotation_recorded(self, record: str) -> None:
         """The caller stored this rotation's record: forget it (a later rotation's stays). A store
@@ -642,7 +600,7 @@ class KeyRing:
                             "its key store away first, or copy to another key folder (CONSENTMATCH_KEY_DIR)."
                         )
                     conn.executemany("INSERT INTO deks (key_id, wrapped) VALUES (?, ?)", deks)
-                    conn.executemany(_UPSERT_META, meta)
+                    conn.executemany(UPSERT_META, meta)
                     conn.execute("COMMIT")
                 except BaseException:
                     if conn.in_transaction:

@@ -227,6 +227,7 @@ class PgStore:
                 self.keys.set_bound()  # a PostgreSQL gallery is bound from its first row
             event = self.keys.unrecorded_rotation()
             self.keys.mac_key()
+            PgTransaction(conn, self).mark_api_keys()
             stamp = self.keys.shred_stamp()
             if not created and event is None and meta.get("keys_checked") == stamp:
                 return
@@ -243,11 +244,7 @@ class PgStore:
             if event is not None:
                 tx.record_rotation(event)
             for subject_id in shredded:
-                with tx.renewing(subject_id, strict=False):
-                    tx.removed.extend(int(r[0]) for r in tx.conn.execute("SELECT id FROM templates WHERE subject_id = ?", (subject_id,)))
-                    tx.conn.execute("DELETE FROM templates WHERE subject_id = ?", (subject_id,))
-                    tx.conn.execute("UPDATE subjects SET key_id = NULL WHERE id = ?", (subject_id,))
-                    tx._revoke_erased(subject_id)
+                tx.removed.extend(tx.drop_shredded(subject_id))
             tx.bump = bool(tx.removed)
         if event is not None:
             self.keys.rotation_recorded(event)
@@ -331,8 +328,9 @@ class PgStore:
         """Move the generation, log the template rows this write added and deleted, and tell the other nodes."""
         conn = tx.conn
         conn.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(after),))
-        changes = [(after, int(i), True) for i, _ in tx.added] + [(after, int(i), False) for i in tx.removed]
-        conn.executemany("INSERT INTO template_changes (generation, template_id, added) VALUES (?, ?, ?)", changes)
+        changes = [(int(i), True) for i, _ in tx.added] + [(int(i), False) for i in tx.removed]
+        conn.executemany("INSERT INTO template_changes (generation, template_id, added, mac) VALUES (?, ?, ?, ?)",
+                         [(after, i, added, tx.change_mac(after, i, added, len(changes))) for i, added in changes])
         if after % _CHANGES_KEPT == 0:
             kept_from = after - _CHANGES_KEPT
             conn.execute("DELETE FROM template_changes WHERE generation <= ?", (kept_from,))
@@ -367,7 +365,7 @@ class PgStore:
         if known is None:
             return  # nothing heard before: whatever index exists is checked against the generation itself
         (start,) = tx.conn.execute("SELECT value FROM meta WHERE key = 'changes_from'").fetchone()
-        if known < int(start):
+        if known < int(start) or not self._followed(tx, known, generation):
             empty = np.empty(0, dtype=np.int64)
             commit = Commit(-1, generation, empty, np.empty((0, 0), dtype=np.float32), empty)
         else:
@@ -379,6 +377,19 @@ class PgStore:
             commit = Commit(known, generation, ids, vectors, np.array(sorted(removed), dtype=np.int64))
         for listener in self._listeners:
             listener(commit)
+
+    @staticmethod
+    def _followed(tx: PgTransaction, known: int, generation: int) -> bool:
+        """Whether the change log from `known` to `generation` can be followed: every row holds its
+        MAC and no template it says was deleted still exists. Otherwise (rows forged by a writer of
+        the database) the listeners drop their index, to be rebuilt from the templates themselves."""
+        if tx.forged_changes(known, generation):
+            return False
+        row = tx.conn.execute(
+            "SELECT count(*) FROM templates WHERE id IN (SELECT template_id FROM template_changes "
+            "WHERE generation > ? AND generation <= ? AND NOT added)", (known, generation),
+        ).fetchone()
+        return row is not None and int(row[0]) == 0
 
     def _watch(self) -> None:
         """LISTEN for other nodes' commits and catch up at once (the watcher thread). A lost

@@ -17,26 +17,19 @@ are the explicit `BEGIN` ... `COMMIT` of the caller.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
 from psycopg.pq import TransactionStatus
 
+from .dialect import POSTGRES
+
 __all__ = ["PgConnection", "PgCursor"]
 
-_NAMED = re.compile(r"(?<![:\w]):(\w+)")
-_EMPTY_IN = re.compile(r"\bIN\s*\(\s*\)", re.IGNORECASE)
-_OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+INTO\b", re.IGNORECASE)
-
-
 def pg_sql(sql: str, named: bool) -> str:
-    """`sql` as psycopg takes it (see the module docstring)."""
-    sql = _EMPTY_IN.sub("IN (NULL)", sql).replace("%", "%%")
-    if _OR_IGNORE.match(sql):
-        sql = _OR_IGNORE.sub("INSERT INTO", sql).rstrip().rstrip(";") + " ON CONFLICT DO NOTHING"
-    return _NAMED.sub(r"%(\1)s", sql) if named else sql.replace("?", "%s")
+    """`sql` as psycopg takes it (see the module docstring; `Dialect.sql`)."""
+    return POSTGRES.sql(sql, named)
 
 
 class PgCursor:

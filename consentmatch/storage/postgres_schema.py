@@ -172,6 +172,14 @@ STEPS: tuple[str, ...] = (
         PRIMARY KEY (owner, key)
     );
     """,
+    # 3: each change-log row carries a MAC (PgTransaction.change_mac), so a forged row is refused by
+    #    the catch-up (the index is rebuilt) and reported by `audit --verify`. Rows written before
+    #    have none: the log restarts at the current generation (a node further behind rebuilds).
+    f"""
+    ALTER TABLE template_changes ADD COLUMN mac {_TEXT};
+    DELETE FROM template_changes;
+    UPDATE meta SET value = (SELECT value FROM meta WHERE key = 'generation') WHERE key = 'changes_from';
+    """,
 )
 
 #: The keys database: the data keys, each wrapped by the gallery key, and the key check (keyring.py).

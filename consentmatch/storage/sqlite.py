@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..crypto import unseal
 from ..errors import GalleryNotFoundError, StorageError
@@ -136,6 +137,7 @@ class SqliteStore:
         created = self.keys.open(str(meta["gallery_id"]), created="keys" in meta, create=True)
         self._record_lost_rotation(conn)
         self.keys.mac_key()  # unwrapped (or created) now, under the key the open checked, not in a later write
+        tx.mark_api_keys()
         stamp = self.keys.shred_stamp()
         bound = self.keys.bound()
         if bound and not created and meta.get("keys_checked") == stamp:
@@ -150,8 +152,10 @@ class SqliteStore:
             with contextlib.suppress(sqlite3.OperationalError):  # read-only: scan again next time
                 conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('keys_checked', ?)", (stamp,))
             return
+        removed: list[int] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
+            before = tx.generation()
             # Again under the write lock: a subject another process committed after the key ids
             # were read above has its key stored (keys go in before their rows commit), not shredded.
             shredded = shredded_subjects()
@@ -160,10 +164,7 @@ class SqliteStore:
                 conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('keys', 'created')")
             binding = not bound and not self.keys.bound()  # another process may have bound it meanwhile
             for subject_id, _ in shredded:  # e.g. a backup restored after an erasure: those rows stay dead
-                with contextlib.nullcontext() if binding else tx.renewing(subject_id, strict=False):
-                    conn.execute("DELETE FROM templates WHERE subject_id = ?", (subject_id,))
-                    conn.execute("UPDATE subjects SET key_id = NULL WHERE id = ?", (subject_id,))
-                    tx._revoke_erased(subject_id)
+                removed.extend(tx.drop_shredded(subject_id, renew=not binding))
             resealed = self._bind(conn) if binding else 0
             if shredded or resealed:
                 conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
@@ -174,6 +175,8 @@ class SqliteStore:
             raise
         if binding:
             self.keys.set_bound()  # after the commit: a crash before it only binds again, alike
+        if shredded or resealed:  # the listeners hear of it, as of any write that moves the generation
+            self._tell(before, [], removed)
         if resealed:
             self.checkpoint()
 
@@ -356,12 +359,19 @@ class SqliteStore:
                     if conn.in_transaction:  # SQLite rolls back by itself on some errors (disk full)
                         conn.execute("ROLLBACK")
                     raise
-            if bump and self._listeners:  # nobody listening (a bulk load): no vectors gathered
-                ids = np.array([i for i, _ in tx.added], dtype=np.int64)
-                vectors = np.stack([v for _, v in tx.added]) if tx.added else np.empty((0, 0), dtype=np.float32)
-                commit = Commit(before, before + 1, ids, vectors, np.array(tx.removed, dtype=np.int64))
-                for listener in self._listeners:
-                    listener(commit)
+            if bump:
+                self._tell(before, tx.added, tx.removed)
+
+    def _tell(self, before: int, added: list[tuple[int, NDArray[np.float32]]], removed: list[int]) -> None:
+        """Tell the listeners of a committed write from generation `before` (none listening, as in a
+        bulk load: no vectors gathered)."""
+        if not self._listeners:
+            return
+        ids = np.array([i for i, _ in added], dtype=np.int64)
+        vectors = np.stack([v for _, v in added]) if added else np.empty((0, 0), dtype=np.float32)
+        commit = Commit(before, before + 1, ids, vectors, np.array(removed, dtype=np.int64))
+        for listener in self._listeners:
+            listener(commit)
 
     def close(self) -> None:
         with self._lock:

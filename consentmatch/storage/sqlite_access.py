@@ -3,6 +3,9 @@ remembered answers of idempotent calls.
 
 API key and request rows carry a MAC (sqlite_integrity.py) like subjects and consents: a writer
 of the file without the keys can neither add a key with the admin role nor approve a request.
+A MAC alone cannot tell a row rolled back to an older state it once had, so each live API key
+also has a mark in the key store (keyring.py), shredded by its revocation: a revoked key's
+row restored from before the revocation is refused, as a restored subject's templates are.
 A held probe is sealed under a data key of its own (keyring.py), shredded when the request is
 decided or expires, so no copy of the file can give the probe back afterwards.
 """
@@ -19,7 +22,7 @@ from .. import audit
 from ..crypto import seal, unseal
 from ..errors import EncryptionKeyError, InvalidArgumentError, TamperingError
 from ..results import ApiKeyInfo, SearchRequest
-from .keyring import KeyRing
+from .keyring import API_KEY_PREFIX, KeyRing
 
 __all__ = ["AccessRows"]
 
@@ -70,13 +73,26 @@ class AccessRows:
             )
         row = (key_id, info.name, secret_hash, json.dumps(list(info.roles)), json.dumps(list(info.purposes)),
                _ts(info.expires) if info.expires else None, info.rate_limit, _ts(info.created_at), None)
+        self.keys.new_api_key_mark(key_id)  # before the row commits, as a subject's data key
         self.conn.execute(f"INSERT INTO api_keys ({_KEY_FIELDS}, mac) VALUES (?,?,?,?,?,?,?,?,?,?)",
                           (*row, self._mac(["api_key", *row])))
 
     def _checked_key(self, row: Sequence[Any]) -> ApiKeyInfo:
-        if not self._holds(["api_key", *row[:9]], row[9]):
+        """A key row as written by consentmatch: its MAC holds, and a row that says the key is live
+        has the key's mark (revocation shreds it: an older row rolled back has none)."""
+        if not self._holds(["api_key", *row[:9]], row[9]) or (row[8] is None and not self.keys.api_key_live(str(row[0]))):
             raise self._tampered(f"the API key '{row[1]}'")
         return _api_key(row)
+
+    def mark_api_keys(self) -> None:
+        """Give the live keys of a gallery from before the marks theirs, once per key store (at the open)."""
+        if self.keys.api_keys_marked():
+            return
+        live = [row for row in self.conn.execute(f"SELECT {_KEY_FIELDS}, mac FROM api_keys WHERE revoked_at IS NULL")
+                if self._holds(["api_key", *row[:9]], row[9])]
+        if live:
+            self.keys.mark_api_keys([str(row[0]) for row in live])
+        self.keys.set_api_keys_marked()
 
     def api_keys(self) -> list[ApiKeyInfo]:
         """Every key, revoked ones included, by name."""
@@ -98,6 +114,9 @@ class AccessRows:
         revoked = (*row[:8], _ts(now))
         self.conn.execute("UPDATE api_keys SET revoked_at = ?, mac = ? WHERE key_id = ?",
                           (_ts(now), self._mac(["api_key", *revoked]), row[0]))
+        # Shredded now, not after the commit: a commit that then fails leaves a live row without its
+        # mark, refused as tampered (never a revoked key that still opens).
+        self.keys.shred([API_KEY_PREFIX + str(row[0])])
         return True
 
     # -- search requests

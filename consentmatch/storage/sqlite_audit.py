@@ -10,6 +10,7 @@ from typing import Any
 
 from .. import audit
 from ..results import AuditCheck, AuditEvent
+from .dialect import Dialect
 
 __all__ = ["AuditRows"]
 
@@ -20,12 +21,7 @@ class AuditRows:
     """The audit half of an SQLite transaction (`SqliteTransaction` inherits it)."""
 
     conn: sqlite3.Connection
-    #: An event names `:subject`, or lists it among a search's subjects or shown candidates
-    #: (postgres_rows.py says it in PostgreSQL's JSON functions).
-    mentions = """(subject = :subject OR EXISTS (SELECT 1 FROM json_each(details, '$.subjects') WHERE value = :subject)
-                  OR EXISTS (SELECT 1 FROM json_each(details, '$.shown') WHERE json_extract(value, '$.subject') = :subject))"""
-    #: A key rotation event's own id.
-    rotation_id = "json_extract(details, '$.rotation')"
+    dialect: Dialect  # its JSON functions (`audit_mentions`, `rotation_id`) and the head's lock
 
     #: The head this transaction last appended: the next event in it chains on without reading it back.
     _head: tuple[int, str] | None = None
@@ -41,6 +37,8 @@ class AuditRows:
     ) -> int:
         """Append one event to the chain inside this transaction; returns its seq."""
         assert action in audit.ACTIONS, action
+        if self._head is None and self.dialect.lock_audit_head is not None:  # later events hold it already
+            self.conn.execute(self.dialect.lock_audit_head)
         seq, prev = self._head or self._audit_head()
         seq += 1
         text, moment = audit.details_text(details), _ts(at)
@@ -61,7 +59,7 @@ class AuditRows:
         and searches that returned or showed them among others; `since`/`until`: inclusive bounds."""
         where: list[str] = []
         if subject:
-            where.append(self.mentions)
+            where.append(self.dialect.audit_mentions)
         for column, value in (("actor", actor), ("action", action), ("purpose", purpose)):
             if value:
                 where.append(f"{column} = :{column}")
@@ -98,7 +96,7 @@ class AuditRows:
         fields = json.loads(event)
         details = fields["details"]
         recorded = self.conn.execute(
-            f"SELECT 1 FROM audit WHERE seq > ? AND action = 'key-rotate' AND {self.rotation_id} = ?",
+            f"SELECT 1 FROM audit WHERE seq > ? AND action = 'key-rotate' AND {self.dialect.rotation_id} = ?",
             (fields["after"], details["rotation"]),
         ).fetchone()
         if recorded is None:

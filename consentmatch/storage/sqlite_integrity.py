@@ -21,6 +21,7 @@ from typing import Any
 
 from ..crypto import unseal
 from ..errors import TamperingError
+from .dialect import SQLITE, Dialect
 from .keyring import KeyRing
 
 __all__ = ["CONSENT_FIELDS", "SUBJECT_FIELDS", "Integrity", "consent_content", "subject_content"]
@@ -28,11 +29,11 @@ __all__ = ["CONSENT_FIELDS", "SUBJECT_FIELDS", "Integrity", "consent_content", "
 # What a row's MAC covers: every column but the MAC itself; a consent's purposes too (sorted in
 # Python: the order json_group_array sees is SQLite's choice).
 SUBJECT_FIELDS = "s.id, s.name, s.created_at, s.key_id, s.last_interaction_at, s.destroy_by, s.destroy_rule"
-CONSENT_FIELDS = (
+_CONSENT_COLUMNS = (
     "c.id, c.subject_id, c.reference, c.granted_at, c.expires_at, c.jurisdiction, c.signer, c.evidence_sha256, "
     "c.notice_version, c.email_hash, c.revoked_at, "
-    "(SELECT json_group_array(purpose) FROM consent_purposes p WHERE p.consent_id = c.id)"
 )
+CONSENT_FIELDS = _CONSENT_COLUMNS + SQLITE.purposes_json  # SQLite's; a transaction's own: `consent_fields`
 
 
 def subject_content(row: Sequence[Any]) -> list[Any]:
@@ -51,8 +52,12 @@ class Integrity:
     conn: sqlite3.Connection
     keys: KeyRing
     path: Path
-    #: The consent columns (and purposes) its MAC covers, in this engine's SQL (postgres_rows.py has its own).
-    consent_fields = CONSENT_FIELDS
+    dialect: Dialect
+
+    @property
+    def consent_fields(self) -> str:
+        """The consent columns (and purposes) its MAC covers, in this engine's SQL."""
+        return _CONSENT_COLUMNS + self.dialect.purposes_json
 
     def subject_names(self, subject_ids: Sequence[int]) -> dict[int, str]:
         raise NotImplementedError

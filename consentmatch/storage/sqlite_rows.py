@@ -8,13 +8,14 @@ adds and deletes, so the store can tell the index after the commit (`Commit`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -28,15 +29,22 @@ from ..results import Box, ConsentRecord, SubjectInfo
 from ..retention import ConsentTerm, destroy_by
 from ..vision.types import DIMENSIONS
 from .base import Searchable, reference_taken, unknown_reference
+from .dialect import SQLITE, Dialect
 from .keyring import KeyRing
 from .sqlite_access import AccessRows
 from .sqlite_audit import AuditRows
 from .sqlite_integrity import SUBJECT_FIELDS, Integrity, consent_content, subject_content
 
-if TYPE_CHECKING:
-    from .sqlite import SqliteStore
+__all__ = ["SqliteTransaction", "StoreInfo"]
 
-__all__ = ["SqliteTransaction"]
+
+class StoreInfo(Protocol):
+    """What a transaction reads of the store that opened it (a protocol, so that the rows never
+    import the store: the store imports the rows)."""
+
+    keys: KeyRing
+    path: Path
+    quality: str | None
 
 _EMBEDDING = np.dtype("<f4")
 _ts = audit.timestamp
@@ -49,7 +57,9 @@ def _dt(text: str | None) -> datetime | None:
 class SqliteTransaction(AccessRows, Integrity, AuditRows):
     """One transaction on a gallery file: a read snapshot, or a write that commits as a whole."""
 
-    def __init__(self, conn: sqlite3.Connection, store: SqliteStore) -> None:
+    dialect: Dialect = SQLITE
+
+    def __init__(self, conn: sqlite3.Connection, store: StoreInfo) -> None:
         self.conn = conn
         self.keys: KeyRing = store.keys
         self.path: Path = store.path
@@ -59,6 +69,18 @@ class SqliteTransaction(AccessRows, Integrity, AuditRows):
         self._policy: dict[str, Any] | None = None  # as `policy()` read it in this transaction
 
     # -- subjects, consents, templates ------------------------------------------------------------
+
+    def drop_shredded(self, subject_id: int, *, renew: bool = True) -> list[int]:
+        """Delete the templates of a subject whose data key was shredded (a backup restored after
+        its erasure: the erasure wins) and revoke its consents; returns the template ids deleted.
+        The stores' open runs it, each in its own transaction. `renew`: renew the MACs of rows
+        that held theirs (not while binding a gallery of an older schema: the binding MACs all)."""
+        with self.renewing(subject_id, strict=False) if renew else contextlib.nullcontext():
+            ids = [int(r[0]) for r in self.conn.execute("SELECT id FROM templates WHERE subject_id = ?", (subject_id,))]
+            self.conn.execute("DELETE FROM templates WHERE subject_id = ?", (subject_id,))
+            self.conn.execute("UPDATE subjects SET key_id = NULL WHERE id = ?", (subject_id,))
+            self._revoke_erased(subject_id)
+        return ids
 
     def _revoke_erased(self, subject_id: int) -> None:
         """Revoke (audited) the consents of a subject whose data key was shredded: the erasure wins
@@ -92,7 +114,10 @@ class SqliteTransaction(AccessRows, Integrity, AuditRows):
         stamp: once it commits, no row of these keys is left (see `_open_keys`).
         """
         self.keys.shred([k for k in key_ids if k])
-        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('keys_checked', ?)", (self.keys.shred_stamp(),))
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('keys_checked', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (self.keys.shred_stamp(),),
+        )
 
     def subject_key_id(self, subject_id: int) -> str | None:
         row = self.conn.execute("SELECT key_id FROM subjects WHERE id = ?", (subject_id,)).fetchone()
