@@ -141,3 +141,132 @@ def test_stalled_connections_are_closed_and_real_calls_still_answer(small_galler
     lines = log.read_text().splitlines()
     assert len(lines) < 100, f"{len(lines)} log lines: a flood"
     assert "Traceback" not in log.read_text()
+
+
+# -- large photos ------------------------------------------------------------------------------
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):  # the process's peak resident memory, kept by the kernel
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def legal_40mp_png(path: Path) -> Path:
+    """An 8000x5000 PNG (exactly 40 megapixels, the decode limit) of ~1 MB with one face on it."""
+    image = Image.new("RGB", (8000, 5000), (200, 180, 160))
+    with Image.open(EXAMPLES / "probes" / "obama1.jpg") as face:
+        image.paste(face.convert("RGB"), (100, 100))
+    image.save(path, compress_level=1)
+    return path
+
+
+PHOTO_BUDGET_MB = 1400  # the server with its models, and two 40-megapixel photos at work
+
+
+@pytest.mark.slow
+def test_concurrent_40_megapixel_photos_stay_within_the_photo_slots(real_gallery_path: Path, tmp_path: Path) -> None:
+    g = str(real_gallery_path)
+    key = json.loads(runner.invoke(app, ["apikey", "create", "desk", "-g", g, "--role", "operator", "--json"]).stdout)["key"]
+    photo = legal_40mp_png(tmp_path / "big.png").read_bytes()
+    with serving(g, tmp_path / "serve.log", CONSENTMATCH_PHOTO_WORKERS="2") as (base, server):
+        before = _peak_rss_mb(server.pid)
+        answers: list[httpx.Response] = []
+
+        def call() -> None:
+            answers.append(httpx.post(f"{base}/v1/match", headers={"Authorization": f"Bearer {key}"},
+                                      files={"photo": ("big.png", photo)}, data={"purpose": "visitor-check-in"},
+                                      timeout=300))
+
+        calls = [threading.Thread(target=call) for _ in range(3)]
+        for thread in calls:
+            thread.start()
+        for thread in calls:
+            thread.join()
+        peak = _peak_rss_mb(server.pid)
+        # Once the slots are free again, the refused call goes through.
+        answers.append(httpx.post(f"{base}/v1/match", headers={"Authorization": f"Bearer {key}"},
+                                  files={"photo": ("big.png", photo)}, data={"purpose": "visitor-check-in"},
+                                  timeout=300))
+    print(f"server peak RSS: {before:.0f} MB started, {peak:.0f} MB after 3 concurrent 40 MP PNGs")
+    assert peak < PHOTO_BUDGET_MB, f"peak RSS {peak:.0f} MB (started at {before:.0f} MB)"
+    statuses = sorted(a.status_code for a in answers[:3])
+    assert statuses == [200, 200, 503], [a.text for a in answers]
+    busy = next(a for a in answers if a.status_code == 503)
+    assert busy.headers["content-type"] == "application/problem+json" and busy.headers["retry-after"] == "2"
+    assert busy.json()["error"] == "ServiceBusyError" and "\n" not in busy.json()["detail"]
+    assert answers[3].status_code == 200 and answers[3].json()["faces"][0]["subject"] == "obama"
+
+
+def test_a_photo_over_the_pixel_limit_is_one_line_in_the_cli(real_gallery_path: Path, tmp_path: Path) -> None:
+    big = tmp_path / "huge.png"
+    Image.new("L", (6400, 6400), 128).save(big, compress_level=1)  # 41 megapixels
+    result = runner.invoke(app, ["match", str(big), "-g", str(real_gallery_path), "-p", "visitor-check-in"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "40 megapixel" in lines[0] and "downscale" in lines[0]
+
+
+# -- readiness ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_readiness_follows_the_store_while_liveness_stays_ok(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from consentmatch.service import create_app
+
+    bindir = find_bin()
+    if bindir is None:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("PostgreSQL is not installed")
+    assert bindir is not None
+    cluster = Cluster(bindir)  # its own cluster: stopping it disturbs no other test
+    try:
+        cluster.start()
+        with Gallery(cluster.new_database()) as gallery:
+            gallery.declare_purpose("visitor-check-in")
+            client = TestClient(create_app(gallery))
+            assert client.get("/v1/health/ready").json() == {"status": "ready"}
+            cluster.stop()
+            down = client.get("/v1/health/ready")
+            assert down.status_code == 503 and down.headers["content-type"] == "application/problem+json"
+            assert down.headers["retry-after"] == "5" and down.headers["cache-control"] == "no-store"
+            assert "postgresql" not in down.text and cluster.folder.name not in down.text  # no location to strangers
+            live = client.get("/v1/health")
+            assert live.status_code == 200 and live.json() == {"status": "ok"}  # liveness: the process answers
+            cluster.start()
+            for _ in range(20):  # the pool reconnects
+                if client.get("/v1/health/ready").status_code == 200:
+                    break
+                time.sleep(0.5)
+            assert client.get("/v1/health/ready").json() == {"status": "ready"}
+    finally:
+        cluster.close()
+
+
+# -- headers and documentation -----------------------------------------------------------------
+
+
+def test_docs_load_nothing_from_another_origin_and_every_answer_has_the_headers(fake_gallery: Gallery) -> None:
+    from fastapi.testclient import TestClient
+
+    from consentmatch.service import create_app
+
+    client = TestClient(create_app(fake_gallery))
+    for page in ("/docs", "/redoc"):
+        answer = client.get(page)
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/html")
+        assert "<script" not in answer.text and "http://" not in answer.text and "https://" not in answer.text
+        assert "/v1/match" in answer.text and 'href="/openapi.json"' in answer.text
+        assert answer.headers["content-security-policy"].startswith("default-src 'none'")
+    for url in ("/v1/health", "/openapi.json", "/docs", "/v1/subjects", "/v1/health/ready", "/nowhere"):
+        answer = client.get(url)
+        assert answer.headers["cache-control"] == "no-store", url
+        assert answer.headers["x-content-type-options"] == "nosniff", url
+        assert answer.headers["x-frame-options"] == "DENY", url
+        assert "frame-ancestors 'none'" in answer.headers["content-security-policy"], url
+    assert client.get("/v1/health").json() == {"status": "ok"}
+    assert client.get("/v1/health/ready").json() == {"status": "ready"}
+    # the console's page keeps its own policy (its scripts, its styles)
+    assert "script-src 'self'" in client.get("/").headers["content-security-policy"]

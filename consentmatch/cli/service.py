@@ -62,7 +62,7 @@ def serve(
     for handler in logging["handlers"].values():
         handler["stream"] = "ext://sys.stderr"
     try:
-        run(create_app(g), host, port, limits, logging)
+        run(create_app(g, limits), host, port, limits, logging)
     finally:
         g.close()
 
