@@ -270,3 +270,22 @@ def test_docs_load_nothing_from_another_origin_and_every_answer_has_the_headers(
     assert client.get("/v1/health/ready").json() == {"status": "ready"}
     # the console's page keeps its own policy (its scripts, its styles)
     assert "script-src 'self'" in client.get("/").headers["content-security-policy"]
+
+
+def test_repeated_warnings_are_held_back_and_counted() -> None:
+    import logging
+
+    from consentmatch.service.server import RateLimitedLog
+
+    limiter = RateLimitedLog(window=60, burst=5)
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("uvicorn.error", logging.WARNING, __file__, 1, message, None, None)
+
+    passed = [limiter.filter(record("Invalid HTTP request received.")) for _ in range(1000)]
+    assert sum(passed) == 5
+    assert limiter.filter(record("another message"))  # each kind has its own budget
+    assert limiter.filter(logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, "x", None, None))
+    limiter.window = 0  # the next window: one line says how many were held back
+    first = record("Invalid HTTP request received.")
+    assert limiter.filter(first) and "995 more like it" in first.getMessage()

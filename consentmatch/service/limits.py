@@ -25,7 +25,7 @@ RETRY_AFTER_S = 2
 def _photo_work(scope: Scope) -> bool:
     if scope["method"] != "POST":
         return False
-    content_type = dict(scope.get("headers") or []).get(b"content-type", b"")
+    content_type = dict(scope.get("headers") or []).get(b"content-type", b"").lower()
     return content_type.startswith(b"multipart/form-data") or str(scope["path"]).endswith("/approve")
 
 
