@@ -51,7 +51,7 @@ SETTINGS: tuple[Setting, ...] = (
             "`serve`: open connections at most; beyond it the longest-waiting one without a request goes (default 1000)."),
     Setting("photo_workers", "CONSENTMATCH_PHOTO_WORKERS",
             "`serve`: requests doing photo work at once; more are answered 503 with Retry-After "
-            "(default: the CPU count, at most 4)."),
+            "(default: the CPU count, from 2 to 4)."),
 )
 
 
@@ -72,12 +72,12 @@ class Settings:
     header_timeout: float = 10.0
     keep_alive: float = 5.0
     max_connections: int = 1000
-    photo_workers: int = 0  # 0: the CPU count, at most 4 (`photo_slots`)
+    photo_workers: int = 0  # 0: the CPU count, from 2 to 4 (`photo_slots`)
 
     @property
     def photo_slots(self) -> int:
         """How many requests may do photo work at once: each 40-megapixel photo holds ~0.4 GB while decoded."""
-        return self.photo_workers or max(1, min(4, os.cpu_count() or 1))
+        return self.photo_workers or max(2, min(4, os.cpu_count() or 1))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
