@@ -122,6 +122,11 @@ def test_stalled_connections_are_closed_and_real_calls_still_answer(small_galler
                     continue
                 stalled.append(sock)
             assert len(stalled) > 1000, f"only {len(stalled)} connections could be opened"
+            for _ in range(5):  # and a few that send whole headers, then stall inside the body
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+                sock.sendall(b"POST /v1/match HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                             b"boundary=x\r\nContent-Length: 100000\r\n\r\n--x\r\n")
+                stalled.append(sock)
             # Six real calls while the stalled connections are there: each answers, quickly.
             answers = []
             for _ in range(6):
