@@ -36,7 +36,7 @@ def serve(
 ) -> None:
     """Serve the gallery over HTTP: API keys with roles, department approval, RFC 9457 errors.
 
-    Every endpoint but /v1/health needs `Authorization: Bearer <key>` (`consentmatch apikey
+    Every endpoint but /v1/health (and /v1/health/ready) needs `Authorization: Bearer <key>` (`consentmatch apikey
     create`); the OpenAPI document is at /openapi.json. The models are loaded before the first
     request. Stop it with Ctrl-C. For example: consentmatch serve -g visitors.db --port 8000
 

@@ -195,7 +195,8 @@ def create_app(gallery: Gallery, settings: Settings | None = None) -> FastAPI:
         docs_url=None, redoc_url=None,  # FastAPI's pages load scripts from a CDN: docs.py serves its own
         title="consentmatch", version=__version__,
         description="Consent-based face matching: a gallery that holds only faces enrolled with a recorded consent. "
-                    "Every call but /v1/health needs `Authorization: Bearer <key>` (`consentmatch apikey create`); "
+                    "Every call but /v1/health and /v1/health/ready needs `Authorization: Bearer <key>` "
+                    "(`consentmatch apikey create`); "
                     "errors are RFC 9457 problem details.",
     )
     limiter = RateLimiter()
