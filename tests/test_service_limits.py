@@ -294,3 +294,18 @@ def test_repeated_warnings_are_held_back_and_counted() -> None:
     limiter.window = 0  # the next window: one line says how many were held back
     first = record("Invalid HTTP request received.")
     assert limiter.filter(first) and "995 more like it" in first.getMessage()
+
+
+def test_the_limits_are_settings_with_one_line_errors() -> None:
+    from consentmatch.errors import InvalidArgumentError
+    from consentmatch.settings import Settings
+
+    assert Settings.from_env({}).header_timeout == 10 and Settings.from_env({}).max_connections == 1000
+    assert Settings.from_env({}).photo_slots >= 2
+    read = Settings.from_env({"CONSENTMATCH_HEADER_TIMEOUT": "2.5", "CONSENTMATCH_PHOTO_WORKERS": "3"})
+    assert read.header_timeout == 2.5 and read.photo_slots == 3
+    for env, value in (("CONSENTMATCH_MAX_CONNECTIONS", "many"), ("CONSENTMATCH_HEADER_TIMEOUT", "0"),
+                       ("CONSENTMATCH_KEEP_ALIVE", "nan"), ("CONSENTMATCH_PHOTO_WORKERS", "-1")):
+        with pytest.raises(InvalidArgumentError, match=env) as error:
+            Settings.from_env({env: value})
+        assert "\n" not in str(error.value)
