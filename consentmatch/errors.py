@@ -21,6 +21,7 @@
     │   ├── PermissionDeniedError the key's roles or purposes do not allow the call
     │   └── RateLimitError        the key is over its rate: retry after a moment
     ├── InvalidArgumentError      a bad value passed to the API (subject name, purpose, tolerance)
+    ├── ServiceBusyError          the service does all the photo work it may at once: retry after a moment
     ├── StorageError              SQLite failed: locked, read-only, disk full, corrupt
     │   └── TamperingError        a row fails its integrity check: the file was edited outside consentmatch
     ├── EncryptionKeyError        the gallery key or its data keys are missing or wrong
@@ -54,6 +55,7 @@ __all__ = [
     "QualityError",
     "RateLimitError",
     "RequestNotFoundError",
+    "ServiceBusyError",
     "StorageError",
     "SubjectNotFoundError",
     "TamperingError",
@@ -156,6 +158,14 @@ class RateLimitError(AccessError):
     """The key made more requests than its rate allows; `retry_after` is in seconds."""
 
     def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ServiceBusyError(ConsentMatchError):
+    """The service is doing all the photo work it may at once (CONSENTMATCH_PHOTO_WORKERS); `retry_after` is in seconds."""
+
+    def __init__(self, message: str, retry_after: int = 2) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 

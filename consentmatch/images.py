@@ -47,10 +47,11 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 MAX_FILE_BYTES = 64 * 1024 * 1024
 #: Decoded pixels above this are refused; JPEGs are decoded at 1/2, 1/4 or 1/8 to fit instead.
 MAX_DECODE_PIXELS = 40_000_000
-#: JPEGs at least this long decode at half size (libjpeg scales while it decodes: ~3x cheaper,
-#: and the detector's resize shrinks 4x less). Nothing looked for is lost: in a photo this long
-#: no face under 80 px is looked for (`vision.dlib.GUARANTEED_FACE_PX`), so the smallest is still
-#: 40 px, face_recognition's reach, and the photo is still longer than the 1,600 px its CLI reads.
+#: Photos at least this long decode at half size (JPEG: libjpeg scales while it decodes, ~3x
+#: cheaper, and the detector's resize shrinks 4x less; other formats: halved once decoded).
+#: Nothing looked for is lost: in a photo this long no face under 80 px is looked for
+#: (`vision.dlib.GUARANTEED_FACE_PX`), so the smallest is still 40 px, face_recognition's reach,
+#: and the photo is still longer than the 1,600 px its CLI reads.
 HALF_DECODE_PX = 3200
 
 #: The most characters of an uploaded file's name kept to name the photo (the extension kept).
@@ -64,8 +65,8 @@ _PHOTO_FILE = FileKind("", "a photo file", MAX_FILE_BYTES, "downscale or re-comp
 class Photo:
     """A decoded, upright photo.
 
-    `scale` is how many pixels of the original one decoded pixel stands for (1.0 unless a JPEG of
-    HALF_DECODE_PX or more, or a huge one, was decoded at reduced size), so boxes can be reported
+    `scale` is how many pixels of the original one decoded pixel stands for (1.0 unless a photo of
+    HALF_DECODE_PX or more, or a huge JPEG, was decoded at reduced size), so boxes can be reported
     in the original's coordinates.
     """
 
@@ -202,11 +203,21 @@ def _decode(image: Image.Image, name: str) -> tuple[NDArray[np.uint8], float]:
             raise ImageError(f"'{name}' is {width}x{height} pixels, too large even at 1/8 size: downscale it.", name)
         scale = width / image.size[0]
     image.load()
+    if not jpeg and max(width, height) >= HALF_DECODE_PX:
+        # Other formats cannot decode at reduced size: halve right after decoding, before any
+        # copy, by the JPEG rule (nothing looked for is lost). Detection and encoding then hold a
+        # quarter of the pixels: a legal 40-megapixel PNG costs ~0.3 GB at its peak, not ~0.7.
+        try:
+            image = image.reduce(2)
+            scale = width / image.size[0]
+        except (ValueError, NotImplementedError):  # a mode reduce() lacks (palette, 1-bit): kept whole
+            pass
     try:
-        upright = ImageOps.exif_transpose(image)
+        # In place: a copy of a 40-megapixel photo costs 120 MB more at the peak.
+        ImageOps.exif_transpose(image, in_place=True)
     except Exception:  # a broken EXIF block must not cost the photo; keep it as stored
-        upright = image
-    return _to_rgb(upright), scale
+        pass
+    return _to_rgb(image), scale
 
 
 def _gps(image: Image.Image) -> tuple[float, float] | None:
@@ -244,7 +255,9 @@ def _to_rgb(image: Image.Image) -> NDArray[np.uint8]:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    if image.mode != "RGB":  # converting an RGB photo would copy it for nothing
+        image = image.convert("RGB")
+    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
 
 
 def annotate(photo: PhotoInput, labels: list[tuple[tuple[int, int, int, int], str]], target: Path) -> None:

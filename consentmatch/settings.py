@@ -11,7 +11,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from .errors import InvalidArgumentError
+
+_N = TypeVar("_N", int, float)
 
 __all__ = ["SETTINGS", "Setting", "Settings", "KeySource", "key_source"]
 
@@ -39,6 +43,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("quality", "CONSENTMATCH_QUALITY", "Default quality bar of new galleries: off, low, medium or high."),
     Setting("actor", "CONSENTMATCH_ACTOR", "Who is calling, for the audit trail (the CLI's --actor)."),
     Setting("debug", "CONSENTMATCH_DEBUG", "Set to 1 to show tracebacks of unexpected errors (CLI only)."),
+    Setting("header_timeout", "CONSENTMATCH_HEADER_TIMEOUT",
+            "`serve`: seconds a connection has to send a request's line and headers, else it is closed (default 10)."),
+    Setting("keep_alive", "CONSENTMATCH_KEEP_ALIVE",
+            "`serve`: seconds an idle connection is kept open between requests (default 5)."),
+    Setting("max_connections", "CONSENTMATCH_MAX_CONNECTIONS",
+            "`serve`: open connections at most; beyond it the longest-waiting one without a request goes (default 1000)."),
+    Setting("photo_workers", "CONSENTMATCH_PHOTO_WORKERS",
+            "`serve`: requests doing photo work at once; more are answered 503 with Retry-After "
+            "(default: the CPU count, from 2 to 4)."),
 )
 
 
@@ -56,6 +69,15 @@ class Settings:
     quality: str | None = None
     actor: str | None = None
     debug: bool = False
+    header_timeout: float = 10.0
+    keep_alive: float = 5.0
+    max_connections: int = 1000
+    photo_workers: int = 0  # 0: the CPU count, from 2 to 4 (`photo_slots`)
+
+    @property
+    def photo_slots(self) -> int:
+        """How many requests may do photo work at once: each 40-megapixel photo holds ~0.4 GB while decoded."""
+        return self.photo_workers or max(2, min(4, os.cpu_count() or 1))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -76,6 +98,10 @@ class Settings:
             quality=(raw["quality"] or "").lower() or None,
             actor=raw["actor"],
             debug=raw["debug"] not in (None, "0", "false", "no"),
+            header_timeout=_number(raw, "header_timeout", float, 10.0, 0.1),
+            keep_alive=_number(raw, "keep_alive", float, 5.0, 0.1),
+            max_connections=_number(raw, "max_connections", int, 1000, 10),
+            photo_workers=_number(raw, "photo_workers", int, 0, 0),
         )
 
     def replace(self, **changes: Any) -> Settings:
@@ -110,6 +136,21 @@ def key_source(settings: Settings, given: bytes | str | None, gallery_id: str | 
     assert key_dir is not None
     return KeySource("key file", path=key_dir / f"{gallery_id}.key" if gallery_id else None)
 
+
+
+def _number(raw: Mapping[str, str | None], field: str, kind: type[_N], default: _N, least: _N) -> _N:
+    """A numeric setting, or a one-line error naming the variable and what it takes."""
+    value = raw[field]
+    if value is None:
+        return default
+    env = next(s.env for s in SETTINGS if s.field == field)
+    try:
+        number = kind(value)
+    except ValueError:
+        number = None
+    if number is None or not number >= least or number != number:
+        raise InvalidArgumentError(f"{env}={value!r} is not a number of at least {least}: fix or unset it.")
+    return number
 
 
 def _path(value: str | None) -> Path | None:

@@ -136,6 +136,22 @@ def test_an_80px_face_is_found_in_a_big_photo(real_gallery: Gallery) -> None:
     assert 3000 <= face.box.left and 60 <= face.box.width <= 120
 
 
+def test_a_big_png_is_halved_once_decoded_and_keeps_its_80px_face(real_gallery: Gallery) -> None:
+    # Like a big JPEG (HALF_DECODE_PX): halved right after decoding, so a 40-megapixel PNG holds a
+    # quarter of the memory; the face of the enrollment minimum is still found, boxed in the original.
+    probe = Image.open(EXAMPLES / "probes" / "obama1.jpg").convert("RGB")
+    factor = 84 / 385
+    small = probe.resize((round(probe.width * factor), round(probe.height * factor)))
+    canvas = Image.new("RGB", (4800, 3200), (120, 120, 120))
+    canvas.paste(small, (3000, 2000))
+    buffer = io.BytesIO()
+    canvas.save(buffer, "PNG", compress_level=1)
+    decoded = load_photo(buffer.getvalue())
+    assert decoded.scale == 2.0 and decoded.pixels.shape[:2] == (1600, 2400)
+    (face,) = real_gallery.match(buffer.getvalue(), purpose=PURPOSE).faces
+    assert face.subject == "obama"
+    assert 3000 <= face.box.left and 60 <= face.box.width <= 120
+
 def test_detection_scale() -> None:
     from consentmatch.vision.dlib import detection_scale
 

@@ -36,9 +36,13 @@ def serve(
 ) -> None:
     """Serve the gallery over HTTP: API keys with roles, department approval, RFC 9457 errors.
 
-    Every endpoint but /v1/health needs `Authorization: Bearer <key>` (`consentmatch apikey
+    Every endpoint but /v1/health (and /v1/health/ready) needs `Authorization: Bearer <key>` (`consentmatch apikey
     create`); the OpenAPI document is at /openapi.json. The models are loaded before the first
     request. Stop it with Ctrl-C. For example: consentmatch serve -g visitors.db --port 8000
+
+    A connection has CONSENTMATCH_HEADER_TIMEOUT seconds (10) to send its request's headers, at
+    most CONSENTMATCH_MAX_CONNECTIONS (1000) are open, and CONSENTMATCH_PHOTO_WORKERS requests do
+    photo work at once (more are answered 503 with Retry-After).
     """
     import copy
 
@@ -46,17 +50,19 @@ def serve(
 
     from .. import vision
     from ..service import create_app
+    from ..service.server import run
 
     with mapped_errors():
+        limits = settings()
         g = open_gallery(gallery)
-        vision.load_models(vision.default_encoder(settings()))
+        vision.load_models(vision.default_encoder(limits))
     # uvicorn's own logging, on stderr (stdout stays for what a command answers); the access log
     # has method, path and status: never a body, so never a photo.
     logging = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     for handler in logging["handlers"].values():
         handler["stream"] = "ext://sys.stderr"
     try:
-        uvicorn.run(create_app(g), host=host, port=port, log_level="info", log_config=logging, server_header=False)
+        run(create_app(g, limits), host, port, limits, logging)
     finally:
         g.close()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
@@ -31,13 +32,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..consent import Consent, parse_expiry
-from ..errors import ApprovalRequiredError, ConsentMatchError, InvalidArgumentError, RequestNotFoundError
+from ..errors import ApprovalRequiredError, ConsentMatchError, InvalidArgumentError, RequestNotFoundError, StorageError
 from ..gallery import Gallery
 from ..images import MAX_FILE_BYTES, Upload, upload_name
 from ..results import MatchResult, SearchRequest, Verification
+from ..settings import Settings
 from ..text import check_text
 from .auth import Caller, RateLimiter, caller
 from .console import mount_console
+from .docs import mount_docs
+from .headers import SecurityHeaders
+from .limits import PhotoSlots
 from .problems import PROBLEM_JSON, problem, problem_for
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
@@ -184,16 +189,21 @@ def _json(data: Any, status: int = 200) -> JSONResponse:
     return JSONResponse(data, status_code=status, headers=_NO_STORE)
 
 
-def create_app(gallery: Gallery) -> FastAPI:
-    """The service over one open gallery (its models load at the first photo, or at `serve`'s start)."""
+def create_app(gallery: Gallery, settings: Settings | None = None) -> FastAPI:
+    """The service over one open gallery (its models load at the first photo, or at `serve`'s start);
+    `settings` gives its limits (`photo_slots`), the defaults when None."""
     app = FastAPI(
+        docs_url=None, redoc_url=None,  # FastAPI's pages load scripts from a CDN: docs.py serves its own
         title="consentmatch", version=__version__,
         description="Consent-based face matching: a gallery that holds only faces enrolled with a recorded consent. "
-                    "Every call but /v1/health needs `Authorization: Bearer <key>` (`consentmatch apikey create`); "
+                    "Every call but /v1/health and /v1/health/ready needs `Authorization: Bearer <key>` "
+                    "(`consentmatch apikey create`); "
                     "errors are RFC 9457 problem details.",
     )
     limiter = RateLimiter()
+    app.add_middleware(PhotoSlots, slots=(settings or Settings()).photo_slots)  # limits.py: 503 beyond them
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(SecurityHeaders)  # outermost: every answer, a refusal's too (headers.py)
 
     @app.exception_handler(ConsentMatchError)
     async def _library_error(request: Request, exc: ConsentMatchError) -> Response:
@@ -237,6 +247,17 @@ def create_app(gallery: Gallery) -> FastAPI:
     @app.get("/v1/health", tags=["service"], summary="Liveness: the service answers (no key needed)")
     def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/v1/health/ready", tags=["service"], summary="Readiness: the gallery's store answers (no key needed)",
+             responses={503: {"description": "The store cannot be reached: route no calls here"}})
+    def ready() -> Response:
+        try:
+            gallery.policy()  # one read transaction, the cheapest call that needs the store
+        except StorageError as exc:
+            logging.getLogger("uvicorn.error").warning("Not ready: %s", exc)
+            return problem(503, "The gallery's store does not answer: the server's log has why.", "StorageError",
+                           retry_after=5)
+        return _json({"status": "ready"})
 
     @app.get("/v1/version", tags=["service"], summary="The service's version and the caller's key")
     def version(request: Request) -> JSONResponse:
@@ -480,5 +501,6 @@ def create_app(gallery: Gallery) -> FastAPI:
         return _json({"name": name, "removed": gallery.remove_purpose(name, actor=found.name)})
 
     mount_console(app, gallery, limiter)  # the browser console at / and its sign-in (console.py)
+    mount_docs(app)  # /docs and /redoc without any third-party script (docs.py)
     return app
 

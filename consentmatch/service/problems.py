@@ -32,6 +32,7 @@ from ..errors import (
     QualityError,
     RateLimitError,
     RequestNotFoundError,
+    ServiceBusyError,
     StorageError,
     SubjectNotFoundError,
     TamperingError,
@@ -60,6 +61,7 @@ STATUS: tuple[tuple[type[ConsentMatchError], int], ...] = (
     (PolicyError, 403),
     (ManifestError, 400),
     (InvalidArgumentError, 422),
+    (ServiceBusyError, 503),
     (TamperingError, 500),
     (StorageError, 503),
     (EncryptionKeyError, 500),
@@ -98,6 +100,6 @@ def problem_for(exc: ConsentMatchError) -> JSONResponse:
     extra: dict[str, Any] = {}
     if isinstance(exc, QualityError):
         extra["reasons"] = list(exc.reasons)
-    if isinstance(exc, RateLimitError):
+    if isinstance(exc, (RateLimitError, ServiceBusyError)):
         extra["retry_after"] = exc.retry_after
     return problem(status_of(exc), " ".join(str(exc).split()), kind, **extra)
