@@ -268,12 +268,12 @@ def create_app(gallery: Gallery) -> FastAPI:
         who(request, "enroller", "auditor")
         return _json([r.to_dict() for r in gallery.consents(subject)])
 
-    @app.get("/v1/consents/{ref}", tags=["consents"], summary="One consent record")
+    @app.get("/v1/consents/{ref:path}", tags=["consents"], summary="One consent record")
     def consent(request: Request, ref: Annotated[str, Path(max_length=200)]) -> JSONResponse:
         who(request, "enroller", "auditor")
         return _json(gallery.consent(ref).to_dict())
 
-    @app.delete("/v1/consents/{ref}", tags=["consents"], summary="Revoke a consent (erases the templates)")
+    @app.delete("/v1/consents/{ref:path}", tags=["consents"], summary="Revoke a consent (erases the templates)")
     def revoke(request: Request, ref: Annotated[str, Path(max_length=200)]) -> JSONResponse:
         found = who(request, "enroller")
         return _json(gallery.revoke_consent(ref, actor=found.name).to_dict())
@@ -475,7 +475,7 @@ def create_app(gallery: Gallery) -> FastAPI:
         found = who(request, "admin")
         return _json(gallery.declare_purpose(body.name, actor=found.name).to_dict(), 201)
 
-    @app.delete("/v1/purposes/{name}", tags=["admin"], summary="Withdraw a declared purpose")
+    @app.delete("/v1/purposes/{name:path}", tags=["admin"], summary="Withdraw a declared purpose")
     def withdraw(request: Request, name: Annotated[str, Path(max_length=64)]) -> JSONResponse:
         found = who(request, "admin")
         return _json({"name": name, "removed": gallery.remove_purpose(name, actor=found.name)})

@@ -18,7 +18,7 @@ from datetime import datetime
 from ..consent import check_purpose
 from ..errors import AuthenticationError, InvalidArgumentError
 from ..results import ApiKeyInfo, NewApiKey
-from .context import Context, check_name
+from .context import Context, check_name, check_new_name
 
 __all__ = ["ROLES", "api_keys", "authenticate", "create_api_key", "recall", "remember", "revoke_api_key"]
 
@@ -43,7 +43,7 @@ def create_api_key(
     rate_limit: int | None, actor: str | None,
 ) -> NewApiKey:
     """A new key, shown once; its salted hash and terms stored, the creation audited."""
-    name = check_name(name, "API key name")
+    name = check_new_name(name, "API key name")
     wanted = sorted(set(roles))
     unknown = [r for r in wanted if r not in ROLES]
     if not wanted or unknown:

@@ -26,10 +26,12 @@ from ..retention import destroy_by
 from ..search.cache import IndexCache
 from ..settings import Settings
 from ..storage import Store, Transaction
-from ..text import check_text
+from ..text import check_text, visible
 from ..vision.types import Encoder
 
-__all__ = ["Clock", "Context", "REFUSALS", "check_declared", "check_name", "default_actor", "region_error", "utcnow"]
+__all__ = [
+    "Clock", "Context", "REFUSALS", "check_declared", "check_name", "check_new_name", "default_actor", "region_error", "utcnow",
+]
 
 Clock = Callable[[], datetime]
 
@@ -47,6 +49,17 @@ def default_actor() -> str:
 
 #: A subject name or actor as stored: NFC, trimmed, printable.
 check_name = check_text
+
+
+def check_new_name(name: object, what: str) -> str:
+    """A name about to be created (a subject, an API key): `check_name`, and no `/`, which no
+    URL path segment can carry (the service's `/v1/subjects/{subject}` could never reach it).
+    Names stored before this rule stay readable: lookups use `check_name`."""
+    text = check_name(name, what)
+    if "/" in text:
+        raise InvalidArgumentError(f"'{visible(text)}' is not a valid {what}: it holds '/', which no URL can carry; "
+                                   "use another character, e.g. '-'.")
+    return text
 
 
 class _RegionError(PolicyError):
