@@ -101,15 +101,18 @@ def apikey_create(
 
 @apikey_app.command("list")
 def apikey_list(gallery: GalleryOption, as_json: JsonOption = False) -> None:
-    """The API keys, revoked ones included (never a key or its hash)."""
+    """The API keys, revoked ones included (never a key or its hash), with each one's rate limit:
+    its own, or the policy's `rate_limit` (JSON: `rate_limit` null)."""
     with mapped_errors(), open_gallery(gallery) as g:
         keys = g.api_keys()
+        default_rate = g.policy()["rate_limit"] if keys else None
     if as_json:
         print_json_lines(keys)
         return
-    grid = table("Name", "Roles", "Purposes", "Expires", "Revoked")
+    grid = table("Name", "Roles", "Purposes", "Rate/min", "Expires", "Revoked")
     for key in keys:
-        grid.add_row(_shown(key.name), ", ".join(key.roles), _shown(", ".join(key.purposes)) or "all",
+        rate = str(key.rate_limit) if key.rate_limit is not None else f"{default_rate} (policy)"
+        grid.add_row(_shown(key.name), ", ".join(key.roles), _shown(", ".join(key.purposes)) or "all", rate,
                      day(key.expires), day(key.revoked_at))
     out.print(grid)
 
