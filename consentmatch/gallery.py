@@ -50,6 +50,8 @@ class Gallery:
         key_dir: where the key files live; None: CONSENTMATCH_KEY_DIR or the user data folder.
         settings: the environment's settings (`Settings.from_env()`, read here when None): key
             sources, key and cache folders, encoder, the default quality bar.
+        existing: refuse a gallery that does not exist yet (GalleryNotFoundError), for a caller
+            that only reads or serves it: a mistyped path is an error, not an empty gallery.
 
     Example:
         >>> with Gallery("visitors.db", actor="desk-3") as gallery:
@@ -60,11 +62,17 @@ class Gallery:
     def __init__(
         self, path: str | os.PathLike[str], *, encoder: Encoder | None = None, clock: Clock | None = None,
         actor: str | None = None, key: bytes | str | None = None, key_dir: str | os.PathLike[str] | None = None,
-        settings: Settings | None = None,
+        settings: Settings | None = None, existing: bool = False,
     ) -> None:
         settings = settings if settings is not None else Settings.from_env()
         self._keys = KeyRing(key, key_dir, settings)
         store = open_store(os.fspath(path), self._keys, settings)
+        if existing and not store.exists():  # a mistyped path must not read as an empty gallery
+            try:
+                with store.read():  # GalleryNotFoundError, in the store's words (a URL without its password)
+                    pass
+            finally:
+                store.close()
         #: Where the gallery is, as given: a file path or a PostgreSQL URL.
         self.location = os.fspath(path)
         #: The gallery file; for a PostgreSQL gallery, this machine's own file of it (its index snapshot).

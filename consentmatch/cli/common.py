@@ -180,10 +180,15 @@ def settings(detector: str | None = None) -> Settings:
     return Settings.from_env().replace(detector=detector)
 
 
-def open_gallery(path: str | Path, actor: str | None = None, detector: str | None = None) -> Gallery:
+def open_gallery(path: str | Path, actor: str | None = None, detector: str | None = None, *,
+                 existing: bool = False) -> Gallery:
+    """The gallery at `path`. `existing`: the verb reads, changes or serves what is there, so a
+    gallery that does not exist is an error (a mistyped path), never an empty gallery; only the
+    verbs that create (enroll, import, consent grant, purpose add, policy set, optout add, apikey
+    create) make a new one."""
     from ..gallery import Gallery
 
-    return Gallery(path, actor=actor, settings=settings(detector))
+    return Gallery(path, actor=actor, settings=settings(detector), existing=existing)
 
 
 def table(*columns: str, title: str | None = None) -> Table:
