@@ -400,6 +400,20 @@ class Gallery:
         """
         return access.authenticate(self._ctx, key)
 
+    def record_refusal(
+        self, action: str, error: Exception, *, subject: str | None = None, purpose: str | None = None,
+        actor: str | None = None, details: dict[str, str] | None = None,
+    ) -> None:
+        """Audit a call refused before it reached a verb: the service's 403 (a key outside its role
+        or purposes). The verbs record their own refusals; errors that are no refusal are ignored.
+
+        Args:
+            action: what was attempted, e.g. ``match``.
+            error: the refusal (a PermissionDeniedError, or a refusal of the verbs' kinds).
+            details: more of the call, e.g. ``{"call": "POST /v1/match"}``.
+        """
+        self._ctx.record_refusal(action, subject, purpose, actor, error, details)
+
     def request_match(
         self, photo: PhotoInput, *, purpose: str, case_ref: str, reason: str, tolerance: float | None = None,
         top_k: int | None = None, actor: str | None = None,

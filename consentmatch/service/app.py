@@ -31,7 +31,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..consent import Consent, parse_expiry
-from ..errors import ApprovalRequiredError, ConsentMatchError, InvalidArgumentError, RequestNotFoundError
+from ..errors import (ApprovalRequiredError, ConsentMatchError, InvalidArgumentError, PermissionDeniedError,
+                      RequestNotFoundError)
 from ..gallery import Gallery
 from ..images import MAX_FILE_BYTES
 from ..results import MatchResult, SearchRequest, Verification
@@ -166,14 +167,17 @@ def _moment(text: str | None, what: str) -> datetime | None:
 
 
 def _search_or_hold(
-    search: Callable[[], MatchResult | Verification], hold: Callable[[str, str], SearchRequest],
-    case_ref: str | None, reason: str | None,
+    gallery: Gallery, purpose: str, search: Callable[[], MatchResult | Verification],
+    hold: Callable[[str, str], SearchRequest], case_ref: str | None, reason: str | None,
 ) -> JSONResponse:
     """The search's result (200); for a purpose that needs approval, with a case reference and a
-    reason, the request that now holds it (202). Without them the refusal stands (a problem)."""
+    reason, the request that now holds it (202). Without them the refusal stands (a problem,
+    audited by the search)."""
+    if case_ref and reason and purpose.strip() in gallery.policy()["approval_purposes"]:
+        return _json(hold(case_ref, reason).to_dict(), 202)
     try:
         return _json(search().to_dict())
-    except ApprovalRequiredError:
+    except ApprovalRequiredError:  # the policy changed between the two reads
         if not case_ref or not reason:
             raise
     return _json(hold(case_ref, reason).to_dict(), 202)
@@ -215,7 +219,14 @@ def create_app(gallery: Gallery) -> FastAPI:
 
     def who(request: Request, *roles: str, purpose: str | None = None) -> Caller:
         found = caller(request, gallery, limiter)
-        found.require(*roles, purpose=purpose)
+        try:
+            found.require(*roles, purpose=purpose)
+        except PermissionDeniedError as exc:  # audited like every refusal: who tried what
+            route = request.scope.get("route")
+            gallery.record_refusal(getattr(route, "name", "call").replace("_", "-"), exc, purpose=purpose,
+                                   subject=request.path_params.get("subject"), actor=found.name,
+                                   details={"call": f"{request.method} {getattr(route, 'path', request.url.path)}"})
+            raise
         return found
 
     def idempotent(caller: Caller, key: str | None, fingerprint: str, run: Callable[[], JSONResponse]) -> Response:
@@ -341,7 +352,7 @@ def create_app(gallery: Gallery) -> FastAPI:
         data = await _read(photo)
 
         return await run_in_threadpool(
-            _search_or_hold,
+            _search_or_hold, gallery, purpose,
             lambda: gallery.match(data, purpose=purpose, tolerance=tolerance, top_k=top_k, actor=found.name),
             lambda c, r: gallery.request_match(data, purpose=purpose, case_ref=c, reason=r, tolerance=tolerance,
                                                top_k=top_k, actor=found.name),
@@ -363,7 +374,7 @@ def create_app(gallery: Gallery) -> FastAPI:
         data = await _read(photo)
 
         return await run_in_threadpool(
-            _search_or_hold,
+            _search_or_hold, gallery, purpose,
             lambda: gallery.verify(subject, data, purpose=purpose, tolerance=tolerance, actor=found.name),
             lambda c, r: gallery.request_verify(subject, data, purpose=purpose, case_ref=c, reason=r,
                                                 tolerance=tolerance, actor=found.name),

@@ -126,11 +126,11 @@ def _run(ctx: Context, request: SearchRequest, probe: bytes) -> SearchRequest:
         if request.kind == "match":
             return replace(request, result=matching.match(
                 ctx, probe, purpose=request.purpose, tolerance=request.tolerance, top_k=request.top_k or DEFAULT_TOP_K,
-                min_face_px=PROBE_MIN_FACE_PX, actor=request.requester, approved=True).to_dict())
+                min_face_px=PROBE_MIN_FACE_PX, actor=request.requester, approved=request).to_dict())
         assert request.subject is not None
         return replace(request, result=matching.verify(
             ctx, request.subject, probe, purpose=request.purpose, tolerance=request.tolerance,
-            min_face_px=PROBE_MIN_FACE_PX, actor=request.requester, approved=True).to_dict())
+            min_face_px=PROBE_MIN_FACE_PX, actor=request.requester, approved=request).to_dict())
     except REFUSALS as exc:  # the decision stands; the search's refusal (no face, no consent) is its answer
         return replace(request, error=str(exc))
 
