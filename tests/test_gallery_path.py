@@ -80,3 +80,13 @@ def test_serve_refuses_a_gallery_that_does_not_exist(tmp_path: Path) -> None:
     assert done.returncode == 1, done
     assert done.stderr.strip() == f"error: No gallery at '{typo}': enroll someone to create it, or check --gallery / " \
                                   "CONSENTMATCH_GALLERY." and not typo.exists()
+
+
+def test_an_empty_postgresql_database_is_no_gallery_to_read(pg_url: str) -> None:
+    with pytest.raises(GalleryNotFoundError, match="No gallery at") as caught:
+        Gallery(pg_url, encoder=FakeEncoder(), existing=True)
+    assert "password=" not in str(caught.value) or "password=***" in str(caught.value)
+    with Gallery(pg_url, encoder=FakeEncoder()) as gallery:
+        gallery.grant_consent("alice", Consent("F-1", ["door"]))
+    with Gallery(pg_url, encoder=FakeEncoder(), existing=True) as gallery:
+        assert [r.subject for r in gallery.consents()] == ["alice"]
