@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from consentmatch import ApprovalRequiredError, Consent, Gallery
+from consentmatch import ApprovalRequiredError, Consent, Gallery, PermissionDeniedError
 from consentmatch.service import create_app
 
 from .conftest import FakeEncoder, fake_photo
@@ -81,3 +81,13 @@ def test_a_held_request_is_no_refusal_and_its_approved_search_names_it(office: A
     (search,) = [e for e in gallery.audit(action="match", actor="officer-12")]
     assert search.details["request"] == request_id and search.details["case_ref"] == "C-24-118"
     assert search.details["subjects"] == ["alice"]
+
+
+def test_deciding_ones_own_request_is_refused_on_the_record(office: Any) -> None:
+    gallery, _, _, probe = office
+    held = gallery.request_match(probe, purpose="police", case_ref="C-7", reason="r", actor="sgt.lee")
+    with pytest.raises(PermissionDeniedError):
+        gallery.approve_request(held.request_id, reason="mine", actor="sgt.lee")
+    (event,) = _refused(gallery, actor="sgt.lee")
+    assert event["action"] == "request-approve" and event["details"]["request"] == held.request_id
+    assert gallery.search_request(held.request_id).status == "pending"

@@ -31,7 +31,8 @@ from ..text import check_text, visible
 from ..vision.types import Encoder
 
 __all__ = [
-    "Clock", "Context", "REFUSALS", "check_declared", "check_name", "check_new_name", "default_actor", "region_error", "utcnow",
+    "Clock", "Context", "REFUSALS", "check_declared", "check_name", "check_new_name", "default_actor", "region_error",
+    "utcnow",
 ]
 
 Clock = Callable[[], datetime]
