@@ -50,6 +50,8 @@ class Gallery:
         key_dir: where the key files live; None: CONSENTMATCH_KEY_DIR or the user data folder.
         settings: the environment's settings (`Settings.from_env()`, read here when None): key
             sources, key and cache folders, encoder, the default quality bar.
+        existing: refuse a gallery that does not exist yet (GalleryNotFoundError), for a caller
+            that only reads or serves it: a mistyped path is an error, not an empty gallery.
 
     Example:
         >>> with Gallery("visitors.db", actor="desk-3") as gallery:
@@ -60,11 +62,17 @@ class Gallery:
     def __init__(
         self, path: str | os.PathLike[str], *, encoder: Encoder | None = None, clock: Clock | None = None,
         actor: str | None = None, key: bytes | str | None = None, key_dir: str | os.PathLike[str] | None = None,
-        settings: Settings | None = None,
+        settings: Settings | None = None, existing: bool = False,
     ) -> None:
         settings = settings if settings is not None else Settings.from_env()
         self._keys = KeyRing(key, key_dir, settings)
         store = open_store(os.fspath(path), self._keys, settings)
+        if existing and not store.exists():  # a mistyped path must not read as an empty gallery
+            try:
+                with store.read():  # GalleryNotFoundError, in the store's words (a URL without its password)
+                    pass
+            finally:
+                store.close()
         #: Where the gallery is, as given: a file path or a PostgreSQL URL.
         self.location = os.fspath(path)
         #: The gallery file; for a PostgreSQL gallery, this machine's own file of it (its index snapshot).
@@ -396,6 +404,20 @@ class Gallery:
             AuthenticationError: no key, or an unknown, revoked or expired one.
         """
         return access.authenticate(self._ctx, key, before_check)
+
+    def record_refusal(
+        self, action: str, error: Exception, *, subject: str | None = None, purpose: str | None = None,
+        actor: str | None = None, details: dict[str, str] | None = None,
+    ) -> None:
+        """Audit a call refused before it reached a verb: the service's 403 (a key outside its role
+        or purposes). The verbs record their own refusals; errors that are no refusal are ignored.
+
+        Args:
+            action: what was attempted, e.g. ``match``.
+            error: the refusal (a PermissionDeniedError, or a refusal of the verbs' kinds).
+            details: more of the call, e.g. ``{"call": "POST /v1/match"}``.
+        """
+        self._ctx.record_refusal(action, subject, purpose, actor, error, details)
 
     def request_match(
         self, photo: PhotoInput, *, purpose: str, case_ref: str, reason: str, tolerance: float | None = None,

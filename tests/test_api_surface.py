@@ -60,10 +60,11 @@ def test_cli_mirrors_the_gallery_verbs() -> None:
     assert commands - set(VERBS) <= NOT_GALLERY_VERBS
     public = {name for name, _ in inspect.getmembers(consentmatch.Gallery, inspect.isfunction) if not name.startswith("_")}
     # audit --verify; match PHOTO... calls match_many (match is its one-photo form); close is the context manager's;
-    # match/verify --case-ref file requests; the rest serve the HTTP service (authenticate, a held probe, idempotency)
+    # match/verify --case-ref file requests; the rest serve the HTTP service (authenticate, a held probe, idempotency,
+    # its 403s audited)
     assert public - set(VERBS.values()) == {"close", "verify_audit", "match_many", "request_match", "request_verify",
                                             "authenticate", "request_probe", "recall_answer", "keep_answer",
-                                            "answer_once"}
+                                            "answer_once", "record_refusal"}
 
 
 def test_import_is_light_and_side_effect_free() -> None:

@@ -185,11 +185,8 @@ def test_errors_are_one_line_with_the_right_exit_code(
 def test_missing_gallery_is_one_line(fake_cli: None, tmp_path: Path) -> None:
     photo = fake_photo(tmp_path, "a.png", (10, 0))
     for args in (["match", photo, "-p", "door"], ["subjects"], ["forget", "x", "--yes"]):
-        result = run(*args, "-g", tmp_path / "nope.db")
-        if args == ["subjects"]:
-            assert result.exit_code == 0 and "0 subject(s)" in result.stdout
-        else:
-            assert result.exit_code == 1 and "No gallery at" in result.stderr
+        result = run(*args, "-g", tmp_path / "nope.db")  # a mistyped path is no empty gallery (issue 24, item 16)
+        assert result.exit_code == 1 and "No gallery at" in result.stderr
     assert not (tmp_path / "nope.db").exists()
 
 

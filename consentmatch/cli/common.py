@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
+from rich.cells import cell_len
+from rich.text import Text
 
 from ..errors import ConsentMatchError, InvalidArgumentError
 from ..settings import Settings
@@ -180,16 +182,66 @@ def settings(detector: str | None = None) -> Settings:
     return Settings.from_env().replace(detector=detector)
 
 
-def open_gallery(path: str | Path, actor: str | None = None, detector: str | None = None) -> Gallery:
+def open_gallery(path: str | Path, actor: str | None = None, detector: str | None = None, *,
+                 existing: bool = False) -> Gallery:
+    """The gallery at `path`. `existing`: the verb reads, changes or serves what is there, so a
+    gallery that does not exist is an error (a mistyped path), never an empty gallery; only the
+    verbs that create (enroll, import, consent grant, purpose add, policy set, optout add, apikey
+    create) make a new one."""
     from ..gallery import Gallery
 
-    return Gallery(path, actor=actor, settings=settings(detector))
+    return Gallery(path, actor=actor, settings=settings(detector), existing=existing)
+
+
+#: The longest word a column keeps whole when the terminal is narrow; a longer one (a hash, an
+#: id) folds instead of taking the width of every other column.
+LONGEST_WORD = 24
+#: Words this short (a date, a count, a state, a role) are never split while the header words
+#: and they can fit; longer ones (names, references) give way first, evenly.
+SHORT_WORD = 10
+
+
+class _Grid(Table):
+    """A table that, when the terminal is too narrow for its widest lines, splits no header word
+    and no short word (a date, a count, a state) while they can fit: the longest words give way
+    first, evenly, and what width is left goes to the columns that need least first. Rich's own
+    narrowing splits every column evenly ("Jurisdictio n", "2026-1 2-04")."""
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        for column in self.columns:
+            column.width = None
+        headers = [Text.from_markup(c.header if isinstance(c.header, str) else "").plain.split() for c in self.columns]
+        cells = [[w for cell in c.cells for w in Text.from_markup(cell if isinstance(cell, str) else "").plain.split()]
+                 for c in self.columns]
+        lines = [[line for cell in (c.header, *c.cells)
+                  for line in Text.from_markup(cell if isinstance(cell, str) else "").plain.splitlines()]
+                 for c in self.columns]
+        widest = [max(map(cell_len, ls), default=1) for ls in lines]
+        word = [min(LONGEST_WORD, max(map(cell_len, h + c), default=1)) for h, c in zip(headers, cells)]
+        floor = [max([cell_len(w) for w in h] + [cell_len(w) for w in c if cell_len(w) <= SHORT_WORD], default=1)
+                 for h, c in zip(headers, cells)]
+        room = options.max_width - (len(self.columns) + 1) - 2 * len(self.columns)  # borders, padding
+        if sum(widest) > room and sum(floor) <= room:
+            least = [max(w, f) for w, f in zip(word, floor)]
+            while sum(least) > room:  # the longest words give way, one cell at a time
+                i = max((i for i in range(len(least)) if least[i] > floor[i]), key=lambda i: least[i])
+                least[i] -= 1
+            widths, spare = list(least), room - sum(least)
+            order = sorted(range(len(widths)), key=lambda i: widest[i] - least[i])
+            for rank, i in enumerate(order):
+                give = min(max(0, widest[i] - least[i]), spare // (len(order) - rank))
+                widths[i] += give
+                spare -= give
+            for column, width in zip(self.columns, widths):
+                column.width = width
+        return super().__rich_console__(console, options)
 
 
 def table(*columns: str, title: str | None = None) -> Table:
     """A table whose cells fold instead of ending in "…": at 80 columns or piped, a path or a
-    name is printed whole, over several lines if need be."""
-    grid = Table(title=title)
+    name is printed whole, over several lines if need be; short columns (a date, a count, a
+    state) never break, so words are split only where a single word is wider than its column."""
+    grid = _Grid(title=title)
     for column in columns:
         grid.add_column(column, overflow="fold")
     return grid

@@ -238,7 +238,7 @@ def match(
         if purpose is not None:
             check_purpose(purpose)
     if case_ref is not None or reason is not None:
-        with mapped_errors(), open_gallery(gallery, actor, detector) as g:
+        with mapped_errors(), open_gallery(gallery, actor, detector, existing=True) as g:
             held = [g.request_match(photo, purpose=_approval_purpose(purpose), case_ref=_given(case_ref, "--case-ref"),
                                     reason=_given(reason, "--reason"), tolerance=tolerance, top_k=top_k)
                     for photo in photos]
@@ -247,7 +247,7 @@ def match(
     results: list[MatchResult] = []
     failed = False
     written: set[str] = set()
-    with mapped_errors(), open_gallery(gallery, actor, detector) as g:
+    with mapped_errors(), open_gallery(gallery, actor, detector, existing=True) as g:
         for result in g.match_many(photos, purpose=purpose, tolerance=tolerance, top_k=top_k, min_face_px=min_face_px):
             if result.error is not None:
                 failed = True
@@ -329,13 +329,13 @@ def verify(
     **Example:** `consentmatch verify alice selfie.jpg -g customers.db --purpose transfer-check --json`
     """
     if case_ref is not None or reason is not None:
-        with mapped_errors(), open_gallery(gallery, actor, detector) as g:
+        with mapped_errors(), open_gallery(gallery, actor, detector, existing=True) as g:
             held = g.request_verify(subject, photo, purpose=_approval_purpose(purpose),
                                     case_ref=_given(case_ref, "--case-ref"), reason=_given(reason, "--reason"),
                                     tolerance=tolerance)
         print_requests([held], as_json)
         return
-    with mapped_errors(), open_gallery(gallery, actor, detector) as g:
+    with mapped_errors(), open_gallery(gallery, actor, detector, existing=True) as g:
         try:
             result = g.verify(subject, photo, purpose=purpose, tolerance=tolerance, min_face_px=min_face_px)
         except ConsentMatchError as exc:
@@ -389,7 +389,7 @@ def forget(
     **Example:** `consentmatch forget alice -g visitors.db --yes`
     """
     confirm(yes, f"Erase '{visible(subject)}' from {visible(str(gallery))} for good?")
-    with mapped_errors(), open_gallery(gallery, actor) as g:
+    with mapped_errors(), open_gallery(gallery, actor, existing=True) as g:
         receipt = g.forget(subject)
     if as_json:
         print_json(receipt.to_dict())
@@ -403,7 +403,7 @@ def subjects(gallery: GalleryOption, as_json: JsonOption = False) -> None:
 
     **Example:** `consentmatch subjects -g visitors.db --json`
     """
-    with mapped_errors(), open_gallery(gallery) as g:
+    with mapped_errors(), open_gallery(gallery, existing=True) as g:
         listing = g.subjects()
     if as_json:
         print_json_lines(listing)

@@ -85,7 +85,7 @@ def consent_show(
 
     **Example:** `consentmatch consent show FORM-17 -g visitors.db --json`
     """
-    with mapped_errors(), open_gallery(gallery) as g:
+    with mapped_errors(), open_gallery(gallery, existing=True) as g:
         record = g.consent(ref)
     _print_consents([record], as_json)
 
@@ -100,7 +100,7 @@ def consent_list(
 
     **Example:** `consentmatch consent list -g visitors.db --subject alice`
     """
-    with mapped_errors(), open_gallery(gallery) as g:
+    with mapped_errors(), open_gallery(gallery, existing=True) as g:
         records = g.consents(subject)
     _print_consents(records, as_json)
 
@@ -120,7 +120,7 @@ def consent_revoke(
     **Example:** `consentmatch consent revoke FORM-17 -g visitors.db --yes`
     """
     confirm(yes, f"Revoke consent '{visible(ref)}' and erase the person's templates?")
-    with mapped_errors(), open_gallery(gallery, actor) as g:
+    with mapped_errors(), open_gallery(gallery, actor, existing=True) as g:
         receipt = g.revoke_consent(ref)
     if as_json:
         print_json(receipt.to_dict())
@@ -173,7 +173,7 @@ def purpose_list(gallery: GalleryOption, as_json: JsonOption = False) -> None:
 
     **Example:** `consentmatch purpose list -g visitors.db`
     """
-    with mapped_errors(), open_gallery(gallery) as g:
+    with mapped_errors(), open_gallery(gallery, existing=True) as g:
         infos = g.purposes()
     if as_json:
         print_json_lines(infos)
@@ -198,7 +198,7 @@ def purpose_remove(
     """
     confirm(yes, f"Withdraw the purpose '{visible(name)}'? Searches for it will then be refused.",
             "Purpose kept (not confirmed): pass --yes to remove it without asking.")
-    with mapped_errors(), open_gallery(gallery, actor) as g:
+    with mapped_errors(), open_gallery(gallery, actor, existing=True) as g:
         removed = g.remove_purpose(name)
     if as_json:
         print_json({"purpose": name, "removed": removed})
@@ -218,7 +218,7 @@ def policy_show(gallery: GalleryOption, as_json: JsonOption = False) -> None:
 
     **Example:** `consentmatch policy show -g visitors.db`
     """
-    with mapped_errors(), open_gallery(gallery) as g:
+    with mapped_errors(), open_gallery(gallery, existing=True) as g:
         policy = g.policy()
     _print_policy(policy, as_json)
 
@@ -262,7 +262,7 @@ def retention(gallery: GalleryOption, as_json: JsonOption = False) -> None:
 
     **Example:** `consentmatch retention -g visitors.db --json`
     """
-    with mapped_errors(), open_gallery(gallery) as g:
+    with mapped_errors(), open_gallery(gallery, existing=True) as g:
         entries = g.retention()
     if as_json:
         print_json_lines(entries)
@@ -287,7 +287,7 @@ def purge(
 
     **Example:** `consentmatch purge -g visitors.db --yes`
     """
-    with mapped_errors(), open_gallery(gallery, actor) as g:
+    with mapped_errors(), open_gallery(gallery, actor, existing=True) as g:
         due = sum(entry.overdue for entry in g.retention())
         if not due:
             if not as_json:
@@ -344,7 +344,7 @@ def optout_remove(
 
     **Example:** `consentmatch optout remove --subject alice -g visitors.db`
     """
-    with mapped_errors(), open_gallery(gallery, actor) as g:
+    with mapped_errors(), open_gallery(gallery, actor, existing=True) as g:
         removed = g.remove_optout(subject=subject, email=email)
     if as_json:
         print_json({"removed": removed})
@@ -358,7 +358,7 @@ def optout_list(gallery: GalleryOption, as_json: JsonOption = False) -> None:
 
     **Example:** `consentmatch optout list -g visitors.db`
     """
-    with mapped_errors(), open_gallery(gallery) as g:
+    with mapped_errors(), open_gallery(gallery, existing=True) as g:
         entries = g.optouts()
     if as_json:
         print_json_lines(entries)
@@ -406,7 +406,7 @@ def audit_(
     **Example:** `consentmatch audit -g visitors.db --action key-rotate --since 2026-01-01 --json`
     """
     start, end = _moment(since, "--since"), _moment(until, "--until", end_of_day=True)
-    with mapped_errors(), open_gallery(gallery) as g:
+    with mapped_errors(), open_gallery(gallery, existing=True) as g:
         if check:
             result = g.verify_audit()
         else:
@@ -443,7 +443,7 @@ def export(
 
     **Example:** `consentmatch export alice -g visitors.db -o alice-dsar.json`
     """
-    with mapped_errors(), open_gallery(gallery, actor) as g:
+    with mapped_errors(), open_gallery(gallery, actor, existing=True) as g:
         bundle = g.export(subject)
     text = json.dumps(bundle, indent=2, ensure_ascii=False)
     if output is None:
@@ -470,7 +470,7 @@ def key_info(gallery: GalleryOption, as_json: JsonOption = False) -> None:
 
     **Example:** `consentmatch key info -g visitors.db`
     """
-    with mapped_errors(), open_gallery(gallery) as g:
+    with mapped_errors(), open_gallery(gallery, existing=True) as g:
         info = g.key_info()
     if as_json:
         print_json(info.to_dict())
@@ -505,7 +505,7 @@ def key_rotate(
             write_private(new_key_file, new_key.encode())  # stored before any data key is re-wrapped
         except OSError as exc:
             fail(f"Cannot write '{new_key_file}' ({exc.strerror or exc}): nothing rotated.")
-    with mapped_errors(), open_gallery(gallery, actor) as g:
+    with mapped_errors(), open_gallery(gallery, actor, existing=True) as g:
         info = g.rotate_key(new_key=new_key)
     if as_json:
         print_json({**info.to_dict(), "new_key_file": str(new_key_file) if new_key else None})

@@ -54,7 +54,7 @@ def serve(
 
     with mapped_errors():
         limits = settings()
-        g = open_gallery(gallery)
+        g = open_gallery(gallery, existing=True)
         vision.load_models(vision.default_encoder(limits))
     # uvicorn's own logging, on stderr (stdout stays for what a command answers); the access log
     # has method, path and status: never a body, so never a photo.
@@ -107,15 +107,18 @@ def apikey_create(
 
 @apikey_app.command("list")
 def apikey_list(gallery: GalleryOption, as_json: JsonOption = False) -> None:
-    """The API keys, revoked ones included (never a key or its hash)."""
-    with mapped_errors(), open_gallery(gallery) as g:
+    """The API keys, revoked ones included (never a key or its hash), with each one's rate limit:
+    its own, or the policy's `rate_limit` (JSON: `rate_limit` null)."""
+    with mapped_errors(), open_gallery(gallery, existing=True) as g:
         keys = g.api_keys()
+        default_rate = g.policy()["rate_limit"] if keys else None
     if as_json:
         print_json_lines(keys)
         return
-    grid = table("Name", "Roles", "Purposes", "Expires", "Revoked")
+    grid = table("Name", "Roles", "Purposes", "Rate/min", "Expires", "Revoked")
     for key in keys:
-        grid.add_row(_shown(key.name), ", ".join(key.roles), _shown(", ".join(key.purposes)) or "all",
+        rate = str(key.rate_limit) if key.rate_limit is not None else f"{default_rate} (policy)"
+        grid.add_row(_shown(key.name), ", ".join(key.roles), _shown(", ".join(key.purposes)) or "all", rate,
                      day(key.expires), day(key.revoked_at))
     out.print(grid)
 
@@ -125,7 +128,7 @@ def apikey_revoke(
     name: Annotated[str, typer.Argument(help="The key's name.")], gallery: GalleryOption, actor: ActorOption = None,
 ) -> None:
     """Revoke an API key at once. Exit 1 if no active key has the name."""
-    with mapped_errors(), open_gallery(gallery, actor) as g:
+    with mapped_errors(), open_gallery(gallery, actor, existing=True) as g:
         revoked = g.revoke_api_key(name)
     if not revoked:
         from .common import fail
@@ -153,7 +156,7 @@ def request_list(
 
     **Example:** `consentmatch request list -g visitors.db --status pending`
     """
-    with mapped_errors(), open_gallery(gallery) as g:
+    with mapped_errors(), open_gallery(gallery, existing=True) as g:
         requests = g.search_requests(status=status)
     print_requests(requests, as_json)
 
@@ -162,7 +165,7 @@ def request_list(
 def request_show(request_id: RequestId, gallery: GalleryOption, actor: ActorOption = None,
                  as_json: JsonOption = False) -> None:
     """One request; its result too when --actor is its requester and it was approved."""
-    with mapped_errors(), open_gallery(gallery, actor) as g:
+    with mapped_errors(), open_gallery(gallery, actor, existing=True) as g:
         request = g.search_request(request_id)
     if as_json:
         print_json(request.to_dict())
@@ -181,7 +184,7 @@ def request_approve(request_id: RequestId, gallery: GalleryOption, reason: Reaso
     """Approve a pending request: its search runs now, for the requester; the probe is destroyed.
     The requester may not approve their own request.
     """
-    with mapped_errors(), open_gallery(gallery, actor) as g:
+    with mapped_errors(), open_gallery(gallery, actor, existing=True) as g:
         request = g.approve_request(request_id, reason=reason)
     from dataclasses import replace
 
@@ -192,7 +195,7 @@ def request_approve(request_id: RequestId, gallery: GalleryOption, reason: Reaso
 def request_deny(request_id: RequestId, gallery: GalleryOption, reason: ReasonOption, actor: ActorOption = None,
                  as_json: JsonOption = False) -> None:
     """Deny a pending request: no search runs; the probe is destroyed."""
-    with mapped_errors(), open_gallery(gallery, actor) as g:
+    with mapped_errors(), open_gallery(gallery, actor, existing=True) as g:
         request = g.deny_request(request_id, reason=reason)
     print_requests([request], as_json)
 

@@ -32,7 +32,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..consent import Consent, parse_expiry
-from ..errors import ApprovalRequiredError, ConsentMatchError, InvalidArgumentError, RequestNotFoundError, StorageError
+from ..errors import (ApprovalRequiredError, ConsentMatchError, InvalidArgumentError, PermissionDeniedError,
+                      RequestNotFoundError, StorageError)
 from ..gallery import Gallery
 from ..images import MAX_FILE_BYTES, Upload, upload_name
 from ..results import MatchResult, SearchRequest, Verification
@@ -172,14 +173,17 @@ def _moment(text: str | None, what: str) -> datetime | None:
 
 
 def _search_or_hold(
-    search: Callable[[], MatchResult | Verification], hold: Callable[[str, str], SearchRequest],
-    case_ref: str | None, reason: str | None,
+    gallery: Gallery, purpose: str, search: Callable[[], MatchResult | Verification],
+    hold: Callable[[str, str], SearchRequest], case_ref: str | None, reason: str | None,
 ) -> JSONResponse:
     """The search's result (200); for a purpose that needs approval, with a case reference and a
-    reason, the request that now holds it (202). Without them the refusal stands (a problem)."""
+    reason, the request that now holds it (202). Without them the refusal stands (a problem,
+    audited by the search)."""
+    if case_ref and reason and purpose.strip() in gallery.policy()["approval_purposes"]:
+        return _json(hold(case_ref, reason).to_dict(), 202)
     try:
         return _json(search().to_dict())
-    except ApprovalRequiredError:
+    except ApprovalRequiredError:  # the policy changed between the two reads
         if not case_ref or not reason:
             raise
     return _json(hold(case_ref, reason).to_dict(), 202)
@@ -226,7 +230,14 @@ def create_app(gallery: Gallery, settings: Settings | None = None) -> FastAPI:
 
     def who(request: Request, *roles: str, purpose: str | None = None) -> Caller:
         found = caller(request, gallery, limiter)
-        found.require(*roles, purpose=purpose)
+        try:
+            found.require(*roles, purpose=purpose)
+        except PermissionDeniedError as exc:  # audited like every refusal: who tried what
+            route = request.scope.get("route")
+            gallery.record_refusal(getattr(route, "name", "call").replace("_", "-"), exc, purpose=purpose,
+                                   subject=request.path_params.get("subject"), actor=found.name,
+                                   details={"call": f"{request.method} {getattr(route, 'path', request.url.path)}"})
+            raise
         return found
 
     def idempotent(caller: Caller, key: str | None, fingerprint: str, run: Callable[[], JSONResponse]) -> Response:
@@ -288,12 +299,12 @@ def create_app(gallery: Gallery, settings: Settings | None = None) -> FastAPI:
         who(request, "enroller", "auditor")
         return _json([r.to_dict() for r in gallery.consents(subject)])
 
-    @app.get("/v1/consents/{ref}", tags=["consents"], summary="One consent record")
+    @app.get("/v1/consents/{ref:path}", tags=["consents"], summary="One consent record")
     def consent(request: Request, ref: Annotated[str, Path(max_length=200)]) -> JSONResponse:
         who(request, "enroller", "auditor")
         return _json(gallery.consent(ref).to_dict())
 
-    @app.delete("/v1/consents/{ref}", tags=["consents"], summary="Revoke a consent (erases the templates)")
+    @app.delete("/v1/consents/{ref:path}", tags=["consents"], summary="Revoke a consent (erases the templates)")
     def revoke(request: Request, ref: Annotated[str, Path(max_length=200)]) -> JSONResponse:
         found = who(request, "enroller")
         return _json(gallery.revoke_consent(ref, actor=found.name).to_dict())
@@ -361,7 +372,7 @@ def create_app(gallery: Gallery, settings: Settings | None = None) -> FastAPI:
         data = await _read(photo)
 
         return await run_in_threadpool(
-            _search_or_hold,
+            _search_or_hold, gallery, purpose,
             lambda: gallery.match(data, purpose=purpose, tolerance=tolerance, top_k=top_k, actor=found.name),
             lambda c, r: gallery.request_match(data, purpose=purpose, case_ref=c, reason=r, tolerance=tolerance,
                                                top_k=top_k, actor=found.name),
@@ -383,7 +394,7 @@ def create_app(gallery: Gallery, settings: Settings | None = None) -> FastAPI:
         data = await _read(photo)
 
         return await run_in_threadpool(
-            _search_or_hold,
+            _search_or_hold, gallery, purpose,
             lambda: gallery.verify(subject, data, purpose=purpose, tolerance=tolerance, actor=found.name),
             lambda c, r: gallery.request_verify(subject, data, purpose=purpose, case_ref=c, reason=r,
                                                 tolerance=tolerance, actor=found.name),
@@ -495,7 +506,7 @@ def create_app(gallery: Gallery, settings: Settings | None = None) -> FastAPI:
         found = who(request, "admin")
         return _json(gallery.declare_purpose(body.name, actor=found.name).to_dict(), 201)
 
-    @app.delete("/v1/purposes/{name}", tags=["admin"], summary="Withdraw a declared purpose")
+    @app.delete("/v1/purposes/{name:path}", tags=["admin"], summary="Withdraw a declared purpose")
     def withdraw(request: Request, name: Annotated[str, Path(max_length=64)]) -> JSONResponse:
         found = who(request, "admin")
         return _json({"name": name, "removed": gallery.remove_purpose(name, actor=found.name)})

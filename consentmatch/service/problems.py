@@ -39,7 +39,7 @@ from ..errors import (
     UnknownReferenceError,
 )
 
-__all__ = ["PROBLEM_JSON", "STATUS", "problem", "problem_for", "status_of"]
+__all__ = ["PROBLEM_JSON", "STATUS", "problem", "problem_for", "status_of", "status_table"]
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -72,6 +72,27 @@ STATUS: tuple[tuple[type[ConsentMatchError], int], ...] = (
 _TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
            409: "Conflict", 413: "Content Too Large", 422: "Unprocessable Content", 429: "Too Many Requests",
            500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+#: Problems the HTTP layer answers before any library call: (`error`, status, when).
+HTTP_PROBLEMS = (
+    ("ContentTooLarge", "413", "the request body is over the limit (a photo at the decoder's limit and its form), "
+                               "refused before it is read"),
+    ("HTTPError", "404, 405", "no such endpoint, or not with this method"),
+    ("InternalError", "500", "a bug: the server's log has the error (never a photo)"),
+)
+
+
+def status_table() -> str:
+    """Every problem's `error`, status and meaning as a Markdown table: the README's. The library's
+    errors (most specific first, as `STATUS` maps them), then the HTTP layer's own."""
+    rows = [f"| `{kind.__name__}` | {status} | {_first_sentence(kind.__doc__ or '')} |" for kind, status in STATUS]
+    rows += [f"| `{name}` | {status} | {when} |" for name, status, when in HTTP_PROBLEMS]
+    return "\n".join(["| `error` | status | what it means |", "| --- | --- | --- |", *rows])
+
+
+def _first_sentence(text: str) -> str:
+    return re.split(r"\.(?:\s|$)", " ".join(text.split()), maxsplit=1)[0]
 
 
 def status_of(error: ConsentMatchError) -> int:

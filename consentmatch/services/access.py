@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from ..consent import check_purpose
 from ..errors import AuthenticationError, InvalidArgumentError
 from ..results import ApiKeyInfo, NewApiKey
-from .context import Context, check_name
+from .context import Context, check_declared, check_name, check_new_name
 
 __all__ = ["ROLES", "answer_once", "api_keys", "authenticate", "create_api_key", "key_id", "recall", "remember",
            "revoke_api_key"]
@@ -45,8 +45,9 @@ def create_api_key(
     ctx: Context, name: str, roles: Sequence[str], purposes: Sequence[str], expires: datetime | None,
     rate_limit: int | None, actor: str | None,
 ) -> NewApiKey:
-    """A new key, shown once; its salted hash and terms stored, the creation audited."""
-    name = check_name(name, "API key name")
+    """A new key, shown once; its salted hash and terms stored, the creation audited. Its purposes
+    must be declared ones (a typo is refused with the closest declared purpose)."""
+    name = check_new_name(name, "API key name")
     wanted = sorted(set(roles))
     unknown = [r for r in wanted if r not in ROLES]
     if not wanted or unknown:
@@ -63,6 +64,9 @@ def create_api_key(
     info = ApiKeyInfo(name=name, roles=tuple(wanted), purposes=tuple(labels), expires=expires, created_at=now,
                       rate_limit=rate_limit)
     with ctx.lock, ctx.store.write(create=True, bump=False) as tx:
+        for label in labels:  # a typo would make a key that can search for nothing, silently
+            check_declared(tx, label, now, fix="`consentmatch purpose list` shows them; declare a new one with "
+                                              "`consentmatch purpose add`.")
         tx.add_api_key(key_id, stored, info)
         tx.append_audit(at=now, actor=ctx.who(actor), action="apikey-create",
                         details={"name": name, "roles": list(info.roles), "purposes": list(labels),

@@ -98,21 +98,26 @@ def decide(ctx: Context, request_id: str, *, approve: bool, reason: str, approve
     who = ctx.who(approver)
     request = _find(ctx, request_id)  # unknown ids refused, overdue requests closed first
     action = "request-approve" if approve else "request-deny"
-    with ctx.lock, ctx.store.write(bump=False) as tx:  # decided once: a second approver finds it decided
-        current = tx.search_requests(request_id=request.request_id)[0]
-        if current.status != "pending":
-            raise InvalidArgumentError(f"Request '{request_id}' is {current.status}, no longer pending: nothing to decide.")
-        if current.requester == who:
-            raise PermissionDeniedError(f"'{who}' filed request '{request_id}': another approver must decide it.")
-        probe = tx.request_probe(request.request_id)
-        decided = replace(current, status="approved" if approve else "denied", decided_by=who, decided_at=ctx.now(),
-                          decision_reason=reason)
-        tx.update_request(decided)
-        # The probe leaves the store with the decision: a crash after this commit loses at most
-        # the result, never leaves a probe behind.
-        tx.shred([tx.destroy_probe(request.request_id)])
-        tx.append_audit(at=ctx.now(), actor=who, action=action, subject=current.subject, purpose=current.purpose,
-                        details={"request": current.request_id, "requester": current.requester, "reason": reason})
+    try:
+        with ctx.lock, ctx.store.write(bump=False) as tx:  # decided once: a second approver finds it decided
+            current = tx.search_requests(request_id=request.request_id)[0]
+            if current.status != "pending":
+                raise InvalidArgumentError(f"Request '{request_id}' is {current.status}, no longer pending: "
+                                           "nothing to decide.")
+            if current.requester == who:
+                raise PermissionDeniedError(f"'{who}' filed request '{request_id}': another approver must decide it.")
+            probe = tx.request_probe(request.request_id)
+            decided = replace(current, status="approved" if approve else "denied", decided_by=who, decided_at=ctx.now(),
+                              decision_reason=reason)
+            tx.update_request(decided)
+            # The probe leaves the store with the decision: a crash after this commit loses at most
+            # the result, never leaves a probe behind.
+            tx.shred([tx.destroy_probe(request.request_id)])
+            tx.append_audit(at=ctx.now(), actor=who, action=action, subject=current.subject, purpose=current.purpose,
+                            details={"request": current.request_id, "requester": current.requester, "reason": reason})
+    except PermissionDeniedError as exc:  # deciding one's own request: a refusal on the record
+        ctx.record_refusal(action, request.subject, request.purpose, who, exc, {"request": request.request_id})
+        raise
     if approve and probe is not None:
         decided = _run(ctx, decided, probe)
         with ctx.lock, ctx.store.write(bump=False) as tx:
@@ -128,11 +133,11 @@ def _run(ctx: Context, request: SearchRequest, probe: bytes) -> SearchRequest:
         if request.kind == "match":
             return replace(request, result=matching.match(
                 ctx, probe, purpose=request.purpose, tolerance=request.tolerance, top_k=request.top_k or DEFAULT_TOP_K,
-                min_face_px=PROBE_MIN_FACE_PX, actor=request.requester, approved=True).to_dict())
+                min_face_px=PROBE_MIN_FACE_PX, actor=request.requester, approved=request).to_dict())
         assert request.subject is not None
         return replace(request, result=matching.verify(
             ctx, request.subject, probe, purpose=request.purpose, tolerance=request.tolerance,
-            min_face_px=PROBE_MIN_FACE_PX, actor=request.requester, approved=True).to_dict())
+            min_face_px=PROBE_MIN_FACE_PX, actor=request.requester, approved=request).to_dict())
     except REFUSALS as exc:  # the decision stands; the search's refusal (no face, no consent) is its answer
         return replace(request, error=str(exc))
 

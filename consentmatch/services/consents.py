@@ -11,11 +11,11 @@ from ..errors import ConsentError
 from ..policy import EVIDENCE_REQUIRED
 from ..results import ConsentRecord, Erasure
 from ..storage import Transaction, reference_taken, unknown_reference
-from .context import Context, check_declared, check_name
+from .context import Context, check_declared, check_name, check_new_name
 from .erasure import erase
 
 __all__ = [
-    "check_consent", "check_enrollable", "check_purposes", "consent", "consents", "existing_consent", "grant_consent", "record",
+    "check_consent", "check_enrollable", "check_new_subject", "check_purposes", "consent", "consents", "existing_consent", "grant_consent", "record",
     "revoke_consent",
 ]
 
@@ -29,6 +29,7 @@ def grant_consent(ctx: Context, subject: str, consent: Consent, email: str | Non
         hashes = tx.email_hashes(email) if email else []
         if tx.is_opted_out(name, hashes):
             raise ConsentError(f"'{name}' is on the do-not-enroll list (opt-out): no consent can be recorded for them.")
+        check_new_subject(tx, name)
         check_purposes(tx, consent, now)
         record(ctx, tx, name, consent, hashes, now, ctx.who(actor))
         (granted,) = tx.consent_records(now, reference=consent.reference)
@@ -97,6 +98,7 @@ def check_enrollable(
     ctx: Context, tx: Transaction, name: str, consent: Consent | str, email: str | None, now: datetime
 ) -> list[str]:
     """The subject is not opted out and the consent may be used for them; returns the e-mail's hashes."""
+    check_new_subject(tx, name)
     hashes = tx.email_hashes(email) if email else []
     if tx.is_opted_out(name, hashes):
         raise ConsentError(
@@ -111,6 +113,13 @@ def check_enrollable(
             raise reference_taken(consent.reference, owner)
         check_purposes(tx, consent, now)
     return hashes
+
+
+def check_new_subject(tx: Transaction, name: str) -> None:
+    """A subject about to be created has a name a URL can carry (`check_new_name`); one enrolled
+    before that rule keeps its name."""
+    if "/" in name and tx.subject_id(name) is None:
+        check_new_name(name, "subject name")
 
 
 def check_purposes(tx: Transaction, consent: Consent, now: datetime) -> None:

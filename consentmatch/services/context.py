@@ -19,6 +19,7 @@ from ..errors import (
     FaceError,
     ImageError,
     InvalidArgumentError,
+    PermissionDeniedError,
     PolicyError,
     SubjectNotFoundError,
 )
@@ -26,10 +27,13 @@ from ..retention import destroy_by
 from ..search.cache import IndexCache
 from ..settings import Settings
 from ..storage import Store, Transaction
-from ..text import check_text
+from ..text import check_text, visible
 from ..vision.types import Encoder
 
-__all__ = ["Clock", "Context", "REFUSALS", "check_declared", "check_name", "default_actor", "region_error", "utcnow"]
+__all__ = [
+    "Clock", "Context", "REFUSALS", "check_declared", "check_name", "check_new_name", "default_actor", "region_error",
+    "utcnow",
+]
 
 Clock = Callable[[], datetime]
 
@@ -47,6 +51,17 @@ def default_actor() -> str:
 
 #: A subject name or actor as stored: NFC, trimmed, printable.
 check_name = check_text
+
+
+def check_new_name(name: object, what: str) -> str:
+    """A name about to be created (a subject, an API key): `check_name`, and no `/`, which no
+    URL path segment can carry (the service's `/v1/subjects/{subject}` could never reach it).
+    Names stored before this rule stay readable: lookups use `check_name`."""
+    text = check_name(name, what)
+    if "/" in text:
+        raise InvalidArgumentError(f"'{visible(text)}' is not a valid {what}: it holds '/', which no URL can carry; "
+                                   "use another character, e.g. '-'.")
+    return text
 
 
 class _RegionError(PolicyError):
@@ -77,6 +92,8 @@ _REGION_REASON = "a photo was taken in a region this gallery's policy excludes (
 
 #: Errors that refuse a call (recorded in the audit trail); usage and storage errors are not refusals.
 REFUSALS = (ConsentError, SubjectNotFoundError, PolicyError, FaceError, ImageError)
+#: What `record_refusal` records: the refusals, and the service's 403s (a key outside its role or purposes).
+_RECORDED = (*REFUSALS, PermissionDeniedError)
 
 
 @dataclass
@@ -136,12 +153,14 @@ class Context:
             raise
 
     def record_refusal(
-        self, action: str, subject: str | None, purpose: str | None, actor: str | None, error: Exception
+        self, action: str, subject: str | None, purpose: str | None, actor: str | None, error: Exception,
+        details: dict[str, str] | None = None,
     ) -> None:
         """Audit a refused call: outcome "refused", the error's class and message (never a face or
-        a location), under the subject named. In its own transaction, never creating a gallery
-        file; a record that cannot be written never hides the refusal itself."""
-        if not isinstance(error, REFUSALS) or not self.store.exists():
+        a location), under the subject named; `details`: more of the call (the service's route).
+        In its own transaction, never creating a gallery file; a record that cannot be written
+        never hides the refusal itself."""
+        if not isinstance(error, _RECORDED) or not self.store.exists():
             return
         try:
             name = check_name(subject, "subject name") if subject is not None else None
@@ -151,4 +170,4 @@ class Context:
         reason = _REGION_REASON if isinstance(error, _RegionError) else str(error)
         with suppress(Exception), self.lock, self.store.write(bump=False) as tx:  # the refusal is what the caller must see
             tx.append_audit(at=self.now(), actor=self.who(actor), action=action, subject=name, purpose=purpose,
-                            details={"outcome": "refused", "error": kind, "reason": reason})
+                            details={**(details or {}), "outcome": "refused", "error": kind, "reason": reason})

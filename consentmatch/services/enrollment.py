@@ -30,7 +30,7 @@ from ..runners import LocalRunner, Runner, Submit
 from ..storage import Transaction, unknown_reference
 from ..vision.types import DetectedFace, Encoder
 from .consents import check_consent, check_enrollable, existing_consent, recording
-from .context import Context, check_name, region_error
+from .context import Context, check_name, check_new_name, region_error
 
 __all__ = ["COMMIT_BATCH", "COMMIT_WAIT_S", "PhotoJob", "Progress", "enroll", "import_manifest", "photo_work"]
 
@@ -109,6 +109,8 @@ def _admit(
             policy = tx.policy()
     elif isinstance(consent, str):
         raise unknown_reference(consent, to_enroll=True)
+    else:
+        check_new_name(name, "subject name")  # no gallery yet: every subject is new
     level = parse_policy_value("quality", quality) if quality is not None else policy["quality"]
     return _Admission(name, consent, email, tuple(batch), now, policy, level, min_face_px)
 

@@ -23,7 +23,7 @@ from ..images import PhotoInput, load_photo, photo_name
 from ..policy import check_min_face, check_policy_tolerance, check_policy_top_k, check_tolerance, check_top_k
 from ..pool import pooled
 from ..quality import check_quality, single_face
-from ..results import Candidate, FaceMatch, MatchResult, Verification
+from ..results import Candidate, FaceMatch, MatchResult, SearchRequest, Verification
 from ..storage import Transaction
 from ..vision.types import DetectedFace
 from .context import Context, check_declared, check_name
@@ -33,16 +33,23 @@ __all__ = ["match", "match_many", "search_terms", "verify"]
 
 def match(
     ctx: Context, photo: PhotoInput, *, purpose: str | None, tolerance: float | None, top_k: int, min_face_px: int,
-    actor: str | None, approved: bool = False,
+    actor: str | None, approved: SearchRequest | None = None,
 ) -> MatchResult:
     """1:N on one probe: each face's nearest consented subjects, named within the tolerance.
-    `approved`: the search of a request an approver approved (services/approvals.py)."""
+    `approved`: the request an approver approved, whose search this is (services/approvals.py):
+    its id and case reference go into the search's audit event."""
     top_k, min_face_px = check_top_k(top_k), check_min_face(min_face_px)
-    label, tolerance, policy = search_terms(ctx, purpose, tolerance, approved=approved)
+    label, tolerance, policy = search_terms(ctx, purpose, tolerance, approved=approved is not None,
+                                            refused=("match", None, actor))
     top_k = check_policy_top_k(top_k, policy)
     with ctx.refusals("match", None, label, actor):
         probed = _probe(ctx, photo, min_face_px)
-    return _decide(ctx, *probed, label, tolerance, policy, top_k, actor)
+    return _decide(ctx, *probed, label, tolerance, policy, top_k, actor, approved)
+
+
+def _approval(request: SearchRequest | None) -> dict[str, str]:
+    """An approved search's audit details: the request it ran for and its case reference."""
+    return {} if request is None else {"request": request.request_id, "case_ref": request.case_ref}
 
 
 def match_many(
@@ -51,7 +58,7 @@ def match_many(
 ) -> Iterator[MatchResult]:
     """`match` on each probe, the terms checked once at the call (not when iterated)."""
     top_k, min_face_px = check_top_k(top_k), check_min_face(min_face_px)
-    label, tolerance, policy = search_terms(ctx, purpose, tolerance)
+    label, tolerance, policy = search_terms(ctx, purpose, tolerance, refused=("match", None, actor))
     top_k = check_policy_top_k(top_k, policy)
     batch = [photos] if isinstance(photos, (str, bytes, os.PathLike)) else list(photos)
     return _matches(ctx, batch, label, tolerance, policy, top_k, min_face_px, actor)
@@ -84,7 +91,7 @@ def _probe(ctx: Context, photo: PhotoInput, min_face_px: int) -> tuple[str, str,
 
 def _decide(
     ctx: Context, name: str, sha256: str, faces: list[DetectedFace], label: str | None, tolerance: float,
-    policy: dict[str, Any], top_k: int, actor: str | None,
+    policy: dict[str, Any], top_k: int, actor: str | None, approved: SearchRequest | None = None,
 ) -> MatchResult:
     """Search the probe's faces among the consented templates, name them, and audit the search."""
     with ctx.lock, ctx.store.read() as tx:
@@ -125,20 +132,23 @@ def _decide(
     for candidate in (c for r in results for c in r.candidates):
         shown[candidate.subject] = min(candidate.distance, shown.get(candidate.subject, math.inf))
     seq, at = _record_search(ctx, "match", label, actor, matched,
-                             {"faces": len(faces), "tolerance": tolerance, "top_k": top_k}, shown=shown)
+                             {"faces": len(faces), "tolerance": tolerance, "top_k": top_k, **_approval(approved)},
+                             shown=shown)
     return MatchResult(image=name, faces=tuple(results), purpose=label or "", tolerance=tolerance, at=at,
                        image_sha256=sha256, audit_event=seq, model=_model(ctx))
 
 
 def verify(
     ctx: Context, subject: str, photo: PhotoInput, *, purpose: str | None, tolerance: float | None, min_face_px: int,
-    actor: str | None, approved: bool = False,
+    actor: str | None, approved: SearchRequest | None = None,
 ) -> Verification:
     """1:1 against the subject's nearest template, exactly. A subject not enrolled, without templates
     or without consent for `purpose` gets the answer of a non-match (the same body, after the same
-    photo work), so verify tells nobody who is enrolled; the audit trail records which it was."""
+    photo work), so verify tells nobody who is enrolled; the audit trail records which it was.
+    `approved`: as `match`'s."""
     name, min_face_px = check_name(subject, "subject name"), check_min_face(min_face_px)
-    label, tolerance, policy = search_terms(ctx, purpose, tolerance, approved=approved)
+    label, tolerance, policy = search_terms(ctx, purpose, tolerance, approved=approved is not None,
+                                            refused=("verify", name, actor))
     with ctx.refusals("verify", name, label, actor):
         with ctx.lock, ctx.store.read() as tx:  # consent first: no template is read without it
             subject_id = tx.subject_id(name)
@@ -155,7 +165,7 @@ def verify(
         if subject_id is not None:
             with ctx.lock, ctx.store.read() as tx:  # by id: a namesake enrolled meanwhile is someone else
                 _, templates = tx.subject_templates(subject_id)
-    details: dict[str, Any] = {"subject": name, "match": False, "tolerance": tolerance}
+    details: dict[str, Any] = {"subject": name, "match": False, "tolerance": tolerance, **_approval(approved)}
     if subject_id is None or not len(templates):
         # for the auditor only: the refusal's record, as every refusal writes it
         details.update(outcome="refused", error="NoActiveEnrollmentError", reason=str(_not_enrolled(name, label)))
@@ -187,10 +197,12 @@ def _not_enrolled(name: str, purpose: str | None) -> NoActiveEnrollmentError:
 
 
 def search_terms(
-    ctx: Context, purpose: str | None, tolerance: float | None, *, approved: bool = False
+    ctx: Context, purpose: str | None, tolerance: float | None, *, approved: bool = False,
+    refused: tuple[str, str | None, str | None] | None = None,
 ) -> tuple[str | None, float, dict[str, Any]]:
     """The purpose and tolerance of a search, with the policy's rules and defaults; and the policy.
-    A purpose that needs approval is refused unless `approved` (ApprovalRequiredError)."""
+    A purpose that needs approval is refused unless `approved` (ApprovalRequiredError), the
+    refusal audited as `refused` says: (action, subject, actor)."""
     if not ctx.store.exists():
         raise GalleryNotFoundError(f"No gallery at '{ctx.path}': enroll someone first, or check --gallery.")
     label = check_purpose(purpose) if purpose is not None else None
@@ -203,10 +215,14 @@ def search_terms(
             "This gallery's policy requires a purpose for every search: pass purpose=... (CLI: --purpose P)."
         )
     if label in policy["approval_purposes"] and not approved:
-        raise ApprovalRequiredError(
+        error = ApprovalRequiredError(
             f"Searches for purpose '{label}' need a department's approval: file a request with a case reference and "
             "a reason (CLI: --case-ref C --reason R; HTTP: case_ref and reason), then an approver decides it."
         )
+        if refused is not None:
+            action, subject, actor = refused
+            ctx.record_refusal(action, subject, label, actor, error)
+        raise error
     checked = check_tolerance(policy["tolerance"] if tolerance is None else tolerance)
     return label, check_policy_tolerance(checked, policy), policy
 

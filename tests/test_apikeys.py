@@ -1,0 +1,62 @@
+"""API keys' terms (issue 24, item 13): a key's purposes are declared ones (a typo is refused with
+the closest, as `match` does), and `apikey list` shows each key's rate limit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from consentmatch import Consent, Gallery
+from consentmatch.cli import app
+from consentmatch.errors import InvalidArgumentError
+
+from .conftest import FakeEncoder, gallery_rows
+
+runner = CliRunner()
+WIDE = {"COLUMNS": "200"}
+
+
+@pytest.fixture
+def bank(tmp_path: Path) -> Path:
+    path = tmp_path / "bank.db"
+    with Gallery(path, encoder=FakeEncoder()) as gallery:
+        gallery.grant_consent("alice", Consent("F-1", ["transfer-check"]))
+        gallery.set_policy("rate_limit", "90")
+    return path
+
+
+def test_an_undeclared_purpose_is_refused_with_the_closest_declared_one(bank: Path) -> None:
+    before = gallery_rows(bank)
+    result = runner.invoke(app, ["apikey", "create", "desk-3", "-g", str(bank), "--role", "operator",
+                                 "--purpose", "transfer-chek"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "'transfer-chek' is not a purpose this gallery serves: did you mean 'transfer-check'?" in result.stderr
+    assert gallery_rows(bank) == before
+    with Gallery(bank, encoder=FakeEncoder()) as gallery:
+        with pytest.raises(InvalidArgumentError, match="did you mean"):
+            gallery.create_api_key("desk-3", roles=["operator"], purposes=["transfer-check", "transfer-chek"])
+        assert gallery.api_keys() == []
+
+
+def test_a_declared_purpose_is_taken(bank: Path) -> None:
+    result = runner.invoke(app, ["apikey", "create", "desk-3", "-g", str(bank), "--role", "operator",
+                                 "--purpose", "transfer-check", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["purposes"] == ["transfer-check"]
+
+
+def test_apikey_list_shows_each_rate_limit(bank: Path) -> None:
+    for args in (["desk-3", "--rate-limit", "30"], ["desk-4"]):
+        created = runner.invoke(app, ["apikey", "create", *args, "-g", str(bank), "--role", "operator"])
+        assert created.exit_code == 0, created.output
+    table = runner.invoke(app, ["apikey", "list", "-g", str(bank)], env=WIDE)
+    assert table.exit_code == 0, table.output
+    assert "Rate/min" in table.stdout
+    rows = {line.split("│")[1].strip(): line for line in table.stdout.splitlines() if "desk-" in line}
+    assert "│ 30 " in rows["desk-3"] and "│ 90 (policy) " in rows["desk-4"], table.stdout
+    listed = [json.loads(line) for line in runner.invoke(app, ["apikey", "list", "-g", str(bank), "--json"]).stdout.splitlines()]
+    assert {k["name"]: k["rate_limit"] for k in listed} == {"desk-3": 30, "desk-4": None}
