@@ -196,6 +196,7 @@ def calibrate(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only print the tolerance; store nothing.")] = False,
     actor: ActorOption = None,
     as_json: JsonOption = False,
+    detector: DetectorOption = None,
 ) -> None:
     """Choose the tolerance that meets a target false-match rate on your own people.
 
@@ -212,7 +213,7 @@ def calibrate(
     with mapped_errors():
         evaluation.check_target_fmr(target_fmr)
         with progress:
-            scores = evaluation.score_pairs(pairs, progress=advance)
+            scores = evaluation.score_pairs(pairs, progress=advance, settings=settings(detector))
         result = evaluation.calibrate(scores, target_fmr)
         stored = gallery is not None and not dry_run
         if stored:
