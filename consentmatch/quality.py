@@ -120,7 +120,7 @@ BARS: Mapping[tuple[str, bool], Bar] = MappingProxyType({
 #: 0.194 vs 0.137 at 20%, 0.276 vs 0.245 at 30%, while the crop moves the encoding the same
 #: with either (0.14, 0.23-0.24, 0.31-0.33). With 0.05 more, yunet passes the crops HOG passes
 #: at each cut (low: 36/32/12 of 36 at 10/20/30% vs HOG's 36/29/10; medium 17/3/0 vs 17/3/1);
-#: a bar of 0 (high enrollment: nothing cut) stays 0 (benchmarks/README.md, "yunet the default").
+#: a bar of 0 (high enrollment: nothing cut) stays 0 (benchmarks/README.md, "Issue 25").
 CUT_ALLOWANCE: Mapping[str, float] = MappingProxyType({"yunet": 0.05})
 
 #: The face crop is resampled to this side before the Laplacian, so sharpness does not depend
@@ -137,8 +137,9 @@ NOSE_DEPTH = 0.35
 class QualityReport:
     """How one face measures up to a quality bar: `reasons` empty means it passes.
 
-    `measures`: face_px (the box's width, its longest side when the border cuts it), sharpness, brightness, yaw, pitch and roll (degrees; None
-    when the encoder gives no landmarks), cut (share of the face outside the photo), faces.
+    `measures`: face_px (the box's width; its longest side when the border cuts it), sharpness,
+    brightness, yaw, pitch and roll (degrees; None when the encoder gives no landmarks), cut
+    (share of the face outside the photo), faces.
     """
 
     reasons: tuple[str, ...]

