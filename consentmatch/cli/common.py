@@ -121,8 +121,8 @@ DetectorOption = Annotated[
     Optional[str],
     typer.Option(
         "--detector",
-        help="Face detector: hog (dlib's, face_recognition's own; the default) or yunet (libfacedetection's CNN, "
-        "6-8x cheaper; Linux x86-64). Default: CONSENTMATCH_DETECTOR, else hog.",
+        help="Face detector: yunet (libfacedetection's CNN, 6-8x cheaper; Linux x86-64) or hog (dlib's, "
+        "face_recognition's own). Default: CONSENTMATCH_DETECTOR, else yunet where it runs, else hog.",
         callback=_detector_name,
         show_default=False,
     ),

@@ -329,6 +329,7 @@ def calibrate(
     groups: GroupsOption = None,
     actor: ActorOption = None,
     as_json: JsonOption = False,
+    detector: DetectorOption = None,
 ) -> None:
     """Choose the tolerance that meets a target false-match rate on your own people.
 
@@ -351,7 +352,7 @@ def calibrate(
         evaluation.check_target_fmr(target_fmr)
         grouping = evaluation.read_groups(groups) if groups is not None else None
         with progress:
-            comparisons = evaluation.compare_pairs(pairs, progress=advance)
+            comparisons = evaluation.compare_pairs(pairs, progress=advance, settings=settings(detector))
         result = evaluation.calibrate(comparisons.scores(), target_fmr)
         if grouping is not None:
             by_group = evaluation.calibrate_groups(comparisons, grouping, target_fmr)

@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DETECTORS", "DIMENSIONS", "DetectedFace", "Detector", "Encoder"]
 
-#: The face detectors `Settings.detector` may name: dlib's HOG (face_recognition's own pipeline,
-#: the default) and libfacedetection's CNN on ONNX Runtime (6-8x cheaper, `vision.yunet`).
+#: The face detectors `Settings.detector` may name: dlib's HOG (face_recognition's own pipeline)
+#: and libfacedetection's CNN on ONNX Runtime (6-8x cheaper, `vision.yunet`; the default where it runs).
 DETECTORS = ("hog", "yunet")
 
 #: The length of a face encoding: dlib's face ResNet gives 128 numbers per face.
