@@ -85,7 +85,8 @@ def _pg_catalog(url: str) -> dict[str, Any]:
 
         here = "table_schema = current_schema() AND table_name <> 'consentmatch_schema'"
         return {
-            "columns": rows(f"""SELECT table_name, ordinal_position, column_name, data_type, is_nullable, column_default,
+            "columns": rows(f"""SELECT table_name, row_number() OVER (PARTITION BY table_name ORDER BY ordinal_position),
+                                       column_name, data_type, is_nullable, column_default,
                                        collation_name, is_identity, identity_generation
                                 FROM information_schema.columns WHERE {here}"""),
             "indexes": rows("SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() "
@@ -120,3 +121,23 @@ def test_the_spec_names_each_column_once_and_each_kind_is_spelled_by_both_dialec
         for index in table.indexes:
             assert set(index.columns) <= set(names), index.name
             assert re.fullmatch(r"\w+", index.name)
+
+
+def test_a_postgres_gallery_at_step_1_reaches_the_spec(pg_url: str, pg_cluster: Cluster, tmp_path: Path) -> None:
+    """A schema as step 1 left it (the spec less what steps 2 and 3 add) is brought to the spec by them."""
+    from consentmatch.storage.keyring import KeyRing
+
+    with psycopg.connect(pg_url, autocommit=True) as conn, conn.transaction():
+        conn.execute(";\n".join(render(POSTGRES)).encode())
+        conn.execute("DROP TABLE api_keys, search_requests, idempotency")
+        conn.execute("ALTER TABLE template_changes DROP COLUMN mac")
+        conn.execute("CREATE TABLE consentmatch_schema (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO consentmatch_schema (version) VALUES (1)")
+    with PgStore(pg_url, KeyRing(), cache_dir=tmp_path).loading():
+        pass
+    fresh = pg_cluster.new_database()
+    with PgStore(fresh, KeyRing(), cache_dir=tmp_path).loading():
+        pass
+    assert _pg_catalog(pg_url) == _pg_catalog(fresh)
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT version FROM consentmatch_schema").fetchone() == (3,)

@@ -36,10 +36,12 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..errors import GalleryNotFoundError, StorageError
 from .base import Commit
+from .dialect import POSTGRES
 from .keyring import KeyDb, KeyRing
 from .postgres_conn import PgConnection
 from .postgres_rows import PgTransaction
 from .postgres_schema import KEYS_SCHEMA, STEPS
+from .schema import render
 
 __all__ = ["PgStore", "shown_url"]
 
@@ -158,7 +160,8 @@ class PgStore:
             return self._pool
 
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
-        """Apply the missing steps in one transaction under an advisory lock: nodes starting at once take
+        """Create a new gallery from the table spec (schema.py), or apply an older one's missing steps,
+        in one transaction under an advisory lock: nodes starting at once take
         turns. The lock is the session's, taken before the transaction begins, so the transaction's
         view of the catalog is from after the previous holder's commit."""
         conn.execute("SELECT pg_advisory_lock(%s)", (_GALLERY_LOCK,))
@@ -176,13 +179,17 @@ class PgStore:
                     conn.execute("CREATE TABLE consentmatch_schema (version INTEGER NOT NULL)")
                     conn.execute("INSERT INTO consentmatch_schema (version) VALUES (0)")
                 (version,) = conn.execute("SELECT version FROM consentmatch_schema").fetchone() or (0,)
+                found = version
                 if version > len(STEPS):
                     raise StorageError(
                         f"'{self.location}' was written by a newer consentmatch (schema {version}): upgrade consentmatch."
                     )
+                if version == 0:  # a new gallery: the spec's tables at once, at the last step
+                    conn.execute(";\n".join(render(POSTGRES)).encode())
+                    version = len(STEPS)
                 for step in STEPS[version:]:
                     conn.execute(step.encode())
-                if version < len(STEPS):  # nodes that only use the gallery need no more than DML grants
+                if found < len(STEPS):  # nodes that only use the gallery need no more than DML grants
                     conn.execute("UPDATE consentmatch_schema SET version = %s", (len(STEPS),))
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_GALLERY_LOCK,))

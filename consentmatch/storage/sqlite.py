@@ -26,8 +26,10 @@ from numpy.typing import NDArray
 from ..crypto import unseal
 from ..errors import GalleryNotFoundError, StorageError
 from .base import Commit
+from .dialect import SQLITE
 from .keyring import KeyRing
 from .migrations import APPLICATION_ID, MIGRATIONS, run_step
+from .schema import render
 from .sqlite_rows import SqliteTransaction
 
 __all__ = ["SqliteStore"]
@@ -281,8 +283,9 @@ class SqliteStore:
             raise StorageError(f"'{self.path}' is an SQLite file but not a consentmatch gallery: name another file.")
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        """Apply the missing steps, each in one transaction that also re-reads the version, so
-        two processes creating the same gallery at once cannot both run a step."""
+        """Create a new gallery from the table spec (schema.py), or bring an older one up to it by
+        the missing steps, each in one transaction that also re-reads the version, so two
+        processes creating the same gallery at once cannot both run a step."""
         while True:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version > len(MIGRATIONS):
@@ -295,9 +298,15 @@ class SqliteStore:
             try:
                 (current,) = conn.execute("PRAGMA user_version").fetchone()
                 if current == version:
-                    run_step(conn, MIGRATIONS[version])
+                    reached = version + 1
+                    if version == 0:  # a new gallery: the spec's tables at once (`_check_owner`: the file is empty)
+                        for statement in render(SQLITE):
+                            conn.execute(statement)
+                        reached = len(MIGRATIONS)
+                    else:
+                        run_step(conn, MIGRATIONS[version])
                     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                    conn.execute(f"PRAGMA user_version = {version + 1}")
+                    conn.execute(f"PRAGMA user_version = {reached}")
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
