@@ -66,6 +66,7 @@ class SqliteTransaction(AccessRows, Integrity, AuditRows):
         self._quality = store.quality
         self.added: list[tuple[int, NDArray[np.float32]]] = []  # template rows this write added
         self.removed: list[int] = []  # and deleted
+        self.bump = True  # whether the write moves the generation (storage/lifecycle.py)
         self._policy: dict[str, Any] | None = None  # as `policy()` read it in this transaction
 
     # -- subjects, consents, templates ------------------------------------------------------------
