@@ -4,6 +4,7 @@ that fails leaves the rows and the generation as they were, tells none, and rele
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -60,5 +61,26 @@ def test_a_failed_write_changes_nothing_tells_nobody_and_releases_its_turn(store
             pass
         assert _state(store) == (before[0] + 1, before[1])
         assert [(c.before, c.after) for c in heard] == [(before[0], before[0] + 1)]
+    finally:
+        store.close()
+
+
+def test_the_queries_once_rewritten_for_postgresql_run_as_written_on_both(store: Store) -> None:
+    """Inserts that keep what is there (`ON CONFLICT DO NOTHING`) and empty `IN` lists, which the
+    PostgreSQL connection no longer rewrites: written once in SQL both engines speak."""
+    now = datetime.now(timezone.utc)
+    try:
+        with store.write() as tx:
+            bob = tx.ensure_subject("bob", now)
+            assert tx.ensure_subject("bob", now) == bob
+            assert tx.declare_purpose("research", now) and not tx.declare_purpose("research", now)
+            assert tx.add_optout("subject", "carol", now) and not tx.add_optout("subject", "carol", now)
+            tx.remember("desk-1", "k1", "f1", 200, "{}", now)
+            tx.remember("desk-1", "k1", "f2", 201, "[]", now)  # the first answer stays
+            assert tx.recalled("desk-1", "k1") == ("f1", 200, "{}")
+            assert tx.subject_names([]) == {} and tx.template_owners([]) == {} and tx.templates_left([]) == 0
+            assert tx.subjects_with_email([]) == [] and not tx.is_opted_out("nobody", [])
+            assert tx.is_opted_out("carol", [])
+            assert tx.subject_names([bob]) == {bob: "bob"}
     finally:
         store.close()

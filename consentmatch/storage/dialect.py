@@ -2,7 +2,7 @@
 
 The queries (`sqlite_rows.py`, `sqlite_integrity.py`, `sqlite_audit.py`, `sqlite_access.py`,
 `keyring.py`) are written once, in SQL both SQLite and PostgreSQL run (upserts as
-`ON CONFLICT ... DO UPDATE`, times as fixed-width text); what they cannot say alike is a field
+`ON CONFLICT ... DO UPDATE` or `DO NOTHING`, times as fixed-width text); what they cannot say alike is a field
 of the dialect their transaction carries. A third engine is a `Dialect`, a connection taking
 these calls, and its store's hooks (open, schema steps, locks, change log): storage/base.py.
 """
@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 __all__ = ["POSTGRES", "SQLITE", "Dialect"]
 
 _NAMED = re.compile(r"(?<![:\w]):(\w+)")
-_EMPTY_IN = re.compile(r"\bIN\s*\(\s*\)", re.IGNORECASE)
-_OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+INTO\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -40,13 +38,12 @@ class Dialect:
     random_hex: str
 
     def sql(self, text: str, named: bool) -> str:
-        """`text`, written for sqlite3's driver, as this engine's driver takes it: `?`/`:name`
-        parameters, `INSERT OR IGNORE` and an empty `IN ()` spelled for the engine."""
+        """`text`, written for sqlite3's driver, as this engine's driver takes it: only the `?`/`:name`
+        parameters differ (the queries themselves are written in SQL both engines speak: `ON
+        CONFLICT DO NOTHING`, never `INSERT OR IGNORE`; `IN (NULL)`, never an empty `IN ()`)."""
         if not self.pyformat:
             return text
-        text = _EMPTY_IN.sub("IN (NULL)", text).replace("%", "%%")
-        if _OR_IGNORE.match(text):
-            text = _OR_IGNORE.sub("INSERT INTO", text).rstrip().rstrip(";") + " ON CONFLICT DO NOTHING"
+        text = text.replace("%", "%%")
         return _NAMED.sub(r"%(\1)s", text) if named else text.replace("?", "%s")
 
 
