@@ -1,6 +1,6 @@
 """One write sequence for every store: the engines supply hooks, the order of the steps is kept here.
 
-A write is: map the engine's errors; take this process's turn and a connection (`_writer`);
+A write is: map the engine's errors; take this process's turn (`_turn`) and a connection (`_writer`);
 begin, holding the engine's write lock, and read the generation (`_begin`); run the caller's
 work with new subjects' keys stored before the commit (`KeyRing.deferred`); move the generation
 (`_move`); commit; after the commit, tell the listeners (`_told`). Whatever fails on the way
@@ -11,7 +11,7 @@ those hooks; a third engine is its dialect plus the same hooks (storage/base.py)
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -53,18 +53,19 @@ class StoreCore(Generic[TxT]):
     def _transaction(self, *, create: bool = False, bump: bool) -> Iterator[TxT]:
         """The write sequence on a store whose schema and keys are ready (`write`, or the open's own
         repairs); `tx.bump` may be changed by the work inside."""
-        with self._writer(create) as conn:
-            try:
-                tx, before = self._begin(conn)
-                tx.bump = bump
-                with self.keys.deferred():  # new subjects' keys: one key-store write, before the commit
-                    yield tx
-                if tx.bump:
-                    self._move(tx, before + 1)
-                conn.execute("COMMIT")
-            except BaseException:
-                self._roll_back(conn)
-                raise
+        with self._turn():
+            with self._writer(create) as conn:
+                try:
+                    tx, before = self._begin(conn)
+                    tx.bump = bump
+                    with self.keys.deferred():  # new subjects' keys: one key-store write, before the commit
+                        yield tx
+                    if tx.bump:
+                        self._move(tx, before + 1)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    self._roll_back(conn)
+                    raise
             if tx.bump:
                 self._told(before, tx)
 
@@ -90,8 +91,13 @@ class StoreCore(Generic[TxT]):
     def _ready(self, create: bool) -> None:
         """Open the store before a write takes its turn, when opening may itself write (or nothing)."""
 
+    def _turn(self) -> AbstractContextManager[Any]:
+        """Held from before the write begins until the listeners were told (SQLite: its one
+        connection's lock, so listeners hear of commits in their order), or nothing."""
+        return nullcontext()
+
     def _writer(self, create: bool) -> AbstractContextManager[Any]:
-        """This process's turn to write, and a connection for it."""
+        """This process's turn at the engine, and a connection, held until the commit or rollback."""
         raise NotImplementedError
 
     def _begin(self, conn: Any) -> tuple[TxT, int]:

@@ -339,10 +339,12 @@ class SqliteStore(StoreCore[SqliteTransaction]):
 
     # -- the write sequence's hooks (storage/lifecycle.py) ---------------------------------------
 
+    def _turn(self) -> threading.RLock:
+        return self._lock  # the one connection's; listeners hear of commits in their order
+
     @contextmanager
     def _writer(self, create: bool) -> Iterator[sqlite3.Connection]:
-        with self._lock:  # listeners hear of commits in their order: told under the same lock
-            yield self._connect(create=create)
+        yield self._connect(create=create)
 
     def _begin(self, conn: sqlite3.Connection) -> tuple[SqliteTransaction, int]:
         conn.execute("BEGIN IMMEDIATE")
