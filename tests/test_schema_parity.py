@@ -2,8 +2,8 @@
 indexes (PostgreSQL's own additions named), and the same contract the triggers keep (an audit row
 can be neither changed nor deleted; any change of a template renews the templates stamp).
 
-The schemas are written twice (migrations.py, postgres_schema.py) so that old galleries keep
-opening; this test is what keeps the two from drifting apart."""
+Both are rendered from one table spec (storage/schema.py; tests/test_schema_spec.py checks the
+render and the older galleries' steps against it); this test checks that the two renders say the same."""
 
 from __future__ import annotations
 

@@ -37,7 +37,8 @@ def _gallery(location: Path | str, **kwargs: object) -> Gallery:
 
 
 # A forger declares the purpose too (the purposes table carries no MAC): the consent's MAC catches it.
-_DECLARED = "INSERT OR IGNORE INTO purposes (name, declared_at) VALUES ('law-enforcement', '2026-01-01T00:00:00.000000+00:00')"
+_DECLARED = ("INSERT INTO purposes (name, declared_at) VALUES ('law-enforcement', '2026-01-01T00:00:00.000000+00:00') "
+             "ON CONFLICT DO NOTHING")
 
 
 def _raw(path: Path | str, *statements: str) -> None:

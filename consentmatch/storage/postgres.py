@@ -36,10 +36,13 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..errors import GalleryNotFoundError, StorageError
 from .base import Commit
+from .dialect import POSTGRES
 from .keyring import KeyDb, KeyRing
+from .lifecycle import StoreCore
 from .postgres_conn import PgConnection
 from .postgres_rows import PgTransaction
 from .postgres_schema import KEYS_SCHEMA, STEPS
+from .schema import render
 
 __all__ = ["PgStore", "shown_url"]
 
@@ -57,7 +60,7 @@ def shown_url(url: str) -> str:
     return re.sub(r"(password=)[^&\s]*", r"\1***", url)
 
 
-class PgStore:
+class PgStore(StoreCore[PgTransaction]):
     """A gallery in a PostgreSQL database. Opened lazily: reads of a missing gallery raise, the first write creates it.
 
     Args:
@@ -93,10 +96,6 @@ class PgStore:
         self._writing = False  # a write of this store is between its commit and its announcement
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
-
-    def on_commit(self, listener: Callable[[Commit], None]) -> None:
-        """Call `listener` after every write that bumps the generation commits, on this node or another."""
-        self._listeners.append(listener)
 
     # -- connections and errors -----------------------------------------------------------
 
@@ -158,7 +157,8 @@ class PgStore:
             return self._pool
 
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
-        """Apply the missing steps in one transaction under an advisory lock: nodes starting at once take
+        """Create a new gallery from the table spec (schema.py), or apply an older one's missing steps,
+        in one transaction under an advisory lock: nodes starting at once take
         turns. The lock is the session's, taken before the transaction begins, so the transaction's
         view of the catalog is from after the previous holder's commit."""
         conn.execute("SELECT pg_advisory_lock(%s)", (_GALLERY_LOCK,))
@@ -176,13 +176,17 @@ class PgStore:
                     conn.execute("CREATE TABLE consentmatch_schema (version INTEGER NOT NULL)")
                     conn.execute("INSERT INTO consentmatch_schema (version) VALUES (0)")
                 (version,) = conn.execute("SELECT version FROM consentmatch_schema").fetchone() or (0,)
+                found = version
                 if version > len(STEPS):
                     raise StorageError(
                         f"'{self.location}' was written by a newer consentmatch (schema {version}): upgrade consentmatch."
                     )
+                if version == 0:  # a new gallery: the spec's tables at once, at the last step
+                    conn.execute(";\n".join(render(POSTGRES)).encode())
+                    version = len(STEPS)
                 for step in STEPS[version:]:
                     conn.execute(step.encode())
-                if version < len(STEPS):  # nodes that only use the gallery need no more than DML grants
+                if found < len(STEPS):  # nodes that only use the gallery need no more than DML grants
                     conn.execute("UPDATE consentmatch_schema SET version = %s", (len(STEPS),))
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_GALLERY_LOCK,))
@@ -265,45 +269,44 @@ class PgStore:
                 finally:
                     _end(raw)
 
-    @contextmanager
-    def write(self, *, create: bool = False, bump: bool = True) -> Iterator[PgTransaction]:
-        """One atomic write: everything inside commits together, or nothing does.
+    # -- the write sequence's hooks (storage/lifecycle.py): the listeners also hear of other nodes'
+    #    commits (`_catch_up`), and other nodes of this one's (NOTIFY, `_record`)
 
-        Only `create=True` (enrollment) may create the gallery's tables. `bump=False` for writes
-        that change no template or consent (audit events, interactions). After a bumping write
-        commits, the listeners hear of it (`on_commit`), and so do other nodes' (NOTIFY).
-        """
-        with self._mapped():
-            self._open(create=create)  # before the write lock: the open may write (`_open_keys`)
-            with self._transaction(bump=bump) as tx:
-                yield tx
+    def _ready(self, create: bool) -> None:
+        self._open(create=create)  # before the write lock: the open may write (`_open_keys`)
 
     @contextmanager
-    def _transaction(self, *, bump: bool) -> Iterator[PgTransaction]:
-        """A write transaction on the open store, holding the generation row from start to commit."""
+    def _writer(self, create: bool) -> Iterator[psycopg.Connection[Any]]:
         assert self._pool is not None
         with self._write_lock, self._pool.connection() as raw:
-            raw.execute("BEGIN")
-            try:
-                (value,) = raw.execute("SELECT value FROM meta WHERE key = 'generation' FOR UPDATE").fetchone() or ("0",)
-                before = int(value)
-                tx = PgTransaction(PgConnection(raw, _GALLERY_LOCK), self)
-                tx.bump = bump
-                self._catch_up(tx, before)
-                with self.keys.deferred():  # new subjects' keys: one key-store write, before the commit
-                    yield tx
-                if tx.bump:
-                    self._record(tx, before + 1)
-                    with self._known_lock:
-                        self._writing = True  # this commit is announced by this thread (`_announce`), not a catch-up
-                raw.execute("COMMIT")
-            except BaseException:
-                with self._known_lock:
-                    self._writing = False
-                _end(raw)
-                raise
-        if tx.bump:
-            self._announce(before, tx)
+            yield raw
+
+    def _begin(self, raw: psycopg.Connection[Any]) -> tuple[PgTransaction, int]:
+        """Begin holding the generation row until the commit: writers on every node take turns."""
+        raw.execute("BEGIN")
+        (value,) = raw.execute("SELECT value FROM meta WHERE key = 'generation' FOR UPDATE").fetchone() or ("0",)
+        tx = PgTransaction(PgConnection(raw, _GALLERY_LOCK), self)
+        self._catch_up(tx, int(value))
+        return tx, int(value)
+
+    def _move(self, tx: PgTransaction, after: int) -> None:
+        self._record(tx, after)
+        with self._known_lock:
+            self._writing = True  # this commit is announced by this thread (`_told`), not a catch-up
+
+    def _roll_back(self, raw: psycopg.Connection[Any]) -> None:
+        with self._known_lock:
+            self._writing = False
+        _end(raw)
+
+    def _told(self, before: int, tx: PgTransaction) -> None:
+        """Tell the listeners of this node's own commit (unless a catch-up already told them)."""
+        with self._known_lock:
+            self._writing = False
+            if self._known is not None and self._known != before:
+                return
+            self._known = before + 1
+        self._tell(before, tx.added, tx.removed)
 
     @contextmanager
     def loading(self) -> Iterator[PgConnection]:
@@ -337,20 +340,6 @@ class PgStore:
             conn.execute("UPDATE meta SET value = ? WHERE key = 'changes_from'", (str(kept_from),))
         conn.execute("SELECT pg_notify(?, ?)", (_CHANNEL, str(after)))
 
-    def _announce(self, before: int, tx: PgTransaction) -> None:
-        """Tell the listeners of this node's own commit (unless a catch-up already told them)."""
-        with self._known_lock:
-            self._writing = False
-            if self._known is not None and self._known != before:
-                return
-            self._known = before + 1
-        if self._listeners:
-            ids = np.array([i for i, _ in tx.added], dtype=np.int64)
-            vectors = np.stack([v for _, v in tx.added]) if tx.added else np.empty((0, 0), dtype=np.float32)
-            commit = Commit(before, before + 1, ids, vectors, np.array(tx.removed, dtype=np.int64))
-            for listener in self._listeners:
-                listener(commit)
-
     def _catch_up(self, tx: PgTransaction, generation: int) -> None:
         """Tell the listeners what was committed (by any node) between the generation they know and
         `generation`, as `tx` sees it: one `Commit` with the net template rows added and deleted.
@@ -375,8 +364,7 @@ class PgStore:
             removed = {int(i) for i, added in rows if not added}
             ids, vectors = tx.templates_by_id(np.array(sorted({int(i) for i, added in rows if added} - removed), dtype=np.int64))
             commit = Commit(known, generation, ids, vectors, np.array(sorted(removed), dtype=np.int64))
-        for listener in self._listeners:
-            listener(commit)
+        self._call(commit)
 
     @staticmethod
     def _followed(tx: PgTransaction, known: int, generation: int) -> bool:

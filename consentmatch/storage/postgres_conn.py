@@ -1,13 +1,11 @@
 """A PostgreSQL connection that takes the sqlite3 calls the gallery's queries make.
 
 The SQLite rows (`sqlite_rows.py`, `sqlite_integrity.py`, `sqlite_audit.py`) and the key ring
-(`keyring.py`) are written in SQL that both engines run, except for four habits of sqlite3,
+(`keyring.py`) are written in SQL that both engines run, except for two habits of sqlite3,
 which `PgConnection` adapts, so that one set of queries serves both stores (`postgres_rows.py`
 overrides the few that differ in substance):
 
 - qmark (`?`) and named (`:name`) parameters become psycopg's `%s` and `%(name)s`;
-- `INSERT OR IGNORE INTO ...` becomes `INSERT INTO ... ON CONFLICT DO NOTHING`;
-- an empty `IN ()` (SQLite's "no value") becomes `IN (NULL)`;
 - `BEGIN IMMEDIATE` (take the write lock now) becomes `BEGIN` and a transaction-level advisory
   lock, and a cursor's `lastrowid` is the session's `lastval()`.
 

@@ -37,7 +37,6 @@ class PgTransaction(SqliteTransaction):
     def __init__(self, conn: PgConnection, store: PgStoreInfo) -> None:
         super().__init__(conn, store)  # type: ignore[arg-type]
         self.location = store.location
-        self.bump = True  # whether the write moves the generation (PgStore._transaction)
 
     def _tampered(self, what: str) -> TamperingError:
         return TamperingError(

@@ -20,14 +20,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-from numpy.typing import NDArray
-
 from ..crypto import unseal
 from ..errors import GalleryNotFoundError, StorageError
 from .base import Commit
+from .dialect import SQLITE
 from .keyring import KeyRing
+from .lifecycle import StoreCore
 from .migrations import APPLICATION_ID, MIGRATIONS, run_step
+from .schema import render
 from .sqlite_rows import SqliteTransaction
 
 __all__ = ["SqliteStore"]
@@ -37,7 +37,7 @@ _BUSY_TIMEOUT_S = 30.0  # how long a call waits for another process's write befo
 _BIND_BATCH = 10_000  # templates re-sealed per query when a gallery is bound: memory stays flat at 1M
 
 
-class SqliteStore:
+class SqliteStore(StoreCore[SqliteTransaction]):
     """The gallery's SQLite file. Opened lazily: reads of a missing file raise, the first write creates it.
 
     Args:
@@ -53,10 +53,6 @@ class SqliteStore:
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.RLock()
         self._listeners: list[Callable[[Commit], None]] = []
-
-    def on_commit(self, listener: Callable[[Commit], None]) -> None:
-        """Call `listener` after every write that bumps the generation commits (in the writer's thread)."""
-        self._listeners.append(listener)
 
     def exists(self) -> bool:
         return self._conn is not None or self.path.exists()
@@ -281,8 +277,9 @@ class SqliteStore:
             raise StorageError(f"'{self.path}' is an SQLite file but not a consentmatch gallery: name another file.")
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        """Apply the missing steps, each in one transaction that also re-reads the version, so
-        two processes creating the same gallery at once cannot both run a step."""
+        """Create a new gallery from the table spec (schema.py), or bring an older one up to it by
+        the missing steps, each in one transaction that also re-reads the version, so two
+        processes creating the same gallery at once cannot both run a step."""
         while True:
             (version,) = conn.execute("PRAGMA user_version").fetchone()
             if version > len(MIGRATIONS):
@@ -295,9 +292,15 @@ class SqliteStore:
             try:
                 (current,) = conn.execute("PRAGMA user_version").fetchone()
                 if current == version:
-                    run_step(conn, MIGRATIONS[version])
+                    reached = version + 1
+                    if version == 0:  # a new gallery: the spec's tables at once (`_check_owner`: the file is empty)
+                        for statement in render(SQLITE):
+                            conn.execute(statement)
+                        reached = len(MIGRATIONS)
+                    else:
+                        run_step(conn, MIGRATIONS[version])
                     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                    conn.execute(f"PRAGMA user_version = {version + 1}")
+                    conn.execute(f"PRAGMA user_version = {reached}")
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -334,44 +337,26 @@ class SqliteStore:
             finally:
                 conn.execute("COMMIT")
 
+    # -- the write sequence's hooks (storage/lifecycle.py) ---------------------------------------
+
+    def _turn(self) -> threading.RLock:
+        return self._lock  # the one connection's; listeners hear of commits in their order
+
     @contextmanager
-    def write(self, *, create: bool = False, bump: bool = True) -> Iterator[SqliteTransaction]:
-        """One atomic write: everything inside commits together, or nothing does.
+    def _writer(self, create: bool) -> Iterator[sqlite3.Connection]:
+        yield self._connect(create=create)
 
-        Only `create=True` (enrollment) may bring a missing gallery file into being.
-        `bump=False` for writes that change no template or consent (audit events,
-        interactions), so in-memory indexes stay valid. After a bumping write commits, the
-        listeners hear of it (`on_commit`).
-        """
-        with self._lock:
-            with self._mapped():
-                conn = self._connect(create=create)
-                conn.execute("BEGIN IMMEDIATE")
-                tx = SqliteTransaction(conn, self)
-                try:
-                    before = tx.generation()
-                    with self.keys.deferred():  # new subjects' keys: one key-store write, before the commit
-                        yield tx
-                    if bump:
-                        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:  # SQLite rolls back by itself on some errors (disk full)
-                        conn.execute("ROLLBACK")
-                    raise
-            if bump:
-                self._tell(before, tx.added, tx.removed)
+    def _begin(self, conn: sqlite3.Connection) -> tuple[SqliteTransaction, int]:
+        conn.execute("BEGIN IMMEDIATE")
+        tx = SqliteTransaction(conn, self)
+        return tx, tx.generation()
 
-    def _tell(self, before: int, added: list[tuple[int, NDArray[np.float32]]], removed: list[int]) -> None:
-        """Tell the listeners of a committed write from generation `before` (none listening, as in a
-        bulk load: no vectors gathered)."""
-        if not self._listeners:
-            return
-        ids = np.array([i for i, _ in added], dtype=np.int64)
-        vectors = np.stack([v for _, v in added]) if added else np.empty((0, 0), dtype=np.float32)
-        commit = Commit(before, before + 1, ids, vectors, np.array(removed, dtype=np.int64))
-        for listener in self._listeners:
-            listener(commit)
+    def _move(self, tx: SqliteTransaction, after: int) -> None:
+        tx.conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+
+    def _roll_back(self, conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:  # SQLite rolls back by itself on some errors (disk full)
+            conn.execute("ROLLBACK")
 
     def close(self) -> None:
         with self._lock:

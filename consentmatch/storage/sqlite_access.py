@@ -205,8 +205,8 @@ class AccessRows:
         else is stored anew; the first answer stays."""
         self.conn.execute("UPDATE idempotency SET status = ?, body = ? WHERE owner = ? AND key = ? AND fingerprint = ? "
                           "AND status = 0", (status, body, owner, key, fingerprint))
-        self.conn.execute("INSERT OR IGNORE INTO idempotency (owner, key, fingerprint, status, body, created_at) "
-                          "VALUES (?,?,?,?,?,?)", (owner, key, fingerprint, status, body, _ts(now)))
+        self.conn.execute("INSERT INTO idempotency (owner, key, fingerprint, status, body, created_at) "
+                          "VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING", (owner, key, fingerprint, status, body, _ts(now)))
 
     def release_answer(self, owner: str, key: str) -> None:
         """Free a key whose call failed (its hold, status 0): a corrected retry may use it."""

@@ -12,7 +12,7 @@ import contextlib
 import copy
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -54,6 +54,12 @@ def _dt(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
+def _marks(values: Sized) -> str:
+    """The parameters of an `IN (...)` list of `values`: `NULL` for none (an empty `IN ()` is
+    SQLite's alone; `IN (NULL)` matches nothing on every engine)."""
+    return ",".join("?" * len(values)) or "NULL"
+
+
 class SqliteTransaction(AccessRows, Integrity, AuditRows):
     """One transaction on a gallery file: a read snapshot, or a write that commits as a whole."""
 
@@ -66,6 +72,7 @@ class SqliteTransaction(AccessRows, Integrity, AuditRows):
         self._quality = store.quality
         self.added: list[tuple[int, NDArray[np.float32]]] = []  # template rows this write added
         self.removed: list[int] = []  # and deleted
+        self.bump = True  # whether the write moves the generation (storage/lifecycle.py)
         self._policy: dict[str, Any] | None = None  # as `policy()` read it in this transaction
 
     # -- subjects, consents, templates ------------------------------------------------------------
@@ -137,7 +144,7 @@ class SqliteTransaction(AccessRows, Integrity, AuditRows):
         return None if row is None else int(row[0])
 
     def ensure_subject(self, name: str, now: datetime) -> int:
-        cursor = self.conn.execute("INSERT OR IGNORE INTO subjects (name, created_at) VALUES (?, ?)", (name, _ts(now)))
+        cursor = self.conn.execute("INSERT INTO subjects (name, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING", (name, _ts(now)))
         found = self.subject_id(name)
         assert found is not None
         if cursor.rowcount > 0:
@@ -301,8 +308,7 @@ class SqliteTransaction(AccessRows, Integrity, AuditRows):
         )
 
     def subject_names(self, subject_ids: Sequence[int]) -> dict[int, str]:
-        marks = ",".join("?" * len(subject_ids))
-        rows = self.conn.execute(f"SELECT id, name FROM subjects WHERE id IN ({marks})", list(subject_ids))
+        rows = self.conn.execute(f"SELECT id, name FROM subjects WHERE id IN ({_marks(subject_ids)})", list(subject_ids))
         return {int(i): str(n) for i, n in rows}
 
     def active_purposes(self, subject_id: int, now: datetime) -> set[str]:
@@ -497,7 +503,7 @@ class SqliteTransaction(AccessRows, Integrity, AuditRows):
     def add_optout(self, kind: str, value: str, now: datetime) -> bool:
         """Returns False when the entry was already there."""
         cursor = self.conn.execute(
-            "INSERT OR IGNORE INTO optouts (kind, value, added_at) VALUES (?, ?, ?)", (kind, value, _ts(now))
+            "INSERT INTO optouts (kind, value, added_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", (kind, value, _ts(now))
         )
         return cursor.rowcount > 0
 
@@ -512,7 +518,7 @@ class SqliteTransaction(AccessRows, Integrity, AuditRows):
         """`email_hashes`: every hash of the e-mail (see `email_hashes`), or none."""
         row = self.conn.execute(
             f"""SELECT 1 FROM optouts WHERE (kind = 'subject' AND value = ?)
-                 OR (kind = 'email' AND value IN ({','.join('?' * len(email_hashes))}))""",
+                 OR (kind = 'email' AND value IN ({_marks(email_hashes)}))""",
             (subject, *email_hashes),
         ).fetchone()
         return row is not None
@@ -520,7 +526,7 @@ class SqliteTransaction(AccessRows, Integrity, AuditRows):
     def subjects_with_email(self, email_hashes: Sequence[str]) -> list[str]:
         rows = self.conn.execute(
             f"""SELECT DISTINCT s.name FROM consents c JOIN subjects s ON s.id = c.subject_id
-                WHERE c.email_hash IN ({','.join('?' * len(email_hashes))}) ORDER BY s.name""",
+                WHERE c.email_hash IN ({_marks(email_hashes)}) ORDER BY s.name""",
             tuple(email_hashes),
         )
         return [str(r[0]) for r in rows]
@@ -531,7 +537,7 @@ class SqliteTransaction(AccessRows, Integrity, AuditRows):
             return {}
         rows = self.conn.execute(
             f"""SELECT t.id, s.name FROM templates t JOIN subjects s ON s.id = t.subject_id
-                WHERE t.id IN ({','.join('?' * len(template_ids))})""",
+                WHERE t.id IN ({_marks(template_ids)})""",
             list(template_ids),
         )
         return {int(i): str(n) for i, n in rows}
@@ -541,7 +547,7 @@ class SqliteTransaction(AccessRows, Integrity, AuditRows):
         if not template_ids:
             return 0
         (left,) = self.conn.execute(
-            f"SELECT count(*) FROM templates WHERE id IN ({','.join('?' * len(template_ids))})", list(template_ids)
+            f"SELECT count(*) FROM templates WHERE id IN ({_marks(template_ids)})", list(template_ids)
         ).fetchone()
         return int(left)
 
@@ -561,7 +567,8 @@ class SqliteTransaction(AccessRows, Integrity, AuditRows):
 
     def declare_purpose(self, name: str, now: datetime) -> bool:
         """Declare a purpose the gallery serves; False when it already was."""
-        cursor = self.conn.execute("INSERT OR IGNORE INTO purposes (name, declared_at) VALUES (?, ?)", (name, _ts(now)))
+        cursor = self.conn.execute("INSERT INTO purposes (name, declared_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                                   (name, _ts(now)))
         return cursor.rowcount > 0
 
     def remove_purpose(self, name: str) -> bool:

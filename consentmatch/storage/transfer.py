@@ -1,6 +1,6 @@
 """Copying a gallery between stores (SQLite -> PostgreSQL and back): rows as they are, keys as they are.
 
-Both engines hold the same columns (postgres_schema.py mirrors migrations.py), so a copy moves
+Both engines hold the same columns (both rendered from schema.py's table spec), so a copy moves
 every row unchanged: templates stay sealed, MACs stay valid (they bind the gallery id, which
 the copy keeps), and the data keys move wrapped, never unwrapped, into the copy's own key
 store. The source's audit chain and row integrity are checked before anything is written, all
