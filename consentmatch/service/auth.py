@@ -51,12 +51,6 @@ class Caller:
             raise PermissionDeniedError(f"The API key '{self.name}' may not search for purpose '{purpose}': "
                                         f"its purposes are {', '.join(self.key.purposes)}.")
 
-    def require_purpose_named(self, purpose: str | None) -> None:
-        """A key limited to some purposes must name one: "any purpose" would reach past its limit."""
-        if purpose is None and self.key.purposes:
-            raise PermissionDeniedError(f"The API key '{self.name}' may search only for {', '.join(self.key.purposes)}: "
-                                        "name the purpose.")
-
 
 class RateLimiter:
     """A token bucket per key name, in this process: `per_minute` requests, refilled evenly; and
