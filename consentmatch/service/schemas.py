@@ -16,7 +16,7 @@ from .problems import PROBLEM_JSON
 __all__ = [
     "ApiKeyIn", "ApiKeyOut", "AuditCheckOut", "AuditEventOut", "ConsentIn", "ConsentOut", "DecisionIn", "EnrollmentOut",
     "ErasureOut", "ExportOut", "HealthOut", "KeyRevokedOut", "MatchOut", "NewApiKeyOut", "PolicyIn", "PolicyOut",
-    "Problem", "PurposeIn", "PurposeOut", "PurposeRemovedOut", "RetentionOut", "SearchRequestOut", "SubjectOut",
+    "Problem", "PurposeIn", "PurposeOut", "PurposeRemovedOut", "RetentionOut", "SearchRequestOut", "SessionOut", "SubjectOut",
     "VerificationOut", "VersionOut", "problems",
 ]
 
@@ -106,6 +106,17 @@ class ApiKeyOut(_Out):
     created_at: str | None
     revoked_at: str | None
     rate_limit: int | None
+
+
+class SessionOut(_Out):
+    """The console's session: its key and deadlines (`csrf_token` at sign-in only; no deadlines
+    for a call made with a bearer key)."""
+
+    key: ApiKeyOut
+    expires_at: str | None
+    ends_by: str | None = None
+    idle_timeout_s: int | None = None
+    csrf_token: str | None = None
 
 
 class VersionOut(_Out):
