@@ -17,6 +17,7 @@ from fastapi import Request
 from ..errors import AuthenticationError, PermissionDeniedError, RateLimitError
 from ..gallery import Gallery
 from ..results import ApiKeyInfo
+from ..services import access
 from ..services.access import key_id
 from .sessions import Sessions
 
@@ -113,12 +114,12 @@ def bearer(request: Request) -> str | None:
 
 
 def authenticated(request: Request, gallery: Gallery, limiter: RateLimiter, presented: str | None) -> ApiKeyInfo:
-    """`Gallery.authenticate`, unless the key id or the client address failed too often: then 429
+    """`services/access.authenticate`, unless the key id or the client address failed too often: then 429
     instead of a scrypt (a key already checked in this process needs none and passes). A
     failure is counted against both."""
     public_id, address = key_id(presented), request.client.host if request.client else "unknown"
     try:
-        return gallery.authenticate(presented, before_check=lambda: limiter.check_failures(public_id, address))
+        return access.authenticate(gallery.context, presented, lambda: limiter.check_failures(public_id, address))
     except AuthenticationError:
         limiter.failed(public_id, address)
         raise
