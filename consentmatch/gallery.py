@@ -463,7 +463,8 @@ class Gallery:
         """The probe a pending request holds, for its approver: `services.approvals.request_probe`."""
         return approvals.request_probe(self._ctx, request_id)
 
-    def answer_once(self, owner: str, key: str, fingerprint: str, run: Callable[[], tuple[int, str]]) -> tuple[int, str]:
+    def answer_once(self, owner: str, key: str, fingerprint: str,
+                    run: Callable[[], tuple[int, str]]) -> tuple[int, str]:
         """A call made with an Idempotency-Key, answered once: `services.access.answer_once`."""
         return access.answer_once(self._ctx, owner, key, fingerprint, run)
 

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import jsonschema
+import pytest
 from fastapi.testclient import TestClient
 
 from consentmatch import Consent, Gallery

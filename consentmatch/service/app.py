@@ -35,11 +35,15 @@ from .headers import SecurityHeaders
 from .limits import PhotoSlots
 from .problems import problem, problem_for
 from .routes import ROUTERS
-from .schemas import ApiKeyIn, ConsentIn, DecisionIn, PolicyIn, PurposeIn
+
+# The request bodies lived here before schemas.py: importable from here still.
+from .schemas import ApiKeyIn as ApiKeyIn
+from .schemas import ConsentIn as ConsentIn
+from .schemas import DecisionIn as DecisionIn
+from .schemas import PolicyIn as PolicyIn
+from .schemas import PurposeIn as PurposeIn
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
-# The request bodies lived here before schemas.py: importable from here still.
-_BODIES = (ApiKeyIn, ConsentIn, DecisionIn, PolicyIn, PurposeIn)
 
 #: The largest request body: one photo at the decoder's limit, with room for the form around it.
 MAX_BODY_BYTES = MAX_FILE_BYTES + 1024 * 1024

@@ -10,7 +10,6 @@ a Content-Security-Policy of its own origin only, no caching, no framing, no ref
 from __future__ import annotations
 
 from importlib import resources
-
 from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, Request

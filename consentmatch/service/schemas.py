@@ -14,10 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from .problems import PROBLEM_JSON
 
 __all__ = [
-    "ApiKeyIn", "ApiKeyOut", "AuditCheckOut", "AuditEventOut", "ConsentIn", "ConsentOut", "DecisionIn", "EnrollmentOut",
-    "ErasureOut", "ExportOut", "HealthOut", "KeyRevokedOut", "MatchOut", "NewApiKeyOut", "PolicyIn", "PolicyOut",
-    "Problem", "PurposeIn", "PurposeOut", "PurposeRemovedOut", "RetentionOut", "SearchRequestOut", "SessionOut", "SubjectOut",
-    "VerificationOut", "VersionOut", "problems",
+    "ApiKeyIn", "ApiKeyOut", "AuditCheckOut", "AuditEventOut", "CandidateOut", "ConsentIn", "ConsentOut", "DecisionIn",
+    "EnrollmentOut", "ErasureOut", "ExportOut", "FaceOut", "HealthOut", "KeyRevokedOut", "MatchOut", "NewApiKeyOut",
+    "PolicyIn", "PolicyOut", "Problem", "PurposeIn", "PurposeOut", "PurposeRemovedOut", "RetentionOut",
+    "SearchRequestOut", "SessionOut", "SubjectOut", "VerificationOut", "VersionOut", "problems",
 ]
 
 

@@ -85,7 +85,9 @@ def search_requests(ctx: Context, status: str | None = None, requester: str | No
     return [replace(r, result=None) for r in found if requester is None or r.requester == requester]
 
 
-def search_request(ctx: Context, request_id: str, *, reader: str | None = None, own_only: bool = False) -> SearchRequest:
+def search_request(
+    ctx: Context, request_id: str, *, reader: str | None = None, own_only: bool = False
+) -> SearchRequest:
     """One request; its result only when `reader` is its requester (None: the gallery's actor).
     `own_only`: another's request is not found (a reader who oversees none, e.g. an operator)."""
     request = _find(ctx, request_id)

@@ -10,8 +10,18 @@ from fastapi.responses import Response
 from ...gallery import Gallery
 from ..auth import Caller
 from ..deps import Paging, date, gallery_of, json_answer, listing, role
-from ..schemas import (ApiKeyIn, ApiKeyOut, KeyRevokedOut, NewApiKeyOut, PolicyIn, PolicyOut, PurposeIn, PurposeOut,
-                       PurposeRemovedOut, problems)
+from ..schemas import (
+    ApiKeyIn,
+    ApiKeyOut,
+    KeyRevokedOut,
+    NewApiKeyOut,
+    PolicyIn,
+    PolicyOut,
+    PurposeIn,
+    PurposeOut,
+    PurposeRemovedOut,
+    problems,
+)
 
 __all__ = ["router"]
 

@@ -19,7 +19,8 @@ from .subjects import read_upload
 
 __all__ = ["router"]
 
-_HELD: dict[int | str, dict[str, Any]] = {202: {"model": SearchRequestOut, "description": "The purpose needs approval: a search request is pending"}}
+_HELD: dict[int | str, dict[str, Any]] = {
+    202: {"model": SearchRequestOut, "description": "The purpose needs approval: a search request is pending"}}
 router = APIRouter(tags=["search"], responses={**problems(400, 401, 403, 404, 422, 429, 503), **_HELD})
 _Gallery = Annotated[Gallery, Depends(gallery_of)]
 _Searcher = Annotated[Caller, Depends(searcher)]
