@@ -179,3 +179,15 @@ def test_an_operator_sees_only_its_own_requests_an_approver_all(served: Any) -> 
     assert [r["request_id"] for r in everyone] == [held["request_id"], other["request_id"]]
     hidden = client.get(f"/v1/requests/{other['request_id']}", headers=desk)
     assert hidden.status_code == 404 and "among yours" in hidden.json()["detail"]
+
+
+def test_the_key_and_role_are_checked_before_the_body(served: Any) -> None:
+    # roles are dependencies: a caller without a valid key, or without the role, learns nothing of
+    # what the call takes (and a role refused is audited), whatever it sent
+    client, key, _ = served
+    for headers, status in (({}, 401), ({"Authorization": key["desk"]}, 403)):
+        refused = client.post("/v1/consents", headers=headers, json={"subject": "x"})
+        assert refused.status_code == status, refused.text
+        refused = client.post("/v1/subjects/x/photos", headers=headers, data={"quality": "high"})
+        assert refused.status_code == status, refused.text
+    assert client.post("/v1/consents", headers={"Authorization": key["all"]}, json={"subject": "x"}).status_code == 422
