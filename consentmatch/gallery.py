@@ -393,32 +393,6 @@ class Gallery:
         """Revoke an API key at once (audited). False if no active key has this name."""
         return access.revoke_api_key(self._ctx, name, actor)
 
-    def authenticate(self, key: str | None, *, before_check: Callable[[], None] | None = None) -> ApiKeyInfo:
-        """The active API key `key` is, for the service to check roles against.
-
-        Args:
-            before_check: called just before the secret's scrypt (not for a key already checked
-                in this process): the service's limit on failed attempts raises there.
-
-        Raises:
-            AuthenticationError: no key, or an unknown, revoked or expired one.
-        """
-        return access.authenticate(self._ctx, key, before_check)
-
-    def record_refusal(
-        self, action: str, error: Exception, *, subject: str | None = None, purpose: str | None = None,
-        actor: str | None = None, details: dict[str, str] | None = None,
-    ) -> None:
-        """Audit a call refused before it reached a verb: the service's 403 (a key outside its role
-        or purposes). The verbs record their own refusals; errors that are no refusal are ignored.
-
-        Args:
-            action: what was attempted, e.g. ``match``.
-            error: the refusal (a PermissionDeniedError, or a refusal of the verbs' kinds).
-            details: more of the call, e.g. ``{"call": "POST /v1/match"}``.
-        """
-        self._ctx.record_refusal(action, subject, purpose, actor, error, details)
-
     def request_match(
         self, photo: PhotoInput, *, purpose: str, case_ref: str, reason: str, tolerance: float | None = None,
         top_k: int | None = None, actor: str | None = None,
@@ -442,25 +416,18 @@ class Gallery:
         return approvals.request_search(self._ctx, "verify", photo, purpose=purpose, case_ref=case_ref, reason=reason,
                                         subject=subject, tolerance=tolerance, requester=actor)
 
-    def search_requests(self, *, status: str | None = None) -> list[SearchRequest]:
-        """Search requests, oldest first (pending, approved, denied or expired), without results."""
-        return approvals.search_requests(self._ctx, status)
+    def search_requests(self, *, status: str | None = None, requester: str | None = None) -> list[SearchRequest]:
+        """Search requests, oldest first (pending, approved, denied or expired), without results;
+        only those `requester` filed, when given (what a key that is no approver or auditor sees)."""
+        return approvals.search_requests(self._ctx, status, requester)
 
-    def search_request(self, request_id: str, *, actor: str | None = None) -> SearchRequest:
+    def search_request(self, request_id: str, *, actor: str | None = None, own_only: bool = False) -> SearchRequest:
         """One search request; its result only if `actor` filed it.
 
         Raises:
-            RequestNotFoundError: no request has this id.
+            RequestNotFoundError: no request has this id (among `actor`'s own, with `own_only`).
         """
-        return approvals.search_request(self._ctx, request_id, reader=actor)
-
-    def request_probe(self, request_id: str) -> bytes:
-        """The probe a pending request holds, for the approver deciding it.
-
-        Raises:
-            RequestNotFoundError: no such request, or it was decided (its probe destroyed).
-        """
-        return approvals.request_probe(self._ctx, request_id)
+        return approvals.search_request(self._ctx, request_id, reader=actor, own_only=own_only)
 
     def approve_request(self, request_id: str, *, reason: str, actor: str | None = None) -> SearchRequest:
         """Approve a pending request: its search runs now, under the requester's name; the probe is destroyed.
@@ -475,23 +442,36 @@ class Gallery:
         """Deny a pending request; its probe is destroyed, no search runs."""
         return approvals.decide(self._ctx, request_id, approve=False, reason=reason, approver=actor)
 
-    def answer_once(
-        self, owner: str, key: str, fingerprint: str, run: Callable[[], tuple[int, str]]
-    ) -> tuple[int, str]:
-        """The service's call made with an Idempotency-Key: `run` (status, body) once, under a hold
-        on the key in the store; a retry of the same request gets the first answer (see
-        `services/access.answer_once`).
+    # -- the HTTP service's own state: its work is in services/ (access.py, approvals.py, context.py),
+    # which the service calls with `context`; these names stay for callers that used them.
 
-        Raises:
-            InvalidArgumentError: the key was used for another request, or its call still runs.
-        """
+    @property
+    def context(self) -> Context:
+        """The services' shared Context, for an adapter that calls a service itself (the HTTP service)."""
+        return self._ctx
+
+    def authenticate(self, key: str | None, *, before_check: Callable[[], None] | None = None) -> ApiKeyInfo:
+        """The active API key `key` is (AuthenticationError otherwise): `services.access.authenticate`."""
+        return access.authenticate(self._ctx, key, before_check)
+
+    def record_refusal(self, action: str, error: Exception, *, subject: str | None = None, purpose: str | None = None,
+                       actor: str | None = None, details: dict[str, str] | None = None) -> None:
+        """Audit a call refused before it reached a verb (the service's 403s): `Context.record_refusal`."""
+        self._ctx.record_refusal(action, subject, purpose, actor, error, details)
+
+    def request_probe(self, request_id: str) -> bytes:
+        """The probe a pending request holds, for its approver: `services.approvals.request_probe`."""
+        return approvals.request_probe(self._ctx, request_id)
+
+    def answer_once(self, owner: str, key: str, fingerprint: str,
+                    run: Callable[[], tuple[int, str]]) -> tuple[int, str]:
+        """A call made with an Idempotency-Key, answered once: `services.access.answer_once`."""
         return access.answer_once(self._ctx, owner, key, fingerprint, run)
 
     def recall_answer(self, owner: str, key: str) -> tuple[str, int, str] | None:
-        """The service's first answer to a call retried with the same Idempotency-Key, if kept
-        (its request fingerprint as stored: keyed)."""
+        """The answer kept for an Idempotency-Key: `services.access.recall`."""
         return access.recall(self._ctx, owner, key)
 
     def keep_answer(self, owner: str, key: str, fingerprint: str, status: int, body: str) -> None:
-        """Keep the service's answer to a call made with an Idempotency-Key, for its retries."""
+        """Keep an answer for an Idempotency-Key's retries: `services.access.remember`."""
         access.remember(self._ctx, owner, key, fingerprint, status, body)

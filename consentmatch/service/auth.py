@@ -17,6 +17,7 @@ from fastapi import Request
 from ..errors import AuthenticationError, PermissionDeniedError, RateLimitError
 from ..gallery import Gallery
 from ..results import ApiKeyInfo
+from ..services import access
 from ..services.access import key_id
 from .sessions import Sessions
 
@@ -50,12 +51,6 @@ class Caller:
         if purpose is not None and self.key.purposes and purpose not in self.key.purposes:
             raise PermissionDeniedError(f"The API key '{self.name}' may not search for purpose '{purpose}': "
                                         f"its purposes are {', '.join(self.key.purposes)}.")
-
-    def require_purpose_named(self, purpose: str | None) -> None:
-        """A key limited to some purposes must name one: "any purpose" would reach past its limit."""
-        if purpose is None and self.key.purposes:
-            raise PermissionDeniedError(f"The API key '{self.name}' may search only for {', '.join(self.key.purposes)}: "
-                                        "name the purpose.")
 
 
 class RateLimiter:
@@ -119,12 +114,12 @@ def bearer(request: Request) -> str | None:
 
 
 def authenticated(request: Request, gallery: Gallery, limiter: RateLimiter, presented: str | None) -> ApiKeyInfo:
-    """`Gallery.authenticate`, unless the key id or the client address failed too often: then 429
+    """`services/access.authenticate`, unless the key id or the client address failed too often: then 429
     instead of a scrypt (a key already checked in this process needs none and passes). A
     failure is counted against both."""
     public_id, address = key_id(presented), request.client.host if request.client else "unknown"
     try:
-        return gallery.authenticate(presented, before_check=lambda: limiter.check_failures(public_id, address))
+        return access.authenticate(gallery.context, presented, lambda: limiter.check_failures(public_id, address))
     except AuthenticationError:
         limiter.failed(public_id, address)
         raise

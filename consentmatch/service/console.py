@@ -10,6 +10,7 @@ a Content-Security-Policy of its own origin only, no caching, no framing, no ref
 from __future__ import annotations
 
 from importlib import resources
+from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -17,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import PermissionDeniedError
 from ..gallery import Gallery
-from .auth import RateLimiter, authenticated, caller
+from .auth import Caller, RateLimiter, authenticated
+from .deps import role
+from .schemas import SessionOut, problems
 from .sessions import SESSION_COOKIE, Sessions
 
 __all__ = ["CSP", "mount_console"]
@@ -75,8 +78,9 @@ def mount_console(app: FastAPI, gallery: Gallery, limiter: RateLimiter) -> None:
             return Response(status_code=404, headers=_PAGE_HEADERS)
         return Response(_file(name), media_type=_FILES[name], headers=_PAGE_HEADERS)
 
-    @router.post("/v1/session", status_code=201, tags=["session"],
-                 summary="Sign in: exchange an API key for a session cookie (the console)")
+    @router.post("/v1/session", status_code=201, tags=["session"], response_model=SessionOut,
+                 summary="Sign in: exchange an API key for a session cookie (the console)",
+                 responses=problems(401, 403, 422, 429))
     def sign_in(request: Request, body: SignIn) -> Response:
         _same_origin(request)
         key = authenticated(request, gallery, limiter, body.key)
@@ -87,16 +91,17 @@ def mount_console(app: FastAPI, gallery: Gallery, limiter: RateLimiter) -> None:
         sessions.set_cookies(request, answer, session_id, session)
         return answer
 
-    @router.get("/v1/session", tags=["session"], summary="The signed-in key and when the session ends")
-    def current(request: Request) -> Response:
-        found = caller(request, gallery, limiter)
+    @router.get("/v1/session", tags=["session"], summary="The signed-in key and when the session ends",
+                response_model=SessionOut, responses=problems(401, 429))
+    def current(request: Request, found: Annotated[Caller, role()]) -> Response:
         session = sessions.find(request.cookies.get(SESSION_COOKIE))
         times = sessions.times(session) if session is not None else {"expires_at": None}
         return JSONResponse({"key": found.key.to_dict(), **times}, headers={"Cache-Control": "no-store"})
 
-    @router.delete("/v1/session", status_code=204, tags=["session"], summary="Sign out: the session ends now")
-    def sign_out(request: Request) -> Response:
-        caller(request, gallery, limiter)  # a forged sign-out (no CSRF token) is refused like any change
+    @router.delete("/v1/session", status_code=204, tags=["session"], summary="Sign out: the session ends now",
+                   responses=problems(401, 403, 429))
+    def sign_out(request: Request, _: Annotated[Caller, role()]) -> Response:  # a forged sign-out (no CSRF token)
+        # is refused by the role dependency, like any change
         sessions.end(request.cookies.get(SESSION_COOKIE))
         answer = Response(status_code=204, headers={"Cache-Control": "no-store"})
         sessions.clear_cookies(request, answer)

@@ -11,6 +11,7 @@ Every step is an audit event; an expired request is found and closed by whoever 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
 
@@ -22,9 +23,17 @@ from ..text import check_text
 from . import matching
 from .context import REFUSALS, Context, check_name
 
-__all__ = ["decide", "request_probe", "request_search", "search_request", "search_requests"]
+__all__ = ["OVERSEERS", "decide", "oversees", "request_probe", "request_search", "search_request", "search_requests"]
 
 STATUSES = ("pending", "approved", "denied", "expired")
+#: The roles that see every request (an approver's queue, an auditor's review); any other reader
+#: sees only the requests they filed.
+OVERSEERS = ("approver", "auditor")
+
+
+def oversees(roles: Sequence[str]) -> bool:
+    """Whether a key with `roles` sees every request, not only its own."""
+    return any(role in OVERSEERS for role in roles)
 
 
 def request_search(
@@ -63,20 +72,27 @@ def request_search(
     return request
 
 
-def search_requests(ctx: Context, status: str | None = None) -> list[SearchRequest]:
-    """Requests, oldest first (all, or of one status), overdue ones closed first; results left out."""
+def search_requests(ctx: Context, status: str | None = None, requester: str | None = None) -> list[SearchRequest]:
+    """Requests, oldest first (all, or of one status; only `requester`'s when given), overdue ones
+    closed first; results left out."""
     if status is not None and status not in STATUSES:
         raise InvalidArgumentError(f"Unknown request status {status!r}: use one of {', '.join(STATUSES)}.")
     if not ctx.store.exists():
         return []
     _expire(ctx)
     with ctx.lock, ctx.store.read() as tx:
-        return [replace(r, result=None) for r in tx.search_requests(status=status)]
+        found = tx.search_requests(status=status)
+    return [replace(r, result=None) for r in found if requester is None or r.requester == requester]
 
 
-def search_request(ctx: Context, request_id: str, *, reader: str | None = None) -> SearchRequest:
-    """One request; its result only when `reader` is its requester (None: the gallery's actor)."""
+def search_request(
+    ctx: Context, request_id: str, *, reader: str | None = None, own_only: bool = False
+) -> SearchRequest:
+    """One request; its result only when `reader` is its requester (None: the gallery's actor).
+    `own_only`: another's request is not found (a reader who oversees none, e.g. an operator)."""
     request = _find(ctx, request_id)
+    if own_only and request.requester != ctx.who(reader):
+        raise RequestNotFoundError(f"No search request has the id '{request_id}' among yours.")
     return request if request.requester == ctx.who(reader) else replace(request, result=None)
 
 

@@ -1,0 +1,149 @@
+"""What the routes depend on: the app's gallery, the caller by role, answers, paging, replays.
+
+Roles are FastAPI dependencies (`role("enroller")`) over `HTTPBearer`, so OpenAPI declares the
+bearer scheme on every call that needs a key; the check itself is `auth.caller`, which also
+takes the console's session cookie. A refused role or purpose (403) is audited here, once for
+every route, under the route's name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, Form, Query, Request, Security
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from ..consent import parse_expiry
+from ..errors import InvalidArgumentError, PermissionDeniedError
+from ..gallery import Gallery
+from ..services import access
+from ..text import check_text
+from .auth import Caller, RateLimiter, caller
+
+__all__ = ["BEARER", "NO_STORE", "Paging", "date", "fingerprint", "gallery_of", "idempotent", "json_answer", "listing",
+           "moment", "role", "searcher"]
+
+NO_STORE = {"Cache-Control": "no-store"}
+#: The bearer scheme OpenAPI declares; `auth.caller` reads the header itself (or the session cookie),
+#: so a missing or wrong key is the service's own 401 problem, not FastAPI's.
+BEARER = HTTPBearer(auto_error=False, scheme_name="bearer", bearerFormat="cm_<id>_<secret>",
+                    description="An API key from `consentmatch apikey create` (the console sends its session "
+                                "cookie and CSRF token instead).")
+_Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
+
+
+def gallery_of(request: Request) -> Gallery:
+    """The gallery the app serves (`create_app` keeps it in `app.state`)."""
+    gallery: Gallery = request.app.state.gallery
+    return gallery
+
+
+def _limiter(request: Request) -> RateLimiter:
+    limiter: RateLimiter = request.app.state.limiter
+    return limiter
+
+
+def _checked(request: Request, roles: tuple[str, ...], purpose: str | None = None) -> Caller:
+    """The authenticated caller, holding one of `roles` (any key, when none) and allowed `purpose`."""
+    gallery = gallery_of(request)
+    found = caller(request, gallery, _limiter(request))
+    if not roles:
+        return found
+    try:
+        found.require(*roles, purpose=purpose)
+    except PermissionDeniedError as exc:  # audited like every refusal: who tried what
+        route = request.scope.get("route")
+        gallery.context.record_refusal(
+            getattr(route, "name", "call").replace("_", "-"), request.path_params.get("subject"), purpose, found.name,
+            exc, {"call": f"{request.method} {getattr(route, 'path', request.url.path)}"})
+        raise
+    return found
+
+
+def role(*roles: str) -> Any:
+    """A dependency giving the caller, who must hold one of `roles` (none named: any active key)."""
+
+    def dependency(request: Request, _: _Credentials) -> Caller:
+        return _checked(request, roles)
+
+    return Depends(dependency)
+
+
+def searcher(
+    request: Request, _: _Credentials, purpose: Annotated[str, Form(max_length=64, examples=["visitor-check-in"])],
+) -> Caller:
+    """The dependency of match and verify: an operator whose key may search for the form's `purpose`."""
+    return _checked(request, ("operator",), purpose)
+
+
+def json_answer(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An answer of the API: JSON, never cached."""
+    return JSONResponse(data, status_code=status, headers={**NO_STORE, **(headers or {})})
+
+
+class Paging:
+    """`limit` and `offset` of a list: none given, the whole list, as before paging existed."""
+
+    def __init__(
+        self,
+        limit: Annotated[int | None, Query(ge=1, le=100_000, description="At most this many items (default: all)")]
+        = None,
+        offset: Annotated[int, Query(ge=0, description="Skip this many items first")] = 0,
+    ) -> None:
+        self.limit, self.offset = limit, offset
+
+
+def listing(items: list[Any], page: Paging) -> JSONResponse:
+    """A list answer, `page` of it; a paged one says the whole list's length in `X-Total-Count`."""
+    if page.limit is None and page.offset == 0:
+        return json_answer(items)
+    end = None if page.limit is None else page.offset + page.limit
+    return json_answer(items[page.offset:end], headers={"X-Total-Count": str(len(items))})
+
+
+def fingerprint(*parts: bytes) -> str:
+    """The digest of a request, for its Idempotency-Key (stored keyed by `access.answer_once`)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def idempotent(gallery: Gallery, found: Caller, key: str | None, digest: str,
+               run: Callable[[], JSONResponse]) -> Response:
+    """Answer a retried call (same Idempotency-Key, same request) with its first answer."""
+    if key is None:
+        return run()
+    key = check_text(key, "Idempotency-Key")
+
+    def answered() -> tuple[int, str]:
+        answer = run()
+        return answer.status_code, bytes(answer.body).decode()
+
+    status, body = access.answer_once(gallery.context, found.name, key, digest, answered)
+    return Response(body, status_code=status, media_type="application/json", headers=NO_STORE)
+
+
+def date(text: str | None, what: str) -> datetime | None:
+    """A YYYY-MM-DD field (an expiry), None when empty."""
+    if text is None or not text.strip():
+        return None
+    try:
+        return parse_expiry(text)
+    except ValueError:
+        raise InvalidArgumentError(f"{what} {text!r} is not a date: write YYYY-MM-DD.") from None
+
+
+def moment(text: str | None, what: str) -> datetime | None:
+    """A date or ISO 8601 time (the audit's `since` and `until`)."""
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidArgumentError(f"{what} {text!r} is not a date or time: write YYYY-MM-DD or an ISO 8601 "
+                                   "time.") from None
