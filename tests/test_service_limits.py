@@ -309,3 +309,23 @@ def test_the_limits_are_settings_with_one_line_errors() -> None:
         with pytest.raises(InvalidArgumentError, match=env) as error:
             Settings.from_env({env: value})
         assert "\n" not in str(error.value)
+
+
+def test_the_loops_accept_errors_are_one_line_without_a_traceback() -> None:
+    """Under a flood asyncio logs accept() failures with their traceback (seen under load as a
+    traceback in the server's log): the filter makes each one line, and rate-limits them."""
+    import logging
+    import sys
+
+    from consentmatch.service.server import RateLimitedLog
+
+    limiter = RateLimitedLog(window=60, burst=5)
+    try:
+        raise OSError(24, "Too many open files")
+    except OSError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("asyncio", logging.ERROR, __file__, 1, "socket.accept() out of system resource",
+                               None, exc_info)
+    assert limiter.filter(record) and record.exc_info is None
+    assert logging.Formatter().format(record).count("\n") == 0
+    assert "OSError: [Errno 24] Too many open files" in record.getMessage()

@@ -47,6 +47,11 @@ class RateLimitedLog(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
+        if record.name == "asyncio" and record.exc_info:
+            # the loop's own accept() errors under a flood (EMFILE, ECONNABORTED): one line, no traceback
+            error = record.exc_info[1]
+            record.msg = f"{record.getMessage()}: {type(error).__name__}: {error}"
+            record.args, record.exc_info, record.exc_text = None, None, None
         key = str(record.msg)[:200]
         now = time.monotonic()
         start, passed, held = self._seen.get(key, (now, 0, 0))
