@@ -350,7 +350,7 @@ def test_cli_reports_each_hostile_photo_in_one_line(fake_cli: None, tmp_path: Pa
     assert runner.invoke(app, ["enroll", "alice", str(good), "-g", str(gallery), "-c", "R1", "-p", PURPOSE]).exit_code == 0
     before = runner.invoke(app, ["subjects", "-g", str(gallery), "--json"]).stdout
     hostile = []
-    for i, (name, data) in enumerate(sorted(SEEDS.items())):
+    for i, (_name, data) in enumerate(sorted(SEEDS.items())):
         for cut in (0, 7, len(data) // 3):
             path = tmp_path / f"h{i}-{cut}.jpg"
             path.write_bytes(data[:cut] if cut else data[: len(data) // 2][::-1])

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from consentmatch import Consent, ConsentMatchError, Gallery, StorageError, TamperingError
+from consentmatch import Consent, Gallery, StorageError, TamperingError
 from consentmatch.cli import app
 
 from .conftest import PURPOSE, ROOT, FakeEncoder, fake_encoding, fake_photo

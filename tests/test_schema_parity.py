@@ -38,7 +38,7 @@ def _sqlite_schema(path: Path) -> dict[str, Any]:
                 columns[name] = (KINDS[kind], bool(notnull) or pk > 0)
             keys = tuple(r[1] for r in sorted(conn.execute(f"PRAGMA table_info({table})"), key=lambda r: r[5]) if r[5])
             indexes = set()
-            for _, index, unique, origin, _ in conn.execute(f"PRAGMA index_list({table})"):
+            for _, index, _unique, origin, _ in conn.execute(f"PRAGMA index_list({table})"):
                 if origin == "c":
                     indexes.add(tuple(r[2] for r in conn.execute(f"PRAGMA index_info({index})")))
             references = {(r[3], r[2], r[4], r[6]) for r in conn.execute(f"PRAGMA foreign_key_list({table})")}

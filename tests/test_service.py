@@ -3,7 +3,6 @@ every endpoint, role and error; the department approval flow; idempotent retries
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta

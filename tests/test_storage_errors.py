@@ -237,7 +237,7 @@ def test_read_only_gallery_closed_cleanly_fails_in_one_line(read_only: tuple[Pat
     writable, path = read_only
     before = (_digest(writable), _state(writable))
     assert sorted(p.name for p in path.parent.iterdir()) == ["gallery.db"]  # no -wal, no -shm
-    for name, call in _uses(path, photos).items():  # WAL needs a -shm file: even reads fail
+    for _name, call in _uses(path, photos).items():  # WAL needs a -shm file: even reads fail
         _one_line_storage_error(call, path)
     _cli_fails_in_one_line("subjects", "-g", path)
     assert (_digest(writable), _state(writable)) == before

@@ -141,10 +141,10 @@ def convert(layers: tuple[fmt.ConvLayer, ...]) -> bytes:
         # 16-channel depthwise convolution: the same sums, 2 nodes instead of 8 on the largest map.
         pointwise = [layers[first + 2 * level] for first in (29, 41, 35, 47)]
         depthwise = [layers[first + 2 * level + 1] for first in (29, 41, 35, 47)]
-        w = np.concatenate([l.weights for l in pointwise]).reshape(16, -1, 1, 1)
-        x = op("Conv", features, const(w), const(np.concatenate([l.bias for l in pointwise])), kernel_shape=[1, 1])
-        w = np.concatenate([l.weights for l in depthwise], axis=1).T.reshape(16, 1, 3, 3)
-        x = op("Conv", x, const(np.ascontiguousarray(w)), const(np.concatenate([l.bias for l in depthwise])),
+        w = np.concatenate([layer.weights for layer in pointwise]).reshape(16, -1, 1, 1)
+        x = op("Conv", features, const(w), const(np.concatenate([layer.bias for layer in pointwise])), kernel_shape=[1, 1])
+        w = np.concatenate([layer.weights for layer in depthwise], axis=1).T.reshape(16, 1, 3, 3)
+        x = op("Conv", x, const(np.ascontiguousarray(w)), const(np.concatenate([layer.bias for layer in depthwise])),
                kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=16)
         heads = op("Transpose", x, perm=[0, 2, 3, 1])
         levels.append(op("Reshape", heads, const(np.array([-1, 16], dtype=np.int64))))

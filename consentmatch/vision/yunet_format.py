@@ -101,7 +101,7 @@ def read_layers(path: Path) -> tuple[ConvLayer, ...]:
         layers = _layers(data)
     except (struct.error, KeyError, ValueError, IndexError) as exc:
         raise EngineError(f"'{path}' cannot be parsed as expected ({exc}): {_HINT}.") from None
-    weights = hashlib.sha256(b"".join(l.weights.tobytes() + l.bias.tobytes() for l in layers)).hexdigest()
+    weights = hashlib.sha256(b"".join(layer.weights.tobytes() + layer.bias.tobytes() for layer in layers)).hexdigest()
     if weights != WEIGHTS_SHA256:
         raise EngineError(f"The weights read from '{path}' are not the expected ones (sha256 {weights[:16]}...): {_HINT}.")
     return layers
