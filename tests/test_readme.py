@@ -178,7 +178,7 @@ def test_every_readme_block_says_what_it_is() -> None:
 
 def test_the_readme_says_how_to_install_the_command() -> None:
     text = README.read_text(encoding="utf-8")
-    assert "uv tool install ." in text and "pipx install ." in text
+    assert "uv tool install --compile-bytecode ." in text and "pipx install ." in text
     assert "use the installed `consentmatch`" in text
 
 
