@@ -137,7 +137,7 @@ import sys
 sys.path.insert(0, sys.argv[1])
 from crashfake import VARIANTS, FakeEncoder, photo_bytes
 
-from consentmatch import Consent, Gallery
+from consentmatch import Consent, ConsentMatchError, Gallery
 
 folder, gallery_path, marks_path, trial, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 rng = random.Random(seed)
@@ -157,6 +157,12 @@ def purposes(person):
 people = iter(range(trial * 100 + 1, trial * 100 + 100))
 with Gallery(gallery_path, encoder=FakeEncoder(), actor="crash-test") as gallery:
     live = {s.subject for s in gallery.subjects()}
+    # Warm up before "ready": the first search loads the index (FAISS's import alone takes ~0.2 s),
+    # which would otherwise fall in the first step, past most kill delays (nothing ever committed).
+    try:
+        gallery.match(photo_bytes(9_999, 0), purpose="door")  # nobody, as in _check_gallery
+    except ConsentMatchError:
+        pass
     mine = {}  # subjects enrolled by this child: name -> (person, variants held)
     print("ready", flush=True)
     while True:
