@@ -179,3 +179,35 @@ def real_gallery_path(_real_gallery_file: Path, tmp_path: Path) -> Path:
 def real_gallery(real_gallery_path: Path) -> Iterator[Gallery]:
     with Gallery(real_gallery_path) as gallery:
         yield gallery
+
+
+# -- markers: unit, contract, e2e (pyproject.toml registers them; README's Development section) ----
+
+#: Files whose every test is end to end: a real server, a real browser, or child processes.
+E2E_FILES = frozenset({
+    "test_benchmarks.py", "test_concurrency.py", "test_console.py", "test_crash.py", "test_examples.py",
+    "test_install.py", "test_readme.py", "test_service_server.py",
+})
+#: Fixtures that put a test on a store (both engines, or a real PostgreSQL): a contract test.
+STORE_FIXTURES = frozenset({"gallery_location", "store_gallery", "pg_url", "pg_cluster"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give every test exactly one of `unit`, `contract`, `e2e`, so `pytest -m unit` is the fast loop.
+
+    `e2e`: marked `slow`, or in an E2E_FILES file (and then marked `slow` too: the two name the same
+    tests). `contract`: takes a store fixture (directly or through another fixture), or a fixture
+    parametrised over STORES (one that asks for `pg_url` by `getfixturevalue`). `unit`: the rest.
+    """
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        callspec = getattr(item, "callspec", None)
+        on_stores = callspec is not None and any(isinstance(v, str) and v in STORES for v in callspec.params.values())
+        if item.get_closest_marker("slow") or item.path.name in E2E_FILES:
+            item.add_marker(pytest.mark.e2e)
+            if not item.get_closest_marker("slow"):
+                item.add_marker(pytest.mark.slow)
+        elif fixtures & STORE_FIXTURES or on_stores:
+            item.add_marker(pytest.mark.contract)
+        else:
+            item.add_marker(pytest.mark.unit)

@@ -376,8 +376,9 @@ def test_threads_search_while_others_enroll_and_forget(tmp_path: Path, fake: Mod
     _check_file(path)
 
 
-def test_match_returning_a_subject_erased_meanwhile(tmp_path: Path, fake: ModuleType) -> None:
-    """A match that found alice while another process erased her returns its result, or a clean error."""
+def test_match_returning_a_subject_erased_meanwhile(gallery_location: str, fake: ModuleType) -> None:
+    """A match that found alice while another process erased her returns its result, or a clean error
+    (on both stores: on PostgreSQL the erasure commits while the search's read is open)."""
     calls: list[int] = []  # clock reads since armed: the 1st is inside the search's read, the 2nd before the audit write
 
     def clock() -> datetime:
@@ -387,8 +388,8 @@ def test_match_returning_a_subject_erased_meanwhile(tmp_path: Path, fake: Module
                 other.forget("alice")
         return datetime.now(timezone.utc)
 
-    desk = Gallery(tmp_path / "race.db", encoder=fake.FakeEncoder(), clock=clock)
-    other = Gallery(tmp_path / "race.db", encoder=fake.FakeEncoder())
+    desk = Gallery(gallery_location, encoder=fake.FakeEncoder(), clock=clock)
+    other = Gallery(gallery_location, encoder=fake.FakeEncoder())
     try:
         desk.enroll("alice", [fake.photo_bytes(7, 0)], Consent("REF-A", [PURPOSE]))
         calls.append(1)

@@ -42,19 +42,19 @@ def manifest(tmp_path: Path) -> Path:
 # -- idempotent import and enroll ------------------------------------------------------------
 
 
-def test_import_twice_stores_nothing_new(fake_gallery: Gallery, manifest: Path) -> None:
-    first = fake_gallery.import_manifest(manifest)
-    counts = {s.subject: s.templates for s in fake_gallery.subjects()}
-    second = fake_gallery.import_manifest(manifest)
+def test_import_twice_stores_nothing_new(store_gallery: Gallery, manifest: Path) -> None:
+    first = store_gallery.import_manifest(manifest)
+    counts = {s.subject: s.templates for s in store_gallery.subjects()}
+    second = store_gallery.import_manifest(manifest)
     assert first.to_dict()["already_enrolled"] == 0
     assert second.to_dict()["already_enrolled"] == 3 and not second.rejected
-    assert {s.subject: s.templates for s in fake_gallery.subjects()} == counts == {"ann": 2, "bob": 1}
+    assert {s.subject: s.templates for s in store_gallery.subjects()} == counts == {"ann": 2, "bob": 1}
 
 
-def test_enroll_same_photo_again_is_already_enrolled(fake_gallery: Gallery, tmp_path: Path, consent: Consent) -> None:
+def test_enroll_same_photo_again_is_already_enrolled(store_gallery: Gallery, tmp_path: Path, consent: Consent) -> None:
     photo = fake_photo(tmp_path, "a.png", (10, 0))
-    fake_gallery.enroll("ann", [photo], consent)
-    again = fake_gallery.enroll("ann", [photo, fake_photo(tmp_path, "b.png", (10, 4))], consent)
+    store_gallery.enroll("ann", [photo], consent)
+    again = store_gallery.enroll("ann", [photo, fake_photo(tmp_path, "b.png", (10, 4))], consent)
     assert (again.templates_added, again.already_enrolled, again.templates_total) == (1, 1, 2)
     assert again.to_dict()["already_enrolled"] == 1
 
@@ -72,10 +72,11 @@ def test_cli_import_twice_says_already_enrolled(fake_cli: None, manifest: Path, 
 
 
 @pytest.fixture
-def two_people(fake_gallery: Gallery, tmp_path: Path) -> Gallery:
-    fake_gallery.enroll("ann", [fake_photo(tmp_path, "ann.png", (10, 0))], Consent("R-1", [PURPOSE]))
-    fake_gallery.enroll("bob", [fake_photo(tmp_path, "bob.png", (20, 0))], Consent("R-2", [PURPOSE]))
-    return fake_gallery
+def two_people(store_gallery: Gallery, tmp_path: Path) -> Gallery:
+    """Two subjects, on each store in turn: the audit's filters are each engine's own JSON lookups."""
+    store_gallery.enroll("ann", [fake_photo(tmp_path, "ann.png", (10, 0))], Consent("R-1", [PURPOSE]))
+    store_gallery.enroll("bob", [fake_photo(tmp_path, "bob.png", (20, 0))], Consent("R-2", [PURPOSE]))
+    return store_gallery
 
 
 def test_match_records_every_subject_shown(two_people: Gallery, tmp_path: Path) -> None:

@@ -176,10 +176,10 @@ def test_one_face_enrolled_under_two_names_at_once_is_refused_once(gallery_locat
         assert sum(s.templates for s in gallery.subjects()) == 1
 
 
-def test_consent_expiry_stops_matching(tmp_path: Path) -> None:
+def test_consent_expiry_stops_matching(gallery_location: str, tmp_path: Path) -> None:
     now = [datetime(2026, 1, 1, tzinfo=timezone.utc)]
     photo = fake_photo(tmp_path, "a.png", (10, 0))
-    with Gallery(tmp_path / "g.db", encoder=FakeEncoder(), clock=lambda: now[0]) as gallery:
+    with Gallery(gallery_location, encoder=FakeEncoder(), clock=lambda: now[0]) as gallery:
         gallery.enroll("alice", [photo], Consent("R", [PURPOSE], expires_at=datetime(2026, 6, 1)))
         assert gallery.match(photo, purpose=PURPOSE).faces[0].subject == "alice"
         now[0] += timedelta(days=200)

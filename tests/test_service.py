@@ -1,8 +1,10 @@
 """The HTTP service in process (FastAPI's test client), on the real models and the example photos:
-every endpoint, role and error; the department approval flow; idempotent retries; problems."""
+every endpoint, role and error; the department approval flow; idempotent retries; problems.
+Each test runs on both stores: the SQLite gallery, and a PostgreSQL copy of it (tests/pg.py)."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -15,8 +17,10 @@ from fastapi.testclient import TestClient
 from consentmatch import Gallery
 from consentmatch.service import create_app
 from consentmatch.services.context import utcnow
+from consentmatch.services.transfer import copy_gallery
+from consentmatch.settings import Settings
 
-from .conftest import EXAMPLES
+from .conftest import EXAMPLES, STORES
 
 PROBES = EXAMPLES / "probes"
 ROLES = ("admin", "enroller", "operator", "approver", "auditor")
@@ -27,7 +31,7 @@ class Service:
     client: TestClient
     gallery: Gallery
     keys: dict[str, str]
-    path: Path
+    path: str  # where the gallery is: an SQLite file or a postgresql:// URL
 
     def as_(self, who: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys[who]}"}
@@ -44,15 +48,39 @@ class Service:
             return self.post(who, "/v1/match", files={"photo": (photo, f.read())}, data={"purpose": purpose, **form})
 
 
-@pytest.fixture
-def service(real_gallery_path: Path) -> Iterator[Service]:
-    gallery = Gallery(real_gallery_path, actor="setup")
+@pytest.fixture(params=STORES)
+def service(request: pytest.FixtureRequest, real_gallery_path: Path) -> Iterator[Service]:
+    """The app over the real gallery, on each store in turn: PostgreSQL gets a copy of the same
+    gallery (`consentmatch copy`), so both runs see the same people without enrolling them again."""
+    location = str(real_gallery_path)
+    if request.param == "postgres":
+        location = request.getfixturevalue("pg_url")
+        copy_gallery(real_gallery_path, location, Settings.from_env())
+    gallery = Gallery(location, actor="setup")
     keys = {role: gallery.create_api_key(f"{role}-1", roles=[role]).key for role in ROLES}
     keys["operator-2"] = gallery.create_api_key("operator-2", roles=["operator", "approver"]).key
     keys["desk"] = gallery.create_api_key("desk", roles=["operator"], purposes=["visitor-check-in"]).key
     with TestClient(create_app(gallery)) as client:
-        yield Service(client, gallery, keys, real_gallery_path)
+        yield Service(client, gallery, keys, location)
     gallery.close()
+
+
+def _held_probes(location: str) -> int:
+    """How many search requests still hold a probe, read from the store itself (either engine)."""
+    query = "SELECT COUNT(*) FROM search_requests WHERE probe IS NOT NULL"
+    if location.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(location) as pg:
+            row = pg.execute(query).fetchone()
+    else:
+        conn = sqlite3.connect(location)
+        try:
+            row = conn.execute(query).fetchone()
+        finally:
+            conn.close()
+    assert row is not None
+    return int(row[0])
 
 
 def _problem(response: Any, status: int, error: str | None = None) -> dict[str, Any]:
@@ -196,10 +224,7 @@ def test_a_denied_or_expired_request_destroys_its_probe(service: Service) -> Non
     finally:
         later.close()
     assert keys_before.data_keys == service.gallery.key_info().data_keys  # request keys are not subjects' keys
-    import sqlite3
-    conn = sqlite3.connect(service.path)
-    assert conn.execute("SELECT COUNT(*) FROM search_requests WHERE probe IS NOT NULL").fetchone() == (0,)
-    conn.close()
+    assert _held_probes(service.path) == 0
 
 
 def test_problems_for_bad_requests(service: Service) -> None:
