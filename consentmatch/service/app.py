@@ -31,6 +31,7 @@ from starlette.formparsers import MultiPartParser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
+from ..audit import ACTIONS
 from ..consent import Consent, parse_expiry
 from ..errors import (ApprovalRequiredError, ConsentMatchError, InvalidArgumentError, PermissionDeniedError,
                       RequestNotFoundError, StorageError)
@@ -54,6 +55,13 @@ MAX_BODY_BYTES = MAX_FILE_BYTES + 1024 * 1024
 MultiPartParser.spool_max_size = MAX_BODY_BYTES
 
 _NO_STORE = {"Cache-Control": "no-store"}
+#: The audit action of a refused call, by route name, where the two differ; a route that names no
+#: action (a read: the audit trail, the keys) is recorded as "call" (its `details.call` says which).
+_REFUSED_ACTIONS = {
+    "grant": "consent-grant", "revoke": "consent-revoke", "create-apikey": "apikey-create",
+    "revoke-apikey": "apikey-revoke", "set-policy": "policy-set", "declare": "purpose-add",
+    "withdraw": "purpose-remove", "approve": "request-approve", "deny": "request-deny",
+}
 
 
 class ConsentIn(BaseModel):
@@ -234,7 +242,9 @@ def create_app(gallery: Gallery, settings: Settings | None = None) -> FastAPI:
             found.require(*roles, purpose=purpose)
         except PermissionDeniedError as exc:  # audited like every refusal: who tried what
             route = request.scope.get("route")
-            gallery.record_refusal(getattr(route, "name", "call").replace("_", "-"), exc, purpose=purpose,
+            action = getattr(route, "name", "call").replace("_", "-")
+            action = _REFUSED_ACTIONS.get(action, action if action in ACTIONS else "call")  # else the store drops it
+            gallery.record_refusal(action, exc, purpose=purpose,
                                    subject=request.path_params.get("subject"), actor=found.name,
                                    details={"call": f"{request.method} {getattr(route, 'path', request.url.path)}"})
             raise
