@@ -44,6 +44,7 @@ ACTIONS = (
     "request-approve",
     "request-deny",
     "request-expire",
+    "call",  # a service call refused before any verb (a 403 on a route that reads): details.call names it
 )
 
 #: An event as stored: seq, at, actor, action, subject, purpose, details (JSON text), prev_hash, hash.

@@ -56,6 +56,29 @@ def test_a_403_outside_the_keys_purposes_or_role_is_audited(office: Any) -> None
     assert [s.subject for s in gallery.subjects()] == ["alice"]
 
 
+def test_a_403_on_every_keyed_route_is_audited(office: Any) -> None:
+    """Red team: only the five routes named like an audit action (match, verify, enroll, forget,
+    export) were recorded; an approver's attempt to create an admin key, or an operator reading
+    the audit trail, left no event (the record was dropped silently)."""
+    gallery, client, headers, _ = office
+    calls = [
+        ("POST", "/v1/apikeys", {"json": {"name": "mine", "roles": ["admin"]}}, "apikey-create"),
+        ("PUT", "/v1/policy/tolerance", {"json": {"value": 1.5}}, "policy-set"),
+        ("GET", "/v1/audit", {}, "call"),
+        ("GET", "/v1/apikeys", {}, "call"),
+        ("POST", "/v1/consents", {"json": {"subject": "bob", "reference": "F-9", "purposes": ["door"]}},
+         "consent-grant"),
+    ]
+    for method, path, extra, action in calls:
+        answer = client.request(method, path, headers=headers["lt"], **extra)
+        assert answer.status_code == 403, (path, answer.text)
+        event = _refused(gallery, actor="lt.jones")[-1]
+        assert event["action"] == action, (path, event)
+        assert event["details"]["call"].startswith(f"{method} /v1/") and event["details"]["error"] == "PermissionDeniedError"
+    assert len(_refused(gallery, actor="lt.jones")) == len(calls)
+    assert gallery.verify_audit().intact
+
+
 def test_a_search_that_needs_approval_without_case_and_reason_is_audited(office: Any) -> None:
     gallery, client, headers, probe = office
     answer = client.post("/v1/verify", headers=headers["officer"], files={"photo": ("p.png", probe)},

@@ -145,7 +145,40 @@ def test_stalled_connections_are_closed_and_real_calls_still_answer(small_galler
                 sock.close()
     lines = log.read_text().splitlines()
     assert len(lines) < 100, f"{len(lines)} log lines: a flood"
-    assert "Traceback" not in log.read_text()
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+@pytest.mark.slow
+def test_a_trickled_request_body_is_closed_too(small_gallery: str, tmp_path: Path) -> None:
+    """A body sent a byte at a time, never pausing as long as the deadline, is closed all the same.
+
+    Issue 24's red team: 1,100 such connections (no key needed) held every slot of the
+    connection cap, and every real call was refused for as long as they trickled.
+    """
+    with serving(small_gallery, tmp_path / "serve.log", CONSENTMATCH_HEADER_TIMEOUT="2") as (base, _):
+        port = int(base.rsplit(":", 1)[1])
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        try:
+            sock.sendall(b"POST /v1/match HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                         b"boundary=x\r\nContent-Length: 100000\r\n\r\n--x\r\n")
+            started = time.monotonic()
+            closed_after = None
+            while time.monotonic() - started < 10:
+                try:
+                    sock.sendall(b"a")  # a byte every half second: never a 2 s pause
+                except OSError:
+                    closed_after = time.monotonic() - started
+                    break
+                time.sleep(0.5)
+                if _closed_by_peer(sock):
+                    closed_after = time.monotonic() - started
+                    break
+                sock.setblocking(True)
+            assert closed_after is not None, "a body trickled for 10 s is still open"
+            assert closed_after < 6
+            assert httpx.get(f"{base}/v1/health", timeout=5).status_code == 200
+        finally:
+            sock.close()
 
 
 # -- large photos ------------------------------------------------------------------------------

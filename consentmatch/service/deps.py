@@ -17,6 +17,7 @@ from fastapi import Depends, Form, Query, Request, Security
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from ..audit import ACTIONS
 from ..consent import parse_expiry
 from ..errors import InvalidArgumentError, PermissionDeniedError
 from ..gallery import Gallery
@@ -28,6 +29,13 @@ __all__ = ["BEARER", "NO_STORE", "Paging", "date", "fingerprint", "gallery_of", 
            "moment", "role", "searcher"]
 
 NO_STORE = {"Cache-Control": "no-store"}
+#: The audit action of a refused call, by route name, where the two differ; a route that names no
+#: action (a read: the audit trail, the keys) is recorded as "call" (its `details.call` says which).
+_REFUSED_ACTIONS = {
+    "grant": "consent-grant", "revoke": "consent-revoke", "create-apikey": "apikey-create",
+    "revoke-apikey": "apikey-revoke", "set-policy": "policy-set", "declare": "purpose-add",
+    "withdraw": "purpose-remove", "approve": "request-approve", "deny": "request-deny",
+}
 #: The bearer scheme OpenAPI declares; `auth.caller` reads the header itself (or the session cookie),
 #: so a missing or wrong key is the service's own 401 problem, not FastAPI's.
 BEARER = HTTPBearer(auto_error=False, scheme_name="bearer", bearerFormat="cm_<id>_<secret>",
@@ -57,8 +65,10 @@ def _checked(request: Request, roles: tuple[str, ...], purpose: str | None = Non
         found.require(*roles, purpose=purpose)
     except PermissionDeniedError as exc:  # audited like every refusal: who tried what
         route = request.scope.get("route")
+        action = getattr(route, "name", "call").replace("_", "-")
+        action = _REFUSED_ACTIONS.get(action, action if action in ACTIONS else "call")  # else the store drops it
         gallery.context.record_refusal(
-            getattr(route, "name", "call").replace("_", "-"), request.path_params.get("subject"), purpose, found.name,
+            action, request.path_params.get("subject"), purpose, found.name,
             exc, {"call": f"{request.method} {getattr(route, 'path', request.url.path)}"})
         raise
     return found

@@ -6,7 +6,9 @@ descriptors: a few thousand sockets that send half a request line ("slowloris") 
 service. `GuardedH11` adds what nginx calls `client_header_timeout` and `worker_connections`:
 a connection must send its request line and headers within `header_timeout` seconds of opening
 (or of its previous answer), whatever it trickles, may not pause longer than that inside a
-request body, and at most `max_connections` are open; at
+request body nor send it slower than `MIN_BODY_RATE` on average (Apache's mod_reqtimeout
+`body=...,MinRate=500`: a body trickled a byte every few seconds would otherwise hold its
+connection forever, and a thousand of them the cap), and at most `max_connections` are open; at
 the cap, the connection that has waited longest without a request is closed to make room, so a
 real caller still gets in. Closed connections are counted and logged once a minute, never one
 line each (`RateLimitedLog` does the same for uvicorn's own warnings).
@@ -33,6 +35,8 @@ __all__ = ["GuardedH11", "RateLimitedLog", "guarded_protocol", "run"]
 _log = logging.getLogger("uvicorn.error")
 #: File descriptors kept beyond the connection cap: the listening socket, the store, the models, logs.
 _SPARE_FDS = 128
+#: Bytes a second a request body must average once `header_timeout` has passed (mod_reqtimeout's MinRate).
+MIN_BODY_RATE = 500
 
 
 class RateLimitedLog(logging.Filter):
@@ -84,6 +88,8 @@ class GuardedH11(H11Protocol):
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self._deadline: asyncio.TimerHandle | None = None
+        self._body_started: float | None = None
+        self._body_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -102,11 +108,18 @@ class GuardedH11(H11Protocol):
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         state = self.conn.their_state
-        if state is h11.SEND_BODY:  # headers in, body coming: a pause as long as the header deadline closes it
-            self._stop_waiting()
-            self._deadline = self.loop.call_later(self.header_timeout, self._expired, "a stalled request body")
+        if state is h11.SEND_BODY:  # headers in, body coming: a pause as long as the header deadline closes it,
+            self._stop_waiting()  # and so does a body slower on average than MIN_BODY_RATE
+            now = self.loop.time()
+            if self._body_started is None:
+                self._body_started, self._body_bytes = now, 0
+            self._body_bytes += len(data)
+            allowed = self._body_started + self.header_timeout + self._body_bytes / MIN_BODY_RATE
+            self._deadline = self.loop.call_later(min(self.header_timeout, max(0.0, allowed - now)),
+                                                  self._expired, "a stalled request body")
         elif state is not h11.IDLE:  # the whole request is in (or refused): nothing to wait for
             self._stop_waiting()
+            self._body_started = None
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -115,12 +128,15 @@ class GuardedH11(H11Protocol):
 
     def _await_headers(self) -> None:
         self._stop_waiting()
+        self._body_started = None
         self.waiting[self] = None
         self._deadline = self.loop.call_later(self.header_timeout, self._expired, "no request headers in time")
 
     def _expired(self, why: str) -> None:
         self._deadline = None
         if self.flow.read_paused:  # we stopped reading, not the client: wait again
+            if self._body_started is not None:  # and measure the body's rate afresh
+                self._body_started, self._body_bytes = self.loop.time(), 0
             self._deadline = self.loop.call_later(self.header_timeout, self._expired, why)
             return
         self._close(why)

@@ -118,7 +118,7 @@ def check_enrollable(
 def check_new_subject(tx: Transaction, name: str) -> None:
     """A subject about to be created has a name a URL can carry (`check_new_name`); one enrolled
     before that rule keeps its name."""
-    if "/" in name and tx.subject_id(name) is None:
+    if ("/" in name or name in (".", "..")) and tx.subject_id(name) is None:
         check_new_name(name, "subject name")
 
 

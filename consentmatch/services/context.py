@@ -54,13 +54,16 @@ check_name = check_text
 
 
 def check_new_name(name: object, what: str) -> str:
-    """A name about to be created (a subject, an API key): `check_name`, and no `/`, which no
-    URL path segment can carry (the service's `/v1/subjects/{subject}` could never reach it).
+    """A name about to be created (a subject, an API key): `check_name`, and no `/` (nor "." or
+    ".."), which no URL path segment can carry (the service's `/v1/subjects/{subject}` could never reach it).
     Names stored before this rule stay readable: lookups use `check_name`."""
     text = check_name(name, what)
     if "/" in text:
         raise InvalidArgumentError(f"'{visible(text)}' is not a valid {what}: it holds '/', which no URL can carry; "
                                    "use another character, e.g. '-'.")
+    if text in (".", ".."):  # a dot segment: every URL client resolves `/v1/subjects/..` (and `%2E%2E`) away
+        raise InvalidArgumentError(f"'{text}' is not a valid {what}: a path segment of dots, which no URL can carry; "
+                                   "use a name with another character.")
     return text
 
 
