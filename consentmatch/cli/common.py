@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
-from rich.console import Console, ConsoleOptions, RenderResult
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.table import Table
 from rich.cells import cell_len
 from rich.text import Text
@@ -205,7 +205,10 @@ class _Grid(Table):
     """A table that, when the terminal is too narrow for its widest lines, splits no header word
     and no short word (a date, a count, a state) while they can fit: the longest words give way
     first, evenly, and what width is left goes to the columns that need least first. Rich's own
-    narrowing splits every column evenly ("Jurisdictio n", "2026-1 2-04")."""
+    narrowing splits every column evenly ("Jurisdictio n", "2026-1 2-04"). Where the words
+    cannot all stand side by side (nine columns in 80, or a name beside a reference), each row is
+    printed as a record of "Header  value" lines instead (psql's expanded display): no word is
+    cut, only one over LONGEST_WORD folds."""
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         for column in self.columns:
@@ -221,7 +224,10 @@ class _Grid(Table):
         floor = [max([cell_len(w) for w in h] + [cell_len(w) for w in c if cell_len(w) <= SHORT_WORD], default=1)
                  for h, c in zip(headers, cells)]
         room = options.max_width - (len(self.columns) + 1) - 2 * len(self.columns)  # borders, padding
-        if sum(widest) > room and sum(floor) <= room:
+        if sum(widest) > room and sum(word) > room:  # some word would be cut: a record per row
+            yield from self._records()
+            return
+        if sum(widest) > room:
             least = [max(w, f) for w, f in zip(word, floor)]
             while sum(least) > room:  # the longest words give way, one cell at a time
                 i = max((i for i in range(len(least)) if least[i] > floor[i]), key=lambda i: least[i])
@@ -234,7 +240,21 @@ class _Grid(Table):
                 spare -= give
             for column, width in zip(self.columns, widths):
                 column.width = width
-        return super().__rich_console__(console, options)
+        yield from super().__rich_console__(console, options)
+
+    def _records(self) -> Iterator[RenderableType]:
+        """Each row as a record: its column headers down the left, the values folded beside them."""
+        if self.title:
+            yield Text(str(self.title), style="italic")
+        for row in range(self.row_count):
+            record = Table.grid(padding=(0, 2))
+            record.add_column(style="bold", no_wrap=True)
+            record.add_column(overflow="fold")
+            for column in self.columns:
+                record.add_row(column.header, list(column.cells)[row])
+            if row:
+                yield Text("")
+            yield record
 
 
 def table(*columns: str, title: str | None = None) -> Table:
