@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from consentmatch import Consent, Gallery
-from consentmatch.vision.types import DetectedFace
+from consentmatch.vision.types import DetectedFace, Encoder
 from consentmatch.images import Photo
 from consentmatch.results import Box
 
@@ -211,3 +211,33 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.contract)
         else:
             item.add_marker(pytest.mark.unit)
+
+
+# -- the real encoder, once per session (tests/test_evaluate*.py) -------------------------------
+
+
+class CachedEncoder:
+    """The real encoder, remembering each photo's faces: every photo is encoded once per session."""
+
+    def __init__(self, real: Encoder) -> None:
+        self.real = real
+        self.seen: dict[tuple[str, int], list[DetectedFace]] = {}
+
+    def encode(self, photo: Photo, min_face_px: int) -> list[DetectedFace]:
+        key = (photo.sha256, min_face_px)
+        if key not in self.seen:
+            self.seen[key] = self.real.encode(photo, min_face_px)
+        return self.seen[key]
+
+
+@pytest.fixture(scope="session")
+def cached_encoder() -> CachedEncoder:
+    from consentmatch.vision import default_encoder
+
+    return CachedEncoder(default_encoder())
+
+
+@pytest.fixture
+def cli_encoder(cached_encoder: CachedEncoder, monkeypatch: pytest.MonkeyPatch) -> Iterator[CachedEncoder]:
+    monkeypatch.setattr("consentmatch.vision.default_encoder", lambda settings=None: cached_encoder)
+    yield cached_encoder

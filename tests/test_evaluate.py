@@ -6,7 +6,6 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +26,9 @@ from consentmatch.evaluate import (
     score_pairs,
     tolerance_for_fmr,
 )
-from consentmatch.images import Photo
 from consentmatch.settings import Settings
-from consentmatch.vision import DetectedFace, Encoder, default_encoder
 
-from .conftest import DATA, EXAMPLES
+from .conftest import DATA, EXAMPLES, CachedEncoder
 
 PAIRS = DATA / "pairs.csv"
 runner = CliRunner()
@@ -141,23 +138,6 @@ def test_read_pairs_resolves_paths_and_reports_bad_rows(tmp_path: Path) -> None:
 # -- real models on real photos --------------------------------------------------------------
 
 
-class CachedEncoder:
-    """The real encoder, remembering each photo's faces: every photo is encoded once per session."""
-
-    def __init__(self, real: Encoder) -> None:
-        self.real = real
-        self.seen: dict[tuple[str, int], list[DetectedFace]] = {}
-
-    def encode(self, photo: Photo, min_face_px: int) -> list[DetectedFace]:
-        key = (photo.sha256, min_face_px)
-        if key not in self.seen:
-            self.seen[key] = self.real.encode(photo, min_face_px)
-        return self.seen[key]
-
-
-@pytest.fixture(scope="session")
-def cached_encoder() -> CachedEncoder:
-    return CachedEncoder(default_encoder())
 
 
 @pytest.fixture(scope="session")
@@ -165,10 +145,6 @@ def scores(cached_encoder: CachedEncoder) -> Scores:
     return score_pairs(PAIRS, encoder=cached_encoder)
 
 
-@pytest.fixture
-def cli_encoder(cached_encoder: CachedEncoder, monkeypatch: pytest.MonkeyPatch) -> Iterator[CachedEncoder]:
-    monkeypatch.setattr("consentmatch.vision.default_encoder", lambda settings=None: cached_encoder)
-    yield cached_encoder
 
 
 def test_example_pairs_separate_at_the_default_tolerance(scores: Scores) -> None:

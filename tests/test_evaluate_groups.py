@@ -8,7 +8,6 @@ import math
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +29,8 @@ from consentmatch.evaluate import (
     plot_groups,
     read_groups,
 )
-from consentmatch.images import Photo
-from consentmatch.vision import DetectedFace, Encoder, default_encoder
 
-from .conftest import DATA, EXAMPLES, ROOT
+from .conftest import DATA, EXAMPLES, ROOT, CachedEncoder
 
 PAIRS = DATA / "pairs.csv"
 GROUPS = DATA / "groups.csv"
@@ -206,29 +203,8 @@ def test_read_groups_refuses_what_it_cannot_use(tmp_path: Path, text: str, messa
 # -- real photos --------------------------------------------------------------------------------
 
 
-class CachedEncoder:
-    """The real encoder, remembering each photo's faces: every photo is encoded once per session."""
-
-    def __init__(self, real: Encoder) -> None:
-        self.real = real
-        self.seen: dict[tuple[str, int], list[DetectedFace]] = {}
-
-    def encode(self, photo: Photo, min_face_px: int) -> list[DetectedFace]:
-        key = (photo.sha256, min_face_px)
-        if key not in self.seen:
-            self.seen[key] = self.real.encode(photo, min_face_px)
-        return self.seen[key]
 
 
-@pytest.fixture(scope="module")
-def cached_encoder() -> CachedEncoder:
-    return CachedEncoder(default_encoder())
-
-
-@pytest.fixture
-def cli_encoder(cached_encoder: CachedEncoder, monkeypatch: pytest.MonkeyPatch) -> Iterator[CachedEncoder]:
-    monkeypatch.setattr("consentmatch.vision.default_encoder", lambda settings=None: cached_encoder)
-    yield cached_encoder
 
 
 def _expected_counts() -> dict[str, tuple[int, int, int]]:
