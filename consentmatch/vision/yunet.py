@@ -296,23 +296,15 @@ class YuNetDetector:
 
 
 def _resized(pixels: NDArray[np.uint8], scale: float) -> NDArray[np.uint8]:
-    """`pixels` resized by `scale`. From half size up (the reach asks 0.8 of most photos), dlib's
-    bilinear `resize_image`: 2.6-3x cheaper than Pillow's, which converts the array to its own
-    4-byte pixels and back, and alike within 0.5 grey levels on average at 0.8, where a bilinear
-    step needs no low-pass (benchmarks/README.md). Below half size a bilinear step would alias:
-    Pillow averages whole blocks first (`reduce`, `reducing_gap=1`), then bilinear for the rest,
-    1.2-1.4x cheaper than a gap of 3 on the example photos, the same faces found. A smaller
-    TARGET_FACE_PX would save more, but at 28 the shrunk group photo's 30-36 px faces are no
-    longer all found (tests/test_detector.py)."""
+    """`pixels` resized by `scale`, a reduction first averaging whole blocks as far as it goes
+    (Pillow's `reduce`, `reducing_gap=1`), then bilinear for the rest: 1.2-1.4x cheaper detection
+    than a gap of 3 on the example photos and their 3x copies, the same faces found, boxes within
+    3% of their side (benchmarks/README.md). A smaller TARGET_FACE_PX would save more, but at 28
+    the shrunk group photo's 30-36 px faces are no longer all found (tests/test_detector.py)."""
     height, width = pixels.shape[:2]
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     if size == (width, height):
         return pixels
-    if scale >= 0.5:
-        import dlib  # loaded already: the landmarks and the HOG confirmation are dlib's
-
-        resized: NDArray[np.uint8] = dlib.resize_image(np.ascontiguousarray(pixels), size[1], size[0])
-        return resized
     return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR, reducing_gap=1.0))
 
 
