@@ -89,13 +89,13 @@ def _new_encoder(choice: str, detector: str, cache: Path | None) -> Encoder:
     return OnnxEncoder(cache=cache, threads=1, fallback=choice == "", detector=finder)
 
 
-def preload(settings: Settings) -> None:
+def preload(settings: Settings) -> threading.Thread:
     """Start loading the models of `default_encoder(settings)` on a thread of their own, for a
     caller about to read photos (the CLI's photo verbs), so the loading overlaps its imports and
     the gallery's opening instead of holding up the first photo (~0.2 s, benchmarks/README.md).
     Loading again later waits for this or returns at once. Errors are dropped here: the photo
     that needs what failed raises them, in words. Not a daemon: the process waits for it to end,
-    so it never exits with a model half loaded."""
+    so it never exits with a model half loaded. Returns the thread (tests join it)."""
 
     def load() -> None:
         try:
@@ -103,7 +103,9 @@ def preload(settings: Settings) -> None:
         except Exception:  # raised again where a photo needs the model (EngineError, in words)
             pass
 
-    threading.Thread(target=load, name="consentmatch-models").start()
+    thread = threading.Thread(target=load, name="consentmatch-models")
+    thread.start()
+    return thread
 
 
 def load_models(encoder: Encoder) -> None:
