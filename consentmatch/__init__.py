@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from .gallery import Gallery
     from .runners import RayRunner
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 
 def __getattr__(name: str) -> Any:

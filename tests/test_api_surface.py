@@ -81,3 +81,14 @@ def test_cli_help_loads_no_model_library() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stderr.strip() == "[]"
+
+
+def test_the_version_is_the_installed_packages() -> None:
+    """`__version__` is a constant (`_version.py`, no metadata read per process): it must follow pyproject.toml."""
+    import re
+    from importlib.metadata import version
+    from pathlib import Path
+
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    declared = re.search(r'^version = "([^"]+)"', pyproject, re.MULTILINE)
+    assert declared and consentmatch.__version__ == declared[1] == version("consentmatch")

@@ -135,3 +135,31 @@ def test_nprobe_is_bounded_and_ignored_by_flat() -> None:
     ivf.nprobe, flat.nprobe = 10_000, 10_000
     assert (ivf.nprobe, flat.nprobe) == (ivf.params.nlist, 0)
     assert list(ivf.search(_second_photos(ROWS[:20]), 1)[1][:, 0]) == list(IDS[:20])
+
+
+class _CountingThreads:
+    """FAISS, with the OpenMP thread settings it is given recorded."""
+
+    def __init__(self, faiss: object) -> None:
+        self._faiss, self.set_to = faiss, []
+
+    def omp_set_num_threads(self, count: int) -> None:
+        self.set_to.append(count)
+        self._faiss.omp_set_num_threads(count)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._faiss, name)
+
+
+@pytest.mark.parametrize(("queries", "threads"), [(1, [1]), (15, [1]), (16, [])])
+def test_a_probes_few_faces_are_searched_on_the_calling_thread(queries: int, threads: list[int]) -> None:
+    """A search of a probe's faces runs without an OpenMP team (its idle thread spun on a core the
+    photo threads needed, benchmarks/README.md); a batch keeps FAISS's threads; either way the
+    thread's own setting is as it was after the search."""
+    index = _flat()
+    before = index._faiss.omp_get_max_threads()
+    counting = index._faiss = _CountingThreads(index._faiss)
+    distances, _ = index.search(_templates(queries, seed=5), 3)
+    assert distances.shape == (queries, 3)
+    assert counting.set_to == (threads + [before] if threads else [])
+    assert index._faiss.omp_get_max_threads() == before

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
+from typing import Any
 
+import pytest
+
+from consentmatch import vision
 from consentmatch.pool import in_order, photo_pool, workers
+from consentmatch.settings import Settings
 
 
 def test_in_order_starts_a_bounded_number_ahead() -> None:
@@ -42,3 +48,20 @@ def test_prepare_is_the_first_task_when_threads_can_overlap_it_and_its_error_is_
     with photo_pool(1, prepare) as (pool, _):  # one thread: the photo would only wait for it
         pool.submit(lambda: None).result()
     assert log == (["prepare"] if workers(4) > 1 else [])
+
+
+def test_preload_loads_the_models_on_a_thread_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the CLI's photo verbs start before opening the gallery: the very encoder the gallery
+    will use gets its detector, landmarks and session; a setting that names no encoder fails
+    quietly there (the gallery raises it, in words) instead of printing a thread's traceback."""
+    failures: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", failures.append)
+    settings = Settings.from_env().replace(cache_dir=tmp_path, encoder="", detector="")
+    thread = vision.preload(settings)
+    assert thread is not threading.current_thread() and not thread.daemon
+    thread.join(120)
+    encoder: Any = vision.default_encoder(settings)
+    assert encoder._predictor is not None and encoder._session is not None
+    assert getattr(encoder.detector, "_session", True) is not None  # yunet's; hog keeps none
+    vision.preload(settings.replace(encoder="no-such-backend")).join(10)
+    assert failures == []

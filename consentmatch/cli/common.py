@@ -183,14 +183,20 @@ def settings(detector: str | None = None) -> Settings:
 
 
 def open_gallery(path: str | Path, actor: str | None = None, detector: str | None = None, *,
-                 existing: bool = False) -> Gallery:
+                 existing: bool = False, photos: bool = False) -> Gallery:
     """The gallery at `path`. `existing`: the verb reads, changes or serves what is there, so a
     gallery that does not exist is an error (a mistyped path), never an empty gallery; only the
     verbs that create (enroll, import, consent grant, purpose add, policy set, optout add, apikey
-    create) make a new one."""
+    create) make a new one. `photos`: the verb reads photos, so the face models start loading
+    now (`vision.preload`), while the gallery is imported and opened."""
+    chosen = settings(detector)
+    if photos:
+        from ..vision import preload
+
+        preload(chosen)
     from ..gallery import Gallery
 
-    return Gallery(path, actor=actor, settings=settings(detector), existing=existing)
+    return Gallery(path, actor=actor, settings=chosen, existing=existing)
 
 
 #: The longest word a column keeps whole when the terminal is narrow; a longer one (a hash, an

@@ -101,7 +101,7 @@ def enroll(
         consent: Consent | str | None = consent_ref
         if consent_ref is not None and (purpose or expires or jurisdiction or evidence):
             consent = consent_from(consent_ref, purpose, expires, jurisdiction, signer, evidence, notice_version)
-        with open_gallery(gallery, actor, detector) as g, key_notice(g, as_json):
+        with open_gallery(gallery, actor, detector, photos=True) as g, key_notice(g, as_json):
             result = g.enroll(subject, photos, consent, email=email, min_face_px=min_face_px, quality=quality,
                               allow_duplicate=allow_duplicate)
     if as_json:
@@ -153,7 +153,7 @@ def import_(
 
     with mapped_errors():
         runner = RayRunner(ray) if ray is not None else None  # Ray missing: the install hint, before any work
-    with mapped_errors(), open_gallery(gallery, actor, detector) as g, key_notice(g, as_json):
+    with mapped_errors(), open_gallery(gallery, actor, detector, photos=True) as g, key_notice(g, as_json):
         err = Console(stderr=True)
         progress = Progress(
             TextColumn("enrolling"),
@@ -238,7 +238,7 @@ def match(
         if purpose is not None:
             check_purpose(purpose)
     if case_ref is not None or reason is not None:
-        with mapped_errors(), open_gallery(gallery, actor, detector, existing=True) as g:
+        with mapped_errors(), open_gallery(gallery, actor, detector, existing=True, photos=True) as g:
             held = [g.request_match(photo, purpose=_approval_purpose(purpose), case_ref=_given(case_ref, "--case-ref"),
                                     reason=_given(reason, "--reason"), tolerance=tolerance, top_k=top_k)
                     for photo in photos]
@@ -247,7 +247,7 @@ def match(
     results: list[MatchResult] = []
     failed = False
     written: set[str] = set()
-    with mapped_errors(), open_gallery(gallery, actor, detector, existing=True) as g:
+    with mapped_errors(), open_gallery(gallery, actor, detector, existing=True, photos=True) as g:
         for result in g.match_many(photos, purpose=purpose, tolerance=tolerance, top_k=top_k, min_face_px=min_face_px):
             if result.error is not None:
                 failed = True
@@ -329,13 +329,13 @@ def verify(
     **Example:** `consentmatch verify alice selfie.jpg -g customers.db --purpose transfer-check --json`
     """
     if case_ref is not None or reason is not None:
-        with mapped_errors(), open_gallery(gallery, actor, detector, existing=True) as g:
+        with mapped_errors(), open_gallery(gallery, actor, detector, existing=True, photos=True) as g:
             held = g.request_verify(subject, photo, purpose=_approval_purpose(purpose),
                                     case_ref=_given(case_ref, "--case-ref"), reason=_given(reason, "--reason"),
                                     tolerance=tolerance)
         print_requests([held], as_json)
         return
-    with mapped_errors(), open_gallery(gallery, actor, detector, existing=True) as g:
+    with mapped_errors(), open_gallery(gallery, actor, detector, existing=True, photos=True) as g:
         try:
             result = g.verify(subject, photo, purpose=purpose, tolerance=tolerance, min_face_px=min_face_px)
         except ConsentMatchError as exc:

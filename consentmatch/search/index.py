@@ -46,6 +46,10 @@ _TRAIN_POINTS_PER_LIST = 40  # FAISS asks for at least 39 per centroid (and prin
 _KMEANS_ITERATIONS = 10  # instead of 25: the lists only need to be good, and this is paid at open
 _REFIT_FACTOR = 4  # retrain once the size has grown or shrunk this many times past the trained size
 _READ_BLOCK = 1 << 22  # bytes per read when FAISS reads a serialized index
+#: Searches of fewer queries than this (a probe's faces) run on the calling thread alone: an
+#: OpenMP team gains nothing on a few rows, and its idle thread spins on a core after each
+#: search, ~1 s of CPU taken from the photo threads on 60 probes (benchmarks/README.md).
+_SERIAL_QUERIES = 16
 
 
 @dataclass(frozen=True)
@@ -199,7 +203,7 @@ class FaceIndex:
             EngineError: FAISS failed.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, DIMENSIONS)
-        with self._lock, _engine("search"):
+        with self._lock, _engine("search"), _threads(self._faiss, 1 if len(queries) < _SERIAL_QUERIES else None):
             k = max(1, min(k, len(self)))
             selector, _bitmap = (None, None) if allowed is None else self._selector(allowed)
             if self.params.kind == "ivf":
@@ -316,6 +320,20 @@ class FaceIndex:
             self._selectors = {k: v for k, v in self._selectors.items() if v[0]() is not None}
             self._selectors[key] = (weakref.ref(allowed), selector, bitmap)
         return selector, bitmap
+
+
+@contextmanager
+def _threads(faiss: Any, count: int | None) -> Iterator[None]:
+    """FAISS's OpenMP threads for the calls inside, on this thread only (OpenMP keeps the
+    setting per thread); None leaves it."""
+    before = faiss.omp_get_max_threads()
+    if count is not None:
+        faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
+        if count is not None:
+            faiss.omp_set_num_threads(before)
 
 
 @contextmanager

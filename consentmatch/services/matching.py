@@ -11,11 +11,11 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from datetime import datetime
-from functools import cache
 from typing import Any
 
 import numpy as np
 
+from .._version import __version__
 from ..consent import check_purpose
 from ..errors import (ApprovalRequiredError, FaceError, GalleryNotFoundError, ImageError, InvalidArgumentError,
                       NoActiveEnrollmentError)
@@ -255,19 +255,8 @@ def _record_search(
 
 def _model(ctx: Context) -> dict[str, str]:
     """The model behind a result: the encoder (its `name` attribute, else its class name) and
-    consentmatch's version, which pins the encoder's weights and the index."""
-    return {"encoder": str(getattr(ctx.encoder, "name", type(ctx.encoder).__name__)), "version": _version()}
-
-
-@cache
-def _version() -> str:
-    # consentmatch.__version__ itself: importing the package from here would close an import cycle.
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("consentmatch")
-    except PackageNotFoundError:
-        return "unknown"
+    consentmatch's version (`_version.py`), which pins the encoder's weights and the index."""
+    return {"encoder": str(getattr(ctx.encoder, "name", type(ctx.encoder).__name__)), "version": __version__}
 
 
 def _shown(distance: float, tolerance: float) -> float:
