@@ -89,7 +89,8 @@ def test_the_facade_only_delegates() -> None:
 
 def test_the_service_names_moved_off_the_facade_still_work_and_warn(tmp_path: Path) -> None:
     """authenticate, request_probe, answer_once, recall_answer, keep_answer and record_refusal left
-    `Gallery` for services/ (issue 27); old callers still get them, with a DeprecationWarning naming the new call."""
+    `Gallery` for services/ (issue 27); old callers still get them, old keyword names included,
+    with a DeprecationWarning naming the new call."""
     from consentmatch.services.legacy import MOVED
 
     assert set(MOVED) == {"authenticate", "request_probe", "answer_once", "recall_answer", "keep_answer",
@@ -98,11 +99,11 @@ def test_the_service_names_moved_off_the_facade_still_work_and_warn(tmp_path: Pa
         gallery.grant_consent("alice", consentmatch.Consent("R1", [PURPOSE]))
         key = gallery.create_api_key("desk-1", roles=["operator"]).key
         with pytest.warns(DeprecationWarning, match=r"Gallery.authenticate is deprecated: call services.access"):
-            assert gallery.authenticate(key).name == "desk-1"  # type: ignore[attr-defined]
+            assert gallery.authenticate(key=key, before_check=None).name == "desk-1"  # type: ignore[attr-defined]
         with pytest.warns(DeprecationWarning, match="answer_once"):
-            assert gallery.answer_once("desk-1", "k1", "digest", lambda: (200, "{}")) == (200, "{}")  # type: ignore[attr-defined]
+            assert gallery.answer_once("desk-1", "k1", fingerprint="digest", run=lambda: (200, "{}")) == (200, "{}")  # type: ignore[attr-defined]
         with pytest.warns(DeprecationWarning, match="keep_answer"):
-            gallery.keep_answer("desk-1", "k2", "digest", 201, "{}")  # type: ignore[attr-defined]
+            gallery.keep_answer("desk-1", "k2", fingerprint="digest", status=201, body="{}")  # type: ignore[attr-defined]
         with pytest.warns(DeprecationWarning, match="recall_answer"):
             assert gallery.recall_answer("desk-1", "k2")[1:] == (201, "{}")  # type: ignore[attr-defined]
         with pytest.warns(DeprecationWarning, match="request_probe"), pytest.raises(consentmatch.RequestNotFoundError):
