@@ -1,20 +1,15 @@
-"""The `Gallery` facade: every verb of the SDK and the CLI, each delegated to its service.
-
-The work lives in `services/` (consents, enrollment, matching, erasure, governance) over one
-shared `Context`: the store (`storage/`), settings, encoder, clock, actor, lock and the index
-cache that follows the store's commits (`search/cache.py`).
-"""
+"""The `Gallery` facade: every verb of the SDK and the CLI, each delegated to its service in
+`services/` over one shared `Context` (store, settings, encoder, clock, actor, lock, index cache)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import vision
 from .consent import Consent
 from .images import PhotoInput
 from .policy import DEFAULT_TOP_K, ENROLL_MIN_FACE_PX, PROBE_MIN_FACE_PX
@@ -22,11 +17,10 @@ from .results import (ApiKeyInfo, AuditCheck, AuditEvent, ConsentRecord, Enrollm
                       MatchResult, NewApiKey, OptOut, PurposeInfo, RetentionEntry, SearchRequest, SubjectInfo,
                       Verification)
 from .runners import Runner
-from .services import access, approvals, consents, enrollment, erasure, governance, matching
-from .services.context import Clock, Context, check_name, default_actor, utcnow
+from .services import access, approvals, consents, enrollment, erasure, governance, legacy, matching
+from .services.context import Clock, Context
 from .services.enrollment import Progress
 from .settings import Settings
-from .storage import KeyRing, open_store
 from .vision.types import Encoder
 
 __all__ = ["Gallery"]
@@ -59,34 +53,26 @@ class Gallery:
         ...     result = gallery.match("door.jpg", purpose="visitor-check-in")
     """
 
-    def __init__(
-        self, path: str | os.PathLike[str], *, encoder: Encoder | None = None, clock: Clock | None = None,
-        actor: str | None = None, key: bytes | str | None = None, key_dir: str | os.PathLike[str] | None = None,
-        settings: Settings | None = None, existing: bool = False,
-    ) -> None:
-        settings = settings if settings is not None else Settings.from_env()
-        self._keys = KeyRing(key, key_dir, settings)
-        store = open_store(os.fspath(path), self._keys, settings)
-        if existing and not store.exists():  # a mistyped path must not read as an empty gallery
-            try:
-                with store.read():  # GalleryNotFoundError, in the store's words (a URL without its password)
-                    pass
-            finally:
-                store.close()
+    def __init__(self, path: str | os.PathLike[str], *, encoder: Encoder | None = None, clock: Clock | None = None,
+                 actor: str | None = None, key: bytes | str | None = None,
+                 key_dir: str | os.PathLike[str] | None = None, settings: Settings | None = None,
+                 existing: bool = False) -> None:
+        self._ctx = Context.open(path, encoder=encoder, clock=clock, actor=actor, key=key, key_dir=key_dir,
+                                 settings=settings, existing=existing)
         #: Where the gallery is, as given: a file path or a PostgreSQL URL.
         self.location = os.fspath(path)
         #: The gallery file; for a PostgreSQL gallery, this machine's own file of it (its index snapshot).
-        self.path: Path = store.path
-        self._ctx = Context(
-            store=store, settings=settings,
-            encoder=encoder if encoder is not None else vision.default_encoder(settings), clock=clock or utcnow,
-            actor=check_name(actor, "actor") if actor else default_actor(),
-        )
+        self.path: Path = self._ctx.path
 
     @property
     def created_key_file(self) -> Path | None:
         """The gallery key file this object created (the first enrollment), else None: back it up apart from the gallery."""
-        return self._keys.created_key_file
+        return self._ctx.keys.created_key_file if self._ctx.keys is not None else None
+
+    @property
+    def context(self) -> Context:
+        """The services' shared Context, for an adapter that calls a service itself (the HTTP service)."""
+        return self._ctx
 
     def __enter__(self) -> Gallery:
         return self
@@ -96,32 +82,23 @@ class Gallery:
 
     def close(self) -> None:
         """Save a large index for the next open (`search/snapshot.py`), close the store, drop the index."""
-        with self._ctx.lock:
-            self._ctx.cache.close()
-            self._ctx.store.close()
+        self._ctx.close()
 
-    def grant_consent(
-        self, subject: str, consent: Consent, *, email: str | None = None, actor: str | None = None
-    ) -> ConsentRecord:
-        """Record a consent before (or without) enrolling photos.
+    if not TYPE_CHECKING:  # the HTTP service's former names, deprecated (services/legacy.py); mypy flags them
+        def __getattr__(self, name: str) -> Any:
+            return legacy.moved(self, name)
 
-        Args:
-            subject: the person it covers.
-            consent: the record; in US-IL and US-TX it must carry `evidence_sha256`.
-            email: the person's e-mail, checked against the opt-out registry and kept only as a
-                keyed hash (under the gallery's MAC key), so a later e-mail opt-out finds them.
-
-        Raises:
-            ConsentError: expired, opted out, missing evidence, or a reference of another subject.
-        """
+    def grant_consent(self, subject: str, consent: Consent, *, email: str | None = None,
+                      actor: str | None = None) -> ConsentRecord:
+        """Record a consent for `subject` before (or without) enrolling photos; in US-IL and US-TX
+        `consent` must carry `evidence_sha256`. `email`: the person's e-mail, checked against the
+        opt-out registry and kept only as a keyed hash (under the gallery's MAC key), so a later
+        e-mail opt-out finds them. Raises ConsentError: expired, opted out, missing evidence, or a
+        reference of another subject."""
         return consents.grant_consent(self._ctx, subject, consent, email, actor)
 
     def consent(self, reference: str) -> ConsentRecord:
-        """One consent record by its reference.
-
-        Raises:
-            ConsentError: no consent has this reference.
-        """
+        """One consent record by its reference. Raises ConsentError: no consent has this reference."""
         return consents.consent(self._ctx, reference)
 
     def consents(self, subject: str | None = None) -> list[ConsentRecord]:
@@ -131,17 +108,12 @@ class Gallery:
     def revoke_consent(self, reference: str, *, actor: str | None = None) -> Erasure:
         """Revoke a consent: the subject's templates are erased at once; the record stays as a tombstone.
         Idempotent: revoking again erases nothing more and says so in the receipt.
-
-        Raises:
-            ConsentError: no consent has this reference.
-        """
+        Raises ConsentError: no consent has this reference."""
         return consents.revoke_consent(self._ctx, reference, actor)
 
-    def enroll(
-        self, subject: str, photos: Sequence[PhotoInput] | PhotoInput, consent: Consent | str | None, *,
-        email: str | None = None, min_face_px: int = ENROLL_MIN_FACE_PX, quality: str | None = None,
-        allow_duplicate: bool = False, actor: str | None = None,
-    ) -> Enrollment:
+    def enroll(self, subject: str, photos: Sequence[PhotoInput] | PhotoInput, consent: Consent | str | None, *,
+               email: str | None = None, min_face_px: int = ENROLL_MIN_FACE_PX, quality: str | None = None,
+               allow_duplicate: bool = False, actor: str | None = None) -> Enrollment:
         """Enroll a consenting subject from one or more photos, all or nothing (see `services/enrollment.py`).
 
         Args:
@@ -151,7 +123,7 @@ class Gallery:
                 the policy excludes, and not match another subject (`duplicate_tolerance`).
             consent: a new `Consent` (recorded now, as `grant_consent`), or the reference of
                 an active consent already recorded for this subject; None is refused.
-            email: see `grant_consent`.
+            email: as `grant_consent`.
             quality: off, low, medium or high; None: the gallery policy's (medium by default).
             allow_duplicate: enroll even when the face matches another subject (twins).
 
@@ -161,26 +133,20 @@ class Gallery:
             ImageError, FaceError (QualityError with its reasons): a photo cannot be used.
             Nothing is stored on any error; a refusal is recorded in the audit trail.
         """
-        name = check_name(subject, "subject name")
-        with self._ctx.refusals("enroll", name, None, actor):
-            return enrollment.enroll(self._ctx, name, photos, consent, email=email, min_face_px=min_face_px,
-                                     quality=quality, allow_duplicate=allow_duplicate, actor=actor)
+        return enrollment.enroll(self._ctx, subject, photos, consent, email=email, min_face_px=min_face_px,
+                                 quality=quality, allow_duplicate=allow_duplicate, actor=actor)
 
-    def import_manifest(
-        self, manifest: str | os.PathLike[str], *, progress: Progress | None = None, quality: str | None = None,
-        allow_duplicate: bool = False, actor: str | None = None, runner: Runner | None = None,
-    ) -> ImportReport:
+    def import_manifest(self, manifest: str | os.PathLike[str], *, progress: Progress | None = None,
+                        quality: str | None = None, allow_duplicate: bool = False, actor: str | None = None,
+                        runner: Runner | None = None) -> ImportReport:
         """Enroll every usable row of a manifest CSV (``subject,photo,consent_ref,purposes,expires,
         jurisdiction``; purposes `;`-separated); bad rows are reported and skipped. Each row enrolls
         on its own, as row by row would; photos are read on a thread pool, and finished rows are
         stored several to a transaction (up to 64; a stopped import redoes at most one batch).
-
-        Args:
-            progress: called with (rows done, rows in all) as rows are stored.
-            quality, allow_duplicate: as for `enroll`.
-            runner: where the photo work runs: this process's threads by default, or
-                `RayRunner(address)` for a Ray cluster's workers (this process still admits and
-                stores every row, in order: the same report).
+        `progress`: called with (rows done, rows in all) as rows are stored; `quality`,
+        `allow_duplicate`: as `enroll`; `runner`: where the photo work runs: this process's threads
+        by default, or `RayRunner(address)` for a Ray cluster's workers (this process still admits
+        and stores every row, in order: the same report).
 
         Raises:
             ManifestError: the file cannot be read or lacks a required column (nothing enrolled).
@@ -189,14 +155,13 @@ class Gallery:
         return enrollment.import_manifest(self._ctx, manifest, progress=progress, quality=quality,
                                           allow_duplicate=allow_duplicate, actor=actor, runner=runner)
 
-    def match(
-        self, photo: PhotoInput, *, purpose: str | None = None, tolerance: float | None = None,
-        top_k: int = DEFAULT_TOP_K, min_face_px: int = PROBE_MIN_FACE_PX, actor: str | None = None,
-    ) -> MatchResult:
-        """1:N: who, among the subjects consented for `purpose`, is each face of the probe.
+    def match(self, photo: PhotoInput, *, purpose: str | None = None, tolerance: float | None = None,
+              top_k: int = DEFAULT_TOP_K, min_face_px: int = PROBE_MIN_FACE_PX,
+              actor: str | None = None) -> MatchResult:
+        """1:N: who, among the subjects consented for `purpose`, is each face of the probe `photo` (a
+        `MatchResult`; a face with no subject within the tolerance has `subject=None`).
 
         Args:
-            photo: the probe; every face in it is matched.
             purpose: only subjects whose active consent lists it are searched. Required unless
                 the gallery's policy sets `require_purpose` to false (then: any active consent).
             tolerance: the largest Euclidean distance that counts as the same person; lower is
@@ -204,9 +169,6 @@ class Gallery:
             top_k: nearest subjects listed per face, at most the policy's `max_top_k`; distances
                 beyond the tolerance are shown rounded up to 2 decimals.
             min_face_px: the narrowest face looked for, in pixels (default 40); larger is faster.
-
-        Returns:
-            A `MatchResult`; a face with no subject within the tolerance has `subject=None`.
 
         Raises:
             ImageError: the probe cannot be read (recorded in the audit trail as a refused match).
@@ -217,36 +179,24 @@ class Gallery:
         return matching.match(self._ctx, photo, purpose=purpose, tolerance=tolerance, top_k=top_k,
                               min_face_px=min_face_px, actor=actor)
 
-    def match_many(
-        self, photos: Sequence[PhotoInput] | PhotoInput, *, purpose: str | None = None, tolerance: float | None = None,
-        top_k: int = DEFAULT_TOP_K, min_face_px: int = PROBE_MIN_FACE_PX, actor: str | None = None,
-    ) -> Iterator[MatchResult]:
-        """1:N on several probes: `match` on each, several photos at once (a thread pool, results in input order).
-
-        Args:
-            photos: the probes; every face in each is matched.
-            purpose, tolerance, top_k, min_face_px: as for `match`; checked once, before any photo is read.
-
-        Returns:
-            An iterator of one `MatchResult` per photo, in input order. A photo that cannot be
-            read (ImageError, FaceError) gives a result with no faces and the reason in `error`.
-
-        Raises:
-            GalleryNotFoundError, InvalidArgumentError: as `match`, at the call. Any other error
-            (StorageError, EngineError) ends the iteration at its photo.
+    def match_many(self, photos: Sequence[PhotoInput] | PhotoInput, *, purpose: str | None = None,
+                   tolerance: float | None = None, top_k: int = DEFAULT_TOP_K, min_face_px: int = PROBE_MIN_FACE_PX,
+                   actor: str | None = None) -> Iterator[MatchResult]:
+        """1:N on several probes: `match` on each (arguments as `match`, checked once before any photo
+        is read), several at once on a thread pool. Returns one `MatchResult` per photo, in input
+        order; a photo that cannot be read (ImageError, FaceError) gives one with no faces and the
+        reason in `error`. Raises GalleryNotFoundError, InvalidArgumentError: as `match`, at the call;
+        any other error (StorageError, EngineError) ends the iteration at its photo.
         """
         return matching.match_many(self._ctx, photos, purpose=purpose, tolerance=tolerance, top_k=top_k,
                                    min_face_px=min_face_px, actor=actor)
 
-    def verify(
-        self, subject: str, photo: PhotoInput, *, purpose: str | None = None, tolerance: float | None = None,
-        min_face_px: int = PROBE_MIN_FACE_PX, actor: str | None = None,
-    ) -> Verification:
+    def verify(self, subject: str, photo: PhotoInput, *, purpose: str | None = None, tolerance: float | None = None,
+               min_face_px: int = PROBE_MIN_FACE_PX, actor: str | None = None) -> Verification:
         """1:1: is the one face in the probe this subject? The distance is to their nearest template,
-        given within the tolerance only (None beyond it); no liveness check. Not enrolled, no
-        templates or no consent for `purpose` get the answer of a non-match, after the same photo
-        work, so the answer never tells who is enrolled; the audit trail records it as refused
-        (NoActiveEnrollmentError) under the subject named.
+        given within the tolerance only (None beyond it); no liveness check. Not enrolled, no templates
+        or no consent for `purpose` answer as a non-match, after the same photo work, so the answer never
+        tells who is enrolled; the audit trail records it as refused (NoActiveEnrollmentError).
 
         Raises:
             InvalidArgumentError: a tolerance over the policy's `max_tolerance`.
@@ -257,12 +207,8 @@ class Gallery:
                                min_face_px=min_face_px, actor=actor)
 
     def forget(self, subject: str, *, actor: str | None = None) -> Erasure:
-        """Erase a subject: templates, consent records and index entries, at once and for good.
-        The audit trail keeps the (non-biometric) record that it happened.
-
-        Raises:
-            SubjectNotFoundError: the subject is not enrolled.
-        """
+        """Erase a subject: templates, consent records and index entries, at once and for good. The
+        audit trail keeps the (non-biometric) record that it happened. Raises SubjectNotFoundError."""
         return erasure.forget(self._ctx, subject, actor)
 
     def retention(self) -> list[RetentionEntry]:
@@ -274,15 +220,10 @@ class Gallery:
         never returned by `match` or `verify`, even before a purge)."""
         return erasure.purge(self._ctx, actor)
 
-    def add_optout(
-        self, *, subject: str | None = None, email: str | None = None, actor: str | None = None
-    ) -> list[Erasure]:
-        """Put a subject reference or an e-mail (kept as a keyed hash) on the do-not-enroll list;
-        everyone it names has their consents revoked and templates erased at once.
-
-        Returns:
-            One erasure receipt per subject erased (none when nobody was enrolled).
-        """
+    def add_optout(self, *, subject: str | None = None, email: str | None = None,
+                   actor: str | None = None) -> list[Erasure]:
+        """Put a subject reference or an e-mail (kept as a keyed hash) on the do-not-enroll list; everyone it
+        names has their consents revoked and templates erased at once: one receipt each (none: nobody enrolled)."""
         return erasure.add_optout(self._ctx, subject, email, actor)
 
     def remove_optout(self, *, subject: str | None = None, email: str | None = None, actor: str | None = None) -> bool:
@@ -299,37 +240,27 @@ class Gallery:
 
     def set_policy(self, key: str, value: Any, *, actor: str | None = None) -> dict[str, Any]:
         """Change one policy key (audited); strings are parsed as the CLI gives them.
-
-        Raises:
-            InvalidArgumentError: unknown key or bad value.
-        """
+        Raises InvalidArgumentError: unknown key or bad value."""
         return governance.set_policy(self._ctx, key, value, actor)
 
     def declare_purpose(self, name: str, *, actor: str | None = None) -> PurposeInfo:
         """Declare a purpose this gallery serves (audited); match and verify may name only declared
         purposes. A consent's purposes declare themselves unless the policy's `closed_purposes` is on.
-
-        Raises:
-            InvalidArgumentError: not a purpose label.
-        """
+        Raises InvalidArgumentError: not a purpose label."""
         return governance.declare_purpose(self._ctx, name, actor)
 
     def remove_purpose(self, name: str, *, actor: str | None = None) -> bool:
         """Withdraw a declared purpose (audited). False if it was not declared.
-
-        Raises:
-            InvalidArgumentError: a consent, active or not, still lists it.
-        """
+        Raises InvalidArgumentError: a consent, active or not, still lists it."""
         return governance.remove_purpose(self._ctx, name, actor)
 
     def purposes(self) -> list[PurposeInfo]:
         """The purposes this gallery serves, by name, each with how many active consents cover it."""
         return governance.purposes(self._ctx)
 
-    def audit(
-        self, subject: str | None = None, *, actor: str | None = None, action: str | None = None,
-        purpose: str | None = None, since: datetime | None = None, until: datetime | None = None,
-    ) -> list[AuditEvent]:
+    def audit(self, subject: str | None = None, *, actor: str | None = None, action: str | None = None,
+              purpose: str | None = None, since: datetime | None = None,
+              until: datetime | None = None) -> list[AuditEvent]:
         """The audit trail, oldest first: all of it, or the events matching every filter given:
         naming `subject` (searches that showed them included), by `actor`, of `action`, for
         `purpose`, at or after `since`, at or before `until` (naive times are UTC)."""
@@ -342,10 +273,7 @@ class Gallery:
 
     def export(self, subject: str, *, actor: str | None = None) -> dict[str, Any]:
         """A subject access bundle: consents, template metadata (no embeddings), retention, audit events.
-
-        Raises:
-            SubjectNotFoundError: nothing is held about this subject.
-        """
+        Raises SubjectNotFoundError: nothing is held about this subject."""
         return governance.export(self._ctx, subject, actor)
 
     def key_info(self) -> KeyInfo:
@@ -355,33 +283,25 @@ class Gallery:
     def rotate_key(self, *, new_key: bytes | str | None = None, actor: str | None = None) -> KeyInfo:
         """Re-wrap every subject's data key under a new gallery key (audited). A key file is replaced
         in place, crash-safely; a caller-held key (`key`, CONSENTMATCH_KEY) by `new_key`, stored first.
-
-        Raises:
-            EncryptionKeyError: a caller-held key without `new_key`.
-        """
+        Raises EncryptionKeyError: a caller-held key without `new_key`."""
         return governance.rotate_key(self._ctx, new_key, actor)
 
     def subjects(self) -> list[SubjectInfo]:
         """Everyone enrolled, by name, with template count and consents (never templates)."""
         return governance.subjects(self._ctx)
 
-    # -- the service's API keys and the department approval of searches
-
-    def create_api_key(
-        self, name: str, *, roles: Sequence[str], purposes: Sequence[str] = (), expires: datetime | None = None,
-        rate_limit: int | None = None, actor: str | None = None,
-    ) -> NewApiKey:
-        """Create an API key for `consentmatch serve` (audited). The key is in the result only:
-        the gallery keeps a salted scrypt hash.
+    def create_api_key(self, name: str, *, roles: Sequence[str], purposes: Sequence[str] = (),
+                       expires: datetime | None = None, rate_limit: int | None = None,
+                       actor: str | None = None) -> NewApiKey:
+        """Create an API key for `consentmatch serve` (audited); the key is in the result only (the gallery
+        keeps a salted scrypt hash). Raises InvalidArgumentError: an unknown role, a bad purpose, a past
+        expiry, a name used before.
 
         Args:
             roles: any of admin, enroller, operator, approver, auditor (`services/access.ROLES`).
             purposes: what the key may search for; none: every purpose.
             expires: when it stops working; None: never (revoke it instead).
             rate_limit: requests a minute; None: the policy's `rate_limit`.
-
-        Raises:
-            InvalidArgumentError: an unknown role, a bad purpose, a past expiry, a name used before.
         """
         return access.create_api_key(self._ctx, name, roles, purposes, expires, rate_limit, actor)
 
@@ -393,25 +313,19 @@ class Gallery:
         """Revoke an API key at once (audited). False if no active key has this name."""
         return access.revoke_api_key(self._ctx, name, actor)
 
-    def request_match(
-        self, photo: PhotoInput, *, purpose: str, case_ref: str, reason: str, tolerance: float | None = None,
-        top_k: int | None = None, actor: str | None = None,
-    ) -> SearchRequest:
+    def request_match(self, photo: PhotoInput, *, purpose: str, case_ref: str, reason: str,
+                      tolerance: float | None = None, top_k: int | None = None,
+                      actor: str | None = None) -> SearchRequest:
         """File a 1:N search for a purpose that needs approval (policy `approval_purposes`): the probe
         is held sealed until an approver other than `actor` approves (the search runs then) or denies
-        it, or it expires; the result is for the requester only (`search_request`).
-
-        Raises:
-            InvalidArgumentError: a purpose that needs no approval; a missing case reference or reason.
-            ImageError: the probe cannot be read.
-        """
+        it, or it expires; the result is for the requester only (`search_request`). Raises
+        InvalidArgumentError: a purpose that needs no approval, a missing case reference or reason;
+        ImageError: the probe cannot be read."""
         return approvals.request_search(self._ctx, "match", photo, purpose=purpose, case_ref=case_ref, reason=reason,
                                         tolerance=tolerance, top_k=top_k, requester=actor)
 
-    def request_verify(
-        self, subject: str, photo: PhotoInput, *, purpose: str, case_ref: str, reason: str,
-        tolerance: float | None = None, actor: str | None = None,
-    ) -> SearchRequest:
+    def request_verify(self, subject: str, photo: PhotoInput, *, purpose: str, case_ref: str, reason: str,
+                       tolerance: float | None = None, actor: str | None = None) -> SearchRequest:
         """File a 1:1 check for a purpose that needs approval, as `request_match`."""
         return approvals.request_search(self._ctx, "verify", photo, purpose=purpose, case_ref=case_ref, reason=reason,
                                         subject=subject, tolerance=tolerance, requester=actor)
@@ -423,55 +337,14 @@ class Gallery:
 
     def search_request(self, request_id: str, *, actor: str | None = None, own_only: bool = False) -> SearchRequest:
         """One search request; its result only if `actor` filed it.
-
-        Raises:
-            RequestNotFoundError: no request has this id (among `actor`'s own, with `own_only`).
-        """
+        Raises RequestNotFoundError: no request has this id (among `actor`'s own, with `own_only`)."""
         return approvals.search_request(self._ctx, request_id, reader=actor, own_only=own_only)
 
     def approve_request(self, request_id: str, *, reason: str, actor: str | None = None) -> SearchRequest:
         """Approve a pending request: its search runs now, under the requester's name; the probe is destroyed.
-
-        Raises:
-            PermissionDeniedError: `actor` filed the request.
-            InvalidArgumentError: it is no longer pending.
-        """
+        Raises PermissionDeniedError: `actor` filed the request; InvalidArgumentError: it is no longer pending."""
         return approvals.decide(self._ctx, request_id, approve=True, reason=reason, approver=actor)
 
     def deny_request(self, request_id: str, *, reason: str, actor: str | None = None) -> SearchRequest:
         """Deny a pending request; its probe is destroyed, no search runs."""
         return approvals.decide(self._ctx, request_id, approve=False, reason=reason, approver=actor)
-
-    # -- the HTTP service's own state: its work is in services/ (access.py, approvals.py, context.py),
-    # which the service calls with `context`; these names stay for callers that used them.
-
-    @property
-    def context(self) -> Context:
-        """The services' shared Context, for an adapter that calls a service itself (the HTTP service)."""
-        return self._ctx
-
-    def authenticate(self, key: str | None, *, before_check: Callable[[], None] | None = None) -> ApiKeyInfo:
-        """The active API key `key` is (AuthenticationError otherwise): `services.access.authenticate`."""
-        return access.authenticate(self._ctx, key, before_check)
-
-    def record_refusal(self, action: str, error: Exception, *, subject: str | None = None, purpose: str | None = None,
-                       actor: str | None = None, details: dict[str, str] | None = None) -> None:
-        """Audit a call refused before it reached a verb (the service's 403s): `Context.record_refusal`."""
-        self._ctx.record_refusal(action, subject, purpose, actor, error, details)
-
-    def request_probe(self, request_id: str) -> bytes:
-        """The probe a pending request holds, for its approver: `services.approvals.request_probe`."""
-        return approvals.request_probe(self._ctx, request_id)
-
-    def answer_once(self, owner: str, key: str, fingerprint: str,
-                    run: Callable[[], tuple[int, str]]) -> tuple[int, str]:
-        """A call made with an Idempotency-Key, answered once: `services.access.answer_once`."""
-        return access.answer_once(self._ctx, owner, key, fingerprint, run)
-
-    def recall_answer(self, owner: str, key: str) -> tuple[str, int, str] | None:
-        """The answer kept for an Idempotency-Key: `services.access.recall`."""
-        return access.recall(self._ctx, owner, key)
-
-    def keep_answer(self, owner: str, key: str, fingerprint: str, status: int, body: str) -> None:
-        """Keep an answer for an Idempotency-Key's retries: `services.access.remember`."""
-        access.remember(self._ctx, owner, key, fingerprint, status, body)

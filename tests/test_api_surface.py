@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 import consentmatch
+import consentmatch.gallery
 from consentmatch import errors
 from consentmatch.cli import app
+
+from .conftest import PURPOSE, FakeEncoder
 
 
 def test_public_names_are_pinned() -> None:
@@ -60,11 +67,53 @@ def test_cli_mirrors_the_gallery_verbs() -> None:
     assert commands - set(VERBS) <= NOT_GALLERY_VERBS
     public = {name for name, _ in inspect.getmembers(consentmatch.Gallery, inspect.isfunction) if not name.startswith("_")}
     # audit --verify; match PHOTO... calls match_many (match is its one-photo form); close is the context manager's;
-    # match/verify --case-ref file requests; the rest serve the HTTP service (authenticate, a held probe, idempotency,
-    # its 403s audited)
-    assert public - set(VERBS.values()) == {"close", "verify_audit", "match_many", "request_match", "request_verify",
-                                            "authenticate", "request_probe", "recall_answer", "keep_answer",
-                                            "answer_once", "record_refusal"}
+    # match/verify --case-ref file requests. The HTTP service's own calls are services/'s (`Gallery.context`).
+    assert public - set(VERBS.values()) == {"close", "verify_audit", "match_many", "request_match", "request_verify"}
+
+
+def test_the_facade_only_delegates() -> None:
+    """gallery.py stays a facade: at most 350 lines, and each public method's body (past its
+    docstring) is one statement, or one `with` around one statement: a call into a service."""
+    source = Path(consentmatch.gallery.__file__).read_text()
+    assert len(source.splitlines()) <= 350
+    (cls,) = [n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == "Gallery"]
+    methods = [n for n in ast.walk(cls) if isinstance(n, ast.FunctionDef) and not n.name.startswith("_")]
+    assert len(methods) > 30
+    for method in methods:
+        body = method.body[1:] if ast.get_docstring(method) is not None else method.body
+        if len(body) == 1 and isinstance(body[0], ast.With):
+            body = body[0].body
+        assert len(body) == 1 and any(isinstance(n, ast.Call) for n in ast.walk(body[0])) or (
+            method.name in {"context", "created_key_file"}), f"Gallery.{method.name} does more than delegate"
+
+
+def test_the_service_names_moved_off_the_facade_still_work_and_warn(tmp_path: Path) -> None:
+    """authenticate, request_probe, answer_once, recall_answer, keep_answer and record_refusal left
+    `Gallery` for services/ (issue 27); old callers still get them, old keyword names included,
+    with a DeprecationWarning naming the new call."""
+    from consentmatch.services.legacy import MOVED
+
+    assert set(MOVED) == {"authenticate", "request_probe", "answer_once", "recall_answer", "keep_answer",
+                          "record_refusal"}
+    with consentmatch.Gallery(tmp_path / "g.db", encoder=FakeEncoder(), key_dir=tmp_path / "keys") as gallery:
+        gallery.grant_consent("alice", consentmatch.Consent("R1", [PURPOSE]))
+        key = gallery.create_api_key("desk-1", roles=["operator"]).key
+        with pytest.warns(DeprecationWarning, match=r"Gallery.authenticate is deprecated: call services.access"):
+            assert gallery.authenticate(key=key, before_check=None).name == "desk-1"  # type: ignore[attr-defined]
+        with pytest.warns(DeprecationWarning, match="answer_once"):
+            assert gallery.answer_once("desk-1", "k1", fingerprint="digest", run=lambda: (200, "{}")) == (200, "{}")  # type: ignore[attr-defined]
+        with pytest.warns(DeprecationWarning, match="keep_answer"):
+            gallery.keep_answer("desk-1", "k2", fingerprint="digest", status=201, body="{}")  # type: ignore[attr-defined]
+        with pytest.warns(DeprecationWarning, match="recall_answer"):
+            assert gallery.recall_answer("desk-1", "k2")[1:] == (201, "{}")  # type: ignore[attr-defined]
+        with pytest.warns(DeprecationWarning, match="request_probe"), pytest.raises(consentmatch.RequestNotFoundError):
+            gallery.request_probe("no-such-request")  # type: ignore[attr-defined]
+        with pytest.warns(DeprecationWarning, match="record_refusal"):
+            gallery.record_refusal("match", errors.PermissionDeniedError("no"), subject="alice",  # type: ignore[attr-defined]
+                                   actor="desk-1")
+        assert gallery.audit(action="match")[-1].details["outcome"] == "refused"
+        with pytest.raises(AttributeError, match="no attribute 'authentikate'"):
+            gallery.authentikate  # type: ignore[attr-defined]  # noqa: B018
 
 
 def test_import_is_light_and_side_effect_free() -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from consentmatch import AuthenticationError, Gallery, audit
 from consentmatch.crypto import unseal
+from consentmatch.services import access
 from consentmatch.storage.sqlite_integrity import Integrity
 
 from .conftest import DATA, FakeEncoder
@@ -87,14 +88,14 @@ def test_the_old_gallery_opens_verifies_matches_and_erases(tmp_path: Path) -> No
         assert gallery.match(photos / "alice.png", purpose="door").faces[0].subject == "alice"
         assert gallery.match(photos / "bob2.png", purpose="door").faces[0].subject == "bob"
         assert gallery.match(photos / "carol.png", purpose="door").faces[0].subject is None  # forgotten
-        assert gallery.authenticate(expected["live_api_key"]).name == "desk-1"
+        assert access.authenticate(gallery.context, expected["live_api_key"]).name == "desk-1"
         with pytest.raises(AuthenticationError):
-            gallery.authenticate(expected["revoked_api_key"])
+            access.authenticate(gallery.context, expected["revoked_api_key"])
         gallery.forget("bob")
         assert gallery.match(photos / "bob.png", purpose="door").faces[0].subject is None
         assert gallery.verify_audit().intact
     with Gallery(folder / "gallery.db", encoder=FakeEncoder(), key=expected["key"], key_dir=folder / "keys") as gallery:
         assert gallery.revoke_api_key("desk-1")
         with pytest.raises(AuthenticationError):
-            gallery.authenticate(expected["live_api_key"])
+            access.authenticate(gallery.context, expected["live_api_key"])
         assert gallery.verify_audit().intact

@@ -188,10 +188,10 @@ def test_an_unknown_key_id_costs_the_same_scrypt_as_a_wrong_secret(
     for presented in (f"cm_{key_id}_{'x' * 43}", f"cm_{'0' * 16}_{'x' * 43}", f"cm_{key_id}_{'y' * 43}",
                       f"cm_{'1' * 16}_{'y' * 43}"):
         with pytest.raises(AuthenticationError) as caught:
-            alice.authenticate(presented)
+            access.authenticate(alice.context, presented)
         assert str(caught.value).startswith("No valid API key")
     assert len(calls) == 4  # a wrong secret and an unknown id: one scrypt each, every time
-    assert alice.authenticate(real).name == "desk"
+    assert access.authenticate(alice.context, real).name == "desk"
 
 
 def _bearer(key: str) -> dict[str, str]:

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from consentmatch import Consent, Gallery, StorageError, TamperingError
 from consentmatch.cli import app
+from consentmatch.services import access, approvals
 
 from .conftest import PURPOSE, ROOT, FakeEncoder, fake_encoding, fake_photo
 from .pg import Cluster
@@ -280,12 +281,12 @@ def test_the_service_rows_on_both_stores(store_gallery: Gallery, tmp_path: Path)
     gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], Consent("R1", [PURPOSE, "staff-access"]))
     desk = gallery.create_api_key("desk-1", roles=["operator"], purposes=[PURPOSE])
     gallery.create_api_key("chief-1", roles=["approver"])
-    assert gallery.authenticate(desk.key).name == "desk-1"
+    assert access.authenticate(gallery.context, desk.key).name == "desk-1"
     assert [k.name for k in gallery.api_keys()] == ["chief-1", "desk-1"]
     gallery.set_policy("approval_purposes", "staff-access")
     held = gallery.request_match(fake_photo(tmp_path, "p.png", (10, 2)), purpose="staff-access", case_ref="C-1",
                                  reason="badge lost", actor="desk-1")
-    assert held.status == "pending" and gallery.request_probe(held.request_id)
+    assert held.status == "pending" and approvals.request_probe(gallery.context, held.request_id)
     decided = gallery.approve_request(held.request_id, reason="ok", actor="chief-1")
     assert decided.status == "approved"
     result = gallery.search_request(held.request_id, actor="desk-1").result

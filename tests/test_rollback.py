@@ -14,6 +14,7 @@ import pytest
 
 from consentmatch import Consent, Gallery, TamperingError
 from consentmatch.errors import AuthenticationError
+from consentmatch.services import access
 from consentmatch.settings import Settings
 from consentmatch.storage import Commit, KeyRing, is_url, open_store
 
@@ -44,7 +45,7 @@ def test_a_revoked_api_key_rolled_back_by_sql_is_refused(gallery_location: str, 
     _sql(gallery_location, "UPDATE api_keys SET revoked_at = ?, mac = ? WHERE name = 'desk-1'", before)
     with Gallery(gallery_location, encoder=FakeEncoder()) as gallery:
         with pytest.raises((TamperingError, AuthenticationError)):
-            gallery.authenticate(desk.key)
+            access.authenticate(gallery.context, desk.key)
         check = gallery.verify_audit()
         assert not check.intact and "the API key 'desk-1'" in (check.problem or "")
 
@@ -67,7 +68,7 @@ def test_revoked_and_live_keys_verify_intact(gallery_location: str, tmp_path: An
         gallery.create_api_key("desk-2", roles=["operator"], purposes=[PURPOSE])
         assert gallery.revoke_api_key("desk-2")
     with Gallery(gallery_location, encoder=FakeEncoder()) as gallery:
-        assert gallery.authenticate(desk.key).name == "desk-1"
+        assert access.authenticate(gallery.context, desk.key).name == "desk-1"
         assert gallery.verify_audit().intact
 
 
@@ -133,9 +134,9 @@ def test_live_keys_of_a_database_from_before_the_marks_still_open(pg_url: str, t
     _sql(keys_url, "DELETE FROM deks WHERE substr(key_id, 1, 7) = 'apikey-'")
     _sql(keys_url, "DELETE FROM meta WHERE key = 'api_keys_marked'")
     with Gallery(pg_url, encoder=FakeEncoder()) as gallery:
-        assert gallery.authenticate(desk.key).name == "desk-1"
+        assert access.authenticate(gallery.context, desk.key).name == "desk-1"
         with pytest.raises(AuthenticationError):
-            gallery.authenticate(old.key)
+            access.authenticate(gallery.context, old.key)
         assert gallery.verify_audit().intact
     assert _sql(keys_url, "SELECT count(*) FROM deks WHERE substr(key_id, 1, 7) = 'apikey-'") == [(1,)]
 

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from consentmatch import Gallery
 from consentmatch.service import create_app
+from consentmatch.services import approvals
 from consentmatch.services.context import utcnow
 from consentmatch.services.transfer import copy_gallery
 from consentmatch.settings import Settings
@@ -219,7 +220,7 @@ def test_a_denied_or_expired_request_destroys_its_probe(service: Service) -> Non
     try:
         assert later.search_request(filed["request_id"]).status == "expired"
         with pytest.raises(Exception, match="holds no probe"):
-            later.request_probe(filed["request_id"])
+            approvals.request_probe(later.context, filed["request_id"])
         assert "request-expire" in [e.action for e in later.audit()]
     finally:
         later.close()

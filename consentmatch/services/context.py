@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import getpass
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .. import vision
 from ..errors import (
     ConsentError,
     ConsentMatchError,
@@ -26,7 +28,7 @@ from ..errors import (
 from ..retention import destroy_by
 from ..search.cache import IndexCache
 from ..settings import Settings
-from ..storage import Store, Transaction
+from ..storage import KeyRing, Store, Transaction, open_store
 from ..text import check_text, visible
 from ..vision.types import Encoder
 
@@ -113,9 +115,41 @@ class Context:
     cache: IndexCache = field(init=False)
     #: API keys whose scrypt check passed in this process (digests of stored hash + key): checked once.
     verified_keys: set[str] = field(default_factory=set)
+    #: The key ring the store was opened with (`open`), for its `created_key_file`.
+    keys: KeyRing | None = None
 
     def __post_init__(self) -> None:
         self.cache = IndexCache(self.store, self.lock)
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str], *, encoder: Encoder | None, clock: Clock | None, actor: str | None,
+        key: bytes | str | None, key_dir: str | os.PathLike[str] | None, settings: Settings | None, existing: bool,
+    ) -> Context:
+        """Open the gallery at `path` (a file or a PostgreSQL URL) as `Gallery(...)` documents its arguments.
+
+        Raises:
+            GalleryNotFoundError: `existing` and no gallery there (a mistyped path is not an empty gallery).
+            EncryptionKeyError: `key` is not a key.
+        """
+        settings = settings if settings is not None else Settings.from_env()
+        keys = KeyRing(key, key_dir, settings)
+        store = open_store(os.fspath(path), keys, settings)
+        if existing and not store.exists():
+            try:
+                with store.read():  # GalleryNotFoundError, in the store's words (a URL without its password)
+                    pass
+            finally:
+                store.close()
+        return cls(store=store, settings=settings, keys=keys,
+                   encoder=encoder if encoder is not None else vision.default_encoder(settings), clock=clock or utcnow,
+                   actor=check_name(actor, "actor") if actor else default_actor())
+
+    def close(self) -> None:
+        """Save a large index for the next open (`search/snapshot.py`), close the store, drop the index."""
+        with self.lock:
+            self.cache.close()
+            self.store.close()
 
     @property
     def path(self) -> Path:

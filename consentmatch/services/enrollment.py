@@ -69,16 +69,17 @@ def enroll(
     ctx: Context, name: str, photos: Sequence[PhotoInput] | PhotoInput, consent: Consent | str | None, *,
     email: str | None, min_face_px: int, quality: str | None, allow_duplicate: bool, actor: str | None,
 ) -> Enrollment:
-    """Enroll a consenting subject (`name`, already checked) from photos, all or nothing.
+    """Enroll a consenting subject from photos, all or nothing; a refusal is recorded in the audit trail.
 
     Each photo must hold exactly one face at least `min_face_px` wide, pass the quality bar,
     must not have been taken in a region the policy excludes (EXIF GPS), and must not match
     another enrolled subject within the policy's `duplicate_tolerance`. The consent and the
-    templates are stored in one transaction. Refusals are not recorded here (`Gallery.enroll`
-    and `import_manifest` do).
+    templates are stored in one transaction.
     """
-    admission = _admit(ctx, name, photos, consent, email=email, min_face_px=min_face_px, quality=quality)
-    return _commit(ctx, admission, _read_faces(ctx, admission), allow_duplicate=allow_duplicate, actor=actor)
+    name = check_name(name, "subject name")
+    with ctx.refusals("enroll", name, None, actor):
+        admission = _admit(ctx, name, photos, consent, email=email, min_face_px=min_face_px, quality=quality)
+        return _commit(ctx, admission, _read_faces(ctx, admission), allow_duplicate=allow_duplicate, actor=actor)
 
 
 def _admit(
