@@ -48,13 +48,7 @@ __all__ = ["API_KEY_PREFIX", "INDEX_KEY_PREFIX", "MAC_KEY_ID", "KeyDb", "KeyRing
 class KeyRing(KeyCore):
     """The gallery key and the per-subject data keys of one gallery: the one object the stores use.
     Its core (opening, the key check, the write transaction) is `KeyCore`; each other job is a
-    collaborator, which these methods name (their docstrings say the rest).
-
-    Args:
-        key: the gallery key itself (32 bytes or 64 hex digits); None: as the settings say
-            (`settings.key_source`: CONSENTMATCH_KEY, CONSENTMATCH_KEY_FILE, or the key file).
-        key_dir: where key files live; None: the settings' (CONSENTMATCH_KEY_DIR or the user data folder).
-        settings: None: `Settings.from_env()`.
+    collaborator, which these methods name (their docstrings say the rest). Arguments as `KeyCore`.
     """
 
     def __init__(
