@@ -78,8 +78,17 @@ def enroll(
     """
     name = check_name(name, "subject name")
     with ctx.refusals("enroll", name, None, actor):
-        admission = _admit(ctx, name, photos, consent, email=email, min_face_px=min_face_px, quality=quality)
-        return _commit(ctx, admission, _read_faces(ctx, admission), allow_duplicate=allow_duplicate, actor=actor)
+        return _enroll(ctx, name, photos, consent, email=email, min_face_px=min_face_px, quality=quality,
+                       allow_duplicate=allow_duplicate, actor=actor)
+
+
+def _enroll(
+    ctx: Context, name: str, photos: Sequence[PhotoInput] | PhotoInput, consent: Consent | str | None, *,
+    email: str | None, min_face_px: int, quality: str | None, allow_duplicate: bool, actor: str | None,
+) -> Enrollment:
+    """`enroll` without recording a refusal: for `import_manifest`, which records each row's refusal itself."""
+    admission = _admit(ctx, name, photos, consent, email=email, min_face_px=min_face_px, quality=quality)
+    return _commit(ctx, admission, _read_faces(ctx, admission), allow_duplicate=allow_duplicate, actor=actor)
 
 
 def _admit(
@@ -235,9 +244,9 @@ def import_manifest(
                 raise InvalidArgumentError(row.problem)
             if any(_may_claim(earlier, row) for earlier in unstored.values()):
                 unstored[number] = row
-                return lambda: enroll(ctx, row.subject, [row.photo], row.consent, email=row.email,
-                                      min_face_px=ENROLL_MIN_FACE_PX, quality=quality,
-                                      allow_duplicate=allow_duplicate, actor=actor)
+                return lambda: _enroll(ctx, row.subject, [row.photo], row.consent, email=row.email,
+                                       min_face_px=ENROLL_MIN_FACE_PX, quality=quality,
+                                       allow_duplicate=allow_duplicate, actor=actor)
             admission = _admit(ctx, row.subject, [row.photo], row.consent, email=row.email,
                                min_face_px=ENROLL_MIN_FACE_PX, quality=quality)
         except Exception as exc:  # reported at the row's turn, as enrolling row by row would
