@@ -82,6 +82,14 @@ def test_faces_of_30_to_40_px_in_a_shrunk_group_photo(name: str, factor: float, 
     assert all(28 <= box.width <= 45 for box in boxed)
 
 
+@pytest.mark.parametrize("factor", [0.24, 0.28, 0.30, 0.32, 0.36, 0.40])
+def test_the_group_photos_third_face_is_found_at_37_to_70_px(factor: float, cnn: YuNetDetector) -> None:
+    """The face HOG misses in obama_and_biden.jpg (a profile), shrunk to 37-68 px: the network is
+    unsure of it on the coarse copy (under 0.9), and the second look at the full reach keeps it at
+    every size. A single pass over a copy at the full reach lost it at 0.30."""
+    assert len(cnn.detect(_shrunk("obama_and_biden.jpg", factor), 40)) == 3
+
+
 @pytest.mark.parametrize("crop", [(540, 100, 920, 640), (580, 180, 880, 560)])
 def test_a_selfie_whose_face_fills_the_frame(crop: tuple[int, int, int, int], hog: HogDetector, cnn: YuNetDetector) -> None:
     with Image.open(EXAMPLES / "probes" / "obama1.jpg") as image:
@@ -123,7 +131,11 @@ def test_encodings_through_the_cnn_are_close_to_the_hog_ones(cache: Path, cnn: Y
         pairs = zip(found, boxed)
         distances += [float(np.linalg.norm(a.encoding - b.encoding)) for a, b in pairs]
     assert len(distances) >= 24
-    assert np.median(distances) < 0.06 and max(distances) < 0.25  # far inside the 0.6 tolerance
+    # Far inside the 0.6 tolerance. The largest is obama_and_biden.jpg's third face, which HOG
+    # frames from a profile: 0.19 through a single full-size pass, 0.32 through the coarse pass
+    # (its landmarks from a 0.875x copy); the median moved 0.042 -> 0.044 over 103 faces
+    # (these photos and the varied set, benchmarks/README.md).
+    assert np.median(distances) < 0.06 and max(distances) < 0.35
 
 
 def test_a_damaged_cached_model_is_rebuilt(tmp_path: Path) -> None:

@@ -53,8 +53,21 @@ CONFIRM_FACE_PX = 80
 #: A HOG box confirms a face when it overlaps the face's HOG-like box by this much (IoU).
 CONFIRM_IOU = 0.3
 NMS_IOU = 0.45
-#: The smallest face looked for is scaled to this width: faces of 24-32 px are still found.
+#: The smallest face looked for is judged at this width: faces of 24-32 px are still found.
 TARGET_FACE_PX = 32.0
+#: The whole photo is searched with the smallest face looked for at this width (0.77 of the
+#: pixels at TARGET_FACE_PX): there the network still scores every face of the 32-51 px set
+#: >= 0.70, though some under SCORE_THRESHOLD, so a small candidate scoring CANDIDATE_SCORE or
+#: more is looked at again at TARGET_FACE_PX (`YuNetDetector._refined`). At 26 or 24 one 41 px
+#: face of obama_and_biden.jpg is not a candidate at all (benchmarks/README.md).
+COARSE_FACE_PX = 28.0
+CANDIDATE_SCORE = 0.5
+#: A candidate narrower than this in the coarse copy is small enough for its score to depend on
+#: the copy's scale; a wider one is judged there. The second look is on a crop REFINE_MARGIN
+#: candidate widths wide, where the face overlapping the candidate by REFINE_IOU replaces it.
+REFINE_FACE_PX = 2 * COARSE_FACE_PX
+REFINE_MARGIN = 4.0
+REFINE_IOU = 0.3
 MAX_UPSCALE = 2.0
 #: The network is weak on faces over ~450 px (a 555 px face scored 0.75 at full size, 0.89 at
 #: 0.8x; faces filling 2,400 px frames are missed): when the first copy's short side passes
@@ -267,21 +280,64 @@ class YuNetDetector:
 
         `min_face_px` is in the original's pixels, of which `decoded_at` make one of `pixels`
         (`Photo.scale`); boxes and landmarks are in `pixels`.
+
+        The whole photo is searched on a copy where the smallest face looked for is COARSE_FACE_PX
+        wide; a small face the network is unsure of there is looked at again on a crop where it is
+        TARGET_FACE_PX wide (`_refined`), so the reach is the full-size copy's at ~0.77 of its cost.
         """
         height, width = pixels.shape[:2]
         # As the HOG path's reach (vision.dlib.detection_scale), in the original's pixels.
         smallest = max(min_face_px, min(max(width, height) * decoded_at / 40, 80.0)) / decoded_at
-        scale = min(MAX_UPSCALE, TARGET_FACE_PX / smallest)
-        small = _resized(pixels, scale)
-        found = [self._pass(small, width / small.shape[1])]
+        coarse = min(MAX_UPSCALE, COARSE_FACE_PX / smallest)
+        small = _resized(pixels, coarse)
+        found = [self._pass(small, width / small.shape[1], min(CANDIDATE_SCORE, SCORE_THRESHOLD))]
         if min(small.shape[:2]) > LARGE_FRAME_PX:  # resized from the first pass's copy: cheap
             smaller = _resized(small, LARGE_PASS_PX / min(small.shape[:2]))
-            found.append(self._pass(smaller, width / smaller.shape[1]))
+            found.append(self._pass(smaller, width / smaller.shape[1], SCORE_THRESHOLD))
         faces = np.concatenate(found)
+        faces = _nms(faces[np.argsort(-faces[:, 0], kind="stable")])
+        faces = self._refined(pixels, faces, coarse, min(MAX_UPSCALE, TARGET_FACE_PX / smallest))
         return _nms(faces[np.argsort(-faces[:, 0], kind="stable")])
 
-    def _pass(self, small: NDArray[np.uint8], back: float) -> NDArray[np.float32]:
-        """The faces in one resized copy, in the photo's pixels (`back`: photo pixels per copy pixel)."""
+    def _refined(self, pixels: NDArray[np.uint8], faces: NDArray[np.float32], coarse: float,
+                 scale: float) -> NDArray[np.float32]:
+        """`faces` as judged at the full reach: a small one (under REFINE_FACE_PX in the coarse
+        copy) the network is unsure of (under CONFIRM_SCORE) is replaced by what a second look at
+        `scale` finds (`_looked_again`); a larger one is kept from SCORE_THRESHOLD on, as before.
+
+        Measured on 246 faces of 32-51 px (benchmarks/README.md): every one scores >= 0.70 on the
+        coarse copy, so CANDIDATE_SCORE 0.5 hands all of them to the second look.
+        """
+        kept: list[NDArray[np.float32]] = []
+        for face in faces:
+            small = (face[4] - face[2]) * coarse < REFINE_FACE_PX
+            if face[0] >= CONFIRM_SCORE or (not small and face[0] >= SCORE_THRESHOLD):
+                kept.append(face)
+            elif small:
+                again = self._looked_again(pixels, face, scale)
+                if again is not None:
+                    kept.append(again)
+        return np.stack(kept) if kept else faces[:0]
+
+    def _looked_again(self, pixels: NDArray[np.uint8], face: NDArray[np.float32], scale: float) -> NDArray[np.float32] | None:
+        """The face the network finds at SCORE_THRESHOLD overlapping `face` on a crop REFINE_MARGIN
+        of its widths wide around it, resized by `scale`; None when there is none. (A margin of 3
+        lost obama_and_biden.jpg's third face at some sizes: the network needs the context.)"""
+        height, width = pixels.shape[:2]
+        cx, cy, reach = (face[2] + face[4]) / 2, (face[3] + face[5]) / 2, (face[4] - face[2]) * REFINE_MARGIN / 2
+        x0, y0 = max(0, int(cx - reach)), max(0, int(cy - reach))
+        x1, y1 = min(width, math.ceil(cx + reach)), min(height, math.ceil(cy + reach))
+        if x1 <= x0 or y1 <= y0:
+            return None
+        crop = _resized(np.ascontiguousarray(pixels[y0:y1, x0:x1]), scale)
+        found = self._pass(crop, (x1 - x0) / crop.shape[1], SCORE_THRESHOLD)
+        found[:, 2:16] += np.tile(np.array([x0, y0], dtype=np.float32), 7)
+        near = [row for row in found if _iou(_corners(row), _corners(face)) > REFINE_IOU]
+        return max(near, key=lambda row: float(row[0])) if near else None
+
+    def _pass(self, small: NDArray[np.uint8], back: float, threshold: float) -> NDArray[np.float32]:
+        """The faces scoring `threshold` or more in one resized copy, in the photo's pixels (`back`:
+        photo pixels per copy pixel)."""
         h, w = small.shape[:2]
         padded = np.zeros((1, -(-h // 32) * 32, -(-w // 32) * 32, 3), dtype=np.uint8)
         padded[0, :h, :w] = small
@@ -290,7 +346,7 @@ class YuNetDetector:
             (raw,) = session.run([OUTPUT], {INPUT: padded})
         except Exception as exc:  # onnxruntime's errors share no base class but Exception
             raise EngineError(f"ONNX Runtime failed to detect faces ({' '.join(str(exc).split())}): use --detector hog.") from None
-        faces = _decode(np.asarray(raw, dtype=np.float32), padded.shape[1], padded.shape[2])
+        faces = _decode(np.asarray(raw, dtype=np.float32), padded.shape[1], padded.shape[2], threshold)
         faces[:, 2:16] *= np.float32(back)
         return faces
 
@@ -299,8 +355,9 @@ def _resized(pixels: NDArray[np.uint8], scale: float) -> NDArray[np.uint8]:
     """`pixels` resized by `scale`, a reduction first averaging whole blocks as far as it goes
     (Pillow's `reduce`, `reducing_gap=1`), then bilinear for the rest: 1.2-1.4x cheaper detection
     than a gap of 3 on the example photos and their 3x copies, the same faces found, boxes within
-    3% of their side (benchmarks/README.md). A smaller TARGET_FACE_PX would save more, but at 28
-    the shrunk group photo's 30-36 px faces are no longer all found (tests/test_detector.py)."""
+    3% of their side (benchmarks/README.md). Pillow's BOX filter is ~25% cheaper but lost a
+    face of the shrunk group photo; dlib's `resize_image` and ONNX Runtime's antialiased Resize
+    were tried too (benchmarks/README.md)."""
     height, width = pixels.shape[:2]
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     if size == (width, height):
@@ -308,19 +365,23 @@ def _resized(pixels: NDArray[np.uint8], scale: float) -> NDArray[np.uint8]:
     return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR, reducing_gap=1.0))
 
 
-def _decode(raw: NDArray[np.float32], height: int, width: int) -> NDArray[np.float32]:
-    """Candidates above SCORE_THRESHOLD as (score, 0, box, landmarks) in the network input's pixels.
+def _decode(raw: NDArray[np.float32], height: int, width: int, threshold: float | None = None) -> NDArray[np.float32]:
+    """Candidates scoring `threshold` (SCORE_THRESHOLD by default) or more as (score, 0, box,
+    landmarks) in the network input's pixels.
 
     Only the candidates kept get their anchor (row -> stride, cell): few of thousands, so a
     small photo's call is not spent building every anchor grid (issue 16's wrapper profile).
     """
-    # A score of 0.8 needs both sigmoids >= 0.64, both logits >= 0.575: the rest are dropped unscored.
-    (rows,) = np.nonzero((raw[:, 0] > 0.5) & (raw[:, 1] > 0.5))
+    threshold = SCORE_THRESHOLD if threshold is None else threshold
+    # A score of t needs both sigmoids >= t * t (0.8: both logits >= 0.575): the rest are dropped unscored.
+    squared = min(max(threshold * threshold, 1e-9), 1 - 1e-9)
+    floor = math.log(squared / (1 - squared)) - 1e-3
+    (rows,) = np.nonzero((raw[:, 0] > floor) & (raw[:, 1] > floor))
     raw = raw[rows]
     # libfacedetection's sigmoid (clamped at +-88.376) on the two score columns only
     sigmoid = 1 / (1 + np.exp(-np.clip(raw[:, :2], -88.3762626647949, 88.3762626647949)))
     score = np.sqrt(sigmoid[:, 0] * sigmoid[:, 1])
-    keep = score >= SCORE_THRESHOLD
+    keep = score >= threshold
     rows, raw, score = rows[keep], raw[keep], score[keep]
     step, cell = np.zeros(len(rows), dtype=np.float32), np.zeros(len(rows), dtype=np.int64)
     columns, start = np.zeros(len(rows), dtype=np.int64), 0
@@ -371,6 +432,11 @@ def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, flo
     height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - width * height
     return width * height / union if union > 0 else 0.0
+
+
+def _corners(face: NDArray[np.float32]) -> tuple[float, float, float, float]:
+    """A face row's network box as (left, top, right, bottom)."""
+    return float(face[2]), float(face[3]), float(face[4]), float(face[5])
 
 
 def _box(ltrb: tuple[float, float, float, float]) -> Box:
