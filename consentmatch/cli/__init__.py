@@ -5,6 +5,7 @@ stdout, and turns library errors into one line on stderr. Exit codes: 0 every in
 processed (no match is a result), 1 an input or the gallery failed, 2 a usage error.
 
     common.py       the app, the shared options, error mapping, printing helpers
+    tables.py       the rich Console and tables, loaded at the first print (not at every start)
     faces.py        enroll, import, match, verify, forget, subjects, demo
     records.py      consent, policy, retention, purge, optout, audit, export, key
     evaluation.py   evaluate, calibrate
