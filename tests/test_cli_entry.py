@@ -46,7 +46,14 @@ def test_a_command_run_alone_helps_and_fails_as_in_the_whole_app(args: list[str]
     assert len(app.registered_commands) == len(COMMANDS)  # the copies left the app whole
 
 
-@pytest.mark.parametrize("args", [[], ["--version"], ["--help"], ["consent", "grant"], ["mach"], ["-g", "x", "match"]])
+def test_version_alone_builds_no_command_and_prints_the_same() -> None:
+    narrow = app_for(["--version"])
+    assert narrow is not app and not narrow.registered_commands and not narrow.registered_groups
+    alone, whole = CliRunner().invoke(narrow, ["--version"]), CliRunner().invoke(app, ["--version"])
+    assert (alone.exit_code, alone.stdout, alone.stderr) == (whole.exit_code, whole.stdout, whole.stderr) == (0, whole.stdout, "")
+
+
+@pytest.mark.parametrize("args", [[], ["--version", "match"], ["--help"], ["consent", "grant"], ["mach"], ["-g", "x", "match"]])
 def test_anything_but_a_command_first_runs_the_whole_app(args: list[str]) -> None:
     assert app_for(args) is app
 

@@ -22,6 +22,7 @@ import warnings
 
 import typer
 from typer.main import get_command_name
+from typer.models import CommandInfo
 
 from . import evaluation, faces, records, service, transfer  # noqa: F401  (each registers its commands on `app`)
 from .common import app, error, settings
@@ -32,16 +33,24 @@ __all__ = ["app", "main"]
 def app_for(args: list[str]) -> typer.Typer:
     """The app that runs `args`: where the first names a top-level command (match, enroll, ...),
     a copy of `app` holding only that command and the root callback, so Typer builds one
-    command's parameters, not all ~37 commands' (~40 ms of every start). Its help, errors and
-    exit codes are the whole app's (tests/test_cli_entry.py compares them for every command).
-    Anything else (nothing, an option first, a group such as `consent`, an unknown name) gets
-    the whole app, which lists the commands and says which name is unknown."""
+    command's parameters, not all ~37 commands' (~40 ms of every start); for `--version` alone,
+    none. Their help, errors and exit codes are the whole app's (tests/test_cli_entry.py compares
+    them for every command). Anything else (nothing, other options first, a group such as
+    `consent`, an unknown name) gets the whole app, which lists the commands and says which
+    name is unknown."""
+    if args == ["--version"]:
+        return _holding([])
     for info in app.registered_commands:
         if args and info.callback is not None and (info.name or get_command_name(info.callback.__name__)) == args[0]:
-            narrow = copy.copy(app)
-            narrow.registered_commands, narrow.registered_groups = [info], []
-            return narrow
+            return _holding([info])
     return app
+
+
+def _holding(commands: list[CommandInfo]) -> typer.Typer:
+    """A copy of `app` (its settings, its root callback with --version) with only `commands`."""
+    narrow = copy.copy(app)
+    narrow.registered_commands, narrow.registered_groups = commands, []
+    return narrow
 
 
 def main() -> None:
