@@ -132,6 +132,20 @@ def test_cli_help_loads_no_model_library() -> None:
     assert done.stderr.strip() == "[]"
 
 
+def test_cli_start_loads_rich_only_to_print_a_table() -> None:
+    """rich costs ~40 ms a start: `--version` and --json output never load it; a table does."""
+    code = (
+        "import sys; from consentmatch.cli import app\n"
+        "try: app(['--version'])\nexcept SystemExit: pass\n"
+        "print('rich.console' in sys.modules, 'rich.table' in sys.modules, file=sys.stderr)\n"
+        "from consentmatch.cli.common import out, table\n"
+        "out.print(table('Subject'))\n"
+        "print('rich.console' in sys.modules, 'rich.table' in sys.modules, file=sys.stderr)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stderr.split() == ["False", "False", "True", "True"]
+
+
 def test_the_version_is_the_installed_packages() -> None:
     """`__version__` is a constant (`_version.py`, no metadata read per process): it must follow pyproject.toml."""
     import re

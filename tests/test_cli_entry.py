@@ -6,10 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from typer.main import get_command_name
 from typer.testing import CliRunner
 
 from consentmatch import Consent, Gallery, __version__
-from consentmatch.cli import app
+from consentmatch.cli import app, app_for
 from tests.conftest import PURPOSE, FakeEncoder, fake_photo
 
 
@@ -22,6 +24,38 @@ def test_version_names_the_package_and_the_encoder() -> None:
 def test_python_dash_m_runs_the_same_command() -> None:
     done = subprocess.run([sys.executable, "-m", "consentmatch", "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.startswith(f"consentmatch {__version__} (encoder: ")
+
+
+COMMANDS = [info.name or get_command_name(info.callback.__name__) for info in app.registered_commands if info.callback]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--no-such-option"], ["--tolerance", "no-number", "x"]],
+                         ids=["help", "unknown-option", "bad-value"])
+def test_a_command_run_alone_helps_and_fails_as_in_the_whole_app(args: list[str]) -> None:
+    """main() builds only the named command (app_for): its help, its usage errors and their
+    exit codes must be the whole app's, for every top-level command."""
+    assert len(COMMANDS) >= 15 and "match" in COMMANDS
+    runner, env = CliRunner(), {"COLUMNS": "100", "CONSENTMATCH_GALLERY": "/nonexistent/g.db"}
+    for name in COMMANDS:
+        narrow = app_for([name, *args])
+        assert narrow is not app and len(narrow.registered_commands) == 1 and not narrow.registered_groups
+        whole = runner.invoke(app, [name, *args], prog_name="consentmatch", env=env)
+        alone = runner.invoke(narrow, [name, *args], prog_name="consentmatch", env=env)
+        assert whole.exit_code in (0, 2), (name, whole.output)
+        assert (alone.exit_code, alone.stdout, alone.stderr) == (whole.exit_code, whole.stdout, whole.stderr), name
+    assert len(app.registered_commands) == len(COMMANDS)  # the copies left the app whole
+
+
+def test_version_alone_builds_no_command_and_prints_the_same() -> None:
+    narrow = app_for(["--version"])
+    assert narrow is not app and not narrow.registered_commands and not narrow.registered_groups
+    alone, whole = CliRunner().invoke(narrow, ["--version"]), CliRunner().invoke(app, ["--version"])
+    assert (alone.exit_code, alone.stdout, alone.stderr) == (whole.exit_code, whole.stdout, whole.stderr) == (0, whole.stdout, "")
+
+
+@pytest.mark.parametrize("args", [[], ["--version", "match"], ["--help"], ["consent", "grant"], ["mach"], ["-g", "x", "match"]])
+def test_anything_but_a_command_first_runs_the_whole_app(args: list[str]) -> None:
+    assert app_for(args) is app
 
 
 def test_tables_fold_long_values_instead_of_cutting_them(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated, Any, Optional, TYPE_CHECKING
 
 import typer
-from rich.console import Console
 
 from ..text import visible
 from ..text import shown as _shown
@@ -58,6 +57,7 @@ EvaluateToleranceOption = Annotated[
 
 def _encoding_progress() -> tuple[Any, Callable[[int, int], None]]:
     """A transient progress bar on stderr (only on a terminal), and the callback that advances it."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     console = Console(stderr=True)

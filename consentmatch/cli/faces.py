@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.console import Console
 
 from ..errors import ConsentMatchError, InvalidArgumentError
 from ..policy import PROBE_MIN_FACE_PX
@@ -147,6 +146,7 @@ def import_(
 
     **Example:** `consentmatch import examples/consents.csv -g visitors.db`
     """
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from ..runners import RayRunner
@@ -439,4 +439,4 @@ def demo(
     from ..demo import run
 
     with mapped_errors():
-        run(examples, out, as_json=as_json)
+        run(examples, out.console(), as_json=as_json)
