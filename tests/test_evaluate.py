@@ -278,13 +278,14 @@ def test_cli_calibrate(cli_encoder: CachedEncoder) -> None:
     result = runner.invoke(app, ["calibrate", str(PAIRS), "--target-fmr", "0.01", "--json"])
     assert result.exit_code == 0, result.output
     body = json.loads(result.stdout)
-    # yunet (the default since issue 25) puts the one impostor pair under the target at 0.696;
-    # HOG's boxes gave 0.689 (`calibrate --detector hog`): FMR 0.0084, FNMR 0 with either.
-    assert body["tolerance"] == 0.696 and body["fmr"] <= 0.01 and body["fnmr"] == 0.0
+    # yunet (the default since issue 25) puts the one impostor pair under the target at 0.695
+    # (0.696 before its coarse pass, which frames faces slightly differently); HOG's boxes gave
+    # 0.689 (`calibrate --detector hog`): FMR 0.0084, FNMR 0 with each.
+    assert body["tolerance"] == 0.695 and body["fmr"] <= 0.01 and body["fnmr"] == 0.0
     assert body["warning"].startswith("Only 119 different-person pairs")
     assert result.stderr.startswith("warning: Only 119 different-person pairs") and result.stderr.count("\n") == 1
     result = runner.invoke(app, ["calibrate", str(PAIRS), "--target-fmr", "0.01"])
-    assert result.stdout.startswith("Tolerance 0.696: FMR 0.0084 (target 0.01), FNMR 0.0000")
+    assert result.stdout.startswith("Tolerance 0.695: FMR 0.0084 (target 0.01), FNMR 0.0000")
 
 
 @pytest.mark.parametrize("args", [[], ["--target-fmr", "0"], ["--target-fmr", "1.5"]], ids=["missing", "zero", "above-one"])

@@ -75,11 +75,16 @@ def test_clear_photos_pass_medium_for_enrollment(path: Path) -> None:
     assert all(report.measures[k] is not None for k in ("sharpness", "brightness", "yaw", "pitch", "roll", "cut"))
 
 
-@pytest.mark.parametrize("path", PARTIAL, ids=lambda p: p.name)
-def test_faces_cut_by_the_border_are_probes_not_templates(path: Path) -> None:
+@pytest.mark.parametrize(("path", "low"), [(PARTIAL[0], ()), (PARTIAL[1], (CUT_BY_BORDER,))], ids=lambda p: getattr(p, "name", ""))
+def test_faces_cut_by_the_border_are_probes_not_templates(path: Path, low: tuple[str, ...]) -> None:
+    """`obama_partial_face2.jpg` sits at the low bar (0.25 with yunet's allowance): its `cut` read
+    0.248 through a single full-size pass and 0.258 through yunet's coarse pass (HOG: 0.129), so
+    low refuses it now, for the cut alone. Over the 153 cut photos of the quality set low passes
+    36/34/11/2 at 10/20/30/40% against 36/32/12/0 before (HOG 36/29/10/0; benchmarks/README.md,
+    "Issue 25, third pass"): the allowance stays 0.05."""
     photo, face = _one(path)
     assert assess(photo, face, level="medium", for_enrollment=True).reasons == (CUT_BY_BORDER,)
-    assert assess(photo, face, level="low", for_enrollment=True).ok
+    assert assess(photo, face, level="low", for_enrollment=True).reasons == low
     assert assess(photo, face, level="medium", for_enrollment=False).ok
 
 
