@@ -283,7 +283,7 @@ class YuNetDetector:
 
         The whole photo is searched on a copy where the smallest face looked for is COARSE_FACE_PX
         wide; a small face the network is unsure of there is looked at again on a crop where it is
-        TARGET_FACE_PX wide (`_refined`), so the reach is the full-size copy's at ~0.77 of its cost.
+        TARGET_FACE_PX wide (`_refined`), so the reach is the full-size copy's at ~0.8 of its cost (0.77 of its pixels).
         """
         height, width = pixels.shape[:2]
         # As the HOG path's reach (vision.dlib.detection_scale), in the original's pixels.
