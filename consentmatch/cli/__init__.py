@@ -40,10 +40,9 @@ def app_for(args: list[str]) -> typer.Typer:
     name is unknown."""
     if args == ["--version"]:
         return _holding([])
-    for info in app.registered_commands:
-        if args and info.callback is not None and (info.name or get_command_name(info.callback.__name__)) == args[0]:
-            return _holding([info])
-    return app
+    named = [info for info in app.registered_commands if args and info.callback is not None
+             and (info.name or get_command_name(info.callback.__name__)) == args[0]]
+    return _holding(named) if named else app
 
 
 def _holding(commands: list[CommandInfo]) -> typer.Typer:

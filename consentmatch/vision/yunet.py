@@ -257,13 +257,11 @@ class YuNetDetector:
     def _confirmed(self, photo: Photo, box: tuple[float, float, float, float]) -> bool:
         """Whether dlib's HOG detector finds a face at `box` too, on a crop around it scaled for its window (~2 ms)."""
         left, top, right, bottom = box
-        side, reach = right - left, (right - left) * CONFIRM_MARGIN / 2
-        height, width = photo.pixels.shape[:2]
-        x0, y0 = max(0, round((left + right) / 2 - reach)), max(0, round((top + bottom) / 2 - reach))
-        x1, y1 = min(width, round((left + right) / 2 + reach)), min(height, round((top + bottom) / 2 + reach))
-        if side <= 0 or x1 <= x0 or y1 <= y0:
+        area = _around(photo.pixels, box, CONFIRM_MARGIN)
+        if area is None:
             return False
-        scale = CONFIRM_FACE_PX / side
+        x0, y0, x1, y1 = area
+        scale = CONFIRM_FACE_PX / (right - left)
         crop = _resized(np.ascontiguousarray(photo.pixels[y0:y1, x0:x1]), scale)
         hog = getattr(self._local, "hog", None)
         if hog is None:  # dlib's detector keeps its scanning state: one per thread (as HogDetector)
@@ -295,9 +293,8 @@ class YuNetDetector:
             smaller = _resized(small, LARGE_PASS_PX / min(small.shape[:2]))
             found.append(self._pass(smaller, width / smaller.shape[1], SCORE_THRESHOLD))
         faces = np.concatenate(found)
-        faces = _nms(faces[np.argsort(-faces[:, 0], kind="stable")])
-        faces = self._refined(pixels, faces, coarse, min(MAX_UPSCALE, TARGET_FACE_PX / smallest))
-        return _nms(faces[np.argsort(-faces[:, 0], kind="stable")])
+        faces = self._refined(pixels, _nms(faces), coarse, min(MAX_UPSCALE, TARGET_FACE_PX / smallest))
+        return _nms(faces)
 
     def _refined(self, pixels: NDArray[np.uint8], faces: NDArray[np.float32], coarse: float,
                  scale: float) -> NDArray[np.float32]:
@@ -323,12 +320,10 @@ class YuNetDetector:
         """The face the network finds at SCORE_THRESHOLD overlapping `face` on a crop REFINE_MARGIN
         of its widths wide around it, resized by `scale`; None when there is none. (A margin of 3
         lost obama_and_biden.jpg's third face at some sizes: the network needs the context.)"""
-        height, width = pixels.shape[:2]
-        cx, cy, reach = (face[2] + face[4]) / 2, (face[3] + face[5]) / 2, (face[4] - face[2]) * REFINE_MARGIN / 2
-        x0, y0 = max(0, int(cx - reach)), max(0, int(cy - reach))
-        x1, y1 = min(width, math.ceil(cx + reach)), min(height, math.ceil(cy + reach))
-        if x1 <= x0 or y1 <= y0:
+        area = _around(pixels, _corners(face), REFINE_MARGIN, outward=True)
+        if area is None:
             return None
+        x0, y0, x1, y1 = area
         crop = _resized(np.ascontiguousarray(pixels[y0:y1, x0:x1]), scale)
         found = self._pass(crop, (x1 - x0) / crop.shape[1], SCORE_THRESHOLD)
         found[:, 2:16] += np.tile(np.array([x0, y0], dtype=np.float32), 7)
@@ -405,11 +400,13 @@ def _decode(raw: NDArray[np.float32], height: int, width: int, threshold: float 
 
 
 def _nms(faces: NDArray[np.float32]) -> NDArray[np.float32]:
-    """Greedy non-maximum suppression over faces sorted best first (libfacedetection's rule, IoU > 0.45 drops).
+    """Greedy non-maximum suppression (libfacedetection's rule, IoU > 0.45 drops), best first:
+    the faces are sorted by score here (stably, so equal scores keep their order).
 
     Each face kept drops the later candidates it overlaps in one step, so the loop runs once
     per face, not once per candidate (a face has tens of them).
     """
+    faces = faces[np.argsort(-faces[:, 0], kind="stable")]
     boxes = faces[:, 2:6]
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     alive = np.ones(len(faces), dtype=bool)
@@ -432,6 +429,22 @@ def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, flo
     height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - width * height
     return width * height / union if union > 0 else 0.0
+
+
+def _around(pixels: NDArray[np.uint8], box: tuple[float, float, float, float], margin: float, *,
+            outward: bool = False) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) of the area `margin` box widths wide around the box's centre, clipped to
+    the photo: where a face is checked again (`_confirmed`, `_looked_again`); None when empty.
+    Its ends are rounded, or with `outward` floored and ceiled (the second look's crop). Each
+    check keeps the rounding it was measured with: HOG's confirmation is sensitive to a pixel
+    (rounding it outward lost 2 of 949 faces, benchmarks/README.md's 831 photos)."""
+    left, top, right, bottom = box
+    height, width = pixels.shape[:2]
+    reach, cx, cy = (right - left) * margin / 2, (left + right) / 2, (top + bottom) / 2
+    start, end = (math.floor, math.ceil) if outward else (round, round)
+    x0, y0 = max(0, start(cx - reach)), max(0, start(cy - reach))
+    x1, y1 = min(width, end(cx + reach)), min(height, end(cy + reach))
+    return None if right <= left or x1 <= x0 or y1 <= y0 else (x0, y0, x1, y1)
 
 
 def _corners(face: NDArray[np.float32]) -> tuple[float, float, float, float]:
