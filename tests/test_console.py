@@ -124,7 +124,12 @@ class Desk:
         self.page.locator("#who").wait_for(state="visible")
 
     def go(self, screen: str) -> None:
-        self.page.get_by_role("link", name=screen).click()
+        """Open `screen` and wait until it is shown: the switch happens on the hashchange that
+        follows the click, so the old screen's fields are still the visible ones for a moment
+        (CI once uploaded an Identify photo into Verify's field)."""
+        link = self.page.get_by_role("link", name=screen)
+        link.click()
+        expect(link).to_have_attribute("aria-current", "page")
 
     def upload(self, label: str, *paths: Path) -> None:
         self.page.get_by_label(label, exact=True).filter(visible=True).set_input_files([str(p) for p in paths])
