@@ -466,7 +466,8 @@ def test_audit_search_chain_status_export_and_retention(browser: object, server:
             row.get_by_role("button").click()
         export = json.loads(Path(downloaded.value.path()).read_text())
         assert export["subject"] == "obama" and "embedding" not in json.dumps(export)
-        assert page.locator("#retention-table tbody tr", has_text="rose_leslie").count() == 1
+        # the schedule loads after the subjects: awaited, not read at once
+        expect(page.locator("#retention-table tbody tr", has_text="rose_leslie")).to_have_count(1)
         auditor.shot("subjects")
     finally:
         auditor.close()
