@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +73,33 @@ def test_tables_fold_long_values_instead_of_cutting_them(tmp_path: Path) -> None
     # CLI prints"), the value folded over several lines beside its header, whole.
     assert result.stdout.startswith("Subject ")
     assert "".join(result.stdout.split()).startswith("Subject" + name + "Templates")
+
+
+def test_the_progress_bar_is_drawn_on_a_terminal_only() -> None:
+    """import, evaluate and calibrate share one bar: a pipe gets nothing (and rich.progress is
+    not loaded), a terminal gets the bar with its label."""
+    code = (
+        "import sys; from consentmatch.cli.common import progress_bar\n"
+        "with progress_bar('enrolling') as advance:\n    advance(1, 2)\n"
+        "print('rich.progress' in sys.modules)"
+    )
+    piped = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert piped.stdout.split() == ["False"] and piped.stderr == ""
+    leader, follower = pty.openpty()
+    try:
+        shown = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=follower, text=True,
+                               check=True, timeout=60)
+        os.close(follower)
+        drawn = b""
+        while chunk := _read(leader):
+            drawn += chunk
+    finally:
+        os.close(leader)
+    assert shown.stdout.split() == ["True"] and b"enrolling" in drawn and b"1/2" in drawn
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # Linux: EIO once the terminal's other end is closed and drained
+        return b""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -169,6 +169,22 @@ def key_notice(g: Gallery, as_json: bool) -> Iterator[None]:
         if g.created_key_file is not None and not as_json:
             print(f"note: created the gallery key {visible(str(g.created_key_file))}: back it up apart from the gallery; "
                   "without it the gallery cannot be read.", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A transient bar on stderr for a long job, yielding the callback that advances it. Off a
+    terminal (a script, a pipe) nothing is drawn and rich.progress is not even loaded."""
+    if not sys.stderr.isatty():
+        yield lambda done, total: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Optional, TYPE_CHECKING
+from typing import Annotated, Optional, TYPE_CHECKING
 
 import typer
 
@@ -23,6 +23,7 @@ from .common import (
     mapped_errors,
     open_gallery,
     print_json,
+    progress_bar,
     settings,
 )
 
@@ -53,25 +54,6 @@ EvaluateToleranceOption = Annotated[
         help="The tolerance at which accuracy, FMR and FNMR (or FNIR and FPIR) are reported.",
     ),
 ]
-
-
-def _encoding_progress() -> tuple[Any, Callable[[int, int], None]]:
-    """A transient progress bar on stderr (only on a terminal), and the callback that advances it."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    progress = Progress(
-        TextColumn("encoding"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    )
-    task = progress.add_task("encode", total=None)
-    return progress, lambda done, total: progress.update(task, completed=done, total=total)
 
 
 def _rate(value: float | None, digits: int = 4) -> str:
@@ -149,11 +131,10 @@ def _evaluate_pairs(
     from .. import evaluate as evaluation
     from ..policy import check_tolerance
 
-    progress, advance = _encoding_progress()
     with mapped_errors():
         check_tolerance(tolerance)
         grouping = evaluation.read_groups(groups) if groups is not None else None  # before the long part
-        with progress:
+        with progress_bar("encoding") as advance:
             comparisons = evaluation.compare_pairs(pairs, progress=advance, settings=settings)
         scores = comparisons.scores()
         result = evaluation.evaluate(scores, tolerance)
@@ -194,11 +175,10 @@ def _evaluate_identities(
     from .. import evaluate as evaluation
     from ..policy import check_tolerance
 
-    progress, advance = _encoding_progress()
     with mapped_errors():
         check_tolerance(tolerance)
         grouping = evaluation.read_groups(groups) if groups is not None else None
-        with progress:
+        with progress_bar("encoding") as advance:
             comparisons = evaluation.compare_identities(folder, progress=advance, settings=settings)
         result = evaluation.identify(comparisons, tolerance)
         report = _group_report(comparisons, grouping, tolerance, groups_plot)
@@ -346,12 +326,11 @@ def calibrate(
     """
     from .. import evaluate as evaluation
 
-    progress, advance = _encoding_progress()
     by_group = None
     with mapped_errors():
         evaluation.check_target_fmr(target_fmr)
         grouping = evaluation.read_groups(groups) if groups is not None else None
-        with progress:
+        with progress_bar("encoding") as advance:
             comparisons = evaluation.compare_pairs(pairs, progress=advance, settings=settings(detector))
         result = evaluation.calibrate(comparisons.scores(), target_fmr)
         if grouping is not None:

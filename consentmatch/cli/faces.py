@@ -33,6 +33,7 @@ from .common import (
     error,
     fail,
     key_notice,
+    progress_bar,
     mapped_errors,
     open_gallery,
     print_json,
@@ -146,32 +147,14 @@ def import_(
 
     **Example:** `consentmatch import examples/consents.csv -g visitors.db`
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from ..runners import RayRunner
 
     with mapped_errors():
         runner = RayRunner(ray) if ray is not None else None  # Ray missing: the install hint, before any work
     with mapped_errors(), open_gallery(gallery, actor, detector, photos=True) as g, key_notice(g, as_json):
-        err = Console(stderr=True)
-        progress = Progress(
-            TextColumn("enrolling"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=err,
-            transient=True,
-            disable=not err.is_terminal,  # scripts reading stderr get only the error lines
-        )
-        with progress:
-            task = progress.add_task("import", total=None)
+        with progress_bar("enrolling") as advance:
             report = g.import_manifest(
-                manifest,
-                progress=lambda done, total: progress.update(task, completed=done, total=total),
-                quality=quality,
-                allow_duplicate=allow_duplicate,
-                runner=runner,
+                manifest, progress=advance, quality=quality, allow_duplicate=allow_duplicate, runner=runner
             )
     for rejection in report.rejected:
         error(f"{rejection.photo or '-'} (row {rejection.row}): {rejection.reason}")
