@@ -103,3 +103,9 @@ def _read(fd: int) -> bytes:
         return os.read(fd, 65536)
     except OSError:  # Linux: EIO once the terminal's other end is closed and drained
         return b""
+
+
+def test_help_keeps_angle_brackets_that_markdown_would_drop() -> None:
+    """Help is rendered as markdown, which drops `<OS user>` as an HTML tag unless it is code."""
+    result = CliRunner().invoke(app, ["enroll", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "(default: local:<OS user>)" in result.stdout

@@ -110,7 +110,7 @@ ActorOption = Annotated[
     typer.Option(
         "--actor",
         envvar="CONSENTMATCH_ACTOR",
-        help="Who is calling, for the audit trail (default: local:<OS user>).",
+        help="Who is calling, for the audit trail (default: `local:<OS user>`).",
         show_envvar=True,
     ),
 ]
