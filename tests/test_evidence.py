@@ -213,6 +213,18 @@ def test_key_notice_on_import_and_grant_but_not_with_json(fake_cli: None, manife
     assert quiet.exit_code == 0 and "note:" not in quiet.stderr
 
 
+@pytest.mark.parametrize("args", [["purpose", "add", "visitor-check-in"], ["policy", "set", "tolerance", "0.5"],
+                                  ["optout", "add", "--email", "jane@example.com"],
+                                  ["apikey", "create", "desk-1", "--role", "operator"]],
+                         ids=["purpose-add", "policy-set", "optout-add", "apikey-create"])
+def test_every_verb_that_creates_a_gallery_says_where_its_key_is(fake_cli: None, tmp_path: Path, args: list[str]) -> None:
+    """The newcomer who starts with `purpose add` (as the README suggests) is told to back the key up too."""
+    created = run(*args, "-g", tmp_path / "new.db")
+    assert created.exit_code == 0, created.output
+    (note,) = [line for line in created.stderr.splitlines() if line.startswith("note:")]
+    assert "created the gallery key" in note
+
+
 def test_gallery_created_key_file(tmp_path: Path, consent: Consent) -> None:
     with Gallery(tmp_path / "g.db", encoder=FakeEncoder()) as g:
         assert g.created_key_file is None

@@ -98,3 +98,6 @@ def test_cli_gates_and_calibrate_stores_the_tolerance(tmp_path: Path, monkeypatc
         assert gallery.audit()[-1].action == "policy-set"
     dry = runner.invoke(app, ["calibrate", str(pairs), "--target-fmr", "0.5", "--dry-run", "--json"], env=env)
     assert json.loads(dry.stdout)["stored"] is False
+    typo = runner.invoke(app, ["calibrate", str(pairs), "--target-fmr", "0.5", "-g", str(tmp_path / "typo.db")])
+    assert typo.exit_code == 1 and typo.stderr.startswith("error: No gallery at") and typo.stderr.count("\n") == 1
+    assert not (tmp_path / "typo.db").exists()  # refused, never created (it is not a verb that creates)

@@ -211,8 +211,8 @@ def settings(detector: str | None = None) -> Settings:
     return Settings.from_env().replace(detector=detector)
 
 
-def open_gallery(path: str | Path, actor: str | None = None, detector: str | None = None, *,
-                 existing: bool = False, photos: bool = False) -> Gallery:
+def gallery_at(path: str | Path, actor: str | None = None, detector: str | None = None, *,
+               existing: bool = False, photos: bool = False) -> Gallery:
     """The gallery at `path`. `existing`: the verb reads, changes or serves what is there, so a
     gallery that does not exist is an error (a mistyped path), never an empty gallery; only the
     verbs that create (enroll, import, consent grant, purpose add, policy set, optout add, apikey
@@ -226,6 +226,15 @@ def open_gallery(path: str | Path, actor: str | None = None, detector: str | Non
     from ..gallery import Gallery
 
     return Gallery(path, actor=actor, settings=chosen, existing=existing)
+
+
+@contextmanager
+def open_gallery(path: str | Path, actor: str | None = None, detector: str | None = None, *,
+                 existing: bool = False, photos: bool = False, as_json: bool = False) -> Iterator[Gallery]:
+    """`gallery_at` for one command, closed after it; a verb that creates the gallery says where
+    it created the gallery key (`key_notice`), whichever verb it is."""
+    with gallery_at(path, actor, detector, existing=existing, photos=photos) as g, key_notice(g, as_json):
+        yield g
 
 
 def table(*columns: str, title: str | None = None) -> Table:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Optional, TYPE_CHECKING
 
@@ -327,18 +328,20 @@ def calibrate(
     from .. import evaluate as evaluation
 
     by_group = None
-    with mapped_errors():
+    target = None if dry_run else gallery
+    stored = target is not None
+    with mapped_errors(), ExitStack() as stack:
         evaluation.check_target_fmr(target_fmr)
         grouping = evaluation.read_groups(groups) if groups is not None else None
+        # the gallery must exist (a mistyped path is refused, never created), checked before the long part
+        g = stack.enter_context(open_gallery(target, actor, existing=True)) if target is not None else None
         with progress_bar("encoding") as advance:
             comparisons = evaluation.compare_pairs(pairs, progress=advance, settings=settings(detector))
         result = evaluation.calibrate(comparisons.scores(), target_fmr)
         if grouping is not None:
             by_group = evaluation.calibrate_groups(comparisons, grouping, target_fmr)
-        stored = gallery is not None and not dry_run
-        if stored:
-            with open_gallery(gallery, actor) as g:  # type: ignore[arg-type]
-                g.set_policy("tolerance", result.tolerance)
+        if g is not None:
+            g.set_policy("tolerance", result.tolerance)
     _print_failures(result.failures)
     if result.warning:
         print(f"warning: {visible(result.warning)}", file=sys.stderr, flush=True)

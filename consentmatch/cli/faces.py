@@ -32,7 +32,6 @@ from .common import (
     ToleranceOption,
     error,
     fail,
-    key_notice,
     progress_bar,
     mapped_errors,
     open_gallery,
@@ -101,7 +100,7 @@ def enroll(
         consent: Consent | str | None = consent_ref
         if consent_ref is not None and (purpose or expires or jurisdiction or evidence):
             consent = consent_from(consent_ref, purpose, expires, jurisdiction, signer, evidence, notice_version)
-        with open_gallery(gallery, actor, detector, photos=True) as g, key_notice(g, as_json):
+        with open_gallery(gallery, actor, detector, photos=True, as_json=as_json) as g:
             result = g.enroll(subject, photos, consent, email=email, min_face_px=min_face_px, quality=quality,
                               allow_duplicate=allow_duplicate)
     if as_json:
@@ -151,7 +150,7 @@ def import_(
 
     with mapped_errors():
         runner = RayRunner(ray) if ray is not None else None  # Ray missing: the install hint, before any work
-    with mapped_errors(), open_gallery(gallery, actor, detector, photos=True) as g, key_notice(g, as_json):
+    with mapped_errors(), open_gallery(gallery, actor, detector, photos=True, as_json=as_json) as g:
         with progress_bar("enrolling") as advance:
             report = g.import_manifest(
                 manifest, progress=advance, quality=quality, allow_duplicate=allow_duplicate, runner=runner

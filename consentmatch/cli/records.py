@@ -26,7 +26,6 @@ from .common import (
     JsonOption,
     ActorOption,
     fail,
-    key_notice,
     mapped_errors,
     open_gallery,
     print_json,
@@ -70,7 +69,7 @@ def consent_grant(
     """
     with mapped_errors():
         consent = consent_from(ref, purpose, expires, jurisdiction, signer, evidence, notice_version)
-        with open_gallery(gallery, actor) as g, key_notice(g, as_json):
+        with open_gallery(gallery, actor, as_json=as_json) as g:
             record = g.grant_consent(subject, consent, email=email)
     _print_consents([record], as_json)
 
@@ -159,7 +158,7 @@ def purpose_add(name: PurposeName, gallery: GalleryOption, actor: ActorOption = 
 
     **Example:** `consentmatch purpose add visitor-check-in -g visitors.db`
     """
-    with mapped_errors(), open_gallery(gallery, actor) as g:
+    with mapped_errors(), open_gallery(gallery, actor, as_json=as_json) as g:
         info = g.declare_purpose(name)
     if as_json:
         print_json(info.to_dict())
@@ -239,7 +238,7 @@ def policy_set(
     actor: ActorOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    with mapped_errors(), open_gallery(gallery, actor) as g:
+    with mapped_errors(), open_gallery(gallery, actor, as_json=as_json) as g:
         policy = g.set_policy(key, value)
     _print_policy(policy, as_json)
 
@@ -322,7 +321,7 @@ def optout_add(
 
     **Example:** `consentmatch optout add --email jane@example.com -g visitors.db`
     """
-    with mapped_errors(), open_gallery(gallery, actor) as g:
+    with mapped_errors(), open_gallery(gallery, actor, as_json=as_json) as g:
         receipts = g.add_optout(subject=subject, email=email)
     if as_json:
         print_json({"added": True, "erased": [r.to_dict() for r in receipts]})

@@ -14,6 +14,7 @@ from .common import (
     app,
     day,
     mapped_errors,
+    gallery_at,
     open_gallery,
     out,
     print_json,
@@ -53,7 +54,7 @@ def serve(
 
     with mapped_errors():
         limits = settings()
-        g = open_gallery(gallery, existing=True)
+        g = gallery_at(gallery, existing=True)
         vision.load_models(vision.default_encoder(limits))
     # uvicorn's own logging, on stderr (stdout stays for what a command answers); the access log
     # has method, path and status: never a body, so never a photo.
@@ -92,7 +93,7 @@ def apikey_create(
     """
     from ..consent import parse_expiry
 
-    with mapped_errors(), open_gallery(gallery, actor) as g:
+    with mapped_errors(), open_gallery(gallery, actor, as_json=as_json) as g:
         created = g.create_api_key(name, roles=role, purposes=purpose or (),
                                    expires=parse_expiry(expires) if expires else None, rate_limit=rate_limit)
     if as_json:
