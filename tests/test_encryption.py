@@ -14,7 +14,7 @@ from consentmatch.crypto import SEALED_TEMPLATE_BYTES, generate_key, unseal
 from consentmatch.storage import is_url
 from consentmatch.storage.keyring import KeyRing
 
-from .conftest import FakeEncoder, fake_encoding, fake_photo
+from .conftest import PURPOSE, FakeEncoder, fake_encoding, fake_photo
 
 
 def _gallery(path: Path | str, **kwargs: object) -> Gallery:
@@ -391,3 +391,31 @@ def test_opening_a_restored_backup_while_another_process_enrolls_keeps_the_new_s
             subjects = {s.subject: s.templates for s in reader.subjects()}
             assert raced and subjects == {"alice": 0, "bob": 1}
             assert [c.subject for c in reader.match(bob, purpose="door").faces[0].candidates] == ["bob"]
+
+
+def test_a_file_copy_gets_a_key_folder_of_its_own_or_is_refused(tmp_path: Path) -> None:
+    """`copy a.db b.db` in one key folder once shared the data keys: forgetting someone in the
+    copy erased them in the source (a newcomer's finding). Refused now, with --key-dir to fix it."""
+    from typer.testing import CliRunner
+
+    from consentmatch.cli import app
+
+    source, target, keys = tmp_path / "desk.db", tmp_path / "trial.db", tmp_path / "trial-keys"
+    alice = fake_photo(tmp_path, "a.png", (10, 0))
+    with Gallery(source, encoder=FakeEncoder()) as g:
+        g.enroll("alice", [alice], Consent("R1", [PURPOSE]))
+        head = g.verify_audit().head
+    runner = CliRunner()
+    refused = runner.invoke(app, ["copy", str(source), str(target)])
+    assert refused.exit_code == 1 and refused.stderr.count("\n") == 1
+    assert "would share the data keys" in refused.stderr and "--key-dir DIR" in refused.stderr
+    assert not target.exists() and not keys.exists()
+    copied = runner.invoke(app, ["copy", str(source), str(target), "--key-dir", str(keys), "--json"])
+    assert copied.exit_code == 0, copied.stderr
+    assert {p.suffix for p in keys.iterdir()} == {".key", ".deks"}  # the copy's own key store, and the same key
+    with Gallery(target, encoder=FakeEncoder(), key_dir=keys) as trial:
+        assert trial.verify_audit().head == head
+        trial.forget("alice")
+    with Gallery(source, encoder=FakeEncoder()) as g:  # the source keeps alice
+        assert [s.subject for s in g.subjects()] == ["alice"]
+        assert g.match(alice, purpose=PURPOSE).faces[0].subject == "alice"

@@ -33,6 +33,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from ..settings import Settings
 from .apikeymarks import ApiKeyMarks
@@ -136,5 +137,6 @@ class KeyRing(KeyCore):
     def wrapped_keys(self) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
         return self._rotation.wrapped_keys()
 
-    def adopt(self, gallery_id: str, deks: list[tuple[str, bytes]], meta: list[tuple[str, bytes]]) -> None:
-        self._rotation.adopt(gallery_id, deks, meta)
+    def adopt(self, gallery_id: str, deks: list[tuple[str, bytes]], meta: list[tuple[str, bytes]],
+              key_file: Path | None = None) -> None:
+        self._rotation.adopt(gallery_id, deks, meta, key_file)

@@ -7,10 +7,12 @@ from __future__ import annotations
 import contextlib
 import secrets
 import sqlite3
+from pathlib import Path
 
 from ..crypto import KEY_BYTES, seal, unseal, write_private
 from ..errors import EncryptionKeyError
 from .keycheck import CHECK, KeyCore
+from .keyfiles import read_key_file
 from .keystore import (
     UPSERT_META, meta_text,
 )
@@ -98,15 +100,21 @@ class Rotation:
                     for k, v in conn.execute("SELECT key, value FROM meta ORDER BY key")]
             return deks, meta
 
-    def adopt(self, gallery_id: str, deks: list[tuple[str, bytes]], meta: list[tuple[str, bytes]]) -> None:
+    def adopt(self, gallery_id: str, deks: list[tuple[str, bytes]], meta: list[tuple[str, bytes]],
+              key_file: Path | None = None) -> None:
         """Fill this ring's (empty) data-key store for `gallery_id` with another store's wrapped keys, in
-        one transaction; the ring is left closed (the copied gallery opens it as usual).
+        one transaction; the ring is left closed (the copied gallery opens it as usual). `key_file`:
+        the source's gallery key file, copied (0600) to this ring's key folder when the ring looks
+        for its key there and finds none, so the same key opens the copy.
 
         Raises:
-            EncryptionKeyError: the store holds data keys already.
+            EncryptionKeyError: the store holds data keys already, or the key file cannot be read.
         """
         with self._ring._lock:
             self._ring.close()
+            mine = self._ring._key.source(gallery_id).path
+            if key_file is not None and mine is not None and not mine.exists():
+                write_private(mine, read_key_file(key_file), exclusive=True)
             self._ring.gallery_id = gallery_id
             self._ring._open_deks(self._ring.key_dir / f"{gallery_id}.deks")
             conn = self._ring._conn
@@ -118,7 +126,7 @@ class Rotation:
                         raise EncryptionKeyError(
                             f"The data-key store of the copy ({self._ring.keys_at or self._ring.key_dir / f'{gallery_id}.deks'}) "
                             "holds keys already (of an earlier copy of this gallery): retire that copy and move "
-                            "its key store away first, or copy to another key folder (CONSENTMATCH_KEY_DIR)."
+                            "its key store away first, or give this copy a key folder of its own (consentmatch copy --key-dir DIR)."
                         )
                     conn.executemany("INSERT INTO deks (key_id, wrapped) VALUES (?, ?)", deks)
                     conn.executemany(UPSERT_META, meta)

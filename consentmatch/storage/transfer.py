@@ -59,9 +59,6 @@ def copy_rows(source: Store, source_conn: Any, target: Store) -> dict[str, int]:
         for key, value in source_conn.execute(f"SELECT key, value FROM meta WHERE key IN ({wanted})").fetchall():
             conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                          (key, value))
-        shared = source.keys.keys_at is None and target.keys.keys_at is None and (
-            source.keys.key_dir.resolve() == target.keys.key_dir.resolve())
-        if not shared:  # one key folder, two SQLite files: they share the one data-key store, as a backup does
-            assert source.keys.gallery_id is not None
-            target.keys.adopt(source.keys.gallery_id, *source.keys.wrapped_keys())
+        assert source.keys.gallery_id is not None
+        target.keys.adopt(source.keys.gallery_id, *source.keys.wrapped_keys(), key_file=source.keys.key_file)
     return counts
