@@ -74,7 +74,8 @@ def run(examples: Path | None, console: Console, *, as_json: bool = False) -> No
         _match_all(gallery, probes, expected, console, as_json)
 
         say("\n[b]4. Purpose-bound search[/b]: 'staff-access' covers only biden and obama", step="purpose")
-        _match_all(gallery, [folder / "probes" / "kit_with_rose.jpg"], {}, console, as_json, "staff-access")
+        _match_all(gallery, [folder / "probes" / "kit_with_rose.jpg"], {"kit_with_rose.jpg": []}, console, as_json,
+                   "staff-access")
 
         say("\n[b]5. Forget obama[/b]", step="forget")
         receipt = gallery.forget("obama")
@@ -87,7 +88,8 @@ def run(examples: Path | None, console: Console, *, as_json: bool = False) -> No
 
         say("\n[b]6. Match again[/b]: obama is no longer found", step="match-again")
         again = [p for p in probes if "obama" in p.name or p.name == "two_people.jpg"]
-        _match_all(gallery, again, {}, console, as_json)
+        forgotten = {name: [s for s in subjects if s != "obama"] for name, subjects in expected.items()}
+        _match_all(gallery, again, forgotten, console, as_json)
 
         events = gallery.audit()
         check = gallery.verify_audit()
@@ -118,7 +120,7 @@ def _match_all(
         found = [f.subject for f in result.faces if f.subject]
         nearest = ", ".join(f"{f.candidates[0].subject} {f.candidates[0].distance:.2f}" for f in result.faces if f.candidates)
         want = expected.get(probe.name)
-        mark = "" if want is None else ("[green]yes[/green]" if sorted(found) == want else f"[red]{shown(' '.join(want))}[/red]")
+        mark = "" if want is None else ("[green]yes[/green]" if sorted(found) == want else f"[red]{shown(' '.join(want)) or 'nobody'}[/red]")
         table.add_row(shown(probe.name), str(len(result.faces)), shown(", ".join(found)) or "[dim]nobody[/dim]",
                       shown(nearest or "-"), mark)
     if not as_json:

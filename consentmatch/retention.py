@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 
 __all__ = ["ConsentTerm", "destroy_by"]
 
-_YEAR = timedelta(days=365)
+_YEAR = timedelta(days=365)  # a leap day in between makes the date a day early: never late
 
 
 @dataclass(frozen=True)

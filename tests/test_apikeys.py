@@ -60,3 +60,15 @@ def test_apikey_list_shows_each_rate_limit(bank: Path) -> None:
     assert "│ 30 " in rows["desk-3"] and "│ 90 (policy) " in rows["desk-4"], table.stdout
     listed = [json.loads(line) for line in runner.invoke(app, ["apikey", "list", "-g", str(bank), "--json"]).stdout.splitlines()]
     assert {k["name"]: k["rate_limit"] for k in listed} == {"desk-3": 30, "desk-4": None}
+
+
+def test_an_empty_list_says_so_instead_of_a_bare_header(tmp_path: Path) -> None:
+    """A table of no rows alone reads like a failure (a newcomer's finding): each list says its count."""
+    empty = tmp_path / "empty.db"
+    with Gallery(empty, encoder=FakeEncoder()) as g:
+        g.declare_purpose("door")
+    for args, line in ((["optout", "list"], "0 opt-out(s)."), (["apikey", "list"], "0 API key(s)."),
+                       (["request", "list"], "0 request(s).")):
+        listed = runner.invoke(app, [*args, "-g", str(empty)], env=WIDE)
+        assert listed.exit_code == 0 and listed.stdout.rstrip().endswith(line), listed.output
+        assert line not in runner.invoke(app, [*args, "-g", str(empty), "--json"]).stdout

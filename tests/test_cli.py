@@ -92,6 +92,9 @@ def test_demo_runs_end_to_end() -> None:
     for text in ["No consent, no enrollment", "needs a recorded consent", "Forget obama", "Match again"]:
         assert text in result.stdout
     assert "[red]" not in result.stdout
+    purpose_bound = result.stdout.split("4. Purpose-bound search")[1].split("5. Forget obama")[0]
+    again = result.stdout.split("6. Match again")[1]
+    assert purpose_bound.count(" yes ") == 1 and again.count(" yes ") == 5  # steps 4 and 6 are checked too
 
 
 # -- contract and error paths, with the fake encoder ----------------------------------------

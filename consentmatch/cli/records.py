@@ -366,6 +366,7 @@ def optout_list(gallery: GalleryOption, as_json: JsonOption = False) -> None:
     for entry in entries:
         grid.add_row(_shown(entry.kind), _shown(entry.value), day(entry.added_at))
     out.print(grid)
+    out.print(f"{len(entries)} opt-out(s).")  # an empty table alone reads like a failure
 
 
 # -- audit and subject access ----------------------------------------------------------------

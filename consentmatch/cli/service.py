@@ -121,6 +121,7 @@ def apikey_list(gallery: GalleryOption, as_json: JsonOption = False) -> None:
         grid.add_row(_shown(key.name), ", ".join(key.roles), _shown(", ".join(key.purposes)) or "all", rate,
                      day(key.expires), day(key.revoked_at))
     out.print(grid)
+    out.print(f"{len(keys)} API key(s).")
 
 
 @apikey_app.command("revoke")
@@ -159,6 +160,8 @@ def request_list(
     with mapped_errors(), open_gallery(gallery, existing=True) as g:
         requests = g.search_requests(status=status)
     print_requests(requests, as_json)
+    if not as_json:
+        out.print(f"{len(requests)} request(s).")
 
 
 @request_app.command("show")
