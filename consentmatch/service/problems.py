@@ -78,7 +78,8 @@ _TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not 
 HTTP_PROBLEMS = (
     ("ContentTooLarge", "413", "the request body is over the limit (a photo at the decoder's limit and its form), "
                                "refused before it is read"),
-    ("HTTPError", "404, 405", "no such endpoint, or not with this method"),
+    ("HTTPError", "400, 404, 405", "a request that cannot be read (two Content-Type headers, a body that cannot be "
+                                   "parsed), no such endpoint, or not with this method"),
     ("InternalError", "500", "a bug: the server's log has the error (never a photo)"),
 )
 
