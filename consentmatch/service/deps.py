@@ -2,8 +2,8 @@
 
 Roles are FastAPI dependencies (`role("enroller")`) over `HTTPBearer`, so OpenAPI declares the
 bearer scheme on every call that needs a key; the check itself is `auth.caller`, which also
-takes the console's session cookie. A refused role or purpose (403) is audited here, once for
-every route, under the route's name.
+takes the console's session cookie. A refused role or purpose, or a session's change without
+its CSRF token (403), is audited here, once for every route, under the route's name.
 """
 
 from __future__ import annotations
@@ -25,10 +25,13 @@ from ..services import access
 from ..text import check_text
 from .auth import Caller, RateLimiter, caller
 
-__all__ = ["BEARER", "NO_STORE", "Paging", "date", "fingerprint", "gallery_of", "idempotent", "json_answer", "listing",
-           "moment", "role", "searcher"]
+__all__ = ["ANONYMOUS", "BEARER", "NO_STORE", "Paging", "audit_refusal", "date", "fingerprint", "gallery_of",
+           "idempotent", "json_answer", "listing", "moment", "role", "searcher"]
 
 NO_STORE = {"Cache-Control": "no-store"}
+#: The audit actor of a call refused before any key was checked (a cross-site sign-in): no key has
+#: this name, since keys are named by admins and these are the service's own words.
+ANONYMOUS = "service:anonymous"
 #: The audit action of a refused call, by route name, where the two differ; a route that names no
 #: action (a read: the audit trail, the keys) is recorded as "call" (its `details.call` says which).
 _REFUSED_ACTIONS = {
@@ -55,21 +58,31 @@ def _limiter(request: Request) -> RateLimiter:
     return limiter
 
 
+def audit_refusal(request: Request, error: PermissionDeniedError, actor: str, purpose: str | None = None,
+                  details: dict[str, str] | None = None) -> None:
+    """Record a refused call (a 403) under its route's action: who tried what, and why (the error's
+    message: never a key or a session's secret)."""
+    route = request.scope.get("route")
+    action = getattr(route, "name", "call").replace("_", "-")
+    action = _REFUSED_ACTIONS.get(action, action if action in ACTIONS else "call")  # else the store drops it
+    gallery_of(request).context.record_refusal(
+        action, request.path_params.get("subject"), purpose, actor, error,
+        {"call": f"{request.method} {getattr(route, 'path', request.url.path)}", **(details or {})})
+
+
 def _checked(request: Request, roles: tuple[str, ...], purpose: str | None = None) -> Caller:
-    """The authenticated caller, holding one of `roles` (any key, when none) and allowed `purpose`."""
-    gallery = gallery_of(request)
-    found = caller(request, gallery, _limiter(request))
-    if not roles:
-        return found
+    """The authenticated caller, holding one of `roles` (any key, when none) and allowed `purpose`.
+    Every 403 is audited here: a role or purpose refused, and a console session's change without
+    its CSRF token (refused inside `caller`, under the session's key name)."""
+    found: Caller | None = None
     try:
-        found.require(*roles, purpose=purpose)
+        found = caller(request, gallery_of(request), _limiter(request))
+        request.state.caller = found  # known: a later refusal of what the call sent may come (app.py)
+        if roles:
+            found.require(*roles, purpose=purpose)
     except PermissionDeniedError as exc:  # audited like every refusal: who tried what
-        route = request.scope.get("route")
-        action = getattr(route, "name", "call").replace("_", "-")
-        action = _REFUSED_ACTIONS.get(action, action if action in ACTIONS else "call")  # else the store drops it
-        gallery.context.record_refusal(
-            action, request.path_params.get("subject"), purpose, found.name,
-            exc, {"call": f"{request.method} {getattr(route, 'path', request.url.path)}"})
+        actor = found.name if found is not None else getattr(exc, "key_name", ANONYMOUS)
+        audit_refusal(request, exc, actor, purpose)
         raise
     return found
 
