@@ -191,3 +191,32 @@ def test_the_key_and_role_are_checked_before_the_body(served: Any) -> None:
         refused = client.post("/v1/subjects/x/photos", headers=headers, data={"quality": "high"})
         assert refused.status_code == status, refused.text
     assert client.post("/v1/consents", headers={"Authorization": key["all"]}, json={"subject": "x"}).status_code == 422
+
+
+OVERFLOWING = ("9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00")
+
+
+def test_an_audit_bound_past_the_years_utc_can_hold_is_one_line_422_and_exit_2(served: Any) -> None:
+    """Red team: `GET /v1/audit?since=9999-12-31T23:59:59-23:59` answered 500 (an OverflowError
+    converting it to UTC in the store). The CLI refuses the same bounds with exit 2."""
+    from typer.testing import CliRunner
+
+    from consentmatch.cli import app
+
+    client, key, folder = served
+    me = {"Authorization": key["all"]}
+    for bound in ("since", "until"):
+        for text in OVERFLOWING:
+            refused = client.get("/v1/audit", headers=me, params={bound: text})
+            assert refused.status_code == 422, (bound, text, refused.text)
+            assert refused.headers["content-type"] == "application/problem+json"
+            body = refused.json()
+            assert body["error"] == "InvalidArgumentError" and "\n" not in body["detail"]
+            assert body["detail"].startswith(f"{bound} '{text}' is outside the years 1 to 9999 in UTC: write")
+            cli = CliRunner().invoke(app, ["audit", "-g", str(folder / "g.db"), f"--{bound}", text])
+            assert cli.exit_code == 2 and "Traceback" not in cli.output and len(cli.stderr.strip().splitlines()) == 1
+    everything = client.get("/v1/audit", headers=me).json()
+    zoned = client.get("/v1/audit", headers=me, params={"since": "2000-01-01T00:00:00+05:00",
+                                                        "until": "9999-12-31T23:59:59+01:00"})
+    assert zoned.status_code == 200 and zoned.json() == everything
+    assert client.get("/v1/audit", headers=me, params={"until": "9999-12-31"}).json() == everything

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..audit import ACTIONS
-from ..consent import parse_expiry
+from ..consent import parse_expiry, utc
 from ..errors import InvalidArgumentError, PermissionDeniedError
 from ..gallery import Gallery
 from ..services import access
@@ -162,11 +162,17 @@ def date(text: str | None, what: str) -> datetime | None:
 
 
 def moment(text: str | None, what: str) -> datetime | None:
-    """A date or ISO 8601 time (the audit's `since` and `until`)."""
+    """A date or ISO 8601 time (the audit's `since` and `until`), in UTC (a naive one is UTC), so a
+    zone that pushes it past year 9999 or before year 1 is refused here, not a 500 in the store."""
     if text is None:
         return None
     try:
-        return datetime.fromisoformat(text)
+        parsed = datetime.fromisoformat(text.strip())
     except ValueError:
         raise InvalidArgumentError(f"{what} {text!r} is not a date or time: write YYYY-MM-DD or an ISO 8601 "
                                    "time.") from None
+    try:
+        return utc(parsed)
+    except OverflowError:
+        raise InvalidArgumentError(f"{what} {text!r} is outside the years 1 to 9999 in UTC: write a time within "
+                                   "them, e.g. 9999-12-31 or 0001-01-02.") from None
