@@ -220,3 +220,42 @@ def test_an_audit_bound_past_the_years_utc_can_hold_is_one_line_422_and_exit_2(s
                                                         "until": "9999-12-31T23:59:59+01:00"})
     assert zoned.status_code == 200 and zoned.json() == everything
     assert client.get("/v1/audit", headers=me, params={"until": "9999-12-31"}).json() == everything
+
+
+def test_the_key_and_role_come_before_a_form_or_a_body_that_is_not_json(served: Any) -> None:
+    """Red team: `POST /v1/match` without a key (or with a key of the wrong role) and no purpose
+    answered 422 "Invalid purpose: Field required." (the searcher dependency declared the form
+    field), and `POST /v1/consents` without a key with the body `x` 422 "Invalid 0: JSON decode error.":
+    the body was read before the key."""
+    client, key, folder = served
+    photo = (folder / "alice.png").read_bytes()
+    auditor = client.post("/v1/apikeys", headers={"Authorization": key["all"]},
+                          json={"name": "reader", "roles": ["auditor"]}).json()["key"]
+    for headers, status, error in (({}, 401, "AuthenticationError"),
+                                   ({"Authorization": f"Bearer {auditor}"}, 403, "PermissionDeniedError")):
+        for url in ("/v1/match", "/v1/verify"):
+            for form in ({}, {"purpose": "p" * 65}, {"purpose": PURPOSE}):
+                refused = client.post(url, headers=headers, files={"photo": ("p.png", photo)}, data=form)
+                assert (refused.status_code, refused.json()["error"]) == (status, error), (url, form, refused.text)
+        for body in (b"x", b'{"subject": ', b"\xff"):
+            refused = client.post("/v1/consents", headers={**headers, "Content-Type": "application/json"},
+                                  content=body)
+            assert (refused.status_code, refused.json()["error"]) == (status, error), (body, refused.text)
+        broken = client.post("/v1/match", headers={**headers, "Content-Type": "multipart/form-data; boundary=B"},
+                             content=b"--B\r\nnot a part")
+        assert broken.status_code == status, broken.text
+    refusals = [e for e in client.app.state.gallery.audit(actor="reader") if e.details.get("outcome") == "refused"]
+    assert len(refusals) == 2 * 3 + 3 + 1 and all(e.purpose in (None, PURPOSE) for e in refusals)  # each 403 audited
+    # with the key and role, what the call sent is checked: one line, saying what to send
+    me = {"Authorization": key["all"]}
+    missing = client.post("/v1/match", headers=me, files={"photo": ("p.png", photo)})
+    assert missing.status_code == 422 and missing.json()["detail"] == "Invalid purpose: Field required."
+    long = client.post("/v1/match", headers=me, files={"photo": ("p.png", photo)}, data={"purpose": "p" * 65})
+    assert long.status_code == 422 and "purpose" in long.json()["detail"]
+    not_json = client.post("/v1/consents", headers={**me, "Content-Type": "application/json"}, content=b"x")
+    assert not_json.status_code == 422 and not_json.json()["detail"] == (
+        "The body is not valid JSON (Expecting value at character 0): send a JSON object with Content-Type: "
+        "application/json.")
+    desk = {"Authorization": key["desk"]}  # a key of the role: its search goes on as before
+    assert client.post("/v1/match", headers=desk, files={"photo": ("p.png", photo)},
+                       data={"purpose": PURPOSE}).status_code == 200

@@ -13,9 +13,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, Form, Query, Request, Security
+from fastapi import Depends, Query, Request, Security
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from ..audit import ACTIONS
 from ..consent import parse_expiry, utc
@@ -25,7 +26,7 @@ from ..services import access
 from ..text import check_text
 from .auth import Caller, RateLimiter, caller
 
-__all__ = ["ANONYMOUS", "BEARER", "NO_STORE", "Paging", "audit_refusal", "date", "fingerprint", "gallery_of",
+__all__ = ["ANONYMOUS", "BEARER", "NO_STORE", "Paging", "audit_refusal", "caller_first", "date", "fingerprint", "gallery_of",
            "idempotent", "json_answer", "listing", "moment", "role", "searcher"]
 
 NO_STORE = {"Cache-Control": "no-store"}
@@ -45,6 +46,10 @@ BEARER = HTTPBearer(auto_error=False, scheme_name="bearer", bearerFormat="cm_<id
                     description="An API key from `consentmatch apikey create` (the console sends its session "
                                 "cookie and CSRF token instead).")
 _Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
+#: The roles each key-checking dependency asks for, by the dependency (`caller_first` looks them up).
+_GUARDS: dict[Callable[..., Any], tuple[str, ...]] = {}
+#: The longest purpose the search routes take (their form's `max_length`).
+_PURPOSE_CHARS = 64
 
 
 def gallery_of(request: Request) -> Gallery:
@@ -93,14 +98,45 @@ def role(*roles: str) -> Any:
     def dependency(request: Request, _: _Credentials) -> Caller:
         return _checked(request, roles)
 
+    _GUARDS[dependency] = roles
     return Depends(dependency)
 
 
-def searcher(
-    request: Request, _: _Credentials, purpose: Annotated[str, Form(max_length=64, examples=["visitor-check-in"])],
-) -> Caller:
-    """The dependency of match and verify: an operator whose key may search for the form's `purpose`."""
-    return _checked(request, ("operator",), purpose)
+async def searcher(request: Request, _: _Credentials) -> Caller:
+    """The dependency of match and verify: an operator whose key may search for the form's `purpose`.
+
+    It declares no form field, so nothing the form holds is validated before the key and its role
+    (a missing purpose was 422 before a missing key's 401). The purpose is read from the form
+    FastAPI has already parsed, the one the route gets; one the route refuses anyway (missing,
+    not text, over 64 characters) is left to its 422, so no such text reaches the audit trail."""
+    purpose = (await request.form()).get("purpose")
+    wanted = purpose if isinstance(purpose, str) and len(purpose) <= _PURPOSE_CHARS else None
+    return await run_in_threadpool(_checked, request, ("operator",), wanted)  # scrypt, the store: off the loop
+
+
+async def caller_first(request: Request) -> None:
+    """Before a refusal of what a call sent (422, or 400 for a body that cannot be parsed): its key
+    and role, when its route needs them and they were not checked yet. FastAPI reads the body before
+    any dependency, so a body that is not JSON was refused before the key was looked at; README
+    promises 401 or 403 however malformed the rest. Raises that 401, 403 (audited) or 429."""
+    if getattr(request.state, "caller", None) is not None:
+        return
+    roles = _roles_of(getattr(request.scope.get("route"), "dependant", None))
+    if roles is not None:
+        await run_in_threadpool(_checked, request, roles)
+
+
+def _roles_of(dependant: Any) -> tuple[str, ...] | None:
+    for needed in getattr(dependant, "dependencies", ()):
+        roles = _GUARDS.get(needed.call) if needed.call is not None else None
+        if roles is None:
+            roles = _roles_of(needed)
+        if roles is not None:
+            return roles
+    return None
+
+
+_GUARDS[searcher] = ("operator",)
 
 
 def json_answer(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
