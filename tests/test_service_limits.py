@@ -444,3 +444,26 @@ def test_the_loops_accept_errors_are_one_line_without_a_traceback() -> None:
     assert limiter.filter(record) and record.exc_info is None
     assert logging.Formatter().format(record).count("\n") == 0
     assert "OSError: [Errno 24] Too many open files" in record.getMessage()
+
+
+def test_problem_types_are_kebab_case_with_acronyms_whole(fake_gallery: Gallery) -> None:
+    """Red team: 404 and 405 had the type `...:problem:h-t-t-p` (every capital of HTTPError split).
+    The other types are a contract: each stays what it was."""
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from consentmatch import errors
+    from consentmatch.service import create_app
+    from consentmatch.service.problems import _slug
+
+    client = TestClient(create_app(fake_gallery))
+    for answer in (client.get("/nowhere"), client.put("/v1/health")):
+        assert answer.status_code in (404, 405) and answer.json()["type"] == "tag:consentmatch,2026:problem:http"
+    assert client.get("/v1/subjects").json()["type"] == "tag:consentmatch,2026:problem:authentication"
+    names = [n for n, c in vars(errors).items() if isinstance(c, type) and issubclass(c, errors.ConsentMatchError)]
+    names += ["ContentTooLarge", "InternalError"]
+    assert len(names) > 20
+    for name in names:  # the old rule, for names without an acronym: a hyphen before every capital
+        assert _slug(name) == re.sub(r"(?<!^)(?=[A-Z])", "-", name.removesuffix("Error") or name).lower(), name
+    assert _slug("PermissionDeniedError") == "permission-denied" and _slug("ConsentMatchError") == "consent-match"

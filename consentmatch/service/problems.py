@@ -101,7 +101,9 @@ def status_of(error: ConsentMatchError) -> int:
 
 
 def _slug(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "-", name.removesuffix("Error") or name).lower()
+    """The class name in kebab case: a hyphen where a word starts, an acronym kept whole
+    (`PermissionDeniedError`: permission-denied; `HTTPError`: http, not h-t-t-p)."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "-", name.removesuffix("Error") or name).lower()
 
 
 def problem(status: int, detail: str, error: str = "HTTPError", **extra: Any) -> JSONResponse:
