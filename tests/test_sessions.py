@@ -124,9 +124,11 @@ def test_a_cross_site_sign_in_is_audited_and_its_address_throttled(console: Cons
     assert event["details"]["call"] == "POST /v1/session" and event["details"]["origin"] == "https://evil.example"
     assert event["details"]["error"] == "PermissionDeniedError" and "own page" in event["details"]["reason"]
     assert key not in str([e.to_dict() for e in console.gallery.audit()])
+    hidden = console.client.post("/v1/session", json={"key": key}, headers={"Origin": "https://e\x7fvil.example"})
+    assert hidden.status_code == 403 and _refusals(console.gallery)[-1]["details"]["origin"] == "https://e\\x7fvil.example"
     answers = [console.client.post("/v1/session", json={"key": key}, headers={"Origin": "https://evil.example"})
                for _ in range(FAILED_PER_ADDRESS + 5)]
-    assert [a.status_code for a in answers].count(429) == 6 and answers[-1].headers["retry-after"]
+    assert [a.status_code for a in answers].count(429) == 7 and answers[-1].headers["retry-after"]
     assert len(_refusals(console.gallery)) == FAILED_PER_ADDRESS
     assert console.gallery.verify_audit().intact
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import PermissionDeniedError
 from ..gallery import Gallery
+from ..text import visible
 from .auth import Caller, RateLimiter, authenticated
 from .deps import ANONYMOUS, audit_refusal, role
 from .schemas import SessionOut, problems
@@ -88,7 +89,8 @@ def mount_console(app: FastAPI, gallery: Gallery, limiter: RateLimiter) -> None:
             address = request.client.host if request.client else "unknown"
             limiter.check_failures(None, address)  # an address refused too often: 429, and nothing more written
             limiter.failed(None, address)
-            audit_refusal(request, exc, ANONYMOUS, details={"origin": request.headers.get("origin", "")[:200]})
+            origin = visible(request.headers.get("origin", "")[:200])  # the sender's text: no hidden character
+            audit_refusal(request, exc, ANONYMOUS, details={"origin": origin})
             raise
         key = authenticated(request, gallery, limiter, body.key)
         limiter.take(key.name, key.rate_limit or int(gallery.policy()["rate_limit"]))

@@ -30,8 +30,8 @@ __all__ = ["ANONYMOUS", "BEARER", "NO_STORE", "Paging", "audit_refusal", "caller
            "idempotent", "json_answer", "listing", "moment", "role", "searcher"]
 
 NO_STORE = {"Cache-Control": "no-store"}
-#: The audit actor of a call refused before any key was checked (a cross-site sign-in): no key has
-#: this name, since keys are named by admins and these are the service's own words.
+#: The audit actor of a call refused before any key was checked (a cross-site sign-in): the
+#: service's own word for "no key", in the `kind:name` form of `local:<OS user>`.
 ANONYMOUS = "service:anonymous"
 #: The audit action of a refused call, by route name, where the two differ; a route that names no
 #: action (a read: the audit trail, the keys) is recorded as "call" (its `details.call` says which).
