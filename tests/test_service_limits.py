@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -237,6 +238,87 @@ def test_concurrent_40_megapixel_photos_stay_within_the_photo_slots(real_gallery
     assert answers[3].status_code == 200 and answers[3].json()["faces"][0]["subject"] == "obama"
 
 
+def _multipart(boundary: str, purpose: str, photo: bytes) -> bytes:
+    return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"p.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + photo + f"\r\n--{boundary}--\r\n".encode()
+
+
+def test_two_content_type_headers_are_refused_and_decode_no_photo(tmp_path: Path) -> None:
+    """Red team: `PhotoSlots` read the last Content-Type (`dict(headers)`), Starlette parses the
+    body by the first: multipart then text/plain was decoded as an upload without a slot, so N
+    such requests decoded N 40-megapixel photos at once (3.49 GB where the slots allow 1.58)."""
+    from fastapi.testclient import TestClient
+
+    from consentmatch import Consent
+    from consentmatch.service import create_app
+    from consentmatch.settings import Settings
+
+    from .conftest import FakeEncoder, fake_photo
+
+    gallery = Gallery(tmp_path / "g.db", encoder=FakeEncoder(), actor="setup")
+    gallery.enroll("alice", [fake_photo(tmp_path, "a.png", (10, 0))], Consent("F-1", ["visitor-check-in"]))
+    key = gallery.create_api_key("desk", roles=["operator"]).key
+    body = _multipart("B", "visitor-check-in", fake_photo(tmp_path, "p.png", (10, 1)).read_bytes())
+    upload = ("Content-Type", "multipart/form-data; boundary=B")
+    try:
+        with TestClient(create_app(gallery, Settings(photo_workers=1))) as client:
+            bearer = ("Authorization", f"Bearer {key}")
+            assert client.post("/v1/match", headers=[bearer, upload], content=body).status_code == 200  # one: fine
+            calls = FakeEncoder.calls
+            for headers in ([upload, ("Content-Type", "text/plain")], [("Content-Type", "text/plain"), upload],
+                            [upload, upload], [("Content-Type", "application/json")] * 2):
+                refused = client.post("/v1/match", headers=[bearer, *headers], content=body)
+                assert refused.status_code == 400, (headers, refused.text)
+                assert refused.headers["content-type"] == "application/problem+json"
+                assert refused.json()["error"] == "HTTPError" and "Content-Type" in refused.json()["detail"]
+                assert "\n" not in refused.json()["detail"]
+            assert FakeEncoder.calls == calls  # no photo decoded or searched
+            assert len(gallery.audit(action="match")) == 1
+    finally:
+        gallery.close()
+
+
+def test_an_upload_beyond_the_slots_is_busy_whatever_its_content_type_headers() -> None:
+    """With the one slot held, a second upload is answered 503 (one Content-Type) or 400 (two),
+    never let through to decode its photo beside the first."""
+    import asyncio
+
+    from starlette.types import Message
+
+    from consentmatch.service.limits import PhotoSlots
+
+    reached: list[str] = []
+
+    async def photo_work(scope: Any, receive: Any, send: Any) -> None:
+        reached.append(scope["path"])
+
+    async def answer(slots: PhotoSlots, *content_types: bytes) -> int:
+        scope = {"type": "http", "method": "POST", "path": "/v1/match",
+                 "headers": [(b"content-type", kind) for kind in content_types]}
+        sent: list[Message] = []
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        await slots(scope, receive, send)
+        return int(next((m["status"] for m in sent if m["type"] == "http.response.start"), 0))
+
+    slots = PhotoSlots(photo_work, 1)
+    slots.busy = 1  # a request holds the one slot
+    upload, text = b"multipart/form-data; boundary=B", b"text/plain"
+    assert asyncio.run(answer(slots, upload)) == 503
+    assert asyncio.run(answer(slots, b"  Multipart/Form-Data; boundary=B")) == 503
+    assert asyncio.run(answer(slots, upload, text)) == 400
+    assert asyncio.run(answer(slots, text, upload)) == 400
+    assert reached == []
+    slots.busy = 0
+    assert asyncio.run(answer(slots, upload)) == 0 and reached == ["/v1/match"]  # a free slot: through
+
+
 def test_a_photo_over_the_pixel_limit_is_one_line_in_the_cli(real_gallery_path: Path, tmp_path: Path) -> None:
     big = tmp_path / "huge.png"
     Image.new("L", (6400, 6400), 128).save(big, compress_level=1)  # 41 megapixels
@@ -362,3 +444,26 @@ def test_the_loops_accept_errors_are_one_line_without_a_traceback() -> None:
     assert limiter.filter(record) and record.exc_info is None
     assert logging.Formatter().format(record).count("\n") == 0
     assert "OSError: [Errno 24] Too many open files" in record.getMessage()
+
+
+def test_problem_types_are_kebab_case_with_acronyms_whole(fake_gallery: Gallery) -> None:
+    """Red team: 404 and 405 had the type `...:problem:h-t-t-p` (every capital of HTTPError split).
+    The other types are a contract: each stays what it was."""
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from consentmatch import errors
+    from consentmatch.service import create_app
+    from consentmatch.service.problems import _slug
+
+    client = TestClient(create_app(fake_gallery))
+    for answer in (client.get("/nowhere"), client.put("/v1/health")):
+        assert answer.status_code in (404, 405) and answer.json()["type"] == "tag:consentmatch,2026:problem:http"
+    assert client.get("/v1/subjects").json()["type"] == "tag:consentmatch,2026:problem:authentication"
+    names = [n for n, c in vars(errors).items() if isinstance(c, type) and issubclass(c, errors.ConsentMatchError)]
+    names += ["ContentTooLarge", "InternalError"]
+    assert len(names) > 20
+    for name in names:  # the old rule, for names without an acronym: a hyphen before every capital
+        assert _slug(name) == re.sub(r"(?<!^)(?=[A-Z])", "-", name.removesuffix("Error") or name).lower(), name
+    assert _slug("PermissionDeniedError") == "permission-denied" and _slug("ConsentMatchError") == "consent-match"

@@ -178,7 +178,15 @@ def test_an_operator_sees_only_its_own_requests_an_approver_all(served: Any) -> 
     everyone = client.get("/v1/requests", headers={"Authorization": key["all"]}).json()
     assert [r["request_id"] for r in everyone] == [held["request_id"], other["request_id"]]
     hidden = client.get(f"/v1/requests/{other['request_id']}", headers=desk)
-    assert hidden.status_code == 404 and "among yours" in hidden.json()["detail"]
+    assert hidden.status_code == 404
+    # another's request and an id that does not exist read the same, but for the id: no existence oracle
+    unknown_id = "0" * len(other["request_id"])
+    unknown = client.get(f"/v1/requests/{unknown_id}", headers=desk)
+    assert unknown.status_code == 404 and unknown_id != other["request_id"]
+    assert hidden.json() == {**unknown.json(), "detail": unknown.json()["detail"].replace(unknown_id,
+                                                                                          other["request_id"])}
+    assert hidden.headers["content-type"] == unknown.headers["content-type"]
+    assert hidden.json()["detail"].startswith("No search request you may read has the id")
 
 
 def test_the_key_and_role_are_checked_before_the_body(served: Any) -> None:
@@ -191,3 +199,71 @@ def test_the_key_and_role_are_checked_before_the_body(served: Any) -> None:
         refused = client.post("/v1/subjects/x/photos", headers=headers, data={"quality": "high"})
         assert refused.status_code == status, refused.text
     assert client.post("/v1/consents", headers={"Authorization": key["all"]}, json={"subject": "x"}).status_code == 422
+
+
+OVERFLOWING = ("9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00")
+
+
+def test_an_audit_bound_past_the_years_utc_can_hold_is_one_line_422_and_exit_2(served: Any) -> None:
+    """Red team: `GET /v1/audit?since=9999-12-31T23:59:59-23:59` answered 500 (an OverflowError
+    converting it to UTC in the store). The CLI refuses the same bounds with exit 2."""
+    from typer.testing import CliRunner
+
+    from consentmatch.cli import app
+
+    client, key, folder = served
+    me = {"Authorization": key["all"]}
+    for bound in ("since", "until"):
+        for text in OVERFLOWING:
+            refused = client.get("/v1/audit", headers=me, params={bound: text})
+            assert refused.status_code == 422, (bound, text, refused.text)
+            assert refused.headers["content-type"] == "application/problem+json"
+            body = refused.json()
+            assert body["error"] == "InvalidArgumentError" and "\n" not in body["detail"]
+            assert body["detail"].startswith(f"{bound} '{text}' is outside the years 1 to 9999 in UTC: write")
+            cli = CliRunner().invoke(app, ["audit", "-g", str(folder / "g.db"), f"--{bound}", text])
+            assert cli.exit_code == 2 and "Traceback" not in cli.output and len(cli.stderr.strip().splitlines()) == 1
+    everything = client.get("/v1/audit", headers=me).json()
+    zoned = client.get("/v1/audit", headers=me, params={"since": "2000-01-01T00:00:00+05:00",
+                                                        "until": "9999-12-31T23:59:59+01:00"})
+    assert zoned.status_code == 200 and zoned.json() == everything
+    assert client.get("/v1/audit", headers=me, params={"until": "9999-12-31"}).json() == everything
+
+
+def test_the_key_and_role_come_before_a_form_or_a_body_that_is_not_json(served: Any) -> None:
+    """Red team: `POST /v1/match` without a key (or with a key of the wrong role) and no purpose
+    answered 422 "Invalid purpose: Field required." (the searcher dependency declared the form
+    field), and `POST /v1/consents` without a key with the body `x` 422 "Invalid 0: JSON decode error.":
+    the body was read before the key."""
+    client, key, folder = served
+    photo = (folder / "alice.png").read_bytes()
+    auditor = client.post("/v1/apikeys", headers={"Authorization": key["all"]},
+                          json={"name": "reader", "roles": ["auditor"]}).json()["key"]
+    for headers, status, error in (({}, 401, "AuthenticationError"),
+                                   ({"Authorization": f"Bearer {auditor}"}, 403, "PermissionDeniedError")):
+        for url in ("/v1/match", "/v1/verify"):
+            for form in ({}, {"purpose": "p" * 65}, {"purpose": PURPOSE}):
+                refused = client.post(url, headers=headers, files={"photo": ("p.png", photo)}, data=form)
+                assert (refused.status_code, refused.json()["error"]) == (status, error), (url, form, refused.text)
+        for body in (b"x", b'{"subject": ', b"\xff"):
+            refused = client.post("/v1/consents", headers={**headers, "Content-Type": "application/json"},
+                                  content=body)
+            assert (refused.status_code, refused.json()["error"]) == (status, error), (body, refused.text)
+        broken = client.post("/v1/match", headers={**headers, "Content-Type": "multipart/form-data; boundary=B"},
+                             content=b"--B\r\nnot a part")
+        assert broken.status_code == status, broken.text
+    refusals = [e for e in client.app.state.gallery.audit(actor="reader") if e.details.get("outcome") == "refused"]
+    assert len(refusals) == 2 * 3 + 3 + 1 and all(e.purpose in (None, PURPOSE) for e in refusals)  # each 403 audited
+    # with the key and role, what the call sent is checked: one line, saying what to send
+    me = {"Authorization": key["all"]}
+    missing = client.post("/v1/match", headers=me, files={"photo": ("p.png", photo)})
+    assert missing.status_code == 422 and missing.json()["detail"] == "Invalid purpose: Field required."
+    long = client.post("/v1/match", headers=me, files={"photo": ("p.png", photo)}, data={"purpose": "p" * 65})
+    assert long.status_code == 422 and "purpose" in long.json()["detail"]
+    not_json = client.post("/v1/consents", headers={**me, "Content-Type": "application/json"}, content=b"x")
+    assert not_json.status_code == 422 and not_json.json()["detail"] == (
+        "The body is not valid JSON (Expecting value at character 0): send a JSON object with Content-Type: "
+        "application/json.")
+    desk = {"Authorization": key["desk"]}  # a key of the role: its search goes on as before
+    assert client.post("/v1/match", headers=desk, files={"photo": ("p.png", photo)},
+                       data={"purpose": PURPOSE}).status_code == 200

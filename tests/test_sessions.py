@@ -15,6 +15,7 @@ from consentmatch import Gallery
 from consentmatch.service import create_app
 from consentmatch.results import ApiKeyInfo
 from consentmatch.service import sessions as sessions_module
+from consentmatch.service.auth import FAILED_PER_ADDRESS
 from consentmatch.service.sessions import CSRF_COOKIE, SESSION_COOKIE, Sessions
 
 
@@ -87,6 +88,49 @@ def test_a_change_without_the_csrf_token_is_refused_and_changes_nothing(console:
     bearer = TestClient(console.client.app).post("/v1/purposes", json={"name": "canteen"},
                                                  headers={"Authorization": f"Bearer {console.keys['admin']}"})
     assert bearer.status_code == 201
+
+
+def _refusals(gallery: Gallery) -> list[dict[str, Any]]:
+    return [e.to_dict() for e in gallery.audit() if e.details.get("outcome") == "refused"]
+
+
+def test_a_change_without_the_csrf_token_is_audited_without_any_secret(console: Console) -> None:
+    """Red team: the CSRF 403 was raised while authenticating, before the try that audits 403s, so
+    a forged change left no event, though README promises every 403 is recorded."""
+    signed = console.sign_in("admin")
+    secrets = [console.keys["admin"], console.client.cookies[SESSION_COOKIE], signed.json()["csrf_token"]]
+    for headers in ({}, {"X-CSRF-Token": "forged"}):
+        assert console.client.post("/v1/purposes", json={"name": "payroll"}, headers=headers).status_code == 403
+    assert console.client.delete("/v1/session").status_code == 403  # a forged sign-out: a route of no role
+    events = _refusals(console.gallery)
+    assert [(e["actor"], e["action"], e["details"]["call"]) for e in events] == [
+        ("admin-1", "purpose-add", "POST /v1/purposes"), ("admin-1", "purpose-add", "POST /v1/purposes"),
+        ("admin-1", "call", "DELETE /v1/session")]
+    assert all(e["details"]["error"] == "PermissionDeniedError" and "CSRF" in e["details"]["reason"] for e in events)
+    trail = str([e.to_dict() for e in console.gallery.audit()])
+    assert not [secret for secret in secrets if secret in trail]
+    assert console.gallery.verify_audit().intact
+
+
+def test_a_cross_site_sign_in_is_audited_and_its_address_throttled(console: Console) -> None:
+    """The sign-in's Origin refusal (login CSRF) was audited nowhere. No key is checked before it,
+    so its actor is the service's own word, and a sender refused too often gets 429 without
+    another event: no one can fill the audit trail without a key."""
+    key = console.keys["auditor"]
+    cross = console.client.post("/v1/session", json={"key": key}, headers={"Origin": "https://evil.example"})
+    assert cross.status_code == 403 and "set-cookie" not in cross.headers
+    (event,) = _refusals(console.gallery)
+    assert (event["actor"], event["action"], event["subject"]) == ("service:anonymous", "call", None)
+    assert event["details"]["call"] == "POST /v1/session" and event["details"]["origin"] == "https://evil.example"
+    assert event["details"]["error"] == "PermissionDeniedError" and "own page" in event["details"]["reason"]
+    assert key not in str([e.to_dict() for e in console.gallery.audit()])
+    hidden = console.client.post("/v1/session", json={"key": key}, headers={"Origin": "https://e\x7fvil.example"})
+    assert hidden.status_code == 403 and _refusals(console.gallery)[-1]["details"]["origin"] == "https://e\\x7fvil.example"
+    answers = [console.client.post("/v1/session", json={"key": key}, headers={"Origin": "https://evil.example"})
+               for _ in range(FAILED_PER_ADDRESS + 5)]
+    assert [a.status_code for a in answers].count(429) == 7 and answers[-1].headers["retry-after"]
+    assert len(_refusals(console.gallery)) == FAILED_PER_ADDRESS
+    assert console.gallery.verify_audit().intact
 
 
 def test_sessions_expire_when_idle_and_after_their_lifetime(console: Console) -> None:

@@ -30,6 +30,7 @@ from ..images import MAX_FILE_BYTES
 from ..settings import Settings
 from .auth import RateLimiter
 from .console import mount_console
+from .deps import caller_first
 from .docs import mount_docs
 from .headers import SecurityHeaders
 from .limits import PhotoSlots
@@ -109,12 +110,26 @@ def create_app(gallery: Gallery, settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        try:
+            await caller_first(request)  # 401/403 before anything about the body (deps.py)
+        except ConsentMatchError as refused:
+            return problem_for(refused)
         first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":  # FastAPI's own reads "Invalid 0: JSON decode error."
+            at = next((p for p in first.get("loc", ()) if isinstance(p, int)), 0)
+            return problem(422, f"The body is not valid JSON ({first.get('ctx', {}).get('error', 'unreadable')} at "
+                                f"character {at}): send a JSON object with Content-Type: application/json.",
+                           "InvalidArgumentError")
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "request"
         return problem(422, f"Invalid {where}: {first.get('msg', 'not accepted')}.", "InvalidArgumentError")
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 400:  # FastAPI's "error parsing the body", before any dependency
+            try:
+                await caller_first(request)
+            except ConsentMatchError as refused:
+                return problem_for(refused)
         return problem(exc.status_code, str(exc.detail))
 
     @app.exception_handler(Exception)

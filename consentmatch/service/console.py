@@ -18,8 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import PermissionDeniedError
 from ..gallery import Gallery
+from ..text import visible
 from .auth import Caller, RateLimiter, authenticated
-from .deps import role
+from .deps import ANONYMOUS, audit_refusal, role
 from .schemas import SessionOut, problems
 from .sessions import SESSION_COOKIE, Sessions
 
@@ -82,7 +83,15 @@ def mount_console(app: FastAPI, gallery: Gallery, limiter: RateLimiter) -> None:
                  summary="Sign in: exchange an API key for a session cookie (the console)",
                  responses=problems(401, 403, 422, 429))
     def sign_in(request: Request, body: SignIn) -> Response:
-        _same_origin(request)
+        try:
+            _same_origin(request)
+        except PermissionDeniedError as exc:  # audited like every 403; no key is known yet (none is checked)
+            address = request.client.host if request.client else "unknown"
+            limiter.check_failures(None, address)  # an address refused too often: 429, and nothing more written
+            limiter.failed(None, address)
+            origin = visible(request.headers.get("origin", "")[:200])  # the sender's text: no hidden character
+            audit_refusal(request, exc, ANONYMOUS, details={"origin": origin})
+            raise
         key = authenticated(request, gallery, limiter, body.key)
         limiter.take(key.name, key.rate_limit or int(gallery.policy()["rate_limit"]))
         session_id, session = sessions.start(key)

@@ -2,8 +2,8 @@
 
 Roles are FastAPI dependencies (`role("enroller")`) over `HTTPBearer`, so OpenAPI declares the
 bearer scheme on every call that needs a key; the check itself is `auth.caller`, which also
-takes the console's session cookie. A refused role or purpose (403) is audited here, once for
-every route, under the route's name.
+takes the console's session cookie. A refused role or purpose, or a session's change without
+its CSRF token (403), is audited here, once for every route, under the route's name.
 """
 
 from __future__ import annotations
@@ -13,22 +13,26 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, Form, Query, Request, Security
+from fastapi import Depends, Query, Request, Security
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from ..audit import ACTIONS
-from ..consent import parse_expiry
+from ..consent import parse_expiry, utc
 from ..errors import InvalidArgumentError, PermissionDeniedError
 from ..gallery import Gallery
 from ..services import access
 from ..text import check_text
 from .auth import Caller, RateLimiter, caller
 
-__all__ = ["BEARER", "NO_STORE", "Paging", "date", "fingerprint", "gallery_of", "idempotent", "json_answer", "listing",
-           "moment", "role", "searcher"]
+__all__ = ["ANONYMOUS", "BEARER", "NO_STORE", "Paging", "audit_refusal", "caller_first", "date", "fingerprint", "gallery_of",
+           "idempotent", "json_answer", "listing", "moment", "role", "searcher"]
 
 NO_STORE = {"Cache-Control": "no-store"}
+#: The audit actor of a call refused before any key was checked (a cross-site sign-in): the
+#: service's own word for "no key", in the `kind:name` form of `local:<OS user>`.
+ANONYMOUS = "service:anonymous"
 #: The audit action of a refused call, by route name, where the two differ; a route that names no
 #: action (a read: the audit trail, the keys) is recorded as "call" (its `details.call` says which).
 _REFUSED_ACTIONS = {
@@ -42,6 +46,10 @@ BEARER = HTTPBearer(auto_error=False, scheme_name="bearer", bearerFormat="cm_<id
                     description="An API key from `consentmatch apikey create` (the console sends its session "
                                 "cookie and CSRF token instead).")
 _Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
+#: The roles each key-checking dependency asks for, by the dependency (`caller_first` looks them up).
+_GUARDS: dict[Callable[..., Any], tuple[str, ...]] = {}
+#: The longest purpose the search routes take (their form's `max_length`).
+_PURPOSE_CHARS = 64
 
 
 def gallery_of(request: Request) -> Gallery:
@@ -55,21 +63,31 @@ def _limiter(request: Request) -> RateLimiter:
     return limiter
 
 
+def audit_refusal(request: Request, error: PermissionDeniedError, actor: str, purpose: str | None = None,
+                  details: dict[str, str] | None = None) -> None:
+    """Record a refused call (a 403) under its route's action: who tried what, and why (the error's
+    message: never a key or a session's secret)."""
+    route = request.scope.get("route")
+    action = getattr(route, "name", "call").replace("_", "-")
+    action = _REFUSED_ACTIONS.get(action, action if action in ACTIONS else "call")  # else the store drops it
+    gallery_of(request).context.record_refusal(
+        action, request.path_params.get("subject"), purpose, actor, error,
+        {"call": f"{request.method} {getattr(route, 'path', request.url.path)}", **(details or {})})
+
+
 def _checked(request: Request, roles: tuple[str, ...], purpose: str | None = None) -> Caller:
-    """The authenticated caller, holding one of `roles` (any key, when none) and allowed `purpose`."""
-    gallery = gallery_of(request)
-    found = caller(request, gallery, _limiter(request))
-    if not roles:
-        return found
+    """The authenticated caller, holding one of `roles` (any key, when none) and allowed `purpose`.
+    Every 403 is audited here: a role or purpose refused, and a console session's change without
+    its CSRF token (refused inside `caller`, under the session's key name)."""
+    found: Caller | None = None
     try:
-        found.require(*roles, purpose=purpose)
+        found = caller(request, gallery_of(request), _limiter(request))
+        request.state.caller = found  # known: a later refusal of what the call sent may come (app.py)
+        if roles:
+            found.require(*roles, purpose=purpose)
     except PermissionDeniedError as exc:  # audited like every refusal: who tried what
-        route = request.scope.get("route")
-        action = getattr(route, "name", "call").replace("_", "-")
-        action = _REFUSED_ACTIONS.get(action, action if action in ACTIONS else "call")  # else the store drops it
-        gallery.context.record_refusal(
-            action, request.path_params.get("subject"), purpose, found.name,
-            exc, {"call": f"{request.method} {getattr(route, 'path', request.url.path)}"})
+        actor = found.name if found is not None else getattr(exc, "key_name", ANONYMOUS)
+        audit_refusal(request, exc, actor, purpose)
         raise
     return found
 
@@ -80,14 +98,45 @@ def role(*roles: str) -> Any:
     def dependency(request: Request, _: _Credentials) -> Caller:
         return _checked(request, roles)
 
+    _GUARDS[dependency] = roles
     return Depends(dependency)
 
 
-def searcher(
-    request: Request, _: _Credentials, purpose: Annotated[str, Form(max_length=64, examples=["visitor-check-in"])],
-) -> Caller:
-    """The dependency of match and verify: an operator whose key may search for the form's `purpose`."""
-    return _checked(request, ("operator",), purpose)
+async def searcher(request: Request, _: _Credentials) -> Caller:
+    """The dependency of match and verify: an operator whose key may search for the form's `purpose`.
+
+    It declares no form field, so nothing the form holds is validated before the key and its role
+    (a missing purpose was 422 before a missing key's 401). The purpose is read from the form
+    FastAPI has already parsed, the one the route gets; one the route refuses anyway (missing,
+    not text, over 64 characters) is left to its 422, so no such text reaches the audit trail."""
+    purpose = (await request.form()).get("purpose")
+    wanted = purpose if isinstance(purpose, str) and len(purpose) <= _PURPOSE_CHARS else None
+    return await run_in_threadpool(_checked, request, ("operator",), wanted)  # scrypt, the store: off the loop
+
+
+async def caller_first(request: Request) -> None:
+    """Before a refusal of what a call sent (422, or 400 for a body that cannot be parsed): its key
+    and role, when its route needs them and they were not checked yet. FastAPI reads the body before
+    any dependency, so a body that is not JSON was refused before the key was looked at; README
+    promises 401 or 403 however malformed the rest. Raises that 401, 403 (audited) or 429."""
+    if getattr(request.state, "caller", None) is not None:
+        return
+    roles = _roles_of(getattr(request.scope.get("route"), "dependant", None))
+    if roles is not None:
+        await run_in_threadpool(_checked, request, roles)
+
+
+def _roles_of(dependant: Any) -> tuple[str, ...] | None:
+    for needed in getattr(dependant, "dependencies", ()):
+        roles = _GUARDS.get(needed.call) if needed.call is not None else None
+        if roles is None:
+            roles = _roles_of(needed)
+        if roles is not None:
+            return roles
+    return None
+
+
+_GUARDS[searcher] = ("operator",)
 
 
 def json_answer(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -149,11 +198,17 @@ def date(text: str | None, what: str) -> datetime | None:
 
 
 def moment(text: str | None, what: str) -> datetime | None:
-    """A date or ISO 8601 time (the audit's `since` and `until`)."""
+    """A date or ISO 8601 time (the audit's `since` and `until`), in UTC (a naive one is UTC), so a
+    zone that pushes it past year 9999 or before year 1 is refused here, not a 500 in the store."""
     if text is None:
         return None
     try:
-        return datetime.fromisoformat(text)
+        parsed = datetime.fromisoformat(text.strip())
     except ValueError:
         raise InvalidArgumentError(f"{what} {text!r} is not a date or time: write YYYY-MM-DD or an ISO 8601 "
                                    "time.") from None
+    try:
+        return utc(parsed)
+    except OverflowError:
+        raise InvalidArgumentError(f"{what} {text!r} is outside the years 1 to 9999 in UTC: write a time within "
+                                   "them, e.g. 9999-12-31 or 0001-01-02.") from None

@@ -7,6 +7,12 @@ process's memory, whoever sends them. `PhotoSlots` lets `slots` requests with ph
 next one at once with a 503 problem and `Retry-After`, as AWS Rekognition throttles: the client
 retries, nothing queues up in memory. The body is read before a slot is taken, so a slow upload
 never holds one.
+
+Whether a request is an upload is decided from the Content-Type header, which Starlette parses
+by its first occurrence: a request with two (the first multipart, the last text/plain, which
+`dict(headers)` keeps) was decoded as an upload and never took a slot. So a request with more
+than one Content-Type header is refused with 400 before anything else (RFC 9110 allows one), and
+any multipart one counts as photo work.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import ServiceBusyError
-from .problems import problem_for
+from .problems import problem, problem_for
 
 __all__ = ["PhotoSlots", "RETRY_AFTER_S"]
 
@@ -22,11 +28,15 @@ __all__ = ["PhotoSlots", "RETRY_AFTER_S"]
 RETRY_AFTER_S = 2
 
 
+def _content_types(scope: Scope) -> list[bytes]:
+    return [value.strip().lower() for name, value in scope.get("headers") or [] if name.lower() == b"content-type"]
+
+
 def _photo_work(scope: Scope) -> bool:
     if scope["method"] != "POST":
         return False
-    content_type = dict(scope.get("headers") or []).get(b"content-type", b"").lower()
-    return content_type.startswith(b"multipart/form-data") or str(scope["path"]).endswith("/approve")
+    return (any(kind.startswith(b"multipart/form-data") for kind in _content_types(scope))
+            or str(scope["path"]).endswith("/approve"))
 
 
 class PhotoSlots:
@@ -36,6 +46,10 @@ class PhotoSlots:
         self.app, self.slots, self.busy = app, max(1, slots), 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and len(_content_types(scope)) > 1:  # which one is the body? refused, unread
+            await problem(400, f"The request has {len(_content_types(scope))} Content-Type headers: send exactly "
+                               "one.")(scope, receive, send)
+            return
         if scope["type"] != "http" or not _photo_work(scope):
             await self.app(scope, receive, send)
             return

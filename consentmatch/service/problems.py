@@ -78,7 +78,8 @@ _TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not 
 HTTP_PROBLEMS = (
     ("ContentTooLarge", "413", "the request body is over the limit (a photo at the decoder's limit and its form), "
                                "refused before it is read"),
-    ("HTTPError", "404, 405", "no such endpoint, or not with this method"),
+    ("HTTPError", "400, 404, 405", "a request that cannot be read (two Content-Type headers, a body that cannot be "
+                                   "parsed), no such endpoint, or not with this method"),
     ("InternalError", "500", "a bug: the server's log has the error (never a photo)"),
 )
 
@@ -100,7 +101,9 @@ def status_of(error: ConsentMatchError) -> int:
 
 
 def _slug(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "-", name.removesuffix("Error") or name).lower()
+    """The class name in kebab case: a hyphen where a word starts, an acronym kept whole
+    (`PermissionDeniedError`: permission-denied; `HTTPError`: http, not h-t-t-p)."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "-", name.removesuffix("Error") or name).lower()
 
 
 def problem(status: int, detail: str, error: str = "HTTPError", **extra: Any) -> JSONResponse:

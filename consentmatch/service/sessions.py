@@ -40,6 +40,15 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 MAX_SESSIONS = 10_000
 
 
+class _CsrfRefused(PermissionDeniedError):
+    """A change without the session's CSRF token; `key_name`, the session's key, is the audit's actor
+    (deps.py records it). Private: problems and the audit trail name it PermissionDeniedError."""
+
+    def __init__(self, message: str, key_name: str) -> None:
+        super().__init__(message)
+        self.key_name = key_name
+
+
 @dataclass(frozen=True)
 class Session:
     """One signed-in browser: whose key, its CSRF token, and when it ends."""
@@ -120,8 +129,8 @@ class Sessions:
         if request.method not in SAFE_METHODS:
             sent = request.headers.get(CSRF_HEADER, "")
             if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
-                raise PermissionDeniedError("This change came with the console's session cookie but without its "
-                                            "CSRF token (X-CSRF-Token): reload the console and try again.")
+                raise _CsrfRefused("This change came with the console's session cookie but without its CSRF token "
+                                   "(X-CSRF-Token): reload the console and try again.", session.key_name)
         key = next((k for k in gallery.api_keys()
                     if k.name == session.key_name and k.created_at == session.key_created), None)
         if key is None or not key.active(datetime.now(timezone.utc)):

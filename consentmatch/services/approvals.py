@@ -92,7 +92,7 @@ def search_request(
     `own_only`: another's request is not found (a reader who oversees none, e.g. an operator)."""
     request = _find(ctx, request_id)
     if own_only and request.requester != ctx.who(reader):
-        raise RequestNotFoundError(f"No search request has the id '{request_id}' among yours.")
+        raise _not_found(request_id)  # the words of an unknown id: they tell no one another's request exists
     return request if request.requester == ctx.who(reader) else replace(request, result=None)
 
 
@@ -158,9 +158,14 @@ def _run(ctx: Context, request: SearchRequest, probe: bytes) -> SearchRequest:
         return replace(request, error=str(exc))
 
 
+def _not_found(request_id: str) -> RequestNotFoundError:
+    """One message for an id that is unknown and for one that is another's (`own_only`)."""
+    return RequestNotFoundError(f"No search request you may read has the id '{request_id}': `consentmatch request "
+                                "list` (GET /v1/requests) shows them.")
+
+
 def _find(ctx: Context, request_id: str) -> SearchRequest:
-    missing = RequestNotFoundError(f"No search request has the id '{request_id}': `consentmatch request list` "
-                                   "shows them.")
+    missing = _not_found(request_id)
     if not ctx.store.exists():
         raise missing
     _expire(ctx)
