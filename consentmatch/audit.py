@@ -20,7 +20,7 @@ from typing import Any
 
 from .results import AuditCheck
 
-__all__ = ["ACTIONS", "GENESIS", "check_chain", "details_text", "digest", "timestamp"]
+__all__ = ["ACTIONS", "GENESIS", "bound", "check_chain", "details_text", "digest", "timestamp"]
 
 GENESIS = "0" * 64
 ACTIONS = (
@@ -49,6 +49,33 @@ ACTIONS = (
 
 #: An event as stored: seq, at, actor, action, subject, purpose, details (JSON text), prev_hash, hash.
 Row = tuple[int, str, str, str, "str | None", "str | None", str, str, str]
+
+
+def bound(text: str | None, what: str, *, end_of_day: bool = False) -> datetime | None:
+    """A since or until of an audit search, as the CLI and the HTTP API both read it: a bare date
+    is 00:00 UTC that day (with `end_of_day`, the whole day counts), a naive time is UTC.
+
+    Raises:
+        InvalidArgumentError: not a date or time, or one a zone pushes past year 9999 or before year 1.
+    """
+    if text is None:
+        return None
+    from .consent import utc
+    from .errors import InvalidArgumentError
+    from .text import visible
+
+    given = text.strip()
+    try:
+        moment = utc(datetime.fromisoformat(given))
+    except ValueError:
+        raise InvalidArgumentError(f"{what} '{visible(text)}' is not a date or time: write YYYY-MM-DD or an ISO "
+                                   "8601 time such as 2026-03-01T09:30.") from None
+    except OverflowError:
+        raise InvalidArgumentError(f"{what} '{visible(text)}' is outside the years 1 to 9999 in UTC: write a time "
+                                   "within them, e.g. 9999-12-31 or 0001-01-02.") from None
+    if end_of_day and len(given) == 10:  # YYYY-MM-DD: through the end of that day
+        moment = moment.replace(hour=23, minute=59, second=59, microsecond=999_999)
+    return moment
 
 
 def timestamp(moment: datetime) -> str:

@@ -228,6 +228,10 @@ def test_an_audit_bound_past_the_years_utc_can_hold_is_one_line_422_and_exit_2(s
                                                         "until": "9999-12-31T23:59:59+01:00"})
     assert zoned.status_code == 200 and zoned.json() == everything
     assert client.get("/v1/audit", headers=me, params={"until": "9999-12-31"}).json() == everything
+    today = everything[-1]["at"][:10]  # a bare `until` takes that whole day, as the CLI's --until does
+    assert client.get("/v1/audit", headers=me, params={"since": today, "until": today}).json()[-1] == everything[-1]
+    cli = CliRunner().invoke(app, ["audit", "-g", str(folder / "g.db"), "--until", "x"])
+    assert cli.exit_code == 2 and cli.stderr.startswith("error: --until 'x' is not a date or time: write YYYY-MM-DD")
 
 
 def test_the_key_and_role_come_before_a_form_or_a_body_that_is_not_json(served: Any) -> None:

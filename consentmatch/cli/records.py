@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Optional, TYPE_CHECKING
 
 import typer
 
-from ..consent import utc
+from ..audit import bound
 from ..policy import POLICY
 from ..text import visible
 from ..text import shown as _shown
@@ -372,19 +371,6 @@ def optout_list(gallery: GalleryOption, as_json: JsonOption = False) -> None:
 # -- audit and subject access ----------------------------------------------------------------
 
 
-def _moment(text: str | None, option: str, *, end_of_day: bool = False) -> datetime | None:
-    """An audit bound: a bare date is 00:00 UTC that day (for --until, the whole day counts); a naive time is UTC."""
-    if text is None:
-        return None
-    try:
-        moment = utc(datetime.fromisoformat(text.strip()))
-        if end_of_day and len(text.strip()) == 10:  # YYYY-MM-DD: through the end of that day
-            moment += timedelta(days=1) - timedelta(microseconds=1)
-    except (ValueError, OverflowError):  # OverflowError: past year 9999
-        fail(f"{option} '{visible(text)}' is not a date or time: write YYYY-MM-DD or an ISO time such as 2026-03-01T09:30.", 2)
-    return moment
-
-
 @app.command("audit")
 def audit_(
     gallery: GalleryOption,
@@ -405,7 +391,8 @@ def audit_(
 
     **Example:** `consentmatch audit -g visitors.db --action key-rotate --since 2026-01-01 --json`
     """
-    start, end = _moment(since, "--since"), _moment(until, "--until", end_of_day=True)
+    with mapped_errors():  # the HTTP API reads them the same way (audit.bound)
+        start, end = bound(since, "--since"), bound(until, "--until", end_of_day=True)
     with mapped_errors(), open_gallery(gallery, existing=True) as g:
         if check:
             result = g.verify_audit()

@@ -19,7 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from ..audit import ACTIONS
-from ..consent import parse_expiry, utc
+from ..consent import parse_expiry
 from ..errors import InvalidArgumentError, PermissionDeniedError
 from ..gallery import Gallery
 from ..services import access
@@ -27,7 +27,7 @@ from ..text import check_text
 from .auth import Caller, RateLimiter, caller
 
 __all__ = ["ANONYMOUS", "BEARER", "NO_STORE", "Paging", "audit_refusal", "caller_first", "date", "fingerprint", "gallery_of",
-           "idempotent", "json_answer", "listing", "moment", "role", "searcher"]
+           "idempotent", "json_answer", "listing", "role", "searcher"]
 
 NO_STORE = {"Cache-Control": "no-store"}
 #: The audit actor of a call refused before any key was checked (a cross-site sign-in): the
@@ -195,20 +195,3 @@ def date(text: str | None, what: str) -> datetime | None:
         return parse_expiry(text)
     except ValueError:
         raise InvalidArgumentError(f"{what} {text!r} is not a date: write YYYY-MM-DD.") from None
-
-
-def moment(text: str | None, what: str) -> datetime | None:
-    """A date or ISO 8601 time (the audit's `since` and `until`), in UTC (a naive one is UTC), so a
-    zone that pushes it past year 9999 or before year 1 is refused here, not a 500 in the store."""
-    if text is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise InvalidArgumentError(f"{what} {text!r} is not a date or time: write YYYY-MM-DD or an ISO 8601 "
-                                   "time.") from None
-    try:
-        return utc(parsed)
-    except OverflowError:
-        raise InvalidArgumentError(f"{what} {text!r} is outside the years 1 to 9999 in UTC: write a time within "
-                                   "them, e.g. 9999-12-31 or 0001-01-02.") from None

@@ -9,7 +9,8 @@ from fastapi.responses import Response
 
 from ...gallery import Gallery
 from ..auth import Caller
-from ..deps import Paging, gallery_of, json_answer, listing, moment, role
+from ...audit import bound
+from ..deps import Paging, gallery_of, json_answer, listing, role
 from ..schemas import AuditCheckOut, AuditEventOut, RetentionOut, problems
 
 __all__ = ["router"]
@@ -27,10 +28,10 @@ def audit(
     action: Annotated[str | None, Query(max_length=40)] = None,
     purpose: Annotated[str | None, Query(max_length=64)] = None,
     since: Annotated[str | None, Query(max_length=40, examples=["2026-11-01"])] = None,
-    until: Annotated[str | None, Query(max_length=40)] = None,
+    until: Annotated[str | None, Query(max_length=40, description="A bare date takes that whole day (UTC).")] = None,
 ) -> Response:
-    events = gallery.audit(subject, actor=actor, action=action, purpose=purpose, since=moment(since, "since"),
-                           until=moment(until, "until"))
+    events = gallery.audit(subject, actor=actor, action=action, purpose=purpose, since=bound(since, "since"),
+                           until=bound(until, "until", end_of_day=True))
     return listing([e.to_dict() for e in events], page)
 
 
