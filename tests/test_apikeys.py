@@ -72,3 +72,15 @@ def test_an_empty_list_says_so_instead_of_a_bare_header(tmp_path: Path) -> None:
         listed = runner.invoke(app, [*args, "-g", str(empty)], env=WIDE)
         assert listed.exit_code == 0 and listed.stdout.rstrip().endswith(line), listed.output
         assert line not in runner.invoke(app, [*args, "-g", str(empty), "--json"]).stdout
+
+
+def test_a_key_name_cannot_pass_for_an_actor_consentmatch_names_itself(tmp_path: Path) -> None:
+    """The audit's actor of a call is its key's name: a key named `local:alice` or
+    `service:anonymous` would read as a person at a shell or as a call with no key."""
+    with Gallery(tmp_path / "g.db", encoder=FakeEncoder()) as g:
+        for name in ("local:alice", "service:anonymous"):
+            with pytest.raises(InvalidArgumentError, match="':' marks the actors consentmatch names itself"):
+                g.create_api_key(name, roles=["operator"])
+        assert g.api_keys() == []
+    refused = runner.invoke(app, ["apikey", "create", "local:alice", "--role", "operator", "-g", str(tmp_path / "g.db")])
+    assert refused.exit_code == 2 and refused.stderr.count("\n") == 1

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from ..consent import check_purpose
 from ..errors import AuthenticationError, InvalidArgumentError
 from ..results import ApiKeyInfo, NewApiKey
+from ..text import visible
 from .context import Context, check_declared, check_name, check_new_name
 
 __all__ = ["ROLES", "answer_once", "api_keys", "authenticate", "create_api_key", "key_id", "recall", "remember",
@@ -48,6 +49,9 @@ def create_api_key(
     """A new key, shown once; its salted hash and terms stored, the creation audited. Its purposes
     must be declared ones (a typo is refused with the closest declared purpose)."""
     name = check_new_name(name, "API key name")
+    if ":" in name:  # the audit's actor is the key's name: `kind:name` is what consentmatch names itself
+        raise InvalidArgumentError(f"'{visible(name)}' is not a valid API key name: ':' marks the actors consentmatch "
+                                   "names itself (local:<OS user>, service:anonymous); use another character, e.g. '-'.")
     wanted = sorted(set(roles))
     unknown = [r for r in wanted if r not in ROLES]
     if not wanted or unknown:
