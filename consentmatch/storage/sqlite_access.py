@@ -194,8 +194,12 @@ class AccessRows:
         for its erasure: those whose row holds its MAC, and the ids of those whose row fails it
         (not refused, since an erasure never is: it strips them with `strip_request`)."""
         intact, edited = [], []
+        # Only rows whose subject is the name or whose result's text holds it as a JSON string (as
+        # `_request_row` writes it) are read and checked: an erasure does not check every request's MAC.
+        quoted = json.dumps(subject).replace("!", "!!").replace("%", "!%").replace("_", "!_")
         for row in self.conn.execute(f"SELECT {_REQUEST_FIELDS}, mac FROM search_requests "
-                                     "ORDER BY created_at, request_id").fetchall():
+                                     "WHERE subject = ? OR result LIKE ? ESCAPE '!' ORDER BY created_at, request_id",
+                                     (subject, f"%{quoted}%")).fetchall():
             try:
                 request: SearchRequest | None = _request(row)
             except (ValueError, TypeError):  # not as consentmatch writes it: read it for the name alone
