@@ -37,12 +37,13 @@ def erase(
     Order, in one write transaction: find the subject -> read its templates (for the
     post-check) and data key id -> delete rows -> close the held search requests that name the
     subject, clear the results that name it (`erase_requests`) -> destroy that data key and
-    their probes' keys as the last step -> commit; then the WAL checkpoint and the index (the cache follows the commit). What is read,
-    deleted and shredded is one subject, by id: a forget and re-enrollment of the same name by
-    another process cannot slip between them. A write the gallery refuses (read-only, locked)
-    shreds nothing; from the shred on, no crash and no old copy of the gallery makes the
-    templates readable again (rows left by a crash between shred and commit are dropped at the
-    next open).
+    their probes' keys as the last step -> commit; then the WAL checkpoint and the index (the
+    cache follows the commit). What is read, deleted and shredded is one subject, by id: a
+    forget and re-enrollment of the same name by another process cannot slip between them. A
+    write the gallery refuses (read-only, locked) shreds nothing; from the shred on, no crash and
+    no old copy of the gallery makes the templates or the held probes readable again (rows left
+    by a crash between shred and commit are dropped at the next open; a probe of a shredded key
+    does not open).
 
     Raises:
         SubjectNotFoundError: nobody of that name (ConsentError: no consent of that reference).
