@@ -44,6 +44,7 @@ ACTIONS = (
     "request-approve",
     "request-deny",
     "request-expire",
+    "request-erase",  # an erasure closed a pending request of its subject, or cleared a result naming it
     "call",  # a service call refused before any verb (a 403 on a route that reads): details.call names it
 )
 

@@ -331,7 +331,7 @@ class Gallery:
                                         subject=subject, tolerance=tolerance, requester=actor)
 
     def search_requests(self, *, status: str | None = None, requester: str | None = None) -> list[SearchRequest]:
-        """Search requests, oldest first (pending, approved, denied or expired), without results;
+        """Search requests, oldest first (pending, approved, denied, expired or erased), without results;
         only those `requester` filed, when given (what a key that is no approver or auditor sees)."""
         return approvals.search_requests(self._ctx, status, requester)
 

@@ -477,8 +477,10 @@ class NewApiKey:
 class SearchRequest:
     """A match or verify for a purpose that needs approval, held until an approver decides.
 
-    `status`: pending, approved, denied or expired. `result` (the search's JSON, or its error) is
-    filled in on approval and shown only to the requester; the probe itself is destroyed then.
+    `status`: pending, approved, denied, expired, or erased (its subject was erased while it was
+    pending). `result` (the search's JSON, or its error) is filled in on approval and shown only to
+    the requester; the probe itself is destroyed then. The erasure of a subject the result names
+    clears it (`error` says so).
     """
 
     request_id: str
@@ -506,3 +508,19 @@ class SearchRequest:
                 "expires_at": _iso(self.expires_at), "decided_by": self.decided_by,
                 "decided_at": _iso(self.decided_at), "decision_reason": self.decision_reason,
                 "result": self.result, "error": self.error}
+
+    def result_names(self, *, measured: bool = False) -> set[str]:
+        """The subjects the result names (a verify's subject; a match's faces and their candidates),
+        which their erasure clears it for; `measured`: only those it gives a distance to."""
+        names: set[str] = set()
+        todo: list[Any] = [self.result]
+        while todo:
+            item = todo.pop()
+            if isinstance(item, dict):
+                named = item.get("subject")
+                if isinstance(named, str) and not (measured and item.get("distance") is None):
+                    names.add(named)
+                todo.extend(item.values())
+            elif isinstance(item, list):
+                todo.extend(item)
+        return names

@@ -9,6 +9,7 @@ import sqlite3
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,11 +24,13 @@ from consentmatch import (
     InvalidArgumentError,
     NoFaceError,
     PolicyError,
+    RequestNotFoundError,
     SubjectNotFoundError,
 )
 from consentmatch.cli import app
 from consentmatch.consent import evidence_digest
 from consentmatch.retention import ConsentTerm, destroy_by
+from consentmatch.services import approvals, erasure
 
 from .conftest import FakeEncoder, fake_photo
 
@@ -574,3 +577,142 @@ def test_an_erasure_receipt_says_what_a_zero_means(gallery_location: str, tmp_pa
                               "tombstones, the search index is rebuilt from the store at the next search; post-check passed")
     forgotten = runner.invoke(app, ["forget", "alice", "--yes"], env=env).stdout
     assert forgotten.startswith("Erased 'alice' (forget): no template left to delete, 1 consent record(s) deleted; ")
+
+
+# -- erasure reaches the search requests held for approval ---------------------------------
+
+
+def _held_office(gallery: Gallery, tmp_path: Path, first: str = "alice") -> dict[str, Path]:
+    """`first` (alice), bob and carol enrolled for 'staff-access', a purpose that needs approval;
+    a probe photo of each."""
+    reds = {first: 10, "bob": 20, "carol": 30}
+    for number, (name, red) in enumerate(reds.items()):
+        gallery.enroll(name, [fake_photo(tmp_path, f"{number}.png", (red, 0))],
+                       Consent(f"R{number}", ["door", "staff-access"], jurisdiction="GB",
+                               expires_at=START + timedelta(days=1)))
+    gallery.set_policy("approval_purposes", "staff-access")
+    return {name: fake_photo(tmp_path, f"{number}-probe.png", (red, 3)) for number, (name, red) in enumerate(reds.items())}
+
+
+def _probe_key_live(gallery: Gallery, request_id: str) -> bool:
+    """Whether the data key a request's probe was sealed under is still in the key store."""
+    with gallery.context.store.read() as tx:
+        held: Any = tx  # both engines' transactions have a connection that takes sqlite3's calls
+        (key_id,) = held.conn.execute("SELECT probe_key FROM search_requests WHERE request_id = ?", (request_id,)).fetchone()
+    return gallery.context.store.keys.data_key(str(key_id)) is not None
+
+
+@pytest.mark.parametrize("how", ["forget", "revoke", "optout", "purge"])
+def test_an_erasure_closes_the_pending_requests_of_its_subject_and_destroys_their_probes(
+    any_gallery: Gallery, tmp_path: Path, gallery_location: str, clock: Clock, monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    """Red-team finding: a pending verify of a forgotten subject kept its probe, which an approver
+    could still download. Every erasure (forget, revoke, opt-out, purge) closes it as `erased`,
+    destroys the probe and shreds its key, in its own transaction; a pending match names nobody
+    and stays."""
+    probes = _held_office(any_gallery, tmp_path)
+    of_alice = any_gallery.request_verify("alice", probes["alice"], purpose="staff-access", case_ref="C-1",
+                                          reason="badge lost", actor="desk-2")
+    of_bob = any_gallery.request_verify("bob", probes["bob"], purpose="staff-access", case_ref="C-2",
+                                        reason="badge lost", actor="desk-2")
+    anyone = any_gallery.request_match(probes["alice"], purpose="staff-access", case_ref="C-3", reason="tailgating",
+                                       actor="desk-2")
+    assert approvals.request_probe(any_gallery.context, of_alice.request_id) == probes["alice"].read_bytes()
+    assert _probe_key_live(any_gallery, of_alice.request_id)
+    clock.now = START + timedelta(days=2)  # the consents' term is over (purge), the requests' 72 hours are not
+    erase = {"forget": lambda: [any_gallery.forget("alice", actor="hr-1")],
+             "revoke": lambda: [any_gallery.revoke_consent("R0", actor="hr-1")],
+             "optout": lambda: any_gallery.add_optout(subject="alice", actor="hr-1"),
+             "purge": lambda: [r for r in any_gallery.purge(actor="hr-1") if r.subject == "alice"]}[how]
+    (receipt,) = erase()
+    assert receipt.verified and receipt.templates_removed == 1
+    closed = any_gallery.search_request(of_alice.request_id)
+    assert (closed.status, closed.decision_reason, closed.result) == ("erased", erasure.ERASED_PENDING, None)
+    with pytest.raises(RequestNotFoundError, match="erased, and its probe destroyed"):
+        approvals.request_probe(any_gallery.context, of_alice.request_id)
+    with pytest.raises(InvalidArgumentError, match="no longer pending"):
+        any_gallery.approve_request(of_alice.request_id, reason="ok", actor="lt-1")
+    with any_gallery.context.store.read() as tx:
+        assert tx.request_probe(of_alice.request_id) is None  # the sealed copy is gone, not only its key
+    assert not _probe_key_live(any_gallery, of_alice.request_id)
+    if how != "purge":  # purge: bob and carol were due too
+        for other in (of_bob, anyone):
+            assert any_gallery.search_request(other.request_id).status == "pending"
+            assert approvals.request_probe(any_gallery.context, other.request_id)
+    (event,) = any_gallery.audit(action="request-erase", subject="alice")
+    assert event.actor == "hr-1" and event.purpose == "staff-access"
+    assert event.details == {"request": of_alice.request_id, "requester": "desk-2", "change": "closed",
+                             "erasure": receipt.reason}
+    assert of_alice.request_id in [r.request_id for r in any_gallery.search_requests(status="erased")]
+    check = any_gallery.verify_audit()  # the closed row's MAC was renewed, as a decision's is
+    assert check.intact and check.problem is None
+    monkeypatch.setattr("consentmatch.vision.default_encoder", lambda settings=None: FakeEncoder())
+    listed = CliRunner().invoke(app, ["request", "list", "-g", gallery_location, "--status", "erased", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert of_alice.request_id in [json.loads(line)["request_id"] for line in listed.stdout.splitlines()]
+
+
+def test_an_erasure_clears_every_kept_result_that_names_its_subject(any_gallery: Gallery, tmp_path: Path) -> None:
+    """Red-team finding: an approved verify kept `{"subject": "obama", "match": true, "distance":
+    0.351101}` after forget obama, for its requester to read. A verify of the subject, and a match
+    whose faces or candidates name it, lose their result (the whole of it; `error` says why);
+    results that do not name it stay. The name is found in the stored JSON however it is written
+    (non-ASCII escaped; quotes; LIKE's wildcards)."""
+    zoe = 'zoë "z" 5%_!'
+    probes = _held_office(any_gallery, tmp_path, zoe)
+
+    def approved(request: Any) -> str:
+        any_gallery.approve_request(request.request_id, reason="reviewed", actor="lt-1")
+        return str(request.request_id)
+
+    verify = approved(any_gallery.request_verify(zoe, probes[zoe], purpose="staff-access", case_ref="C-1",
+                                                 reason="r", actor="desk-2"))
+    found = approved(any_gallery.request_match(probes[zoe], purpose="staff-access", case_ref="C-2", reason="r",
+                                               actor="desk-2"))
+    near = approved(any_gallery.request_match(probes["bob"], purpose="staff-access", case_ref="C-3", reason="r",
+                                              top_k=2, actor="desk-2"))  # bob, zoe a candidate beyond the tolerance
+    other = approved(any_gallery.request_match(probes["carol"], purpose="staff-access", case_ref="C-4", reason="r",
+                                               top_k=1, actor="desk-2"))
+    denied = any_gallery.request_verify(zoe, probes[zoe], purpose="staff-access", case_ref="C-5", reason="r",
+                                        actor="desk-2")
+    any_gallery.deny_request(denied.request_id, reason="no", actor="lt-1")
+    before = {i: any_gallery.search_request(i, actor="desk-2").result for i in (verify, found, near, other)}
+    assert before[verify] is not None and before[verify]["match"] and before[verify]["distance"] is not None
+    named = json.dumps(zoe, ensure_ascii=False)  # the name as a JSON string, quotes escaped
+    assert named in json.dumps(before[near], ensure_ascii=False)
+    assert named not in json.dumps(before[other], ensure_ascii=False)
+    any_gallery.forget(zoe, actor="hr-1")
+    for request_id in (verify, found, near):
+        kept = any_gallery.search_request(request_id, actor="desk-2")
+        assert (kept.status, kept.result, kept.error) == ("approved", None, erasure.ERASED_RESULT)
+        assert named not in json.dumps({k: v for k, v in kept.to_dict().items() if k != "subject"}, ensure_ascii=False)
+    assert any_gallery.search_request(other, actor="desk-2").result == before[other]
+    assert any_gallery.search_request(denied.request_id).status == "denied"  # nothing of zoe held: unchanged
+    changes = {e.details["request"]: e.details["change"] for e in any_gallery.audit(action="request-erase")}
+    assert changes == {verify: "result-cleared", found: "result-cleared", near: "result-cleared"}
+    check = any_gallery.verify_audit()
+    assert check.intact and check.problem is None
+
+
+def test_a_result_is_not_kept_for_a_subject_erased_while_its_search_ran(any_gallery: Gallery, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """An approved search runs after its decision commits and its result is written after it: an
+    erasure in between (another process, another node) finds no result to clear, so the write
+    itself checks that every subject the result measures is still enrolled."""
+    probes = _held_office(any_gallery, tmp_path)
+    held = any_gallery.request_verify("alice", probes["alice"], purpose="staff-access", case_ref="C-1", reason="r",
+                                      actor="desk-2")
+    run = approvals._run
+
+    def run_then_forget(ctx: Any, request: Any, probe: bytes) -> Any:
+        done = run(ctx, request, probe)
+        erasure.forget(ctx, "alice", "hr-1")
+        return done
+
+    monkeypatch.setattr(approvals, "_run", run_then_forget)
+    decided = any_gallery.approve_request(held.request_id, reason="reviewed", actor="lt-1")
+    assert (decided.result, decided.error) == (None, erasure.ERASED_RESULT)
+    kept = any_gallery.search_request(held.request_id, actor="desk-2")
+    assert (kept.status, kept.result, kept.error) == ("approved", None, erasure.ERASED_RESULT)
+    assert [e.details["change"] for e in any_gallery.audit(action="request-erase")] == ["result-cleared"]

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from consentmatch import Gallery
 from consentmatch.service import create_app
-from consentmatch.services import approvals
+from consentmatch.services import approvals, erasure
 from consentmatch.services.context import utcnow
 from consentmatch.services.transfer import copy_gallery
 from consentmatch.settings import Settings
@@ -225,6 +225,40 @@ def test_a_denied_or_expired_request_destroys_its_probe(service: Service) -> Non
     finally:
         later.close()
     assert keys_before.data_keys == service.gallery.key_info().data_keys  # request keys are not subjects' keys
+    assert _held_probes(service.path) == 0
+
+
+def test_forgetting_a_subject_ends_what_its_requests_hold(service: Service) -> None:
+    """The red-team's finding over HTTP: after DELETE /v1/subjects/kit_harington an approver still
+    downloaded the held probe of a pending verify of him, and after forgetting obama the requester
+    still read `{"subject": "obama", "match": true, "distance": ...}`. Now the pending request is
+    closed as `erased`, its probe gone, and the approved one keeps no result. (A subject of its own:
+    the examples' people share their data keys with every copy of the session's real gallery.)"""
+    consent = {"subject": "lmm", "reference": "FORM-91", "purposes": ["staff-access"]}
+    assert service.post("enroller", "/v1/consents", json=consent).status_code == 201
+    with open(PROBES / "lin-manuel-miranda.png", "rb") as f:
+        photo = f.read()
+    enrolled = service.post("enroller", "/v1/subjects/lmm/photos", files=[("photos", ("lmm.png", photo))],
+                            data={"consent_ref": "FORM-91", "quality": "off"})
+    assert enrolled.status_code == 201, enrolled.text
+    service.gallery.set_policy("approval_purposes", "staff-access")
+
+    def verify() -> str:
+        filed = service.post("operator", "/v1/verify", files={"photo": ("p.png", photo)},
+                             data={"subject": "lmm", "purpose": "staff-access", "case_ref": "C-9", "reason": "r"})
+        assert filed.status_code == 202, filed.text
+        return str(filed.json()["request_id"])
+
+    pending, approved = verify(), verify()
+    assert service.post("approver", f"/v1/requests/{approved}/approve", json={"reason": "ok"}).status_code == 200
+    assert service.get("operator", f"/v1/requests/{approved}").json()["result"]["match"] is True
+    assert service.get("approver", f"/v1/requests/{pending}/probe").content == photo
+    erased = service.client.delete("/v1/subjects/lmm", headers=service.as_("enroller"))
+    assert erased.status_code == 200 and erased.json()["verified"], erased.text
+    _problem(service.get("approver", f"/v1/requests/{pending}/probe"), 404, "RequestNotFoundError")
+    assert service.get("operator", f"/v1/requests/{pending}").json()["status"] == "erased"
+    kept = service.get("operator", f"/v1/requests/{approved}").json()
+    assert (kept["status"], kept["result"], kept["error"]) == ("approved", None, erasure.ERASED_RESULT)
     assert _held_probes(service.path) == 0
 
 

@@ -198,6 +198,32 @@ def test_erasure_still_works_on_a_tampered_subject(gallery_location: str, tmp_pa
         assert gallery.verify_audit().intact
 
 
+def test_erasure_strips_edited_requests_of_its_subject_and_never_shreds_a_key_they_name(
+    gallery_location: str, tmp_path: Path
+) -> None:
+    """A held request whose row was edited is not refused by the erasure of its subject: its probe
+    and result go, its MAC is not renewed (still refused), and a probe key the forger pointed at
+    another subject's data key is not shredded."""
+    path, alice, bob = _two(tmp_path, gallery_location)
+    with _gallery(path) as gallery:
+        gallery.set_policy("approval_purposes", "lobby")
+        held = [gallery.request_verify("alice", alice, purpose="lobby", case_ref=f"C-{n}", reason="r", actor="desk-2")
+                for n in (1, 2)]
+    _raw(path, "UPDATE search_requests SET reason = 'forged' WHERE case_ref = 'C-1'",
+         "UPDATE search_requests SET probe_key = (SELECT key_id FROM subjects WHERE name = 'bob') "
+         "WHERE case_ref = 'C-2'")
+    with _gallery(path) as gallery:
+        with pytest.raises(TamperingError, match="search request"):
+            gallery.search_requests()
+        assert gallery.forget("alice").verified
+        with gallery.context.store.read() as tx:
+            assert [tx.request_probe(r.request_id) for r in held] == [None, None]
+        with pytest.raises(TamperingError, match="search request"):
+            gallery.search_requests()  # stripped, never vouched for
+        assert gallery.match(bob, purpose="door").faces[0].subject == "bob"  # bob's key was not shredded
+        assert [e.details["change"] for e in gallery.audit(action="request-erase")] == ["stripped", "stripped"]
+
+
 def test_the_mac_key_is_never_shredded_nor_counted(tmp_path: Path) -> None:
     path, alice, _ = _two(tmp_path)
     _raw(path, f"UPDATE subjects SET key_id = '{MAC_KEY_ID}' WHERE name = 'bob'")

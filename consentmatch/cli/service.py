@@ -150,7 +150,7 @@ ReasonOption = Annotated[str, typer.Option("--reason", help="Why: recorded in th
 @request_app.command("list")
 def request_list(
     gallery: GalleryOption,
-    status: Annotated[Optional[str], typer.Option("--status", help="pending, approved, denied or expired.")] = None,
+    status: Annotated[Optional[str], typer.Option("--status", help="pending, approved, denied, expired or erased.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Search requests, oldest first (results are shown to their requester only: `request show`).

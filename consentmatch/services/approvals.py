@@ -6,6 +6,8 @@ request -> (held: the probe sealed under a data key of its own, a case reference
            requester only; or deny; or, unanswered, expire after `request_ttl_hours`
         -> the probe destroyed (its data key shredded) whatever the outcome.
 Every step is an audit event; an expired request is found and closed by whoever looks next.
+Erasing the subject a request names (services/erasure.py) closes it while pending (status
+erased, the probe destroyed) and clears the result of a decided one that names the subject.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ from ..errors import InvalidArgumentError, PermissionDeniedError, RequestNotFoun
 from ..images import PhotoInput, Upload, load_photo, photo_bytes
 from ..policy import DEFAULT_TOP_K, PROBE_MIN_FACE_PX, check_policy_top_k, check_top_k
 from ..results import SearchRequest
+from ..storage import Transaction
 from ..text import check_text
 from . import matching
 from .context import REFUSALS, Context, check_name
+from .erasure import ERASED_RESULT
 
 __all__ = ["OVERSEERS", "decide", "oversees", "request_probe", "request_search", "search_request", "search_requests"]
 
-STATUSES = ("pending", "approved", "denied", "expired")
+STATUSES = ("pending", "approved", "denied", "expired", "erased")
 #: The roles that see every request (an approver's queue, an auditor's review); any other reader
 #: sees only the requests they filed.
 OVERSEERS = ("approver", "auditor")
@@ -137,8 +141,23 @@ def decide(ctx: Context, request_id: str, *, approve: bool, reason: str, approve
     if approve and probe is not None:
         decided = _run(ctx, decided, probe)
         with ctx.lock, ctx.store.write(bump=False) as tx:
+            decided = _unless_erased(ctx, tx, decided, who)
             tx.update_request(decided)
     return decided
+
+
+def _unless_erased(ctx: Context, tx: Transaction, request: SearchRequest, who: str) -> SearchRequest:
+    """The result as it may be kept: cleared if a subject it gives a distance to was erased while
+    the search ran (an erasure that commits before it finds no result to clear; one that commits
+    after clears it itself)."""
+    for name in sorted(request.result_names(measured=True)):
+        subject_id = tx.subject_id(name)
+        if subject_id is None or tx.template_count(subject_id) == 0:
+            tx.append_audit(at=ctx.now(), actor=who, action="request-erase", subject=name, purpose=request.purpose,
+                            details={"request": request.request_id, "requester": request.requester,
+                                     "change": "result-cleared"})
+            return replace(request, result=None, error=ERASED_RESULT)
+    return request
 
 
 def _run(ctx: Context, request: SearchRequest, probe: bytes) -> SearchRequest:

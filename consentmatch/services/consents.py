@@ -73,7 +73,7 @@ def revoke_consent(ctx: Context, reference: str, actor: str | None) -> Erasure:
             raise unknown_reference(reference)
         return ctx.subject_id(tx, name)
 
-    return erase(ctx, owner, "revoke", revoke)
+    return erase(ctx, owner, "revoke", revoke, actor)
 
 
 # -- the checks and the record an enrollment makes ---------------------------------------

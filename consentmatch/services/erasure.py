@@ -1,12 +1,14 @@
 """Erasure and what leads to it: forget, retention and purge, the opt-out registry.
 
 `erase` is the one owner of the erasure sequence; revoking a consent (consents.py) goes through
-it too.
+it too. It reaches the held search requests that name the subject (approvals.py) in the same
+transaction: a pending one is closed, its probe destroyed; a result is cleared.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timezone
 from functools import partial
 
@@ -15,24 +17,33 @@ from ..results import Erasure, OptOut, RetentionEntry
 from ..storage import Transaction
 from .context import Context, check_name
 
-__all__ = ["add_optout", "erase", "forget", "optouts", "purge", "remove_optout", "retention"]
+__all__ = ["ERASED_PENDING", "ERASED_RESULT", "add_optout", "erase", "erase_requests", "forget", "optouts", "purge",
+           "remove_optout", "retention"]
+
+#: Why a pending request was closed as `erased` (its `decision_reason`), and why a decided one holds
+#: no result any more (its `error`): neither says how the subject was erased (the audit does).
+ERASED_PENDING = "Closed: the subject was erased; its probe is destroyed."
+ERASED_RESULT = "Result erased: a subject it named was erased."
 
 
 def erase(
     ctx: Context, find: Callable[[Transaction], int], reason: str, change: Callable[[Transaction, int, int], int],
+    actor: str | None = None,
 ) -> Erasure:
     """The one way templates are erased. `find(tx)` names the subject's id inside the
     erasure's transaction; `change(tx, subject_id, templates)` deletes the rows and audits
-    there too, returning the consents it removed.
+    there too, returning the consents it removed; `actor` is who erases (the gallery's by default).
 
     Order, in one write transaction: find the subject -> read its templates (for the
-    post-check) and data key id -> delete rows -> destroy that data key as the last step ->
-    commit; then the WAL checkpoint and the index (the cache follows the commit). What is read,
-    deleted and shredded is one subject, by id: a forget and re-enrollment of the same name by
-    another process cannot slip between them. A write the gallery refuses (read-only, locked)
-    shreds nothing; from the shred on, no crash and no old copy of the gallery makes the
-    templates readable again (rows left by a crash between shred and commit are dropped at the
-    next open).
+    post-check) and data key id -> delete rows -> close the held search requests that name the
+    subject, clear the results that name it (`erase_requests`) -> destroy that data key and
+    their probes' keys as the last step -> commit; then the WAL checkpoint and the index (the
+    cache follows the commit). What is read, deleted and shredded is one subject, by id: a
+    forget and re-enrollment of the same name by another process cannot slip between them. A
+    write the gallery refuses (read-only, locked) shreds nothing; from the shred on, no crash and
+    no old copy of the gallery makes the templates or the held probes readable again (rows left
+    by a crash between shred and commit are dropped at the next open; a probe of a shredded key
+    does not open).
 
     Raises:
         SubjectNotFoundError: nobody of that name (ConsentError: no consent of that reference).
@@ -47,8 +58,9 @@ def erase(
             with tx.renewing(subject_id, strict=False):  # an erasure is never refused
                 consents = change(tx, subject_id, len(ids))
             tx.erase_answers(name)  # the service's kept answers that name the subject go too
+            probe_keys = erase_requests(ctx, tx, name, reason, actor)
             # Index snapshots hold the templates too: their keys go with the subject's, at once.
-            tx.shred([key, *sorted(ctx.store.keys.index_key_ids())])
+            tx.shred([key, *probe_keys, *sorted(ctx.store.keys.index_key_ids())])
         removed = ctx.cache.after_erasure()
         ctx.store.checkpoint()
         # The post-check: no row of the removed templates is left, and the live index finds none of them.
@@ -59,6 +71,37 @@ def erase(
             verified = left == 0 and ctx.cache.finds_none(ids, vectors)
         return Erasure(subject=name, templates_removed=len(ids), index_entries_removed=removed,
                        consents_removed=consents, reason=reason, verified=verified)
+
+
+def erase_requests(ctx: Context, tx: Transaction, name: str, reason: str, actor: str | None) -> list[str | None]:
+    """Inside an erasure's transaction: the held search requests that name the subject give up
+    what they hold of it. A pending verify of it is closed as `erased` (its probe destroyed, like a
+    decision's); a result that names it (a verify's, or a match's face or candidate) is cleared,
+    the whole result, with `error` saying why. Each is an audit event (`request-erase`). A row
+    edited outside consentmatch loses its probe and result but is never re-sealed. Returns the
+    probes' data key ids, for the erasure to shred with the subject's."""
+    now, who = ctx.now(), ctx.who(actor)
+    intact, edited = tx.requests_naming(name)
+    keys = []
+    for request in intact:
+        if request.status == "pending":
+            tx.update_request(replace(request, status="erased", decided_at=now,
+                                      decision_reason=ERASED_PENDING))
+            keys.append(tx.destroy_probe(request.request_id))
+            change = "closed"
+        elif request.result is not None:
+            tx.update_request(replace(request, result=None, error=ERASED_RESULT))
+            change = "result-cleared"
+        else:  # a decided verify of the subject without a result (denied, expired, refused): nothing of it held
+            continue
+        tx.append_audit(at=now, actor=who, action="request-erase", subject=name, purpose=request.purpose,
+                        details={"request": request.request_id, "requester": request.requester, "change": change,
+                                 "erasure": reason})
+    for request_id in edited:
+        keys.append(tx.strip_request(request_id))
+        tx.append_audit(at=now, actor=who, action="request-erase", subject=name,
+                        details={"request": request_id, "change": "stripped", "erasure": reason})
+    return keys
 
 
 def forget(ctx: Context, subject: str, actor: str | None) -> Erasure:
@@ -72,7 +115,7 @@ def forget(ctx: Context, subject: str, actor: str | None) -> Erasure:
                         details={"templates_removed": removed, "consents_removed": consents})
         return consents
 
-    return erase(ctx, lambda tx: ctx.subject_id(tx, name), "forget", change)
+    return erase(ctx, lambda tx: ctx.subject_id(tx, name), "forget", change, actor)
 
 
 def retention(ctx: Context) -> list[RetentionEntry]:
@@ -107,7 +150,7 @@ def purge(ctx: Context, actor: str | None) -> list[Erasure]:
                                      "destroy_by": due.destroy_by.isoformat() if due.destroy_by else None})
             return 0
 
-        receipts.append(erase(ctx, partial(ctx.subject_id, name=entry.subject), "purge", change))
+        receipts.append(erase(ctx, partial(ctx.subject_id, name=entry.subject), "purge", change, actor))
     return receipts
 
 
@@ -136,7 +179,7 @@ def add_optout(ctx: Context, subject: str | None, email: str | None, actor: str 
 
         for name in names:
             try:
-                receipts.append(erase(ctx, partial(ctx.subject_id, name=name), "optout", opt_out))
+                receipts.append(erase(ctx, partial(ctx.subject_id, name=name), "optout", opt_out, actor))
             except SubjectNotFoundError:  # named by the e-mail's consent, already forgotten
                 continue
     return receipts

@@ -7,7 +7,8 @@ A MAC alone cannot tell a row rolled back to an older state it once had, so each
 also has a mark in the key store (keyring.py), shredded by its revocation: a revoked key's
 row restored from before the revocation is refused, as a restored subject's templates are.
 A held probe is sealed under a data key of its own (keyring.py), shredded when the request is
-decided or expires, so no copy of the file can give the probe back afterwards.
+decided or expires, or its subject is erased, so no copy of the file can give the probe back
+afterwards.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..crypto import seal, unseal
 from ..errors import EncryptionKeyError, InvalidArgumentError, TamperingError
 from ..results import ApiKeyInfo, SearchRequest
 from .keyring import API_KEY_PREFIX, KeyRing
+from .keystore import REQUEST_KEY_PREFIX
 
 __all__ = ["AccessRows"]
 
@@ -186,6 +188,36 @@ class AccessRows:
         row = self.conn.execute("SELECT probe_key FROM search_requests WHERE request_id = ?", (request_id,)).fetchone()
         self.conn.execute("UPDATE search_requests SET probe = NULL WHERE request_id = ?", (request_id,))
         return None if row is None or row[0] is None else str(row[0])
+
+    def requests_naming(self, subject: str) -> tuple[list[SearchRequest], list[str]]:
+        """The requests that name a subject (a verify of it; a result that names it), oldest first,
+        for its erasure: those whose row holds its MAC, and the ids of those whose row fails it
+        (not refused, since an erasure never is: it strips them with `strip_request`)."""
+        intact, edited = [], []
+        # Only rows whose subject is the name or whose result's text holds it as a JSON string (as
+        # `_request_row` writes it) are read and checked: an erasure does not check every request's MAC.
+        quoted = json.dumps(subject).replace("!", "!!").replace("%", "!%").replace("_", "!_")
+        for row in self.conn.execute(f"SELECT {_REQUEST_FIELDS}, mac FROM search_requests "
+                                     "WHERE subject = ? OR result LIKE ? ESCAPE '!' ORDER BY created_at, request_id",
+                                     (subject, f"%{quoted}%")).fetchall():
+            try:
+                request: SearchRequest | None = _request(row)
+            except (ValueError, TypeError):  # not as consentmatch writes it: read it for the name alone
+                request = None
+            if request is not None and self._holds(["request", *row[:18]], row[18]):
+                if request.subject == subject or subject in request.result_names():
+                    intact.append(request)
+            elif row[5] == subject or (row[15] is not None and subject in str(row[15])):
+                edited.append(str(row[0]))
+        return intact, edited
+
+    def strip_request(self, request_id: str) -> str | None:
+        """Drop a request's probe and result as its row stands, its MAC not renewed (a row edited
+        outside consentmatch stays refused); returns the probe's data key id to shred, if the row
+        names a probe's key (an edited row naming a subject's key must not shred it)."""
+        key = self.destroy_probe(request_id)
+        self.conn.execute("UPDATE search_requests SET result = NULL WHERE request_id = ?", (request_id,))
+        return key if key is not None and key.startswith(REQUEST_KEY_PREFIX) else None
 
     # -- idempotent calls (status 0: a call that holds its key and is still at work)
 
