@@ -257,6 +257,8 @@ def test_forgetting_a_subject_ends_what_its_requests_hold(service: Service) -> N
     assert erased.status_code == 200 and erased.json()["verified"], erased.text
     _problem(service.get("approver", f"/v1/requests/{pending}/probe"), 404, "RequestNotFoundError")
     assert service.get("operator", f"/v1/requests/{pending}").json()["status"] == "erased"
+    closed = service.get("approver", "/v1/requests?status=erased")  # every status the store has can be asked for
+    assert closed.status_code == 200 and pending in [r["request_id"] for r in closed.json()], closed.text
     kept = service.get("operator", f"/v1/requests/{approved}").json()
     assert (kept["status"], kept["result"], kept["error"]) == ("approved", None, erasure.ERASED_RESULT)
     assert _held_probes(service.path) == 0

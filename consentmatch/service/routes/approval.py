@@ -25,7 +25,7 @@ _RequestId = Annotated[str, Path(max_length=64)]
 def requests(
     gallery: _Gallery, found: Annotated[Caller, role("operator", "approver", "auditor")],
     page: Annotated[Paging, Depends()],
-    status: Annotated[str | None, Query(pattern="^(pending|approved|denied|expired)$")] = None,
+    status: Annotated[str | None, Query(pattern=f"^({'|'.join(approvals.STATUSES)})$")] = None,
 ) -> Response:
     mine = None if approvals.oversees(found.key.roles) else found.name
     return listing([r.to_dict() for r in gallery.search_requests(status=status, requester=mine)], page)

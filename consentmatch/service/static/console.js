@@ -336,7 +336,8 @@ async function tellerCheck() {
 
 function resultText(request) {
   if (request.status !== "approved") return "";
-  if (request.error) return `refused: ${request.error}`;
+  // an erasure's clearing (services/erasure.py ERASED_RESULT) is no refusal of the search: said as it is
+  if (request.error) return request.error.startsWith("Result erased:") ? request.error : `refused: ${request.error}`;
   const result = request.result;
   if (!result) return "";
   if ("faces" in result) {
