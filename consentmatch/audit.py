@@ -18,7 +18,10 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
+from .consent import utc
+from .errors import InvalidArgumentError
 from .results import AuditCheck
+from .text import visible
 
 __all__ = ["ACTIONS", "GENESIS", "bound", "check_chain", "details_text", "digest", "timestamp"]
 
@@ -61,10 +64,6 @@ def bound(text: str | None, what: str, *, end_of_day: bool = False) -> datetime 
     """
     if text is None:
         return None
-    from .consent import utc
-    from .errors import InvalidArgumentError
-    from .text import visible
-
     given = text.strip()
     try:
         moment = utc(datetime.fromisoformat(given))

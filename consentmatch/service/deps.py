@@ -26,7 +26,7 @@ from ..services import access
 from ..text import check_text
 from .auth import Caller, RateLimiter, caller
 
-__all__ = ["ANONYMOUS", "BEARER", "NO_STORE", "Paging", "audit_refusal", "caller_first", "date", "fingerprint", "gallery_of",
+__all__ = ["ANONYMOUS", "BEARER", "NO_STORE", "PURPOSE_CHARS", "Paging", "audit_refusal", "caller_first", "date", "fingerprint", "gallery_of",
            "idempotent", "json_answer", "listing", "role", "searcher"]
 
 NO_STORE = {"Cache-Control": "no-store"}
@@ -48,8 +48,8 @@ BEARER = HTTPBearer(auto_error=False, scheme_name="bearer", bearerFormat="cm_<id
 _Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
 #: The roles each key-checking dependency asks for, by the dependency (`caller_first` looks them up).
 _GUARDS: dict[Callable[..., Any], tuple[str, ...]] = {}
-#: The longest purpose the search routes take (their form's `max_length`).
-_PURPOSE_CHARS = 64
+#: The longest purpose the search routes take (their form's `max_length`, routes/search.py).
+PURPOSE_CHARS = 64
 
 
 def gallery_of(request: Request) -> Gallery:
@@ -110,7 +110,7 @@ async def searcher(request: Request, _: _Credentials) -> Caller:
     FastAPI has already parsed, the one the route gets; one the route refuses anyway (missing,
     not text, over 64 characters) is left to its 422, so no such text reaches the audit trail."""
     purpose = (await request.form()).get("purpose")
-    wanted = purpose if isinstance(purpose, str) and len(purpose) <= _PURPOSE_CHARS else None
+    wanted = purpose if isinstance(purpose, str) and len(purpose) <= PURPOSE_CHARS else None
     return await run_in_threadpool(_checked, request, ("operator",), wanted)  # scrypt, the store: off the loop
 
 

@@ -25,7 +25,7 @@ from ..storage import Transaction
 from ..text import check_text
 from . import matching
 from .context import REFUSALS, Context, check_name
-from .erasure import ERASED_RESULT
+from .erasure import cleared
 
 __all__ = ["OVERSEERS", "decide", "oversees", "request_probe", "request_search", "search_request", "search_requests"]
 
@@ -153,10 +153,7 @@ def _unless_erased(ctx: Context, tx: Transaction, request: SearchRequest, who: s
     for name in sorted(request.result_names(measured=True)):
         subject_id = tx.subject_id(name)
         if subject_id is None or tx.template_count(subject_id) == 0:
-            tx.append_audit(at=ctx.now(), actor=who, action="request-erase", subject=name, purpose=request.purpose,
-                            details={"request": request.request_id, "requester": request.requester,
-                                     "change": "result-cleared"})
-            return replace(request, result=None, error=ERASED_RESULT)
+            return cleared(tx, request, name, who, ctx.now())
     return request
 
 

@@ -13,11 +13,11 @@ from datetime import datetime, timezone
 from functools import partial
 
 from ..errors import GalleryNotFoundError, InvalidArgumentError, SubjectNotFoundError
-from ..results import Erasure, OptOut, RetentionEntry
+from ..results import Erasure, OptOut, RetentionEntry, SearchRequest
 from ..storage import Transaction
 from .context import Context, check_name
 
-__all__ = ["ERASED_PENDING", "ERASED_RESULT", "add_optout", "erase", "erase_requests", "forget", "optouts", "purge",
+__all__ = ["ERASED_PENDING", "ERASED_RESULT", "add_optout", "cleared", "erase", "erase_requests", "forget", "optouts", "purge",
            "remove_optout", "retention"]
 
 #: Why a pending request was closed as `erased` (its `decision_reason`), and why a decided one holds
@@ -90,8 +90,8 @@ def erase_requests(ctx: Context, tx: Transaction, name: str, reason: str, actor:
             keys.append(tx.destroy_probe(request.request_id))
             change = "closed"
         elif request.result is not None:
-            tx.update_request(replace(request, result=None, error=ERASED_RESULT))
-            change = "result-cleared"
+            tx.update_request(cleared(tx, request, name, who, now, reason))
+            continue
         else:  # a decided verify of the subject without a result (denied, expired, refused): nothing of it held
             continue
         tx.append_audit(at=now, actor=who, action="request-erase", subject=name, purpose=request.purpose,
@@ -102,6 +102,17 @@ def erase_requests(ctx: Context, tx: Transaction, name: str, reason: str, actor:
         tx.append_audit(at=now, actor=who, action="request-erase", subject=name,
                         details={"request": request_id, "change": "stripped", "erasure": reason})
     return keys
+
+
+def cleared(tx: Transaction, request: SearchRequest, name: str, who: str, at: datetime,
+            erasure: str | None = None) -> SearchRequest:
+    """`request` with its result cleared (`ERASED_RESULT`) since it named the erased `name`, the
+    clearing audited (`request-erase`): by an erasure (`erasure`: which), or by an approved search
+    that finished after one (approvals.py)."""
+    details = {"request": request.request_id, "requester": request.requester, "change": "result-cleared"}
+    tx.append_audit(at=at, actor=who, action="request-erase", subject=name, purpose=request.purpose,
+                    details=details | ({"erasure": erasure} if erasure else {}))
+    return replace(request, result=None, error=ERASED_RESULT)
 
 
 def forget(ctx: Context, subject: str, actor: str | None) -> Erasure:

@@ -13,7 +13,7 @@ from ...errors import ApprovalRequiredError
 from ...gallery import Gallery
 from ...results import MatchResult, SearchRequest, Verification
 from ..auth import Caller
-from ..deps import gallery_of, json_answer, searcher
+from ..deps import PURPOSE_CHARS, gallery_of, json_answer, searcher
 from ..schemas import MatchOut, SearchRequestOut, VerificationOut, problems
 from .subjects import read_upload
 
@@ -47,7 +47,7 @@ def _search_or_hold(
 async def match(
     gallery: _Gallery, found: _Searcher,
     photo: Annotated[UploadFile, File(description="The probe photo")],
-    purpose: Annotated[str, Form(max_length=64, examples=["visitor-check-in"])],
+    purpose: Annotated[str, Form(max_length=PURPOSE_CHARS, examples=["visitor-check-in"])],
     tolerance: Annotated[float | None, Form(gt=0, le=2)] = None,
     top_k: Annotated[int, Form(ge=1, le=1000)] = 5,
     case_ref: Annotated[str | None, Form(max_length=200)] = None,
@@ -68,7 +68,7 @@ async def verify(
     gallery: _Gallery, found: _Searcher,
     photo: Annotated[UploadFile, File(description="The probe photo, one face")],
     subject: Annotated[str, Form(max_length=200, examples=["alice"])],
-    purpose: Annotated[str, Form(max_length=64, examples=["bank-transfer"])],
+    purpose: Annotated[str, Form(max_length=PURPOSE_CHARS, examples=["bank-transfer"])],
     tolerance: Annotated[float | None, Form(gt=0, le=2)] = None,
     case_ref: Annotated[str | None, Form(max_length=200)] = None,
     reason: Annotated[str | None, Form(max_length=200)] = None,
